@@ -1,0 +1,223 @@
+"""The one typed configuration of kadet: every default lives here.
+
+A config is built from the defaults below, then a YAML file, then ``section.key=value``
+overrides (the CLI's ``--set``), in that order::
+
+    cfg = load_config("kadet.yaml", overrides=["retrieval.top_k=200"])
+    cfg.retrieval.top_k  # 200
+
+Unknown keys and values of the wrong type raise :class:`~kadet.errors.ConfigError` naming
+the key and where it came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kadet.errors import ConfigError
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+
+@dataclass
+class DataConfig:
+    """Where the corpus and evaluation data are."""
+
+    #: A BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv), local or ``s3://``.
+    data_dir: str = ""
+    #: Evaluation split, i.e. the file ``qrels/<split>.tsv``.
+    split: str = "test"
+    #: Passage text = title + separator + text, as BEIR does.
+    title_separator: str = " "
+
+
+@dataclass
+class RetrievalConfig:
+    """Dense and lexical retrieval settings shared by mining and evaluation."""
+
+    #: A sentence-transformers folder, or a packaged model name (``all-MiniLM-L6-v2``).
+    model: str = DEFAULT_MODEL
+    #: ``dense``, ``bm25`` or ``hybrid`` (reciprocal rank fusion of both).
+    retriever: str = "dense"
+    top_k: int = 100
+    #: Texts per forward pass when encoding.
+    batch_size: int = 64
+    #: Truncate to this many tokens; ``None`` keeps the model's own setting.
+    max_seq_length: int | None = None
+    #: Prompt prepended to queries / passages (e.g. ``"query: "`` for e5); empty by default.
+    query_prompt: str = ""
+    passage_prompt: str = ""
+    #: ``cpu``, ``cuda``, ``cuda:1``...; ``None`` picks CUDA when available.
+    device: str | None = None
+    #: Reciprocal rank fusion constant.
+    rrf_k: int = 60
+    #: How many results per retriever go into the fusion.
+    rrf_depth: int = 100
+    bm25_method: str = "lucene"
+    bm25_k1: float = 1.5
+    bm25_b: float = 0.75
+    #: Snowball stemmer language for BM25 (empty string disables stemming).
+    bm25_stemmer: str = "english"
+    bm25_stopwords: str = "en"
+    #: Cache embeddings on disk keyed by model fingerprint and text hash.
+    embedding_cache: bool = True
+
+
+@dataclass
+class EvaluationConfig:
+    """What ``kadet evaluate`` measures."""
+
+    #: trec_eval measures reported: nDCG@10, Recall@100, MRR@10.
+    ndcg_k: int = 10
+    recall_k: int = 100
+    mrr_k: int = 10
+    #: Drop a retrieved document whose id equals the query id (BEIR's default).
+    ignore_identical_ids: bool = True
+
+
+@dataclass
+class KadetConfig:
+    """Root of the configuration tree."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    #: Working folder for outputs, caches and the local MLflow store.
+    work_dir: str = ".kadet"
+    seed: int = 42
+
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.work_dir) / "cache"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def hash(self) -> str:
+        """A stable short hash of every setting, for manifests and cache keys."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Convert ``value`` to the annotated type ``tp`` or raise a ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, source)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{source}: '{key}' = {value!r} is not a valid {tp}")
+    if origin in (list, tuple):
+        (inner, *_) = typing.get_args(tp) or (Any,)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: '{key}' = {value!r} must be a list")
+        return [_coerce(v, inner, key, source) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: '{key}' = {value!r} must be a mapping")
+        _, vt = typing.get_args(tp) or (str, Any)
+        return {str(k): _coerce(v, vt, f"{key}.{k}", source) for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+            return False
+        raise ConfigError(f"{source}: '{key}' = {value!r} must be true or false")
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{source}: '{key}' = {value!r} must be a number")
+        try:
+            num = tp(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{source}: '{key}' = {value!r} must be {tp.__name__}") from None
+        if tp is int and isinstance(value, float) and value != num:
+            raise ConfigError(f"{source}: '{key}' = {value!r} must be an integer")
+        return num
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{source}: '{key}' = {value!r} must be a string")
+        return str(value)
+    return value
+
+
+def _apply(obj: Any, data: dict[str, Any], source: str, prefix: str = "") -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"{source}: unknown key '{full}' (known: {', '.join(sorted(names))})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: '{full}' must be a mapping")
+            _apply(current, value, source, prefix=f"{full}.")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], full, source))
+
+
+def apply_overrides(cfg: KadetConfig, overrides: list[str], source: str = "--set") -> KadetConfig:
+    """Apply ``section.key=value`` strings (values parsed as YAML scalars) to ``cfg``."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"{source}: expected key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        nested: dict[str, Any] = {}
+        cursor = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            cursor = cursor.setdefault(part, {})
+        cursor[parts[-1]] = value
+        _apply(cfg, nested, source)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> KadetConfig:
+    """Defaults, then the YAML file at ``path`` (if any), then ``overrides``."""
+    cfg = KadetConfig()
+    if path:
+        p = Path(path)
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{p}: config file not found") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark else ""
+            raise ConfigError(f"{p}{line}: invalid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: top level must be a mapping")
+        _apply(cfg, data, str(p))
+    if overrides:
+        apply_overrides(cfg, overrides)
+    return cfg
+
+
+def dump_config(cfg: KadetConfig) -> str:
+    """The config as YAML, e.g. to save next to a stage's outputs."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,242 @@
+"""Records and validated readers for BEIR folders and plain JSONL / Parquet corpora.
+
+Every reader checks its input and raises :class:`~kadet.errors.DataError` naming the file,
+the line (1-based; the row for Parquet) and the field::
+
+    ds = load_beir("../shared/data/beir/scifact", split="test")
+    len(ds.corpus), len(ds.queries), len(ds.qrels)   # 5183 300 300
+
+Formats
+-------
+``corpus.jsonl``   one JSON object per line: ``{"_id": str, "title": str?, "text": str}``
+                   (``id`` or ``doc_id`` are accepted in place of ``_id``). Parquet corpora
+                   have the same columns.
+``queries.jsonl``  ``{"_id": str, "text": str}``
+``qrels/<s>.tsv``  header line, then ``query-id<TAB>corpus-id<TAB>score`` (integer score)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kadet.errors import DataError
+from kadet.storage import localize
+
+ID_FIELDS = ("_id", "id", "doc_id")
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """A passage of the corpus."""
+
+    doc_id: str
+    text: str
+    title: str = ""
+
+    def full_text(self, separator: str = " ") -> str:
+        """Title and text joined as BEIR does (``title + " " + text``)."""
+        return f"{self.title}{separator}{self.text}".strip() if self.title else self.text
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A query: human-written (evaluation) or synthetic."""
+
+    qid: str
+    text: str
+
+
+Qrels = dict[str, dict[str, int]]
+
+
+@dataclass
+class Dataset:
+    """A corpus with queries and relevance judgements for one split."""
+
+    corpus: dict[str, Document]
+    queries: dict[str, Query]
+    qrels: Qrels
+    source: str = ""
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def eval_queries(self) -> dict[str, Query]:
+        """The queries that have at least one judgement in this split."""
+        return {qid: q for qid, q in self.queries.items() if qid in self.qrels}
+
+    def relevant_doc_ids(self) -> set[str]:
+        """Every document judged relevant (score > 0) for some query of this split."""
+        return {d for rels in self.qrels.values() for d, s in rels.items() if s > 0}
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_number, object)`` for each non-blank line; bad bytes or JSON raise."""
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    path, f"invalid UTF-8 byte 0x{raw[exc.start]:02x} at column {exc.start + 1}", lineno
+                ) from None
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(path, f"malformed JSON: {exc.msg} at column {exc.colno}", lineno) from None
+            if not isinstance(obj, dict):
+                raise DataError(path, f"expected a JSON object, got {type(obj).__name__}", lineno)
+            yield lineno, obj
+
+
+def _get_id(obj: dict, path: Path, lineno: int) -> str:
+    for key in ID_FIELDS:
+        if key in obj:
+            value = obj[key]
+            if not isinstance(value, (str, int)) or isinstance(value, bool) or str(value).strip() == "":
+                raise DataError(path, f"id must be a non-empty string, got {value!r}", lineno, key)
+            return str(value)
+    raise DataError(path, "missing document id", lineno, "_id")
+
+
+def _get_text(obj: dict, key: str, path: Path, lineno: int, required: bool = True) -> str:
+    if key not in obj or obj[key] is None:
+        if required:
+            raise DataError(path, "missing", lineno, key)
+        return ""
+    value = obj[key]
+    if not isinstance(value, str):
+        raise DataError(path, f"must be a string, got {type(value).__name__}", lineno, key)
+    return value
+
+
+def _rows(path: Path) -> Iterator[tuple[int, dict]]:
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:  # pyarrow raises several types for broken files
+            raise DataError(path, f"unreadable Parquet file: {exc}") from None
+        for i, row in enumerate(table.to_pylist(), start=1):
+            yield i, row
+    else:
+        yield from _iter_jsonl(path)
+
+
+def read_corpus(path: str | os.PathLike) -> dict[str, Document]:
+    """Read a corpus from JSONL or Parquet (local path or ``s3://`` URI)."""
+    path = localize(path)
+    if not path.exists():
+        raise DataError(path, "file not found")
+    docs: dict[str, Document] = {}
+    first_line: dict[str, int] = {}
+    for lineno, obj in _rows(path):
+        doc_id = _get_id(obj, path, lineno)
+        text = _get_text(obj, "text", path, lineno)
+        title = _get_text(obj, "title", path, lineno, required=False)
+        if not text.strip() and not title.strip():
+            raise DataError(path, "empty text and title", lineno, "text")
+        if doc_id in docs:
+            raise DataError(
+                path, f"duplicate id {doc_id!r} (first seen on line {first_line[doc_id]})", lineno, "_id"
+            )
+        docs[doc_id] = Document(doc_id=doc_id, text=text, title=title)
+        first_line[doc_id] = lineno
+    if not docs:
+        raise DataError(path, "empty corpus: no documents found")
+    return docs
+
+
+def read_queries(path: str | os.PathLike) -> dict[str, Query]:
+    """Read ``queries.jsonl`` (``_id``, ``text``)."""
+    path = localize(path)
+    if not path.exists():
+        raise DataError(path, "file not found")
+    queries: dict[str, Query] = {}
+    first_line: dict[str, int] = {}
+    for lineno, obj in _rows(path):
+        qid = _get_id(obj, path, lineno)
+        text = _get_text(obj, "text", path, lineno)
+        if not text.strip():
+            raise DataError(path, "empty query text", lineno, "text")
+        if qid in queries:
+            raise DataError(path, f"duplicate id {qid!r} (first seen on line {first_line[qid]})", lineno, "_id")
+        queries[qid] = Query(qid=qid, text=text)
+        first_line[qid] = lineno
+    return queries
+
+
+def read_qrels(
+    path: str | os.PathLike,
+    corpus_ids: set[str] | dict | None = None,
+    query_ids: set[str] | dict | None = None,
+) -> Qrels:
+    """Read a BEIR qrels TSV; unknown query or corpus ids are errors when the sets are given."""
+    path = localize(path)
+    if not path.exists():
+        raise DataError(path, "file not found")
+    qrels: Qrels = {}
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    path, f"invalid UTF-8 byte 0x{raw[exc.start]:02x} at column {exc.start + 1}", lineno
+                ) from None
+            if not line.strip():
+                continue
+            cols = line.split("\t")
+            if lineno == 1 and cols[0].strip().lower() in ("query-id", "query_id", "qid"):
+                continue
+            if len(cols) != 3:
+                raise DataError(path, f"expected 3 tab-separated columns, got {len(cols)}", lineno)
+            qid, did, score = (c.strip() for c in cols)
+            try:
+                value = int(float(score))
+            except ValueError:
+                raise DataError(path, f"not a number: {score!r}", lineno, "score") from None
+            if query_ids is not None and qid not in query_ids:
+                raise DataError(path, f"unknown query id {qid!r}", lineno, "query-id")
+            if corpus_ids is not None and did not in corpus_ids:
+                raise DataError(path, f"unknown document id {did!r}", lineno, "corpus-id")
+            qrels.setdefault(qid, {})[did] = value
+    return qrels
+
+
+def load_beir(data_dir: str | os.PathLike, split: str = "test") -> Dataset:
+    """Load and cross-check a BEIR folder (local or ``s3://``)."""
+    root = localize(data_dir)
+    files = {
+        "corpus": root / "corpus.jsonl",
+        "queries": root / "queries.jsonl",
+        "qrels": root / "qrels" / f"{split}.tsv",
+    }
+    if not files["corpus"].exists() and (root / "corpus.parquet").exists():
+        files["corpus"] = root / "corpus.parquet"
+    for name, p in files.items():
+        if not p.exists():
+            raise DataError(p, f"missing {name} file in BEIR folder {data_dir}")
+    corpus = read_corpus(files["corpus"])
+    queries = read_queries(files["queries"])
+    qrels = read_qrels(files["qrels"], corpus_ids=corpus, query_ids=queries)
+    return Dataset(corpus=corpus, queries=queries, qrels=qrels, source=str(data_dir), files=files)
+
+
+def write_jsonl(path: str | os.PathLike, rows: list[dict] | Iterator[dict]) -> int:
+    """Write rows as UTF-8 JSONL atomically (temp file + rename); returns the row count."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    n = 0
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    os.replace(tmp, path)
+    return n

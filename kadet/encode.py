@@ -1,0 +1,183 @@
+"""Dense encoding with a sentence-transformers model and an on-disk embedding cache.
+
+The :class:`Encoder` runs the model's own modules (so pooling, normalisation and any
+Router stay as the model defines them) but batches by token budget over length-sorted,
+de-duplicated texts, and looks every text up in an :class:`EmbeddingCache` first, so no
+stage encodes the same corpus twice::
+
+    enc = Encoder("all-MiniLM-L6-v2", cache_dir=".kadet/cache")
+    doc_emb = enc.encode(texts, kind="document")      # (n, 384) float32, L2-normalised
+    q_emb = enc.encode(["what is x?"], kind="query")
+
+Cache key: model fingerprint (content hash of the folder) + max sequence length + prompt +
+kind, then the SHA-1 of each text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from kadet.models import model_fingerprint, resolve_model_path
+
+log = logging.getLogger(__name__)
+
+
+def text_key(text: str) -> bytes:
+    return hashlib.sha1(text.encode("utf-8")).digest()
+
+
+class EmbeddingCache:
+    """Append-only store of ``text hash -> embedding`` for one model setting.
+
+    Layout: ``<root>/<namespace>/part-<uuid>.npz`` with arrays ``keys`` (n x 20 bytes) and
+    ``emb`` (n x d float32). Parts are written atomically, so concurrent writers and crashes
+    never leave a half-written part.
+    """
+
+    def __init__(self, root: str | os.PathLike, namespace: str):
+        self.dir = Path(root) / namespace
+        self._index: dict[bytes, tuple[int, int]] | None = None
+        self._parts: list[np.ndarray] = []
+
+    def _load(self) -> dict[bytes, tuple[int, int]]:
+        if self._index is None:
+            self._index = {}
+            if self.dir.exists():
+                for part in sorted(self.dir.glob("part-*.npz")):
+                    with np.load(part) as z:
+                        keys, emb = z["keys"], z["emb"]
+                    self._add(keys, emb)
+        return self._index
+
+    def _add(self, keys: np.ndarray, emb: np.ndarray) -> None:
+        assert self._index is not None
+        pid = len(self._parts)
+        self._parts.append(emb)
+        for row, k in enumerate(keys):
+            self._index[bytes(k)] = (pid, row)
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+    def get(self, keys: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Return ``(found_mask, embeddings_of_found_in_order)``."""
+        index = self._load()
+        hits = [index.get(k) for k in keys]
+        mask = np.array([h is not None for h in hits], dtype=bool)
+        if not mask.any():
+            return mask, None
+        return mask, np.stack([self._parts[p][r] for p, r in (h for h in hits if h is not None)])
+
+    def put(self, keys: Sequence[bytes], emb: np.ndarray) -> None:
+        if len(keys) == 0:
+            return
+        self._load()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        karr = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), -1)
+        emb = np.ascontiguousarray(emb, dtype=np.float32)
+        name = self.dir / f"part-{uuid.uuid4().hex}.npz"
+        tmp = name.with_name(name.stem + ".tmp.npz")
+        np.savez(tmp, keys=karr, emb=emb)
+        os.replace(tmp, name)
+        self._add(karr, emb)
+
+
+class Encoder:
+    """Encode texts with a sentence-transformers model; see the module docstring."""
+
+    def __init__(
+        self,
+        model: str | os.PathLike,
+        device: str | None = None,
+        batch_size: int = 64,
+        max_seq_length: int | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        query_prompt: str = "",
+        document_prompt: str = "",
+        show_progress: bool = False,
+    ):
+        from sentence_transformers import SentenceTransformer
+
+        self.path = resolve_model_path(model)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = SentenceTransformer(str(self.path), device=self.device, local_files_only=True)
+        self.model.eval()
+        if max_seq_length:
+            self.model.max_seq_length = max_seq_length
+        self.batch_size = batch_size
+        self.prompts = {"query": query_prompt, "document": document_prompt}
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.show_progress = show_progress
+        self.fingerprint = model_fingerprint(self.path)
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.get_embedding_dimension())
+
+    def _cache(self, kind: str) -> EmbeddingCache | None:
+        if self.cache_dir is None:
+            return None
+        setting = f"{self.fingerprint}|{self.model.max_seq_length}|{kind}|{self.prompts[kind]}"
+        return EmbeddingCache(self.cache_dir, hashlib.sha1(setting.encode()).hexdigest()[:20])
+
+    def encode(self, texts: Sequence[str], kind: str = "document") -> np.ndarray:
+        """Embeddings (float32, as the model outputs them) for ``texts``, in input order."""
+        if kind not in self.prompts:
+            raise ValueError(f"kind must be 'query' or 'document', got {kind!r}")
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        unique = list(dict.fromkeys(texts))
+        keys = [text_key(t) for t in unique]
+        out = np.zeros((len(unique), self.dim), dtype=np.float32)
+        cache = self._cache(kind)
+        todo = np.arange(len(unique))
+        if cache is not None:
+            mask, found = cache.get(keys)
+            if found is not None:
+                out[mask] = found
+            todo = np.flatnonzero(~mask)
+        if len(todo):
+            emb = self._forward([unique[i] for i in todo], self.prompts[kind])
+            out[todo] = emb
+            if cache is not None:
+                cache.put([keys[i] for i in todo], emb)
+        pos = {t: i for i, t in enumerate(unique)}
+        return out[[pos[t] for t in texts]]
+
+    def _forward(self, texts: list[str], prompt: str) -> np.ndarray:
+        """Length-sorted batches under a token budget of ``batch_size x longest``."""
+        tok = self.model.tokenizer
+        max_len = self.model.max_seq_length or 512
+        lengths = [len(ids) for ids in tok([prompt + t for t in texts], add_special_tokens=True,
+                                           truncation=True, max_length=max_len)["input_ids"]]
+        order = np.argsort(-np.asarray(lengths), kind="stable")
+        budget = self.batch_size * min(max_len, max(lengths))
+        batches: list[list[int]] = []
+        current: list[int] = []
+        for i in order:
+            # sorted by decreasing length, so the first item of a batch is its longest
+            if current and (len(current) + 1) * lengths[current[0]] > budget:
+                batches.append(current)
+                current = []
+            current.append(int(i))
+        if current:
+            batches.append(current)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        kwargs = {"prompt": prompt} if prompt else {}
+        with torch.inference_mode():
+            for batch in tqdm(batches, desc="encode", disable=not self.show_progress, leave=False):
+                features = self.model.preprocess([texts[i] for i in batch], **kwargs)
+                features = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in features.items()}
+                emb = self.model(features)["sentence_embedding"]
+                out[batch] = emb.float().cpu().numpy()
+        return out

@@ -1,0 +1,152 @@
+"""Evaluation stage: nDCG@10, Recall@100 and MRR@10 with trec_eval semantics.
+
+Metrics come from ``pytrec_eval`` (the trec_eval C code), never hand-written. MRR@k is
+trec_eval's ``recip_rank`` on the run cut to its top k, as BEIR does.
+
+    result = evaluate(cfg)            # reads cfg.data.data_dir, writes <output>/metrics.json
+    result.metrics["ndcg@10"]         # 0.6451 for all-MiniLM-L6-v2 on SciFact
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytrec_eval
+
+from kadet.config import KadetConfig
+from kadet.data import Dataset, Qrels, load_beir
+from kadet.encode import Encoder
+from kadet.manifest import Manifest
+from kadet.retrieval import BM25Retriever, DenseRetriever, Run, reciprocal_rank_fusion, top_k
+
+log = logging.getLogger(__name__)
+
+RETRIEVERS = ("dense", "bm25", "hybrid")
+
+
+def per_query_metrics(qrels: Qrels, run: Run, ndcg_k: int = 10, recall_k: int = 100, mrr_k: int = 10) -> dict:
+    """``{qid: {"ndcg@10": .., "recall@100": .., "mrr@10": ..}}`` for queries in both qrels and run.
+
+    A judged query with no retrieved document scores 0 on every measure (trec_eval ``-c``).
+    """
+    qrels = {q: rels for q, rels in qrels.items() if rels}
+    full = {q: dict(run.get(q, {})) or {"__none__": 0.0} for q in qrels}
+    cut = top_k(full, mrr_k)
+    ev = pytrec_eval.RelevanceEvaluator(qrels, {f"ndcg_cut.{ndcg_k}", f"recall.{recall_k}"})
+    ev_mrr = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"})
+    a, b = ev.evaluate(full), ev_mrr.evaluate(cut)
+    return {
+        q: {
+            f"ndcg@{ndcg_k}": a[q][f"ndcg_cut_{ndcg_k}"],
+            f"recall@{recall_k}": a[q][f"recall_{recall_k}"],
+            f"mrr@{mrr_k}": b[q]["recip_rank"],
+        }
+        for q in qrels
+    }
+
+
+def aggregate(per_query: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Mean of each measure over queries."""
+    if not per_query:
+        return {}
+    names = next(iter(per_query.values())).keys()
+    return {n: sum(m[n] for m in per_query.values()) / len(per_query) for n in names}
+
+
+def drop_identical_ids(run: Run) -> Run:
+    """Remove a retrieved document whose id equals the query id (BEIR's default)."""
+    return {q: {d: s for d, s in scores.items() if d != q} for q, scores in run.items()}
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]
+    per_query: dict[str, dict[str, float]]
+    run: Run = field(repr=False)
+    seconds: float = 0.0
+
+
+def retrieve(cfg: KadetConfig, ds: Dataset, queries: dict[str, str], retriever: str | None = None,
+             model: str | None = None) -> Run:
+    """Run the configured retriever (``dense``, ``bm25`` or ``hybrid``) over ``queries``."""
+    r = cfg.retrieval
+    kind = retriever or r.retriever
+    if kind not in RETRIEVERS:
+        raise ValueError(f"retriever must be one of {RETRIEVERS}, got {kind!r}")
+    runs: list[Run] = []
+    depth = max(r.top_k, r.rrf_depth) if kind == "hybrid" else r.top_k
+    if kind in ("dense", "hybrid"):
+        enc = Encoder(
+            model or r.model, device=r.device, batch_size=r.batch_size, max_seq_length=r.max_seq_length,
+            cache_dir=cfg.cache_dir if r.embedding_cache else None,
+            query_prompt=r.query_prompt, document_prompt=r.passage_prompt,
+        )
+        runs.append(DenseRetriever(enc, ds.corpus, cfg.data.title_separator).search(queries, depth))
+    if kind in ("bm25", "hybrid"):
+        bm25 = BM25Retriever(ds.corpus, r.bm25_method, r.bm25_k1, r.bm25_b, r.bm25_stemmer, r.bm25_stopwords,
+                             cfg.data.title_separator)
+        runs.append(bm25.search(queries, depth))
+    run = runs[0] if len(runs) == 1 else reciprocal_rank_fusion(runs, k=r.rrf_k, depth=r.rrf_depth)
+    return top_k(run, r.top_k)
+
+
+def evaluate(cfg: KadetConfig, output_dir: str | Path | None = None, model: str | None = None,
+             retriever: str | None = None, max_queries: int | None = None) -> EvalResult:
+    """Evaluate a retriever on ``cfg.data.data_dir`` and write metrics, run and manifest."""
+    start = time.perf_counter()
+    ds = load_beir(cfg.data.data_dir, cfg.data.split)
+    eval_q = ds.eval_queries()
+    if max_queries:
+        eval_q = dict(list(eval_q.items())[:max_queries])
+    qrels = {q: ds.qrels[q] for q in eval_q}
+    run = retrieve(cfg, ds, {q: v.text for q, v in eval_q.items()}, retriever, model)
+    if cfg.evaluation.ignore_identical_ids:
+        run = drop_identical_ids(run)
+    e = cfg.evaluation
+    pq = per_query_metrics(qrels, run, e.ndcg_k, e.recall_k, e.mrr_k)
+    result = EvalResult(metrics=aggregate(pq), per_query=pq, run=run, seconds=time.perf_counter() - start)
+    if output_dir is not None:
+        write_result(cfg, ds, result, Path(output_dir), model or cfg.retrieval.model, retriever or cfg.retrieval.retriever)
+    return result
+
+
+def write_result(cfg: KadetConfig, ds: Dataset, result: EvalResult, out: Path, model: str, retriever: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {
+        "model": model,
+        "retriever": retriever,
+        "split": cfg.data.split,
+        "queries": len(result.per_query),
+        "metrics": result.metrics,
+        "seconds": round(result.seconds, 2),
+    }
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    (out / "per_query.json").write_text(json.dumps(result.per_query, indent=1) + "\n", encoding="utf-8")
+    with open(out / "run.tsv", "w", encoding="utf-8") as fh:
+        for qid, scores in result.run.items():
+            for rank, (d, s) in enumerate(sorted(scores.items(), key=lambda kv: (-kv[1], kv[0])), start=1):
+                fh.write(f"{qid}\tQ0\t{d}\t{rank}\t{s:.6f}\tkadet\n")
+    m = Manifest(stage="evaluate", config_hash=cfg.hash())
+    for name, path in ds.files.items():
+        m.add_input(name, path)
+    m.outputs = {"metrics": "metrics.json", "per_query": "per_query.json", "run": "run.tsv"}
+    m.counts = {"queries": len(result.per_query), "documents": len(ds.corpus)}
+    m.extra = {"model": model, "retriever": retriever, "metrics": result.metrics}
+    m.write(out)
+
+
+def format_table(rows: list[tuple[str, dict[str, float]]]) -> str:
+    """A plain-text table: one row per (label, metrics)."""
+    if not rows:
+        return ""
+    names = list(rows[0][1].keys())
+    width = max(len(label) for label, _ in rows + [("system", {})])
+    head = f"{'system':<{width}}  " + "  ".join(f"{n:>10}" for n in names)
+    lines = [head, "-" * len(head)]
+    for label, metrics in rows:
+        lines.append(f"{label:<{width}}  " + "  ".join(f"{metrics[n]:>10.4f}" for n in names))
+    return "\n".join(lines)

@@ -1,0 +1,124 @@
+"""Read and write local paths and ``s3://`` URIs through one interface.
+
+S3 goes through the ``minio`` client. The endpoint and credentials come from the environment,
+never from config files:
+
+=========================  ==============================================================
+``KADET_S3_ENDPOINT``      ``http://host:port`` (falls back to ``AWS_ENDPOINT_URL`` and
+                           ``MLFLOW_S3_ENDPOINT_URL``; default ``https://s3.amazonaws.com``)
+``AWS_ACCESS_KEY_ID``      access key
+``AWS_SECRET_ACCESS_KEY``  secret key
+``AWS_DEFAULT_REGION``     region (default ``us-east-1``)
+=========================  ==============================================================
+
+Example::
+
+    local = localize("s3://bucket/beir/scifact")   # downloads the prefix once, returns a Path
+    publish(Path("out/"), "s3://bucket/runs/42/")  # uploads a folder
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+from kadet.errors import KadetError
+
+log = logging.getLogger(__name__)
+
+
+def is_s3(uri: str | os.PathLike) -> bool:
+    return str(uri).startswith("s3://")
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """``s3://bucket/a/b`` -> ``("bucket", "a/b")``."""
+    parsed = urlparse(str(uri))
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise KadetError(f"{uri}: not an s3://bucket/key URI")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def s3_client():
+    """A ``minio.Minio`` client configured from the environment."""
+    from minio import Minio
+
+    endpoint = (
+        os.environ.get("KADET_S3_ENDPOINT")
+        or os.environ.get("AWS_ENDPOINT_URL")
+        or os.environ.get("MLFLOW_S3_ENDPOINT_URL")
+        or "https://s3.amazonaws.com"
+    )
+    parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+    return Minio(
+        parsed.netloc,
+        access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
+        secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
+        region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+        secure=parsed.scheme == "https",
+    )
+
+
+def _s3_cache_root() -> Path:
+    root = os.environ.get("KADET_S3_CACHE") or os.path.join(tempfile.gettempdir(), "kadet-s3")
+    return Path(root)
+
+
+def localize(uri: str | os.PathLike, cache_root: Path | None = None) -> Path:
+    """Return a local path for ``uri``; an ``s3://`` object or prefix is downloaded first.
+
+    A prefix (a "folder") is downloaded recursively. Objects already present locally with the
+    same size and etag are not downloaded again.
+    """
+    if not is_s3(uri):
+        return Path(uri)
+    bucket, key = split_s3(str(uri))
+    client = s3_client()
+    dest_root = (cache_root or _s3_cache_root()) / bucket
+    prefix = key.rstrip("/")
+    objects = [
+        o
+        for o in client.list_objects(bucket, prefix=prefix, recursive=True)
+        if not o.is_dir and (o.object_name == prefix or o.object_name.startswith(prefix + "/"))
+    ]
+    if not objects:
+        raise KadetError(f"{uri}: no such object or prefix")
+    for obj in objects:
+        target = dest_root / obj.object_name
+        stamp = target.with_name(target.name + ".etag")
+        if target.exists() and stamp.exists() and stamp.read_text() == f"{obj.etag}:{obj.size}":
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        log.info("downloading s3://%s/%s", bucket, obj.object_name)
+        client.fget_object(bucket, obj.object_name, str(target))
+        stamp.write_text(f"{obj.etag}:{obj.size}")
+    return dest_root / prefix
+
+
+def publish(local: Path, uri: str | os.PathLike) -> str:
+    """Copy a local file or folder to ``uri`` (an ``s3://`` URI or a local path)."""
+    import shutil
+
+    local = Path(local)
+    if not is_s3(uri):
+        dest = Path(uri)
+        if local.resolve() == dest.resolve():
+            return str(dest)
+        if local.is_dir():
+            shutil.copytree(local, dest, dirs_exist_ok=True)
+        else:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(local, dest)
+        return str(dest)
+    bucket, key = split_s3(str(uri))
+    client = s3_client()
+    if not client.bucket_exists(bucket):
+        client.make_bucket(bucket)
+    files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())
+    for f in files:
+        name = key if local.is_file() else f"{key.rstrip('/')}/{f.relative_to(local).as_posix()}"
+        client.fput_object(bucket, name, str(f))
+    return str(uri)
