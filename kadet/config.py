@@ -49,8 +49,10 @@ class RetrievalConfig:
     #: ``dense``, ``bm25`` or ``hybrid`` (reciprocal rank fusion of both).
     retriever: str = "dense"
     top_k: int = 100
-    #: Texts per forward pass when encoding.
-    batch_size: int = 64
+    #: At most this many texts per forward pass when encoding.
+    batch_size: int = 128
+    #: Token budget per forward pass (texts x longest); ``None``: 4,096 on CPU, 65,536 on GPU.
+    max_tokens: int | None = None
     #: Truncate to this many tokens; ``None`` keeps the model's own setting.
     max_seq_length: int | None = None
     #: Prompt prepended to queries / passages (e.g. ``"query: "`` for e5); empty by default.

@@ -81,7 +81,7 @@ def retrieve(cfg: KadetConfig, ds: Dataset, queries: dict[str, str], retriever: 
     depth = max(r.top_k, r.rrf_depth) if kind == "hybrid" else r.top_k
     if kind in ("dense", "hybrid"):
         enc = Encoder(
-            model or r.model, device=r.device, batch_size=r.batch_size, max_seq_length=r.max_seq_length,
+            model or r.model, device=r.device, batch_size=r.batch_size, max_tokens=r.max_tokens, max_seq_length=r.max_seq_length,
             cache_dir=cfg.cache_dir if r.embedding_cache else None,
             query_prompt=r.query_prompt, document_prompt=r.passage_prompt,
         )

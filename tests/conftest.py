@@ -1,0 +1,73 @@
+"""Shared fixtures: where the real SciFact data lives, tiny corpora built on the fly."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def find_shared_data() -> Path | None:
+    """``$KADET_SHARED_DATA``, else the first ``shared/data`` beside the repo or a parent, else /work/shared/data."""
+    env = os.environ.get("KADET_SHARED_DATA")
+    if env:
+        return Path(env)
+    for parent in [REPO, *REPO.parents]:
+        cand = parent.parent / "shared" / "data" if parent == REPO else parent / "shared" / "data"
+        if (cand / "beir").is_dir():
+            return cand
+    fallback = Path("/work/shared/data")
+    return fallback if fallback.is_dir() else None
+
+
+def find_scifact() -> Path:
+    root = find_shared_data()
+    if root is None or not (root / "beir" / "scifact" / "corpus.jsonl").exists():
+        raise FileNotFoundError("BEIR SciFact not found: set KADET_SHARED_DATA to the shared/data folder")
+    return root / "beir" / "scifact"
+
+
+@pytest.fixture(scope="session")
+def scifact() -> Path:
+    try:
+        return find_scifact()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+
+
+def write_beir(root: Path, docs: list[dict], queries: list[dict], qrels: list[tuple[str, str, int]],
+               split: str = "test") -> Path:
+    """Write a small BEIR folder for tests."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
+    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries), encoding="utf-8")
+    (root / "qrels").mkdir(exist_ok=True)
+    (root / "qrels" / f"{split}.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{s}\n" for q, d, s in qrels), encoding="utf-8"
+    )
+    return root
+
+
+@pytest.fixture
+def tiny_beir(tmp_path: Path) -> Path:
+    docs = [
+        {"_id": "d1", "title": "Aspirin", "text": "Aspirin reduces the risk of heart attack in adults."},
+        {"_id": "d2", "title": "Vitamin D", "text": "Vitamin D deficiency is linked to bone fractures."},
+        {"_id": "d3", "title": "Sleep", "text": "Short sleep raises the risk of obesity in children."},
+        {"_id": "d4", "title": "Coffee", "text": "Coffee consumption is associated with lower liver disease."},
+    ]
+    queries = [
+        {"_id": "q1", "text": "does aspirin prevent heart attacks"},
+        {"_id": "q2", "text": "vitamin d and fractures"},
+        {"_id": "q3", "text": "sleep duration and childhood obesity"},
+    ]
+    qrels = [("q1", "d1", 1), ("q2", "d2", 1), ("q3", "d3", 1)]
+    return write_beir(tmp_path / "tiny", docs, queries, qrels)

@@ -1,0 +1,66 @@
+"""trec_eval metrics, the evaluate stage, and SciFact reference figures (slow)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from kadet.config import load_config
+from kadet.evaluate import aggregate, drop_identical_ids, evaluate, format_table, per_query_metrics
+from kadet.manifest import Manifest
+
+
+def test_metrics_hand_computed():
+    qrels = {"q1": {"a": 1, "b": 1}, "q2": {"c": 1}, "q3": {"z": 1}}
+    run = {"q1": {"x": 3.0, "a": 2.0, "y": 1.0}, "q2": {"c": 5.0}}
+    pq = per_query_metrics(qrels, run, ndcg_k=10, recall_k=100, mrr_k=10)
+    # q1: relevant at rank 2 only -> DCG = 1/log2(3); IDCG = 1 + 1/log2(3)
+    assert pq["q1"]["ndcg@10"] == pytest.approx((1 / math.log2(3)) / (1 + 1 / math.log2(3)))
+    assert pq["q1"]["recall@100"] == pytest.approx(0.5)
+    assert pq["q1"]["mrr@10"] == pytest.approx(0.5)
+    assert pq["q2"] == {"ndcg@10": 1.0, "recall@100": 1.0, "mrr@10": 1.0}
+    # q3 retrieved nothing: it still counts, with zeros
+    assert pq["q3"] == {"ndcg@10": 0.0, "recall@100": 0.0, "mrr@10": 0.0}
+    assert aggregate(pq)["recall@100"] == pytest.approx(0.5)
+
+
+def test_mrr_is_cut_at_k():
+    qrels = {"q": {"rel": 1}}
+    run = {"q": {f"d{i}": 100.0 - i for i in range(12)} | {"rel": 1.0}}
+    assert per_query_metrics(qrels, run, mrr_k=10)["q"]["mrr@10"] == 0.0
+    assert per_query_metrics(qrels, run, mrr_k=20)["q"]["mrr@20"] == pytest.approx(1 / 13)
+
+
+def test_drop_identical_ids():
+    assert drop_identical_ids({"1": {"1": 2.0, "2": 1.0}}) == {"1": {"2": 1.0}}
+
+
+def test_evaluate_tiny_writes_outputs(tiny_beir, tmp_path):
+    cfg = load_config(None, [f"data.data_dir={tiny_beir}", f"work_dir={tmp_path / 'work'}", "retrieval.retriever=hybrid"])
+    res = evaluate(cfg, output_dir=tmp_path / "out")
+    assert res.metrics["ndcg@10"] == pytest.approx(1.0)
+    summary = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert summary["queries"] == 3 and summary["retriever"] == "hybrid"
+    m = Manifest.read(tmp_path / "out")
+    assert m.stage == "evaluate" and set(m.inputs) == {"corpus", "queries", "qrels"}
+    assert m.config_hash == cfg.hash()
+    lines = (tmp_path / "out" / "run.tsv").read_text().splitlines()
+    assert lines[0].split("\t")[3] == "1"
+    assert "ndcg@10" in format_table([("x", res.metrics)])
+
+
+# Reference figures on BEIR SciFact test (300 queries); written down so a regression is loud.
+SCIFACT_EXPECTED = {"dense": 0.6451, "bm25": 0.686, "hybrid": 0.717}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("retriever", ["dense", "bm25", "hybrid"])
+def test_scifact_reference_figures(scifact, tmp_path_factory, retriever):
+    work = tmp_path_factory.getbasetemp() / "scifact-work"  # shared: hybrid reuses dense embeddings
+    cfg = load_config(None, [f"data.data_dir={scifact}", f"work_dir={work}", f"retrieval.retriever={retriever}"])
+    res = evaluate(cfg)
+    assert len(res.per_query) == 300
+    tol = 0.002 if retriever == "dense" else 0.005
+    assert res.metrics["ndcg@10"] == pytest.approx(SCIFACT_EXPECTED[retriever], abs=tol)
