@@ -62,6 +62,43 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print metrics as JSON instead of a table")
     _common(ev)
 
+    pr = sub.add_parser(
+        "prepare",
+        help="select passages: clean, dedupe, exclude evaluation positives, sample",
+        description=(
+            "Reads a BEIR folder (or a corpus .jsonl/.parquet), drops passages under "
+            "prepare.min_chars, exact and near-duplicates, and every passage judged relevant in "
+            "the qrels of prepare.exclude_splits / prepare.exclude_qrels, then samples "
+            "prepare.sample_size passages (seeded). Writes passages.jsonl and manifest.json."
+        ),
+    )
+    pr.add_argument("--data", help="BEIR folder, corpus file or s3:// URI (config: data.data_dir)")
+    pr.add_argument("--sample-size", type=int, help="passages to keep (config: prepare.sample_size)")
+    pr.add_argument("--exclude-qrels", action="append", default=[], metavar="TSV",
+                    help="extra qrels file whose relevant passages are excluded (repeatable)")
+    pr.add_argument("--output", help="output folder (default <work_dir>/prepare)")
+    _common(pr)
+
+    gen = sub.add_parser(
+        "generate",
+        help="synthetic queries of several types per passage (local model or TGI endpoint)",
+        description=(
+            "Generates generate.types queries per passage with few-shot prompts, cleans them and "
+            "writes queries.jsonl + manifest.json. Resumable: rerun the same command after a "
+            "crash and it continues from generations.jsonl."
+        ),
+    )
+    gen.add_argument("--passages", help="passages.jsonl from prepare (default <work_dir>/prepare/passages.jsonl)")
+    gen.add_argument("--backend", choices=["local", "tgi"], help="config: generate.backend (default local)")
+    gen.add_argument("--types", help="comma-separated query types, one query per passage each "
+                                     "(question,claim,keywords,title,web,msmarco); config: generate.types")
+    gen.add_argument("--max-passages", type=int, help="use only the first N passages (config: generate.max_passages)")
+    gen.add_argument("--model", help="local: smollm2, a .gguf or a causal-LM folder; tgi: model name")
+    gen.add_argument("--tgi-url", help="endpoint for --backend tgi (config: generate.tgi_url)")
+    gen.add_argument("--concurrency", type=int, help="tgi: requests in flight (config: generate.concurrency)")
+    gen.add_argument("--output", help="output folder (default <work_dir>/generate)")
+    _common(gen)
+
     cfg = sub.add_parser("config", help="print the effective configuration as YAML",
                          description="Print the defaults merged with --config and --set.")
     _common(cfg)
@@ -102,12 +139,54 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from kadet.prepare import prepare
+
+    cfg = _load(args)
+    if args.data:
+        cfg.data.data_dir = args.data
+    if args.sample_size is not None:
+        cfg.prepare.sample_size = args.sample_size
+    cfg.prepare.exclude_qrels += args.exclude_qrels
+    if not cfg.data.data_dir:
+        raise KadetError("no data: pass --data DIR or set data.data_dir")
+    out = Path(args.output) if args.output else Path(cfg.work_dir) / "prepare"
+    m = prepare(cfg, out)
+    print(f"prepare: kept {m.counts['passages']} of {m.counts['corpus']} passages; dropped {m.dropped}; wrote {out}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from kadet.generate import generate
+
+    cfg = _load(args)
+    g = cfg.generate
+    if args.backend:
+        g.backend = args.backend
+    if args.types:
+        g.types = {t.strip(): 1.0 for t in args.types.split(",") if t.strip()}
+    if args.max_passages is not None:
+        g.max_passages = args.max_passages
+    if args.model:
+        g.model = args.model
+    if args.tgi_url:
+        g.tgi_url = args.tgi_url
+    if args.concurrency:
+        g.concurrency = args.concurrency
+    passages = args.passages or str(Path(cfg.work_dir) / "prepare" / "passages.jsonl")
+    out = Path(args.output) if args.output else Path(cfg.work_dir) / "generate"
+    m = generate(cfg, passages, out)
+    print(f"generate: kept {m.counts['kept']} of {m.counts['finished']} outputs "
+          f"({100 * m.extra['usable_fraction']:.1f}% usable); dropped {m.dropped}; wrote {out / 'queries.jsonl'}")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     print(dump_config(_load(args)), end="")
     return 0
 
 
-COMMANDS = {"evaluate": cmd_evaluate, "config": cmd_config}
+COMMANDS = {"evaluate": cmd_evaluate, "prepare": cmd_prepare, "generate": cmd_generate, "config": cmd_config}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -87,12 +87,85 @@ class EvaluationConfig:
 
 
 @dataclass
+class PrepareConfig:
+    """Passage selection before query generation."""
+
+    #: Sample at most this many passages (seeded); 0 keeps all.
+    sample_size: int = 100_000
+    #: Drop passages whose normalised text is shorter than this.
+    min_chars: int = 10
+    #: Drop exact and near-duplicates (substring of a sorted neighbour).
+    dedupe: bool = True
+    #: qrels splits of the BEIR folder whose relevant passages are excluded (no test leakage).
+    exclude_splits: list[str] = field(default_factory=lambda: ["test"])
+    #: Extra qrels files (paths or s3:// URIs) whose relevant passages are excluded too.
+    exclude_qrels: list[str] = field(default_factory=list)
+
+
+ALL_QUERY_TYPES = ("question", "claim", "keywords", "title", "web", "msmarco")
+
+
+@dataclass
+class GenerateConfig:
+    """Synthetic query generation (see kadet/generate.py and kadet/prompts.py)."""
+
+    #: ``local`` (in-process transformers) or ``tgi`` (text-generation-inference client).
+    backend: str = "local"
+    #: Queries per passage for each type; a fraction is a probability (0.5 = every other passage).
+    #: ``web`` is zero-shot; the packaged 135M model cannot follow a bare instruction (1 usable
+    #: output in 8 on SciFact), so it is off by default: turn it on with a real LLM behind tgi.
+    types: dict[str, float] = field(
+        default_factory=lambda: {t: (0.0 if t == "web" else 1.0) for t in ALL_QUERY_TYPES}
+    )
+    #: Local: ``smollm2`` (packaged GGUF), a ``.gguf`` file or a causal-LM folder.
+    #: tgi: the model name sent to the server.
+    model: str = "smollm2"
+    #: Few-shot examples per prompt (``None``: each type's own, 3; ``web`` is zero-shot).
+    shots: int | None = None
+    max_new_tokens: int = 48
+    temperature: float = 0.7
+    top_p: float = 0.95
+    #: Passages are cut to this many characters in prompts.
+    max_passage_chars: int = 1000
+    #: Use only the first N passages (0: all).
+    max_passages: int = 0
+    #: Local backend: prompts per generate() call, and the device (None: CUDA if available).
+    batch_size: int = 16
+    device: str | None = None
+    #: tgi backend: endpoint, ``chat`` (chat_completion) or ``text_generation`` (raw prompts).
+    tgi_url: str = "http://127.0.0.1:8080"
+    tgi_api: str = "chat"
+    #: Name of the environment variable holding the endpoint token (never logged).
+    tgi_token_env: str = "HF_TOKEN"
+    concurrency: int = 8
+    timeout_s: float = 60.0
+    max_retries: int = 4
+    backoff_s: float = 1.0
+    backoff_max_s: float = 30.0
+    #: Outputs appended to the log (with fsync) after each group of this many requests.
+    flush_every: int = 64
+    #: Shard by passage index (ParallelFor): this worker handles index % num_shards == shard_index.
+    shard_index: int = 0
+    num_shards: int = 1
+    #: Cleaning: length bounds, n-gram overlap that marks a copy of the passage, keywords cap.
+    min_chars: int = 5
+    max_chars: int = 200
+    min_words: int = 2
+    max_words: int = 32
+    copy_ngram: int = 8
+    max_keywords: int = 5
+    progress: bool = True
+
+
+@dataclass
 class KadetConfig:
     """Root of the configuration tree."""
 
     data: DataConfig = field(default_factory=DataConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
     #: Working folder for outputs, caches and the local MLflow store.
     work_dir: str = ".kadet"
     seed: int = 42

@@ -11,14 +11,10 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.servers import free_port
+
 ACCESS_KEY = "kadettest"
 SECRET_KEY = "kadettestsecret"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rclone_binary() -> str | None:

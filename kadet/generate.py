@@ -1,0 +1,498 @@
+"""Stage 2, generate: synthetic queries of several types for each selected passage.
+
+Backends (``generate.backend``):
+
+``local``  in-process, batched ``transformers`` generation with the packaged SmolLM2-135M-
+           Instruct GGUF (dequantised once, cached as safetensors under the work dir). Raw
+           few-shot prompts, generation stops at a newline. The embedded default.
+``tgi``    ``huggingface_hub.AsyncInferenceClient`` against a text-generation-inference (or
+           any OpenAI-compatible) endpoint: ``chat_completion`` for instruct models or
+           ``text_generation`` for raw prompts; bounded concurrency, per-call timeout, retries
+           with exponential backoff on 5xx, 429, timeouts, dropped connections and malformed
+           replies. The token is read from the environment variable named by
+           ``generate.tgi_token_env`` and never logged.
+
+Resumable: every finished output (kept or dropped) is appended, in batches with fsync, to
+``generations.jsonl`` keyed by ``(passage id, type, k)``. A rerun skips keys already there, so
+a crash never duplicates or loses a finished query. When all keys are done the stage writes
+
+``queries.jsonl``  ``{qid, text, type, source_doc_id, backend, model, prompt_id}``
+``manifest.json``  counts, and every dropped output by reason (``empty``, ``refusal``,
+                   ``too_short``, ``too_long``, ``copy_of_passage``, ``duplicate``, ...)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import random
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from kadet.config import GenerateConfig, KadetConfig
+from kadet.data import Document, read_corpus, write_jsonl
+from kadet.errors import ConfigError, KadetError
+from kadet.manifest import Manifest
+from kadet.prepare import normalise
+from kadet.prompts import EXAMPLE_PASSAGES, QUERY_TYPES, QueryType
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- cleaning
+
+_PREFIX = re.compile(
+    r"^\s*(?:(?:\d+[.)]|[-*•])\s+)?(?:\*\*)?\s*(?:search\s+query|web\s+query|query|question|claim|title|"
+    r"keywords?|answer|output|q)\s*(?:\d+)?\s*[:：\-–]\s*(?:\*\*)?\s*",
+    re.IGNORECASE,
+)
+_QUOTES = "\"'`“”‘’«»*_ "
+_REFUSAL = re.compile(
+    r"\b(?:i'?m sorry|i am sorry|i apologi[sz]e|i can(?:not|'t)|i am unable|i'?m unable|as an ai|"
+    r"as a language model|i do not have|i don't have|not able to (?:help|provide)|cannot (?:help|provide))\b",
+    re.IGNORECASE,
+)
+_ECHO = re.compile(r"^\s*(?:passage|text|document)\s*:", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class CleanRules:
+    min_chars: int = 5
+    max_chars: int = 200
+    min_words: int = 2
+    max_words: int = 32
+    copy_ngram: int = 8
+    max_keywords: int = 5
+
+    @classmethod
+    def from_config(cls, g: GenerateConfig) -> "CleanRules":
+        return cls(g.min_chars, g.max_chars, g.min_words, g.max_words, g.copy_ngram, g.max_keywords)
+
+
+def _words(text: str) -> list[str]:
+    return normalise(text).split()
+
+
+def is_copy(query: str, passage: str, n: int) -> bool:
+    """True if the query shares a run of ``n`` words with the passage (or is a long substring of it)."""
+    q, p = _words(query), _words(passage)
+    if len(q) < n:
+        return False
+    grams = {tuple(p[i : i + n]) for i in range(len(p) - n + 1)}
+    return any(tuple(q[i : i + n]) in grams for i in range(len(q) - n + 1))
+
+
+def clean_output(raw: str, qtype: str, passage: str, rules: CleanRules = CleanRules()) -> tuple[str | None, str]:
+    """``(query, "ok")`` or ``(None, reason)`` for one raw model output."""
+    if raw is None or not raw.strip():
+        return None, "empty"
+    line = next((ln for ln in raw.splitlines() if ln.strip()), "")
+    if _ECHO.match(line):
+        return None, "echoed_prompt"
+    text = line.strip()
+    for _ in range(2):  # "1. Query: "..." " has two layers
+        text = _PREFIX.sub("", text, count=1).strip().strip(_QUOTES).strip()
+    text = re.sub(r"\s+", " ", text)
+    if not text:
+        return None, "empty"
+    if _REFUSAL.search(text):
+        return None, "refusal"
+    if qtype == "keywords":
+        parts = [p.strip().strip(_QUOTES) for p in re.split(r"[,;]", text) if p.strip().strip(_QUOTES)]
+        unique: list[str] = []
+        for part in parts:  # small models repeat keywords: keep the first of each
+            if part.lower() not in (u.lower() for u in unique):
+                unique.append(part)
+        text = ", ".join(unique[: rules.max_keywords])
+    words = text.split()
+    min_words = 1 if qtype == "keywords" else rules.min_words
+    if len(text) < rules.min_chars or len(words) < min_words:
+        return None, "too_short"
+    if len(text) > rules.max_chars or len(words) > rules.max_words:
+        return None, "too_long"
+    if is_copy(text, passage, rules.copy_ngram):
+        return None, "copy_of_passage"
+    if normalise(text) in _EXAMPLE_OUTPUTS:
+        return None, "copied_example"
+    return text, "ok"
+
+
+_EXAMPLE_OUTPUTS = {normalise(q) for qt in QUERY_TYPES.values() for q in qt.examples}
+
+
+# --------------------------------------------------------------------------- requests
+
+
+@dataclass(frozen=True)
+class Request:
+    key: str
+    doc_id: str
+    qtype: str
+    k: int
+    passage: str
+    examples: tuple[int, ...]
+
+    @property
+    def query_type(self) -> QueryType:
+        return QUERY_TYPES[self.qtype]
+
+    @property
+    def prompt_id(self) -> str:
+        return self.query_type.prompt_id(list(self.examples))
+
+    def raw_prompt(self) -> str:
+        return self.query_type.raw_prompt(self.passage, list(self.examples))
+
+    def chat_messages(self) -> list[dict[str, str]]:
+        return self.query_type.chat_messages(self.passage, list(self.examples))
+
+
+def plan_requests(passages: Sequence[Document], g: GenerateConfig, seed: int) -> list[Request]:
+    """Every (passage, type, k) to generate, with seeded few-shot choices; sharded by passage."""
+    unknown = [t for t in g.types if t not in QUERY_TYPES]
+    if unknown:
+        raise ConfigError(f"generate.types: unknown query type(s) {unknown} (known: {sorted(QUERY_TYPES)})")
+    requests = []
+    for idx, doc in enumerate(passages):
+        if idx % g.num_shards != g.shard_index:
+            continue
+        rng = random.Random(f"{seed}:{doc.doc_id}")
+        text = doc.full_text()[: g.max_passage_chars]
+        for qtype, weight in g.types.items():
+            # weight = queries per passage: the integer part always, the fraction with that probability
+            n = int(math.floor(weight)) + (1 if rng.random() < weight - math.floor(weight) else 0)
+            qt = QUERY_TYPES[qtype]
+            shots = qt.shots if g.shots is None or qt.shots == 0 else g.shots
+            for k in range(n):
+                ex = tuple(sorted(rng.sample(range(len(EXAMPLE_PASSAGES)), shots))) if shots else ()
+                requests.append(Request(f"{doc.doc_id}|{qtype}|{k}", doc.doc_id, qtype, k, text, ex))
+    return requests
+
+
+# --------------------------------------------------------------------------- backends
+
+
+class LocalBackend:
+    """Batched in-process generation with a causal LM (default: packaged SmolLM2 GGUF)."""
+
+    name = "local"
+
+    def __init__(self, g: GenerateConfig, cache_dir: Path, seed: int = 42):
+        import torch
+
+        self.g = g
+        self.seed = seed
+        self.device = g.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model_name = g.model
+        self.model, self.tok = load_causal_lm(g.model, cache_dir, self.device)
+        self.tok.padding_side = "left"
+        if self.tok.pad_token is None:
+            self.tok.pad_token = self.tok.eos_token
+        vocab = self.tok.convert_ids_to_tokens(list(range(len(self.tok))))
+        decoded = [self.tok.convert_tokens_to_string([t]) if t is not None else "" for t in vocab]
+        self.newline_ids = torch.tensor([i for i, s in enumerate(decoded) if "\n" in s], device=self.device)
+        self._calls = 0
+
+    def generate(self, requests: Sequence[Request], batch_size: int | None = None) -> list[str]:
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        newline_ids = self.newline_ids
+
+        class StopAtNewline(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return torch.isin(input_ids[:, -1], newline_ids)
+
+        prompts = [r.raw_prompt() for r in requests]
+        bs = batch_size or self.g.batch_size
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        out: list[str] = [""] * len(prompts)
+        for start in range(0, len(order), bs):
+            idx = order[start : start + bs]
+            enc = self.tok([prompts[i] for i in idx], return_tensors="pt", padding=True).to(self.device)
+            torch.manual_seed(self.seed + self._calls)
+            self._calls += 1
+            with torch.inference_mode():
+                gen = self.model.generate(
+                    **enc,
+                    max_new_tokens=self.g.max_new_tokens,
+                    do_sample=self.g.temperature > 0,
+                    temperature=self.g.temperature if self.g.temperature > 0 else None,
+                    top_p=self.g.top_p if self.g.temperature > 0 else None,
+                    pad_token_id=self.tok.pad_token_id,
+                    stopping_criteria=StoppingCriteriaList([StopAtNewline()]),
+                )
+            for row, i in enumerate(idx):
+                out[i] = self.tok.decode(gen[row, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        return out
+
+
+def load_causal_lm(name: str, cache_dir: Path, device: str):
+    """Load a causal LM folder, a ``.gguf`` file, or ``smollm2`` (packaged GGUF).
+
+    A GGUF is dequantised by transformers once and saved as safetensors in
+    ``<cache_dir>/models/<name>-<size>`` so later loads take a second, not ~45 s.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kadet.models import smollm2_gguf
+
+    path = smollm2_gguf() if name in ("smollm2", "SmolLM2-135M-Instruct") else Path(name)
+    if not path.exists():
+        raise KadetError(f"generate.model {name!r}: no such file or folder; kadet never downloads models")
+    if path.suffix == ".gguf":
+        cached = Path(cache_dir) / "models" / f"{path.stem}-{path.stat().st_size}"
+        if not (cached / "config.json").exists():
+            log.info("dequantising %s (one time)", path.name)
+            tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            if cached.exists():
+                import shutil
+
+                shutil.rmtree(tmp)
+            else:
+                os.replace(tmp, cached)
+        path = cached
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
+    return model, tok
+
+
+class RetryableError(Exception):
+    """A call that may succeed if repeated (5xx, 429, timeout, connection, malformed reply)."""
+
+
+def _classify(exc: BaseException) -> bool:
+    """True if ``exc`` is worth a retry."""
+    from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError
+
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError, InferenceTimeoutError, ConnectionError)):
+        return True
+    if isinstance(exc, HfHubHTTPError):
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        return status is None or status >= 500 or status == 429
+    if isinstance(exc, (ValueError, KeyError, TypeError, IndexError, AttributeError)):
+        return True  # malformed JSON or a reply of the wrong shape
+    name = type(exc).__name__
+    return any(s in name for s in ("Timeout", "Connect", "RemoteProtocol", "ReadError", "Transport", "Network"))
+
+
+class TGIBackend:
+    """Async client for text-generation-inference / OpenAI-compatible servers."""
+
+    name = "tgi"
+
+    def __init__(self, g: GenerateConfig, sleep: Callable[[float], object] | None = None):
+        if g.tgi_api not in ("chat", "text_generation"):
+            raise ConfigError(f"generate.tgi_api must be 'chat' or 'text_generation', got {g.tgi_api!r}")
+        self.g = g
+        self.model_name = g.model
+        self._token = os.environ.get(g.tgi_token_env) or None
+        self._sleep = sleep or asyncio.sleep
+        self.stats: Counter[str] = Counter()
+
+    def __repr__(self) -> str:  # never show the token
+        return f"TGIBackend(url={self.g.tgi_url!r}, api={self.g.tgi_api!r}, token={'set' if self._token else 'unset'})"
+
+    async def _call(self, client, req: Request) -> str:
+        g = self.g
+        if g.tgi_api == "chat":
+            resp = await client.chat_completion(
+                req.chat_messages(), model=g.model if g.model != "smollm2" else None,
+                max_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p, stop=["\n"],
+            )
+            return resp.choices[0].message.content or ""
+        return await client.text_generation(
+            req.raw_prompt(), max_new_tokens=g.max_new_tokens, temperature=g.temperature or None,
+            top_p=g.top_p, stop=["\n"], do_sample=g.temperature > 0,
+        )
+
+    async def _one(self, client, sem: asyncio.Semaphore, req: Request) -> str | BaseException:
+        async with sem:
+            delay = self.g.backoff_s
+            for attempt in range(self.g.max_retries + 1):
+                try:
+                    self.stats["calls"] += 1
+                    return await asyncio.wait_for(self._call(client, req), timeout=self.g.timeout_s)
+                except Exception as exc:  # classified below; anything else is re-raised
+                    retry = _classify(exc)
+                    self.stats[f"error_{type(exc).__name__}"] += 1
+                    if not retry or attempt == self.g.max_retries:
+                        log.warning("tgi request %s failed after %d attempt(s): %s", req.key, attempt + 1,
+                                    type(exc).__name__)
+                        return exc
+                    self.stats["retries"] += 1
+                    log.info("tgi request %s: %s, retry %d in %.1fs", req.key, type(exc).__name__,
+                             attempt + 1, delay)
+                    await self._sleep(delay * (0.5 + random.random()))
+                    delay = min(delay * 2, self.g.backoff_max_s)
+            raise AssertionError("unreachable")
+
+    async def _run(self, requests: Sequence[Request]) -> list[str | BaseException]:
+        from huggingface_hub import AsyncInferenceClient
+
+        client = AsyncInferenceClient(base_url=self.g.tgi_url, token=self._token, timeout=self.g.timeout_s)
+        # HF_HUB_OFFLINE=1 (kadet's default: no model downloads) makes huggingface_hub's own HTTP
+        # session refuse every request, including ones to our own TGI endpoint. Give this client
+        # a plain session: same transport settings, without the Hub's offline hook.
+        import httpx2
+
+        client._async_client = await client.exit_stack.enter_async_context(
+            httpx2.AsyncClient(follow_redirects=True, timeout=None)
+        )
+        sem = asyncio.Semaphore(self.g.concurrency)
+        try:
+            return await asyncio.gather(*(self._one(client, sem, r) for r in requests))
+        finally:
+            await client.close()
+
+    def generate(self, requests: Sequence[Request]) -> list[str | BaseException]:
+        return asyncio.run(self._run(requests))
+
+
+def make_backend(cfg: KadetConfig):
+    g = cfg.generate
+    if g.backend == "local":
+        return LocalBackend(g, cfg.cache_dir, cfg.seed)
+    if g.backend == "tgi":
+        return TGIBackend(g)
+    raise ConfigError(f"generate.backend must be 'local' or 'tgi', got {g.backend!r}")
+
+
+# --------------------------------------------------------------------------- the stage
+
+LOG_NAME = "generations.jsonl"
+
+
+def read_log(path: Path) -> dict[str, dict]:
+    """Finished outputs by key. A torn last line (crash mid-write) is cut off the file."""
+    done: dict[str, dict] = {}
+    if not path.exists():
+        return done
+    good = 0
+    with open(path, "rb") as fh:
+        for raw in fh:
+            if not raw.endswith(b"\n"):
+                break
+            try:
+                rec = json.loads(raw)
+            except json.JSONDecodeError:
+                break
+            done[rec["key"]] = rec
+            good += len(raw)
+    if good != path.stat().st_size:
+        log.warning("%s: dropping a torn last record from an earlier crash", path)
+        with open(path, "r+b") as fh:
+            fh.truncate(good)
+    return done
+
+
+def _append(path: Path, records: list[dict]) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def run_generation(cfg: KadetConfig, passages: Sequence[Document], out: Path, backend=None) -> Manifest:
+    """Generate for every planned request not yet in ``out/generations.jsonl``, then finalise."""
+    g = cfg.generate
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / LOG_NAME
+    requests = plan_requests(passages, g, cfg.seed)
+    done = read_log(log_path)
+    todo = [r for r in requests if r.key not in done]
+    log.info("generate: %d requests, %d already done, %d to do", len(requests), len(requests) - len(todo), len(todo))
+    rules = CleanRules.from_config(g)
+    failed = 0
+    t0 = time.perf_counter()
+    if todo:
+        backend = backend or make_backend(cfg)
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc="generate", disable=not g.progress)
+        for start in range(0, len(todo), g.flush_every):
+            chunk = todo[start : start + g.flush_every]
+            outputs = backend.generate(chunk)
+            records = []
+            for req, raw in zip(chunk, outputs):
+                if isinstance(raw, BaseException):
+                    failed += 1  # not logged: a rerun retries it
+                    continue
+                text, reason = clean_output(raw, req.qtype, req.passage, rules)
+                records.append({
+                    "key": req.key, "doc_id": req.doc_id, "type": req.qtype, "k": req.k, "raw": raw,
+                    "text": text, "status": reason, "prompt_id": req.prompt_id,
+                    "backend": backend.name, "model": backend.model_name,
+                })
+            _append(log_path, records)
+            bar.update(len(chunk))
+        bar.close()
+    return finalise(cfg, requests, out, failed, time.perf_counter() - t0)
+
+
+def finalise(cfg: KadetConfig, requests: Sequence[Request], out: Path, failed: int, seconds: float) -> Manifest:
+    """Write ``queries.jsonl`` (kept, de-duplicated) and the manifest from the generation log."""
+    done = read_log(out / LOG_NAME)
+    m = Manifest(stage="generate", config_hash=cfg.hash())
+    seen: set[str] = set()
+    rows = []
+    by_type: Counter[str] = Counter()
+    for req in requests:  # plan order: stable output whatever the completion order was
+        rec = done.get(req.key)
+        if rec is None:
+            continue
+        if rec["status"] != "ok":
+            m.drop(rec["status"])
+            continue
+        norm = normalise(rec["text"])
+        if norm in seen:
+            m.drop("duplicate")
+            continue
+        seen.add(norm)
+        by_type[rec["type"]] += 1
+        rows.append({
+            "qid": f"gen-{rec['key'].replace('|', '-')}", "text": rec["text"], "type": rec["type"],
+            "source_doc_id": rec["doc_id"], "backend": rec["backend"], "model": rec["model"],
+            "prompt_id": rec["prompt_id"],
+        })
+    missing = sum(1 for r in requests if r.key not in done)
+    write_jsonl(out / "queries.jsonl", rows)
+    m.outputs = {"queries": "queries.jsonl", "log": LOG_NAME}
+    m.counts = {"requests": len(requests), "finished": len(requests) - missing, "kept": len(rows),
+                "failed_this_run": failed, "missing": missing, **{f"kept_{t}": n for t, n in by_type.items()}}
+    finished = len(requests) - missing
+    m.extra = {"usable_fraction": round(len(rows) / finished, 4) if finished else 0.0,
+               "seconds_this_run": round(seconds, 1), "backend": cfg.generate.backend, "types": cfg.generate.types}
+    m.write(out)
+    if missing:
+        raise KadetError(f"generate: {missing} of {len(requests)} requests failed; rerun to resume "
+                         f"({out / LOG_NAME} keeps the {len(requests) - missing} finished ones)")
+    return m
+
+
+def generate(cfg: KadetConfig, passages_path: str | Path, output_dir: str | Path, backend=None) -> Manifest:
+    """Run the stage on a ``passages.jsonl`` written by the prepare stage."""
+    from kadet.storage import localize
+
+    local = localize(passages_path)
+    passages = list(read_corpus(local).values())
+    if cfg.generate.max_passages:
+        passages = passages[: cfg.generate.max_passages]
+    m = run_generation(cfg, passages, Path(output_dir), backend)
+    m.add_input("passages", passages_path, local)
+    m.write(output_dir)
+    return m

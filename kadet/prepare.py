@@ -1,0 +1,108 @@
+"""Stage 1, prepare: clean the corpus, drop near-duplicates, exclude test positives, sample.
+
+The model must never train on a passage that is relevant to an evaluation query, so every
+document judged relevant in the given qrels is removed before sampling::
+
+    passages, manifest = select_passages(corpus, excluded_ids, PrepareConfig(sample_size=200))
+
+Writes ``passages.jsonl`` (``{"_id", "title", "text"}``) and ``manifest.json`` whose
+``dropped`` counts ``too_short``, ``exact_duplicate``, ``near_duplicate``, ``eval_relevant``
+and ``not_sampled``.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from kadet.config import KadetConfig, PrepareConfig
+from kadet.data import Document, load_beir, read_corpus, read_qrels, write_jsonl
+from kadet.manifest import Manifest
+
+_SPACE = re.compile(r"\s+")
+_PUNCT = re.compile(r"[^\w\s]")
+
+
+def normalise(text: str) -> str:
+    """NFKC, lower case, punctuation removed, whitespace collapsed: the key for duplicate checks."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    return _SPACE.sub(" ", _PUNCT.sub(" ", text)).strip()
+
+
+def select_passages(
+    corpus: Mapping[str, Document], excluded_ids: Iterable[str], cfg: PrepareConfig, seed: int = 42,
+    manifest: Manifest | None = None, title_separator: str = " ",
+) -> list[Document]:
+    """Filter and sample passages; counts every drop by reason in ``manifest``."""
+    m = manifest or Manifest(stage="prepare")
+    excluded = set(excluded_ids)
+    keyed: list[tuple[str, str]] = []  # (normalised text, doc id)
+    for doc_id, doc in corpus.items():
+        if doc_id in excluded:
+            m.drop("eval_relevant")
+            continue
+        norm = normalise(doc.full_text(title_separator))
+        if len(norm) < cfg.min_chars:
+            m.drop("too_short")
+            continue
+        keyed.append((norm, doc_id))
+    # Near-duplicates: sort the normalised texts; a text equal to, or contained in, its sorted
+    # neighbour is dropped (the longer text is kept).
+    keyed.sort()
+    drop: set[str] = set()
+    if cfg.dedupe:
+        for (a, ida), (b, idb) in zip(keyed, keyed[1:]):
+            if a == b:
+                drop.add(idb)
+                m.drop("exact_duplicate")
+            elif b.startswith(a) or (len(a) >= cfg.min_chars and a in b):
+                drop.add(ida)
+                m.drop("near_duplicate")
+    candidates = {i for _, i in keyed} - drop
+    kept = [doc_id for doc_id in corpus if doc_id in candidates]
+    rng = random.Random(seed)
+    if cfg.sample_size and len(kept) > cfg.sample_size:
+        sample = set(rng.sample(kept, cfg.sample_size))
+        m.drop("not_sampled", len(kept) - len(sample))
+        kept = [d for d in kept if d in sample]  # keep corpus order: stable outputs
+    m.counts.update({"corpus": len(corpus), "passages": len(kept), "excluded_ids": len(excluded)})
+    return [corpus[d] for d in kept]
+
+
+def excluded_from_qrels(qrels_paths: Iterable[str | Path], corpus: Mapping[str, Document]) -> set[str]:
+    """Documents judged relevant (score > 0) in any of the given qrels files."""
+    ids: set[str] = set()
+    for p in qrels_paths:
+        for rels in read_qrels(p, corpus_ids=corpus).values():
+            ids.update(d for d, s in rels.items() if s > 0)
+    return ids
+
+
+def prepare(cfg: KadetConfig, output_dir: str | Path) -> Manifest:
+    """Run the stage on ``cfg.data.data_dir`` (a BEIR folder or a corpus file)."""
+    out = Path(output_dir)
+    src = cfg.data.data_dir
+    m = Manifest(stage="prepare", config_hash=cfg.hash())
+    if Path(src).suffix in (".jsonl", ".parquet"):
+        corpus = read_corpus(src)
+        m.add_input("corpus", src)
+        qrels_files = [Path(q) for q in cfg.prepare.exclude_qrels]
+    else:
+        ds = load_beir(src, cfg.data.split)
+        corpus = ds.corpus
+        m.add_input("corpus", src, ds.files["corpus"])
+        root = ds.files["corpus"].parent
+        qrels_files = [root / "qrels" / f"{s}.tsv" for s in cfg.prepare.exclude_splits
+                       if (root / "qrels" / f"{s}.tsv").exists()]
+        qrels_files += [Path(q) for q in cfg.prepare.exclude_qrels]
+    for i, q in enumerate(qrels_files):
+        m.add_input(f"exclude_qrels_{i}", q)
+    excluded = excluded_from_qrels(qrels_files, corpus)
+    passages = select_passages(corpus, excluded, cfg.prepare, cfg.seed, m, cfg.data.title_separator)
+    write_jsonl(out / "passages.jsonl", ({"_id": d.doc_id, "title": d.title, "text": d.text} for d in passages))
+    m.outputs = {"passages": "passages.jsonl"}
+    m.write(out)
+    return m

@@ -1,0 +1,261 @@
+"""Query generation: cleaning, planning, resume after a crash, the tgi client (against the
+real llama.cpp server and a FAKE fault-injection server), and the local backend."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from kadet.config import load_config
+from kadet.data import Document, read_corpus, write_jsonl
+from kadet.errors import ConfigError, KadetError
+from kadet.generate import (
+    LOG_NAME, CleanRules, TGIBackend, clean_output, generate, is_copy, plan_requests, read_log, run_generation,
+)
+from kadet.manifest import Manifest
+from kadet.models import smollm2_gguf
+from kadet.prompts import EXAMPLE_PASSAGES, QUERY_TYPES
+from tests.servers import FaultServer, llama_cpp_available, llama_server
+
+PASSAGE = ("The human Golli-MBP gene is included within a 179-kilobase transcription unit: expression in "
+           "the immune and nervous systems of the myelin basic protein gene complex.")
+
+# Raw outputs observed from SmolLM2-135M on SciFact passages (kadet generate, local backend).
+OBSERVED = [
+    ("question", " What is the name of the gene in the human genome that encodes for myelin basic protein?\n",
+     "What is the name of the gene in the human genome that encodes for myelin basic protein?"),
+    ("title", " A14933.1\n", None),  # too_short
+    ("web", " The human Golli-MBP gene is included within a 179-kilobase transcription unit: expression in the im",
+     None),  # copy_of_passage
+    ("web", " s1017\n", None),  # too_short
+    ("keywords", " human, RNA, gene expression, gene expression, gene expression, human, gene expression, gene express",
+     "human, RNA, gene expression, gene express"),
+    ("web", " Select the best answer that fits the title of the article.  Answer:  The structure of the chromatin in "
+            "the nucleus of the cell is a dynamic and highly specialised structure that allows the cell",
+     None),  # too_long
+    ("msmarco", " what is hnRNP A1\n", "what is hnRNP A1"),
+]
+
+
+@pytest.mark.parametrize("qtype, raw, expected", OBSERVED)
+def test_cleaning_on_observed_outputs(qtype, raw, expected):
+    text, reason = clean_output(raw, qtype, PASSAGE)
+    assert text == expected, reason
+
+
+@pytest.mark.parametrize(
+    "raw, expected, reason",
+    [
+        ('Query: "does aspirin prevent clots"\nPassage: next one', "does aspirin prevent clots", "ok"),
+        ("\n\n  1. Question: **Is coffee good for the liver?**", "Is coffee good for the liver?", "ok"),
+        ("“what causes gout”", "what causes gout", "ok"),
+        ("I'm sorry, but I cannot help with that request.", None, "refusal"),
+        ("As an AI language model I do not have opinions", None, "refusal"),
+        ("   \n  ", None, "empty"),
+        ('""', None, "empty"),
+        ("Passage: The human Golli-MBP gene", None, "echoed_prompt"),
+        ("what", None, "too_short"),
+        ("does vitamin d prevent fractures", None, "copied_example"),
+    ],
+)
+def test_cleaning_rules(raw, expected, reason):
+    assert clean_output(raw, "question", PASSAGE) == (expected, reason)
+
+
+def test_copy_detection_uses_ngrams():
+    assert is_copy("expression in the immune and nervous systems of the myelin", PASSAGE, 8)
+    assert not is_copy("expression in the immune system of mice", PASSAGE, 8)
+    assert clean_output("a b c d e f g h i j", "question", "x", CleanRules(max_words=5)) == (None, "too_long")
+
+
+def test_prompt_library():
+    assert set(QUERY_TYPES) == {"question", "claim", "keywords", "title", "web", "msmarco"}
+    for qt in QUERY_TYPES.values():
+        assert len(qt.examples) >= 8 and len(qt.examples) == len(EXAMPLE_PASSAGES)
+    qt = QUERY_TYPES["claim"]
+    prompt = qt.raw_prompt("New passage.", [0, 4, 9])
+    assert prompt.count("Passage:") == 4 and prompt.endswith("Passage: New passage.\nClaim:")
+    msgs = qt.chat_messages("New passage.", [1, 2, 3])
+    assert [m["role"] for m in msgs] == ["system"] + ["user", "assistant"] * 3 + ["user"]
+    assert QUERY_TYPES["web"].raw_prompt("P", []).count("Passage:") == 1
+
+
+def _docs(n: int) -> list[Document]:
+    return [Document(f"d{i}", f"Passage number {i} about topic {i} and its properties.") for i in range(n)]
+
+
+def test_plan_mixture_seeding_and_shards():
+    cfg = load_config(None, ["generate.types={question: 1, claim: 2, title: 0.5, keywords: 0}"])
+    reqs = plan_requests(_docs(40), cfg.generate, seed=1)
+    by = {t: sum(r.qtype == t for r in reqs) for t in ("question", "claim", "title", "keywords")}
+    assert by["question"] == 40 and by["claim"] == 80 and by["keywords"] == 0
+    assert 10 <= by["title"] <= 30
+    assert all(len(r.examples) == 3 and len(set(r.examples)) == 3 for r in reqs)
+    assert len({r.key for r in reqs}) == len(reqs)
+    again = plan_requests(_docs(40), cfg.generate, seed=1)
+    assert [(r.key, r.examples) for r in again] == [(r.key, r.examples) for r in reqs]
+    assert [r.examples for r in plan_requests(_docs(40), cfg.generate, seed=2)] != [r.examples for r in reqs]
+    shards = []
+    for i in range(3):
+        c = load_config(None, ["generate.types={question: 1}", f"generate.shard_index={i}", "generate.num_shards=3"])
+        shards.append({r.key for r in plan_requests(_docs(10), c.generate, 1)})
+    assert set.union(*shards) == {f"d{i}|question|0" for i in range(10)} and sum(map(len, shards)) == 10
+    with pytest.raises(ConfigError, match="unknown query type"):
+        plan_requests(_docs(1), load_config(None, ["generate.types={poem: 1}"]).generate, 1)
+
+
+class ScriptedBackend:
+    """FAKE backend for fault injection: answers deterministically, crashes on call ``crash_on``."""
+
+    name = "scripted"
+    model_name = "scripted"
+
+    def __init__(self, crash_on: int | None = None):
+        self.calls = 0
+        self.crash_on = crash_on
+        self.seen: list[str] = []
+
+    def generate(self, requests):
+        self.calls += 1
+        if self.calls == self.crash_on:
+            raise KeyboardInterrupt("injected crash")
+        self.seen += [r.key for r in requests]
+        return [f"what is special about {r.doc_id} for {r.qtype} {r.k}\n" for r in requests]
+
+
+def test_crash_and_resume(tmp_path):
+    cfg = load_config(None, ["generate.types={question: 1, claim: 1}", "generate.flush_every=4", "generate.progress=false"])
+    docs = _docs(10)
+    with pytest.raises(KeyboardInterrupt):
+        run_generation(cfg, docs, tmp_path, ScriptedBackend(crash_on=3))
+    first = read_log(tmp_path / LOG_NAME)
+    assert len(first) == 8  # two flushed groups of 4 survived the crash
+    # a torn half-line from a crash mid-write is cut off, not parsed
+    with open(tmp_path / LOG_NAME, "a") as fh:
+        fh.write('{"key": "d9|claim|0", "te')
+    resumed = ScriptedBackend()
+    m = run_generation(cfg, docs, tmp_path, resumed)
+    assert len(resumed.seen) == 12 and not set(resumed.seen) & set(first)
+    rows = [json.loads(l) for l in (tmp_path / "queries.jsonl").read_text().splitlines()]
+    assert len(rows) == 20 == len({r["qid"] for r in rows}) and m.counts["kept"] == 20
+    assert set(rows[0]) == {"qid", "text", "type", "source_doc_id", "backend", "model", "prompt_id"}
+    # a third run has nothing left to do and changes nothing
+    idle = ScriptedBackend()
+    run_generation(cfg, docs, tmp_path, idle)
+    assert idle.calls == 0
+    assert [json.loads(l) for l in (tmp_path / "queries.jsonl").read_text().splitlines()] == rows
+
+
+def test_duplicates_and_drops_are_counted(tmp_path):
+    class Dupes(ScriptedBackend):
+        def generate(self, requests):
+            return ["same query for all\n" if r.doc_id != "d0" else "I'm sorry, I cannot do that" for r in requests]
+
+    cfg = load_config(None, ["generate.types={question: 1}", "generate.progress=false"])
+    m = run_generation(cfg, _docs(4), tmp_path, Dupes())
+    assert m.counts["kept"] == 1 and m.dropped == {"refusal": 1, "duplicate": 2}
+    assert Manifest.read(tmp_path).dropped == m.dropped
+
+
+# ------------------------------------------------------------------ tgi backend, FAKE fault server
+
+def _tgi_cfg(url: str, *extra: str):
+    return load_config(None, ["generate.backend=tgi", f"generate.tgi_url={url}", "generate.types={question: 1, claim: 1}",
+                              "generate.timeout_s=1", "generate.backoff_s=0.01", "generate.progress=false",
+                              "generate.flush_every=5", *extra])
+
+
+def test_tgi_retries_5xx_hangs_and_malformed_json(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("HF_TOKEN", "hf_sekrit_token_value")
+    caplog.set_level(logging.DEBUG)
+    with FaultServer(["503", "hang", "badjson", "502", "ok"], hang_s=2.5) as srv:
+        cfg = _tgi_cfg(srv.url, "generate.max_retries=4", "generate.concurrency=4")
+        backend = TGIBackend(cfg.generate)
+        m = run_generation(cfg, _docs(6), tmp_path, backend)
+    assert m.counts["kept"] == 12 and m.counts["missing"] == 0
+    assert backend.stats["retries"] == 4 * 12 and backend.stats["calls"] == 5 * 12
+    assert srv.auth == {"Bearer hf_sekrit_token_value"}  # the token is sent ...
+    everything = caplog.text + repr(backend) + (tmp_path / LOG_NAME).read_text() + (tmp_path / "manifest.json").read_text()
+    assert "sekrit" not in everything  # ... and never written anywhere
+
+
+def test_tgi_gives_up_then_resumes_without_loss(tmp_path):
+    # every request fails its first 3 attempts; with 1 retry all fail, nothing is written
+    with FaultServer(["500", "500", "500"]) as srv:
+        cfg = _tgi_cfg(srv.url, "generate.max_retries=1")
+        with pytest.raises(KadetError, match=r"12 of 12 requests failed; rerun to resume"):
+            run_generation(cfg, _docs(6), tmp_path, TGIBackend(cfg.generate))
+        assert read_log(tmp_path / LOG_NAME) == {}
+        cfg = _tgi_cfg(srv.url, "generate.max_retries=2")
+        m = run_generation(cfg, _docs(6), tmp_path, TGIBackend(cfg.generate))
+    assert m.counts["kept"] == 12 and m.counts["failed_this_run"] == 0
+
+
+def test_tgi_does_not_retry_4xx(tmp_path):
+    with FaultServer(["400", "400", "400"]) as srv:
+        cfg = _tgi_cfg(srv.url, "generate.max_retries=3")
+        backend = TGIBackend(cfg.generate)
+        with pytest.raises(KadetError):
+            run_generation(cfg, _docs(2), tmp_path, backend)
+    assert backend.stats["calls"] == 4 and backend.stats["retries"] == 0
+
+
+# ------------------------------------------------------------------ real llama.cpp server
+
+needs_llama = pytest.mark.skipif(not llama_cpp_available(), reason="llama-cpp-python[server] not installed")
+
+
+@pytest.fixture(scope="module")
+def llama_url():
+    with llama_server(str(smollm2_gguf())) as url:
+        yield url
+
+
+@needs_llama
+def test_tgi_backend_against_real_llama_cpp_server(tmp_path, llama_url, scifact):
+    corpus = read_corpus(scifact / "corpus.jsonl")
+    passages = list(corpus.values())[:4]
+    write_jsonl(tmp_path / "passages.jsonl", ({"_id": d.doc_id, "title": d.title, "text": d.text} for d in passages))
+    cfg = _tgi_cfg(llama_url, "generate.timeout_s=120", "generate.concurrency=2", "generate.temperature=0.3",
+                   "generate.types={question: 1, msmarco: 1}")
+    m = generate(cfg, tmp_path / "passages.jsonl", tmp_path / "out")
+    rows = [json.loads(l) for l in (tmp_path / "out" / "queries.jsonl").read_text().splitlines()]
+    assert m.counts["finished"] == 8 and m.counts["missing"] == 0
+    # SmolLM2-135M through its chat template often rambles (dropped as too_long); this test is
+    # about the client plumbing, quality is measured on the local backend's raw prompts.
+    assert len(rows) >= 2, m.dropped
+    assert m.counts["kept"] + sum(m.dropped.values()) == 8
+    for r in rows:
+        assert r["backend"] == "tgi" and r["source_doc_id"] in corpus and r["text"]
+        assert r["prompt_id"].startswith(r["type"] + "/v1/")
+    raw = [rec["raw"] for rec in read_log(tmp_path / "out" / LOG_NAME).values()]
+    assert all("\n" not in x.strip() for x in raw)  # the stop sequence was honoured
+
+
+def test_tgi_text_generation_api_request_shape(tmp_path):
+    # llama.cpp serves only the OpenAI routes, so TGI's raw route is checked against the FAKE
+    # server: a POST of {"inputs": <few-shot prompt>, "parameters": {...}} to the base URL.
+    with FaultServer(["503"]) as srv:
+        cfg = _tgi_cfg(srv.url, "generate.tgi_api=text_generation", "generate.types={claim: 1}")
+        m = run_generation(cfg, _docs(3), tmp_path, TGIBackend(cfg.generate))
+    assert m.counts["kept"] == 3
+    assert set(srv.paths) == {"/"}
+    rows = [json.loads(l) for l in (tmp_path / "queries.jsonl").read_text().splitlines()]
+    assert all(r["text"].startswith("what about number") for r in rows)
+
+
+# ------------------------------------------------------------------ local backend (real model)
+
+@pytest.mark.slow
+def test_local_backend_generates_usable_queries(tmp_path, scifact):
+    corpus = read_corpus(scifact / "corpus.jsonl")
+    passages = list(corpus.values())[:6]
+    cfg = load_config(None, [f"work_dir={tmp_path / 'w'}", "generate.types={question: 1, msmarco: 1}",
+                             "generate.progress=false"])
+    m = run_generation(cfg, passages, tmp_path / "out")
+    assert m.counts["finished"] == 12
+    assert m.counts["kept"] >= 9, m.dropped
+    rows = [json.loads(l) for l in (tmp_path / "out" / "queries.jsonl").read_text().splitlines()]
+    assert {r["backend"] for r in rows} == {"local"} and {r["type"] for r in rows} == {"question", "msmarco"}

@@ -1,0 +1,49 @@
+"""Passage selection: cleaning, near-duplicates, test-positive exclusion, seeded sampling."""
+
+from __future__ import annotations
+
+import json
+
+from kadet.config import PrepareConfig, load_config
+from kadet.data import Document, load_beir
+from kadet.manifest import Manifest
+from kadet.prepare import normalise, prepare, select_passages
+
+
+def test_normalise():
+    assert normalise("  Héllo,\tWORLD!  ") == "héllo world"
+    assert normalise("ﬁne") == "fine"  # NFKC
+
+
+def test_select_drops_each_kind():
+    corpus = {
+        "short": Document("short", "tiny"),
+        "a": Document("a", "Aspirin reduces the risk of heart attack."),
+        "a_copy": Document("a_copy", "ASPIRIN reduces the risk of heart attack!"),
+        "prefix": Document("prefix", "Coffee is associated with lower liver disease"),
+        "longer": Document("longer", "Coffee is associated with lower liver disease in adults."),
+        "test_pos": Document("test_pos", "Vitamin D deficiency is linked to bone fractures."),
+        "keep": Document("keep", "Short sleep raises the risk of obesity in children."),
+    }
+    m = Manifest(stage="prepare")
+    out = select_passages(corpus, {"test_pos"}, PrepareConfig(sample_size=0), manifest=m)
+    assert [d.doc_id for d in out] == ["a", "longer", "keep"]
+    assert m.dropped == {"too_short": 1, "exact_duplicate": 1, "near_duplicate": 1, "eval_relevant": 1}
+
+
+def test_sampling_is_seeded():
+    corpus = {f"d{i}": Document(f"d{i}", f"passage number {i} with enough text") for i in range(100)}
+    a = select_passages(corpus, set(), PrepareConfig(sample_size=10), seed=1)
+    b = select_passages(corpus, set(), PrepareConfig(sample_size=10), seed=1)
+    c = select_passages(corpus, set(), PrepareConfig(sample_size=10), seed=2)
+    assert a == b and a != c and len(a) == 10
+
+
+def test_prepare_stage_never_keeps_test_positives(scifact, tmp_path):
+    cfg = load_config(None, [f"data.data_dir={scifact}", "prepare.sample_size=0"])
+    m = prepare(cfg, tmp_path)
+    kept = {json.loads(l)["_id"] for l in (tmp_path / "passages.jsonl").read_text().splitlines()}
+    positives = load_beir(scifact, "test").relevant_doc_ids()
+    assert len(positives) == 283 and not kept & positives
+    assert m.dropped["eval_relevant"] == 283 and m.counts["passages"] == len(kept) == 5183 - sum(m.dropped.values())
+    assert Manifest.read(tmp_path).inputs["exclude_qrels_0"]["fingerprint"].startswith("sha256:")
