@@ -72,25 +72,30 @@ class Dataset:
         return {d for rels in self.qrels.values() for d, s in rels.items() if s > 0}
 
 
-def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    """Yield ``(line_number, object)`` for each non-blank line; bad bytes or JSON raise."""
+def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line_number, line)`` for each non-blank line, newline stripped; bad UTF-8 raises."""
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError as exc:
                 raise DataError(
                     path, f"invalid UTF-8 byte 0x{raw[exc.start]:02x} at column {exc.start + 1}", lineno
                 ) from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(path, f"malformed JSON: {exc.msg} at column {exc.colno}", lineno) from None
-            if not isinstance(obj, dict):
-                raise DataError(path, f"expected a JSON object, got {type(obj).__name__}", lineno)
-            yield lineno, obj
+            if line.strip():
+                yield lineno, line
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_number, object)`` for each non-blank line; bad bytes or JSON raise."""
+    for lineno, line in _text_lines(path):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(path, f"malformed JSON: {exc.msg} at column {exc.colno}", lineno) from None
+        if not isinstance(obj, dict):
+            raise DataError(path, f"expected a JSON object, got {type(obj).__name__}", lineno)
+        yield lineno, obj
 
 
 def _get_id(obj: dict, path: Path, lineno: int) -> str:
@@ -128,46 +133,42 @@ def _rows(path: Path) -> Iterator[tuple[int, dict]]:
         yield from _iter_jsonl(path)
 
 
-def read_corpus(path: str | os.PathLike) -> dict[str, Document]:
-    """Read a corpus from JSONL or Parquet (local path or ``s3://`` URI)."""
+def _records(path: str | os.PathLike) -> Iterator[tuple[Path, int, str, dict]]:
+    """``(local_path, line, id, object)`` per record; raises on a missing file or a duplicate id."""
     path = localize(path)
     if not path.exists():
         raise DataError(path, "file not found")
-    docs: dict[str, Document] = {}
     first_line: dict[str, int] = {}
     for lineno, obj in _rows(path):
-        doc_id = _get_id(obj, path, lineno)
-        text = _get_text(obj, "text", path, lineno)
-        title = _get_text(obj, "title", path, lineno, required=False)
+        rid = _get_id(obj, path, lineno)
+        if rid in first_line:
+            raise DataError(path, f"duplicate id {rid!r} (first seen on line {first_line[rid]})", lineno, "_id")
+        first_line[rid] = lineno
+        yield path, lineno, rid, obj
+
+
+def read_corpus(path: str | os.PathLike) -> dict[str, Document]:
+    """Read a corpus from JSONL or Parquet (local path or ``s3://`` URI)."""
+    docs: dict[str, Document] = {}
+    for local, lineno, doc_id, obj in _records(path):
+        text = _get_text(obj, "text", local, lineno)
+        title = _get_text(obj, "title", local, lineno, required=False)
         if not text.strip() and not title.strip():
-            raise DataError(path, "empty text and title", lineno, "text")
-        if doc_id in docs:
-            raise DataError(
-                path, f"duplicate id {doc_id!r} (first seen on line {first_line[doc_id]})", lineno, "_id"
-            )
+            raise DataError(local, "empty text and title", lineno, "text")
         docs[doc_id] = Document(doc_id=doc_id, text=text, title=title)
-        first_line[doc_id] = lineno
     if not docs:
-        raise DataError(path, "empty corpus: no documents found")
+        raise DataError(localize(path), "empty corpus: no documents found")
     return docs
 
 
 def read_queries(path: str | os.PathLike) -> dict[str, Query]:
     """Read ``queries.jsonl`` (``_id``, ``text``)."""
-    path = localize(path)
-    if not path.exists():
-        raise DataError(path, "file not found")
     queries: dict[str, Query] = {}
-    first_line: dict[str, int] = {}
-    for lineno, obj in _rows(path):
-        qid = _get_id(obj, path, lineno)
-        text = _get_text(obj, "text", path, lineno)
+    for local, lineno, qid, obj in _records(path):
+        text = _get_text(obj, "text", local, lineno)
         if not text.strip():
-            raise DataError(path, "empty query text", lineno, "text")
-        if qid in queries:
-            raise DataError(path, f"duplicate id {qid!r} (first seen on line {first_line[qid]})", lineno, "_id")
+            raise DataError(local, "empty query text", lineno, "text")
         queries[qid] = Query(qid=qid, text=text)
-        first_line[qid] = lineno
     return queries
 
 
@@ -181,31 +182,22 @@ def read_qrels(
     if not path.exists():
         raise DataError(path, "file not found")
     qrels: Qrels = {}
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            try:
-                line = raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as exc:
-                raise DataError(
-                    path, f"invalid UTF-8 byte 0x{raw[exc.start]:02x} at column {exc.start + 1}", lineno
-                ) from None
-            if not line.strip():
-                continue
-            cols = line.split("\t")
-            if lineno == 1 and cols[0].strip().lower() in ("query-id", "query_id", "qid"):
-                continue
-            if len(cols) != 3:
-                raise DataError(path, f"expected 3 tab-separated columns, got {len(cols)}", lineno)
-            qid, did, score = (c.strip() for c in cols)
-            try:
-                value = int(float(score))
-            except ValueError:
-                raise DataError(path, f"not a number: {score!r}", lineno, "score") from None
-            if query_ids is not None and qid not in query_ids:
-                raise DataError(path, f"unknown query id {qid!r}", lineno, "query-id")
-            if corpus_ids is not None and did not in corpus_ids:
-                raise DataError(path, f"unknown document id {did!r}", lineno, "corpus-id")
-            qrels.setdefault(qid, {})[did] = value
+    for lineno, line in _text_lines(path):
+        cols = line.split("\t")
+        if lineno == 1 and cols[0].strip().lower() in ("query-id", "query_id", "qid"):
+            continue
+        if len(cols) != 3:
+            raise DataError(path, f"expected 3 tab-separated columns, got {len(cols)}", lineno)
+        qid, did, score = (c.strip() for c in cols)
+        try:
+            value = int(float(score))
+        except ValueError:
+            raise DataError(path, f"not a number: {score!r}", lineno, "score") from None
+        if query_ids is not None and qid not in query_ids:
+            raise DataError(path, f"unknown query id {qid!r}", lineno, "query-id")
+        if corpus_ids is not None and did not in corpus_ids:
+            raise DataError(path, f"unknown document id {did!r}", lineno, "corpus-id")
+        qrels.setdefault(qid, {})[did] = value
     return qrels
 
 

@@ -62,20 +62,6 @@ _REFUSAL = re.compile(
 _ECHO = re.compile(r"^\s*(?:passage|text|document)\s*:", re.IGNORECASE)
 
 
-@dataclass(frozen=True)
-class CleanRules:
-    min_chars: int = 5
-    max_chars: int = 200
-    min_words: int = 2
-    max_words: int = 32
-    copy_ngram: int = 8
-    max_keywords: int = 5
-
-    @classmethod
-    def from_config(cls, g: GenerateConfig) -> "CleanRules":
-        return cls(g.min_chars, g.max_chars, g.min_words, g.max_words, g.copy_ngram, g.max_keywords)
-
-
 def _words(text: str) -> list[str]:
     return normalise(text).split()
 
@@ -89,8 +75,10 @@ def is_copy(query: str, passage: str, n: int) -> bool:
     return any(tuple(q[i : i + n]) in grams for i in range(len(q) - n + 1))
 
 
-def clean_output(raw: str, qtype: str, passage: str, rules: CleanRules = CleanRules()) -> tuple[str | None, str]:
-    """``(query, "ok")`` or ``(None, reason)`` for one raw model output."""
+def clean_output(raw: str, qtype: str, passage: str, rules: GenerateConfig | None = None) -> tuple[str | None, str]:
+    """``(query, "ok")`` or ``(None, reason)`` for one raw model output (rules: the cleaning fields
+    of :class:`~kadet.config.GenerateConfig`)."""
+    rules = rules or GenerateConfig()
     if raw is None or not raw.strip():
         return None, "empty"
     line = next((ln for ln in raw.splitlines() if ln.strip()), "")
@@ -416,7 +404,7 @@ def run_generation(cfg: KadetConfig, passages: Sequence[Document], out: Path, ba
     done = read_log(log_path)
     todo = [r for r in requests if r.key not in done]
     log.info("generate: %d requests, %d already done, %d to do", len(requests), len(requests) - len(todo), len(todo))
-    rules = CleanRules.from_config(g)
+    rules = g
     failed = 0
     t0 = time.perf_counter()
     if todo:

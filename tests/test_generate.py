@@ -8,11 +8,11 @@ import logging
 
 import pytest
 
-from kadet.config import load_config
+from kadet.config import GenerateConfig, load_config
 from kadet.data import Document, read_corpus, write_jsonl
 from kadet.errors import ConfigError, KadetError
 from kadet.generate import (
-    LOG_NAME, CleanRules, TGIBackend, clean_output, generate, is_copy, plan_requests, read_log, run_generation,
+    LOG_NAME, TGIBackend, clean_output, generate, is_copy, plan_requests, read_log, run_generation,
 )
 from kadet.manifest import Manifest
 from kadet.models import smollm2_gguf
@@ -67,7 +67,7 @@ def test_cleaning_rules(raw, expected, reason):
 def test_copy_detection_uses_ngrams():
     assert is_copy("expression in the immune and nervous systems of the myelin", PASSAGE, 8)
     assert not is_copy("expression in the immune system of mice", PASSAGE, 8)
-    assert clean_output("a b c d e f g h i j", "question", "x", CleanRules(max_words=5)) == (None, "too_long")
+    assert clean_output("a b c d e f g h i j", "question", "x", GenerateConfig(max_words=5)) == (None, "too_long")
 
 
 def test_prompt_library():
