@@ -41,6 +41,10 @@ class Document:
         """Title and text joined as BEIR does (``title + " " + text``)."""
         return f"{self.title}{separator}{self.text}".strip() if self.title else self.text
 
+    def to_json(self) -> dict[str, str]:
+        """The BEIR corpus record."""
+        return {"_id": self.doc_id, "title": self.title, "text": self.text}
+
 
 @dataclass(frozen=True, slots=True)
 class Query:
@@ -98,14 +102,14 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
         yield lineno, obj
 
 
-def _get_id(obj: dict, path: Path, lineno: int) -> str:
-    for key in ID_FIELDS:
+def _get_id(obj: dict, path: Path, lineno: int, id_fields: tuple[str, ...] = ID_FIELDS) -> str:
+    for key in id_fields:
         if key in obj:
             value = obj[key]
             if not isinstance(value, (str, int)) or isinstance(value, bool) or str(value).strip() == "":
                 raise DataError(path, f"id must be a non-empty string, got {value!r}", lineno, key)
             return str(value)
-    raise DataError(path, "missing document id", lineno, "_id")
+    raise DataError(path, "missing id", lineno, id_fields[0])
 
 
 def _get_text(obj: dict, key: str, path: Path, lineno: int, required: bool = True) -> str:
@@ -133,16 +137,17 @@ def _rows(path: Path) -> Iterator[tuple[int, dict]]:
         yield from _iter_jsonl(path)
 
 
-def _records(path: str | os.PathLike) -> Iterator[tuple[Path, int, str, dict]]:
+def _records(path: str | os.PathLike, id_fields: tuple[str, ...] = ID_FIELDS) -> Iterator[tuple[Path, int, str, dict]]:
     """``(local_path, line, id, object)`` per record; raises on a missing file or a duplicate id."""
     path = localize(path)
     if not path.exists():
         raise DataError(path, "file not found")
     first_line: dict[str, int] = {}
     for lineno, obj in _rows(path):
-        rid = _get_id(obj, path, lineno)
+        rid = _get_id(obj, path, lineno, id_fields)
         if rid in first_line:
-            raise DataError(path, f"duplicate id {rid!r} (first seen on line {first_line[rid]})", lineno, "_id")
+            raise DataError(path, f"duplicate id {rid!r} (first seen on line {first_line[rid]})", lineno,
+                            id_fields[0])
         first_line[rid] = lineno
         yield path, lineno, rid, obj
 
@@ -170,6 +175,25 @@ def read_queries(path: str | os.PathLike) -> dict[str, Query]:
             raise DataError(local, "empty query text", lineno, "text")
         queries[qid] = Query(qid=qid, text=text)
     return queries
+
+
+def read_records(path: str | os.PathLike, id_field: str, fields: dict[str, type]) -> list[dict]:
+    """Read a stage's JSONL output (e.g. ``queries.jsonl`` with ``qid``), checking each field's type.
+
+    ``fields`` maps required field names to their type (``str``, ``list``, ``dict``, ``float``).
+    """
+    rows = []
+    for local, lineno, rid, obj in _records(path, (id_field,)):
+        for name, tp in fields.items():
+            if name not in obj or obj[name] is None:
+                raise DataError(local, "missing", lineno, name)
+            ok = isinstance(obj[name], (int, float)) and not isinstance(obj[name], bool) if tp is float \
+                else isinstance(obj[name], tp)
+            if not ok:
+                raise DataError(local, f"must be {tp.__name__}, got {type(obj[name]).__name__}", lineno, name)
+        obj[id_field] = rid
+        rows.append(obj)
+    return rows
 
 
 def read_qrels(

@@ -107,12 +107,25 @@ def clean_output(raw: str, qtype: str, passage: str, rules: GenerateConfig | Non
         return None, "too_long"
     if is_copy(text, passage, rules.copy_ngram):
         return None, "copy_of_passage"
-    if normalise(text) in _EXAMPLE_OUTPUTS:
+    if normalise(text) in _EXAMPLE_OUTPUTS or any(is_copy(text, p, rules.copy_ngram) for p in EXAMPLE_PASSAGES):
         return None, "copied_example"
+    if passage and not (_content_words(text) & _content_words(passage)):
+        return None, "off_topic"
     return text, "ok"
 
 
 _EXAMPLE_OUTPUTS = {normalise(q) for qt in QUERY_TYPES.values() for q in qt.examples}
+_STOP = set(
+    "a an and are as at be by can do does for from has have how in is it its of on or that the this to was were "
+    "what when where which who why will with about after all also any between both but each into more most no "
+    "not other such than their there these they those through under up use used very"
+    .split()
+)
+
+
+def _content_words(text: str) -> set[str]:
+    """Lower-cased words of 3+ characters outside a small stopword list, crudely stemmed."""
+    return {w[:6] for w in _words(text) if len(w) >= 3 and w not in _STOP}
 
 
 # --------------------------------------------------------------------------- requests
@@ -190,13 +203,71 @@ class LocalBackend:
 
     def generate(self, requests: Sequence[Request], batch_size: int | None = None) -> list[str]:
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
         newline_ids = self.newline_ids
 
         class StopAtNewline(StoppingCriteria):
             def __call__(self, input_ids, scores, **kwargs):
                 return torch.isin(input_ids[:, -1], newline_ids)
+
+        tok = self.tok
+        bias_value = self.g.passage_bias
+
+        class PassageBias(LogitsProcessor):
+            """Add ``passage_bias`` to the logits of tokens that occur in each row's passage."""
+
+            def __init__(self, passages: list[str], device):
+                vocab = len(tok)
+                self.bias = torch.zeros((len(passages), vocab), device=device)
+                for r, p in enumerate(passages):
+                    ids = torch.tensor(sorted(set(tok.encode(" " + p, add_special_tokens=False))), device=device)
+                    self.bias[r, ids[ids < vocab]] = bias_value
+                # ending the line must not become relatively less likely
+                self.bias[:, newline_ids[newline_ids < vocab]] = bias_value
+
+            def __call__(self, input_ids, scores):
+                return scores + self.bias[:, : scores.shape[1]]
+
+        class NoRepeatInOutput(LogitsProcessor):
+            """Forbid repeating an n-gram of the *generated* text (the prompt may be quoted)."""
+
+            def __init__(self, n: int, prompt_len: int):
+                self.n, self.start = n, prompt_len
+
+            def __call__(self, input_ids, scores):
+                gen = input_ids[:, self.start :].tolist()
+                for r, seq in enumerate(gen):
+                    if len(seq) < self.n:
+                        continue
+                    prefix = tuple(seq[len(seq) - self.n + 1 :])
+                    banned = [seq[i + self.n - 1] for i in range(len(seq) - self.n + 1)
+                              if tuple(seq[i : i + self.n - 1]) == prefix]
+                    if banned:
+                        scores[r, banned] = -float("inf")
+                return scores
+
+        class NoLongCopy(LogitsProcessor):
+            """Forbid the token that would make the output copy ``n`` passage tokens in a row."""
+
+            def __init__(self, n: int, passages: list[str], prompt_len: int):
+                self.n, self.start = n, prompt_len
+                self.next: list[dict[tuple, set[int]]] = []
+                for p in passages:
+                    ids = tok.encode(" " + p, add_special_tokens=False)
+                    table: dict[tuple, set[int]] = {}
+                    for i in range(len(ids) - n + 1):
+                        table.setdefault(tuple(ids[i : i + n - 1]), set()).add(ids[i + n - 1])
+                    self.next.append(table)
+
+            def __call__(self, input_ids, scores):
+                gen = input_ids[:, self.start :].tolist()
+                for r, seq in enumerate(gen):
+                    if len(seq) >= self.n - 1:
+                        banned = self.next[r].get(tuple(seq[len(seq) - self.n + 1 :]))
+                        if banned:
+                            scores[r, list(banned)] = -float("inf")
+                return scores
 
         prompts = [r.raw_prompt() for r in requests]
         bs = batch_size or self.g.batch_size
@@ -215,7 +286,15 @@ class LocalBackend:
                     temperature=self.g.temperature if self.g.temperature > 0 else None,
                     top_p=self.g.top_p if self.g.temperature > 0 else None,
                     pad_token_id=self.tok.pad_token_id,
+                    repetition_penalty=self.g.repetition_penalty if self.g.repetition_penalty != 1.0 else None,
                     stopping_criteria=StoppingCriteriaList([StopAtNewline()]),
+                    logits_processor=LogitsProcessorList(
+                        ([PassageBias([requests[i].passage for i in idx], self.device)] if bias_value else [])
+                        + ([NoRepeatInOutput(self.g.no_repeat_ngram_size, enc["input_ids"].shape[1])]
+                           if self.g.no_repeat_ngram_size else [])
+                        + ([NoLongCopy(self.g.max_copy_tokens, [requests[i].passage for i in idx],
+                                       enc["input_ids"].shape[1])] if self.g.max_copy_tokens else [])
+                    ),
                 )
             for row, i in enumerate(idx):
                 out[i] = self.tok.decode(gen[row, enc["input_ids"].shape[1] :], skip_special_tokens=True)

@@ -5,8 +5,9 @@ document judged relevant in the given qrels is removed before sampling::
 
     passages, manifest = select_passages(corpus, excluded_ids, PrepareConfig(sample_size=200))
 
-Writes ``passages.jsonl`` (``{"_id", "title", "text"}``) and ``manifest.json`` whose
-``dropped`` counts ``too_short``, ``exact_duplicate``, ``near_duplicate``, ``eval_relevant``
+Writes ``corpus.jsonl`` (the clean corpus that mining searches: no evaluation positives, no
+duplicates), ``passages.jsonl`` (the sample queries are generated for; both
+``{"_id", "title", "text"}``) and ``manifest.json`` whose ``dropped`` counts ``too_short``, ``exact_duplicate``, ``near_duplicate``, ``eval_relevant``
 and ``not_sampled``.
 """
 
@@ -38,6 +39,14 @@ def select_passages(
 ) -> list[Document]:
     """Filter and sample passages; counts every drop by reason in ``manifest``."""
     m = manifest or Manifest(stage="prepare")
+    return sample_passages(clean_corpus(corpus, excluded_ids, cfg, m, title_separator), cfg.sample_size, seed, m)
+
+
+def clean_corpus(
+    corpus: Mapping[str, Document], excluded_ids: Iterable[str], cfg: PrepareConfig, m: Manifest,
+    title_separator: str = " ",
+) -> list[Document]:
+    """The corpus without evaluation positives, too-short passages and (near-)duplicates."""
     excluded = set(excluded_ids)
     keyed: list[tuple[str, str]] = []  # (normalised text, doc id)
     for doc_id, doc in corpus.items():
@@ -62,14 +71,18 @@ def select_passages(
                 drop.add(ida)
                 m.drop("near_duplicate")
     candidates = {i for _, i in keyed} - drop
-    kept = [doc_id for doc_id in corpus if doc_id in candidates]
-    rng = random.Random(seed)
-    if cfg.sample_size and len(kept) > cfg.sample_size:
-        sample = set(rng.sample(kept, cfg.sample_size))
-        m.drop("not_sampled", len(kept) - len(sample))
-        kept = [d for d in kept if d in sample]  # keep corpus order: stable outputs
-    m.counts.update({"corpus": len(corpus), "passages": len(kept), "excluded_ids": len(excluded)})
-    return [corpus[d] for d in kept]
+    m.counts.update({"corpus": len(corpus), "clean_corpus": len(candidates), "excluded_ids": len(excluded)})
+    return [doc for doc_id, doc in corpus.items() if doc_id in candidates]
+
+
+def sample_passages(docs: list[Document], n: int, seed: int, m: Manifest) -> list[Document]:
+    """A seeded sample of ``n`` passages (all when ``n`` is 0), in corpus order."""
+    if n and len(docs) > n:
+        sample = set(random.Random(seed).sample(range(len(docs)), n))
+        m.drop("not_sampled", len(docs) - n)
+        docs = [d for i, d in enumerate(docs) if i in sample]
+    m.counts["passages"] = len(docs)
+    return docs
 
 
 def excluded_from_qrels(qrels_paths: Iterable[str | Path], corpus: Mapping[str, Document]) -> set[str]:
@@ -101,8 +114,10 @@ def prepare(cfg: KadetConfig, output_dir: str | Path) -> Manifest:
     for i, q in enumerate(qrels_files):
         m.add_input(f"exclude_qrels_{i}", q)
     excluded = excluded_from_qrels(qrels_files, corpus)
-    passages = select_passages(corpus, excluded, cfg.prepare, cfg.seed, m, cfg.data.title_separator)
-    write_jsonl(out / "passages.jsonl", ({"_id": d.doc_id, "title": d.title, "text": d.text} for d in passages))
-    m.outputs = {"passages": "passages.jsonl"}
+    clean = clean_corpus(corpus, excluded, cfg.prepare, m, cfg.data.title_separator)
+    passages = sample_passages(clean, cfg.prepare.sample_size, cfg.seed, m)
+    write_jsonl(out / "corpus.jsonl", (d.to_json() for d in clean))
+    write_jsonl(out / "passages.jsonl", (d.to_json() for d in passages))
+    m.outputs = {"passages": "passages.jsonl", "corpus": "corpus.jsonl"}
     m.write(out)
     return m

@@ -34,7 +34,7 @@ def test_reads_good_corpus(tmp_path):
     "bad, line, field, needle",
     [
         ('{"_id": "b", "text": "x"', 2, None, "malformed JSON"),
-        (json.dumps({"title": "no id", "text": "x"}), 2, "_id", "missing document id"),
+        (json.dumps({"title": "no id", "text": "x"}), 2, "_id", "missing id"),
         (json.dumps({"_id": "b", "title": "no text"}), 2, "text", "missing"),
         (json.dumps({"_id": "b", "text": 5}), 2, "text", "must be a string"),
         (json.dumps({"_id": "", "text": "x"}), 2, "_id", "non-empty"),
@@ -139,3 +139,16 @@ def test_real_scifact_loads(scifact):
     assert len(ds.corpus) == 5183
     assert len(ds.eval_queries()) == 300
     assert sum(len(v) for v in ds.qrels.values()) == 339
+
+
+def test_read_records_checks_fields(tmp_path):
+    from kadet.data import read_records
+
+    p = _lines(tmp_path / "queries.jsonl", [json.dumps({"qid": "g1", "text": "x", "type": "claim"}),
+                                            json.dumps({"qid": "g2", "text": 3, "type": "claim"})])
+    with pytest.raises(DataError, match=r"queries\.jsonl:2: field 'text': must be str, got int"):
+        read_records(p, "qid", {"text": str, "type": str})
+    p = _lines(tmp_path / "queries.jsonl", [json.dumps({"qid": "g1", "text": "x"})])
+    with pytest.raises(DataError, match=r"queries\.jsonl:1: field 'type': missing"):
+        read_records(p, "qid", {"text": str, "type": str})
+    assert read_records(p, "qid", {"text": str}) == [{"qid": "g1", "text": "x"}]

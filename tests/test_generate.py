@@ -22,27 +22,33 @@ from tests.servers import FaultServer, llama_cpp_available, llama_server
 PASSAGE = ("The human Golli-MBP gene is included within a 179-kilobase transcription unit: expression in "
            "the immune and nervous systems of the myelin basic protein gene complex.")
 
+HNRNP = ("hnRNP A1 associates with telomeres. hnRNP A1, which was previously implicated in telomere length "
+         "regulation, binds to both single-stranded and structured human telomeric repeats.")
+
 # Raw outputs observed from SmolLM2-135M on SciFact passages (kadet generate, local backend).
 OBSERVED = [
-    ("question", " What is the name of the gene in the human genome that encodes for myelin basic protein?\n",
-     "What is the name of the gene in the human genome that encodes for myelin basic protein?"),
-    ("title", " A14933.1\n", None),  # too_short
+    ("question", " What is the name of the gene in the human genome that encodes for myelin basic protein?\n", PASSAGE,
+     "What is the name of the gene in the human genome that encodes for myelin basic protein?", "ok"),
+    ("title", " A14933.1\n", PASSAGE, None, "too_short"),
     ("web", " The human Golli-MBP gene is included within a 179-kilobase transcription unit: expression in the im",
-     None),  # copy_of_passage
-    ("web", " s1017\n", None),  # too_short
+     PASSAGE, None, "copy_of_passage"),
+    ("web", " s1017\n", PASSAGE, None, "too_short"),
     ("keywords", " human, RNA, gene expression, gene expression, gene expression, human, gene expression, gene express",
-     "human, RNA, gene expression, gene express"),
+     PASSAGE, "human, RNA, gene expression, gene express", "ok"),
     ("web", " Select the best answer that fits the title of the article.  Answer:  The structure of the chromatin in "
-            "the nucleus of the cell is a dynamic and highly specialised structure that allows the cell",
-     None),  # too_long
-    ("msmarco", " what is hnRNP A1\n", "what is hnRNP A1"),
+            "the nucleus of the cell is a dynamic and highly specialised structure that allows the cell", PASSAGE,
+     None, "too_long"),
+    ("msmarco", " what is hnRNP A1\n", HNRNP, "what is hnRNP A1", "ok"),
+    ("claim", " The most common cause of death in the United States is cancer.\n", PASSAGE, None, "off_topic"),
+    ("msmarco", " what bacteria make antibiotics\n", HNRNP, None, "copied_example"),
+    ("claim", " CFTR mutations impair chloride transport across cell membranes, which thickens mucus in the lungs and "
+              "pancreas of people with cystic fibrosis.\n", PASSAGE, None, "copied_example"),
 ]
 
 
-@pytest.mark.parametrize("qtype, raw, expected", OBSERVED)
-def test_cleaning_on_observed_outputs(qtype, raw, expected):
-    text, reason = clean_output(raw, qtype, PASSAGE)
-    assert text == expected, reason
+@pytest.mark.parametrize("qtype, raw, passage, expected, reason", OBSERVED)
+def test_cleaning_on_observed_outputs(qtype, raw, passage, expected, reason):
+    assert clean_output(raw, qtype, passage) == (expected, reason)
 
 
 @pytest.mark.parametrize(
@@ -57,11 +63,13 @@ def test_cleaning_on_observed_outputs(qtype, raw, expected):
         ('""', None, "empty"),
         ("Passage: The human Golli-MBP gene", None, "echoed_prompt"),
         ("what", None, "too_short"),
+        ("What about the weather in Paris today?", None, "off_topic"),
         ("does vitamin d prevent fractures", None, "copied_example"),
     ],
 )
 def test_cleaning_rules(raw, expected, reason):
-    assert clean_output(raw, "question", PASSAGE) == (expected, reason)
+    passage = "Aspirin and blood clots after surgery; coffee and the liver; what causes gout in men."
+    assert clean_output(raw, "question", passage) == (expected, reason)
 
 
 def test_copy_detection_uses_ngrams():
@@ -122,7 +130,7 @@ class ScriptedBackend:
         if self.calls == self.crash_on:
             raise KeyboardInterrupt("injected crash")
         self.seen += [r.key for r in requests]
-        return [f"what is special about {r.doc_id} for {r.qtype} {r.k}\n" for r in requests]
+        return [f"which properties has topic {r.doc_id} for {r.qtype} {r.k}\n" for r in requests]
 
 
 def test_crash_and_resume(tmp_path):
@@ -151,7 +159,7 @@ def test_crash_and_resume(tmp_path):
 def test_duplicates_and_drops_are_counted(tmp_path):
     class Dupes(ScriptedBackend):
         def generate(self, requests):
-            return ["same query for all\n" if r.doc_id != "d0" else "I'm sorry, I cannot do that" for r in requests]
+            return ["same properties of the topic\n" if r.doc_id != "d0" else "I'm sorry, I cannot do that" for r in requests]
 
     cfg = load_config(None, ["generate.types={question: 1}", "generate.progress=false"])
     m = run_generation(cfg, _docs(4), tmp_path, Dupes())
