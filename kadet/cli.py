@@ -99,6 +99,51 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--output", help="output folder (default <work_dir>/generate)")
     _common(gen)
 
+    mi = sub.add_parser(
+        "mine",
+        help="candidate lists per synthetic query: dense + BM25, round-trip filter, RRF",
+        description=("Retrieves mine.top_k per retriever over the prepare stage's clean corpus, keeps a query "
+                     "only if its source passage is in the top mine.round_trip_depth (any/all retrievers), "
+                     "fuses with RRF and writes candidates.jsonl + manifest.json."),
+    )
+    mi.add_argument("--queries", help="queries.jsonl (default <work_dir>/generate/queries.jsonl)")
+    mi.add_argument("--corpus", help="clean corpus.jsonl (default <work_dir>/prepare/corpus.jsonl)")
+    mi.add_argument("--output", help="output folder (default <work_dir>/mine)")
+    _common(mi)
+
+    la = sub.add_parser(
+        "label",
+        help="teacher scores for each candidate list, then consistency/percentile/normalise/top-L/split",
+        description=("Scores the candidate lists with label.teacher (sharded by query range with "
+                     "label.shard_index / label.num_shards, resumable), then merges the shards and writes "
+                     "labels.jsonl + manifest.json. --score-only / --merge-only split the two steps."),
+    )
+    la.add_argument("--candidates", help="candidates.jsonl (default <work_dir>/mine/candidates.jsonl)")
+    la.add_argument("--corpus", help="clean corpus.jsonl (default <work_dir>/prepare/corpus.jsonl)")
+    la.add_argument("--teacher", help="dense, bm25, ql, cross-encoder:PATH, monot5:PATH, rankt5:PATH, ensemble")
+    la.add_argument("--score-only", action="store_true", help="score this shard, do not merge")
+    la.add_argument("--merge-only", action="store_true", help="merge the shards' scores and filter")
+    la.add_argument("--output", help="output folder (default <work_dir>/label)")
+    _common(la)
+
+    tr = sub.add_parser(
+        "teacher-report",
+        help="nDCG@10 of each teacher reranking the base model's top-k for human queries",
+        description=("Reranks the base dense model's top --depth for the judged queries of --split with each "
+                     "--teacher and prints nDCG@10. --grid name=w1,w2 scores ensemble weight combinations "
+                     "(choose them on a split other than test)."),
+    )
+    tr.add_argument("--data", help="BEIR folder (config: data.data_dir)")
+    tr.add_argument("--teacher", action="append", default=[],
+                    help="dense, bm25, ql, cross-encoder:PATH, monot5:PATH, rankt5:PATH or ensemble (repeatable; "
+                         "default: dense, bm25, ql, ensemble)")
+    tr.add_argument("--split", default="test")
+    tr.add_argument("--depth", type=int, default=20, help="rerank this many base results")
+    tr.add_argument("--max-queries", type=int, help="only the first N judged queries")
+    tr.add_argument("--grid", action="append", default=[], metavar="NAME=W1,W2",
+                    help="ensemble member weights to try (repeatable)")
+    _common(tr)
+
     cfg = sub.add_parser("config", help="print the effective configuration as YAML",
                          description="Print the defaults merged with --config and --set.")
     _common(cfg)
@@ -181,12 +226,66 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mine(args: argparse.Namespace) -> int:
+    from kadet.mine import mine
+
+    cfg = _load(args)
+    work = Path(cfg.work_dir)
+    out = Path(args.output) if args.output else work / "mine"
+    m = mine(cfg, args.queries or work / "generate" / "queries.jsonl", args.corpus or work / "prepare" / "corpus.jsonl", out)
+    print(f"mine: kept {m.counts['kept']} of {m.counts['queries']} queries; dropped {m.dropped}; "
+          f"round-trip hits {m.extra['round_trip_hits']}; wrote {out / 'candidates.jsonl'}")
+    return 0
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    from kadet.label import label
+
+    cfg = _load(args)
+    if args.teacher:
+        cfg.label.teacher = args.teacher
+    work = Path(cfg.work_dir)
+    out = Path(args.output) if args.output else work / "label"
+    m = label(cfg, args.candidates or work / "mine" / "candidates.jsonl", args.corpus or work / "prepare" / "corpus.jsonl",
+              out, score=not args.merge_only, merge=not args.score_only)
+    if args.score_only:
+        print(f"label: scored {m.counts.get('scored_now', 0)} queries in shard {cfg.label.shard_index}/{cfg.label.num_shards}")
+    else:
+        print(f"label: {m.counts['labelled']} of {m.counts['queries']} queries labelled "
+              f"({m.counts['train']} train / {m.counts['dev']} dev); dropped {m.dropped}; wrote {out / 'labels.jsonl'}")
+    return 0
+
+
+def cmd_teacher_report(args: argparse.Namespace) -> int:
+    from kadet.teacher_report import format_report, teacher_report
+
+    cfg = _load(args)
+    if args.data:
+        cfg.data.data_dir = args.data
+    if not cfg.data.data_dir:
+        raise KadetError("no data: pass --data DIR or set data.data_dir")
+    grid = {}
+    for g in args.grid:
+        name, _, values = g.partition("=")
+        try:
+            grid[name.strip()] = [float(v) for v in values.split(",")]
+        except ValueError:
+            raise KadetError(f"--grid {g!r}: expected NAME=W1,W2,...") from None
+    report = teacher_report(cfg, args.teacher or ["dense", "bm25", "ql", "ensemble"], args.split, args.depth,
+                            args.max_queries, grid, Path(cfg.work_dir) / "teacher-report")
+    print(format_report(report))
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     print(dump_config(_load(args)), end="")
     return 0
 
 
-COMMANDS = {"evaluate": cmd_evaluate, "prepare": cmd_prepare, "generate": cmd_generate, "config": cmd_config}
+COMMANDS = {
+    "evaluate": cmd_evaluate, "prepare": cmd_prepare, "generate": cmd_generate, "mine": cmd_mine,
+    "label": cmd_label, "teacher-report": cmd_teacher_report, "config": cmd_config,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -71,3 +71,9 @@ def tiny_beir(tmp_path: Path) -> Path:
     ]
     qrels = [("q1", "d1", 1), ("q2", "d2", 1), ("q3", "d3", 1)]
     return write_beir(tmp_path / "tiny", docs, queries, qrels)
+
+
+@pytest.fixture(scope="session")
+def shared_work(tmp_path_factory) -> Path:
+    """One work dir for the SciFact tests, so the embedding cache encodes the corpus once."""
+    return tmp_path_factory.mktemp("scifact-work")

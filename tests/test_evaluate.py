@@ -57,8 +57,8 @@ SCIFACT_EXPECTED = {"dense": 0.6451, "bm25": 0.686, "hybrid": 0.717}
 
 @pytest.mark.slow
 @pytest.mark.parametrize("retriever", ["dense", "bm25", "hybrid"])
-def test_scifact_reference_figures(scifact, tmp_path_factory, retriever):
-    work = tmp_path_factory.getbasetemp() / "scifact-work"  # shared: hybrid reuses dense embeddings
+def test_scifact_reference_figures(scifact, shared_work, retriever):
+    work = shared_work  # hybrid (and mining tests) reuse the dense embeddings
     cfg = load_config(None, [f"data.data_dir={scifact}", f"work_dir={work}", f"retrieval.retriever={retriever}"])
     res = evaluate(cfg)
     assert len(res.per_query) == 300

@@ -1,0 +1,147 @@
+"""Label filters on constructed lists, sharding, resume, and the stage's output format."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from kadet.config import LabelConfig, load_config
+from kadet.data import Document, write_jsonl
+from kadet.errors import KadetError
+from kadet.label import apply_filters, label, shard_file, shard_range
+from kadet.manifest import Manifest
+
+
+def _item(qid, src, docs, scores):
+    return {"qid": qid, "source_doc_id": src, "doc_ids": docs, "scores": scores}
+
+
+def test_consistency_filter():
+    items = [_item("q1", "a", ["a", "b"], [2.0, 1.0]), _item("q2", "a", ["a", "b"], [1.0, 2.0])]
+    m = Manifest(stage="label")
+    out = apply_filters(items, LabelConfig(min_top_percentile=0, dev_fraction=0), 1, m)
+    assert [o["qid"] for o in out] == ["q1"] and m.dropped == {"teacher_inconsistent": 1}
+    out = apply_filters(items, LabelConfig(consistency=False, min_top_percentile=0, dev_fraction=0), 1, Manifest("x"))
+    assert len(out) == 2
+
+
+def test_percentile_cut_uses_all_scores():
+    # all 12 scores sorted: 0 .2 .5 1 2 3 4 5 6 7 8 9; 25th percentile at rank 2.75: .5 + .75 x .5
+    items = [_item("hi", "a", ["a", "b", "c", "d", "e"], [9.0, 8.0, 7.0, 6.0, 5.0]),
+             _item("mid", "a", ["a", "b", "c", "d", "e"], [4.0, 3.0, 2.0, 1.0, 0.0]),
+             _item("low", "a", ["a", "b"], [0.5, 0.2])]
+    every = [9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 0.5, 0.2]
+    thr = np.percentile(every, 25)
+    m = Manifest(stage="label")
+    out = apply_filters(items, LabelConfig(min_top_percentile=25, dev_fraction=0), 1, m)
+    assert thr == pytest.approx(0.875)
+    assert [o["qid"] for o in out] == ["hi", "mid"] and m.dropped == {"low_top_score": 1}
+    assert m.extra["top_score_threshold"] == pytest.approx(thr)
+
+
+def test_normalisation_and_top_l():
+    rng = np.random.default_rng(0)
+    items = [_item(f"q{i}", "d0", [f"d{j}" for j in range(30)], sorted(rng.normal(size=30), reverse=True))
+             for i in range(20)]
+    lab = LabelConfig(min_top_percentile=0, list_size=20, dev_fraction=0)
+    out = apply_filters(items, lab, 1, Manifest("x"))
+    every = np.concatenate([it["scores"] for it in items])
+    lo, hi = np.percentile(every, [1, 99])
+    for it, o in zip(items, out):
+        assert len(o["norm"]) == 20 and o["doc_ids"] == it["doc_ids"][:20]
+        want = np.clip((np.array(it["scores"][:20]) - lo) / (hi - lo), 0, 1)
+        assert o["norm"] == pytest.approx(want)
+        assert o["norm"] == sorted(o["norm"], reverse=True)
+    assert max(max(o["norm"]) for o in out) == 1.0  # clamped
+
+
+def test_top_l_takes_teacher_order_not_input_order():
+    items = [_item("q", "c", ["a", "b", "c", "d"], [0.1, 0.5, 0.9, 0.3])]
+    out = apply_filters(items, LabelConfig(min_top_percentile=0, list_size=2, dev_fraction=0), 1, Manifest("x"))
+    assert out[0]["doc_ids"] == ["c", "b"]
+
+
+def test_split_is_seeded_and_90_10():
+    items = [_item(f"q{i:03d}", "a", ["a", "b"], [1.0, 0.0]) for i in range(200)]
+    lab = LabelConfig(min_top_percentile=0)
+    a = apply_filters(items, lab, 42, Manifest("x"))
+    b = apply_filters(list(reversed(items)), lab, 42, Manifest("x"))
+    c = apply_filters(items, lab, 7, Manifest("x"))
+    dev = {o["qid"] for o in a if o["split"] == "dev"}
+    assert len(dev) == 20
+    assert dev == {o["qid"] for o in b if o["split"] == "dev"}
+    assert dev != {o["qid"] for o in c if o["split"] == "dev"}
+
+
+def test_shard_ranges_cover_everything():
+    for n in (0, 1, 7, 100):
+        got = [i for k in range(3) for i in shard_range(n, k, 3)]
+        assert got == list(range(n))
+    with pytest.raises(KadetError):
+        shard_range(10, 3, 3)
+
+
+class Overlap:
+    """FAKE teacher for the sharding/resume tests: word overlap; can crash on call ``crash_on``."""
+
+    name = "overlap"
+
+    def __init__(self, corpus, crash_on=None):
+        self.corpus, self.crash_on, self.calls, self.scored = corpus, crash_on, 0, []
+
+    def score(self, queries, doc_lists):
+        self.calls += 1
+        if self.calls == self.crash_on:
+            raise KeyboardInterrupt("injected crash")
+        self.scored += queries
+        return [np.array([len(set(q.split()) & set(self.corpus[d].text.split())) + 0.01 * (len(lst) - i)
+                          for i, d in enumerate(lst)]) for q, lst in zip(queries, doc_lists)]
+
+
+def _stage_inputs(tmp_path, n=12):
+    corpus = {f"d{i}": Document(f"d{i}", f"topic{i} word{i} shared text") for i in range(25)}
+    write_jsonl(tmp_path / "corpus.jsonl", (d.to_json() for d in corpus.values()))
+    rows = [{"qid": f"g{i}", "query": f"topic{i} word{i}", "type": "question", "source_doc_id": f"d{i}",
+             "candidates": [{"doc_id": f"d{(i + j) % 25}", "rrf": 1 / (61 + j)} for j in range(22)]}
+            for i in range(n)]
+    write_jsonl(tmp_path / "candidates.jsonl", rows)
+    return corpus
+
+
+def test_sharded_resumable_scoring_equals_single_run(tmp_path):
+    corpus = _stage_inputs(tmp_path)
+    base = ["label.flush_every=2", "label.min_top_percentile=0"]
+    cand, corp = tmp_path / "candidates.jsonl", tmp_path / "corpus.jsonl"
+    single = label(load_config(None, base), cand, corp, tmp_path / "single", teacher=Overlap(corpus))
+    # two shards; shard 1 crashes after one flush, then resumes
+    sharded = tmp_path / "sharded"
+    label(load_config(None, base + ["label.num_shards=2", "label.shard_index=0"]), cand, corp, sharded,
+          merge=False, teacher=Overlap(corpus))
+    cfg1 = load_config(None, base + ["label.num_shards=2", "label.shard_index=1"])
+    with pytest.raises(KeyboardInterrupt):
+        label(cfg1, cand, corp, sharded, merge=False, teacher=Overlap(corpus, crash_on=2))
+    assert len(shard_file(sharded, 1, 2).read_text().splitlines()) == 2
+    with pytest.raises(KadetError, match="have no scores yet"):
+        label(cfg1, cand, corp, sharded, score=False)
+    again = Overlap(corpus)
+    m = label(cfg1, cand, corp, sharded, teacher=again)
+    assert again.scored == [f"topic{i} word{i}" for i in range(8, 12)]  # only what was missing
+    a = (tmp_path / "single" / "labels.jsonl").read_text()
+    assert a == (sharded / "labels.jsonl").read_text()
+    assert m.counts["labelled"] == single.counts["labelled"] == 12
+
+
+def test_labels_format(tmp_path):
+    corpus = _stage_inputs(tmp_path, n=20)
+    cfg = load_config(None, ["label.min_top_percentile=0", "label.list_size=5"])
+    m = label(cfg, tmp_path / "candidates.jsonl", tmp_path / "corpus.jsonl", tmp_path / "out", teacher=Overlap(corpus))
+    rows = [json.loads(l) for l in (tmp_path / "out" / "labels.jsonl").read_text().splitlines()]
+    assert len(rows) == 20 and {r["split"] for r in rows} == {"train", "dev"}
+    r = rows[0]
+    assert set(r) == {"qid", "query", "type", "source_doc_id", "split", "passages"}
+    assert len(r["passages"]) == 5 and r["passages"][0]["doc_id"] == r["source_doc_id"]
+    assert set(r["passages"][0]) == {"doc_id", "text", "score"} and r["passages"][0]["text"] == corpus[r["source_doc_id"]].text
+    assert all(0 <= p["score"] <= 1 for p in r["passages"])
+    assert Manifest.read(tmp_path / "out").counts["train"] == m.counts["train"] == 18

@@ -1,0 +1,79 @@
+"""Mining: round-trip filter modes, fusion, candidate count, and no leaked test passages."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from kadet.config import load_config
+from kadet.data import Document, load_beir, write_jsonl
+from kadet.errors import ConfigError
+from kadet.manifest import Manifest
+from kadet.mine import mine, mine_candidates, round_trip_ok
+from kadet.prepare import prepare
+
+
+def test_round_trip_modes():
+    runs = {"dense": {"q": {"s": 0.9, "x": 0.5}}, "bm25": {"q": {"x": 3.0, "y": 2.0, "s": 1.0}}}
+    hits = Counter()
+    assert round_trip_ok("s", runs, "q", 1, "any", hits) and hits == {"dense": 1, "bm25": 0}
+    assert not round_trip_ok("s", runs, "q", 1, "all", Counter())
+    assert round_trip_ok("s", runs, "q", 3, "all", Counter())
+    assert round_trip_ok("zzz", runs, "q", 1, "off", Counter())
+    with pytest.raises(ConfigError):
+        round_trip_ok("s", runs, "q", 1, "some", Counter())
+
+
+class Table:
+    def __init__(self, run):
+        self.run = run
+
+    def search(self, queries, k):
+        return {q: dict(list(self.run.get(q, {}).items())[:k]) for q in queries}
+
+
+def test_mine_candidates_filters_and_fuses():
+    corpus = {d: Document(d, d) for d in "abcdefgh"}
+    retrievers = {
+        "dense": Table({"q1": {"a": 0.9, "b": 0.8, "c": 0.7}, "q2": {"e": 0.9, "f": 0.8}, "q3": {"a": 0.9}}),
+        "bm25": Table({"q1": {"c": 9.0, "a": 8.0, "d": 7.0}, "q2": {"f": 9.0, "g": 1.0}, "q3": {"b": 1.0}}),
+    }
+    queries = [{"qid": "q1", "text": "x", "type": "claim", "source_doc_id": "a"},
+               {"qid": "q2", "text": "y", "type": "claim", "source_doc_id": "a"},   # source not retrieved
+               {"qid": "q3", "text": "z", "type": "claim", "source_doc_id": "a"},   # too few candidates
+               {"qid": "q4", "text": "w", "type": "claim", "source_doc_id": "zz"}]  # unknown source
+    cfg = load_config(None, ["mine.min_candidates=3", "mine.round_trip_depth=2"])
+    m = Manifest(stage="mine")
+    rows = mine_candidates(cfg, queries, corpus, retrievers, m)
+    assert [r["qid"] for r in rows] == ["q1"]
+    assert m.dropped == {"round_trip": 1, "too_few_candidates": 1, "source_not_in_corpus": 1}
+    # RRF: a = 1/61 + 1/62, c = 1/63 + 1/61, b = 1/62, d = 1/63
+    assert [c["doc_id"] for c in rows[0]["candidates"]] == ["a", "c", "b", "d"]
+    assert rows[0]["candidates"][0]["rrf"] == pytest.approx(1 / 61 + 1 / 62, abs=1e-8)
+    assert m.extra["round_trip_hits"] == {"dense": 2, "bm25": 1}
+
+
+@pytest.mark.slow
+def test_mine_on_scifact_never_returns_test_positives(scifact, tmp_path, shared_work):
+    cfg = load_config(None, [f"data.data_dir={scifact}", f"work_dir={shared_work}", "prepare.sample_size=30",
+                             "mine.min_candidates=20"])
+    prepare(cfg, tmp_path / "prepare")
+    passages = [json.loads(l) for l in (tmp_path / "prepare" / "passages.jsonl").read_text().splitlines()]
+    positives = load_beir(scifact, "test").relevant_doc_ids()
+    # queries made from the passages' titles: a real round trip, and off-topic ones that fail it
+    queries = [{"qid": f"g{i}", "text": p["title"], "type": "title", "source_doc_id": p["_id"]}
+               for i, p in enumerate(passages)]
+    queries.append({"qid": "off", "text": "recipe for banana bread", "type": "web",
+                    "source_doc_id": passages[0]["_id"]})
+    write_jsonl(tmp_path / "queries.jsonl", queries)
+    m = mine(cfg, tmp_path / "queries.jsonl", tmp_path / "prepare" / "corpus.jsonl", tmp_path / "mine")
+    rows = [json.loads(l) for l in (tmp_path / "mine" / "candidates.jsonl").read_text().splitlines()]
+    assert m.counts["kept"] == len(rows) >= 25 and m.dropped.get("round_trip", 0) >= 1
+    assert "off" not in {r["qid"] for r in rows}
+    for r in rows:
+        ids = [c["doc_id"] for c in r["candidates"]]
+        assert 20 <= len(ids) <= 100 and len(set(ids)) == len(ids)
+        assert not set(ids) & positives
+        assert r["source_doc_id"] in ids
