@@ -19,6 +19,9 @@ a crash never duplicates or loses a finished query. When all keys are done the s
 ``queries.jsonl``  ``{qid, text, type, source_doc_id, backend, model, prompt_id}``
 ``manifest.json``  counts, and every dropped output by reason (``empty``, ``refusal``,
                    ``too_short``, ``too_long``, ``copy_of_passage``, ``duplicate``, ...)
+
+``queries.jsonl`` is rebuilt from the raw outputs in the log on every run, so a change of the
+cleaning rules applies without generating again.
 """
 
 from __future__ import annotations
@@ -92,6 +95,11 @@ def clean_output(raw: str, qtype: str, passage: str, rules: GenerateConfig | Non
         return None, "empty"
     if _REFUSAL.search(text):
         return None, "refusal"
+    if qtype in ("claim", "question"):
+        # one sentence: a claim ends at its first full stop, a question at its first "?"
+        text = re.split(r"(?<=[.!?])\s+(?=[A-Z(])", text, maxsplit=1)[0]
+        if qtype == "question" and "?" in text:
+            text = text[: text.index("?") + 1]
     if qtype == "keywords":
         parts = [p.strip().strip(_QUOTES) for p in re.split(r"[,;]", text) if p.strip().strip(_QUOTES)]
         unique: list[str] = []
@@ -518,14 +526,18 @@ def finalise(cfg: KadetConfig, requests: Sequence[Request], out: Path, failed: i
     seen: set[str] = set()
     rows = []
     by_type: Counter[str] = Counter()
+    rules = cfg.generate
     for req in requests:  # plan order: stable output whatever the completion order was
         rec = done.get(req.key)
         if rec is None:
             continue
-        if rec["status"] != "ok":
-            m.drop(rec["status"])
+        # clean again from the raw output: cleaning rules may have changed since generation
+        text, reason = clean_output(rec["raw"], req.qtype, req.passage, rules)
+        if text is None:
+            m.drop(reason)
             continue
-        norm = normalise(rec["text"])
+        rec = {**rec, "text": text}
+        norm = normalise(text)
         if norm in seen:
             m.drop("duplicate")
             continue

@@ -40,6 +40,12 @@ OBSERVED = [
      None, "too_long"),
     ("msmarco", " what is hnRNP A1\n", HNRNP, "what is hnRNP A1", "ok"),
     ("claim", " The most common cause of death in the United States is cancer.\n", PASSAGE, None, "off_topic"),
+    ("claim", " The human Golli-MBP gene is expressed in the immune system. The human genome is a vast, complex, and "
+              "dynamic structure that is the complete genetic blueprint of the human body. The human genetic code",
+     PASSAGE, "The human Golli-MBP gene is expressed in the immune system.", "ok"),
+    ("question", " Is myelin basic protein expressed in T cells? What about B cells and the gene complex of the "
+                 "nervous system in the developing brain of mice", PASSAGE, "Is myelin basic protein expressed in T cells?",
+     "ok"),
     ("msmarco", " what bacteria make antibiotics\n", HNRNP, None, "copied_example"),
     ("claim", " CFTR mutations impair chloride transport across cell membranes, which thickens mucus in the lungs and "
               "pancreas of people with cystic fibrosis.\n", PASSAGE, None, "copied_example"),
