@@ -220,6 +220,41 @@ class LabelConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Training (METHOD.md defaults; see kadet/distill.py)."""
+
+    #: ``full`` fine-tuning or ``query``-side tuning (frozen document tower, index stays valid).
+    mode: str = "full"
+    #: ``listwise`` (KL + nce_weight x InfoNCE) or ``infonce`` (InfoNCE only, the paper's contrast).
+    loss: str = "listwise"
+    kl_weight: float = 1.0
+    nce_weight: float = 0.1
+    student_temp: float = 0.05
+    teacher_temp: float = 0.3
+    nce_temp: float = 0.01
+    #: Hard negatives scoring above this x the query's top teacher score are masked.
+    fn_threshold: float = 0.6
+    lr: float = 2e-4
+    weight_decay: float = 0.01
+    warmup_epochs: float = 0.5
+    final_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    epochs: int = 30
+    patience: int = 2
+    #: Queries per optimizer step (GradCache makes this independent of memory) ...
+    batch_size: int = 4096
+    #: ... and texts per forward pass.
+    chunk_size: int = 64
+    list_size: int = 20
+    query_max_len: int = 64
+    passage_max_len: int = 512
+    max_train_queries: int = 0
+    bf16: bool = True
+    device: str | None = None
+    progress: bool = True
+
+
+@dataclass
 class KadetConfig:
     """Root of the configuration tree."""
 
@@ -230,6 +265,7 @@ class KadetConfig:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     mine: MineConfig = field(default_factory=MineConfig)
     label: LabelConfig = field(default_factory=LabelConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     #: Working folder for outputs, caches and the local MLflow store.
     work_dir: str = ".kadet"
     seed: int = 42

@@ -1,0 +1,315 @@
+"""Stage 5, distill: train the embedding model on the teacher's labels.
+
+Loss (``kadet.losses``): listwise KL from the teacher's scores plus 0.1 x InfoNCE with
+false-negative masking (``distill.loss=listwise``), or InfoNCE alone (``infonce``), the
+paper's contrast. Every optimizer step sees ``distill.batch_size`` queries x ``list_size``
+passages through GradCache (``kadet.gradcache``), whatever the memory: only
+``distill.chunk_size`` texts are in a forward pass at a time.
+
+Modes (``distill.mode``):
+
+``full``   the whole model is tuned, as in the paper; the corpus must be re-indexed.
+``query``  query-side tuning: the document tower is frozen, passage embeddings are computed
+           once (through the embedding cache) and reused, and the existing corpus index stays
+           valid. Saved as an asymmetric sentence-transformers model (a ``Router`` whose
+           ``document`` route is the untouched base model), so ``SentenceTransformer(path)``
+           loads it and ``encode_query`` / ``encode_document`` pick the right tower.
+
+Loop: AdamW, warmup for half an epoch then linear decay to 0.1 x, gradient clip 1.0, a
+checkpoint every epoch (``checkpoints/epoch-N``; rerunning resumes from the last one), early
+stopping on dev loss (patience 2), bf16 autocast on CUDA, seeded. Outputs::
+
+    model/            best model by dev loss (SentenceTransformer folder)
+    curves.json       per-step train loss and lr, per-epoch dev loss
+    manifest.json
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kadet.config import KadetConfig
+from kadet.data import read_records
+from kadet.errors import KadetError
+from kadet.gradcache import grad_cache_step
+from kadet.losses import distill_loss
+from kadet.manifest import Manifest
+from kadet.models import resolve_model_path
+
+log = logging.getLogger(__name__)
+
+LABEL_FIELDS = {"query": str, "passages": list, "split": str}
+
+
+def lr_factor(step: int, warmup: int, total: int, final: float) -> float:
+    """Linear warmup to 1 over ``warmup`` steps, then linear decay to ``final`` at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    span = max(1, total - warmup)
+    return 1.0 - (1.0 - final) * min(1.0, (step - warmup) / span)
+
+
+def _no_dropout(model: torch.nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+
+
+class Distiller:
+    """Holds the model, data, optimizer and schedule; :meth:`train` runs or resumes training."""
+
+    def __init__(self, cfg: KadetConfig, labels_path: str | Path, output_dir: str | Path):
+        from sentence_transformers import SentenceTransformer
+
+        self.cfg, self.d = cfg, cfg.distill
+        self.out = Path(output_dir)
+        rows = read_records(labels_path, "qid", LABEL_FIELDS)
+        self.train_rows = [r for r in rows if r["split"] == "train"]
+        self.dev_rows = [r for r in rows if r["split"] == "dev"]
+        if self.d.max_train_queries:
+            self.train_rows = self.train_rows[: self.d.max_train_queries]
+        if not self.train_rows:
+            raise KadetError(f"{labels_path}: no training queries (split == 'train')")
+        if self.d.mode not in ("full", "query"):
+            raise KadetError(f"distill.mode must be full or query, got {self.d.mode!r}")
+        if self.d.loss not in ("listwise", "infonce"):
+            raise KadetError(f"distill.loss must be listwise or infonce, got {self.d.loss!r}")
+        self.labels_path = labels_path
+        self.device = self.d.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        torch.manual_seed(cfg.seed)
+        self.base_path = resolve_model_path(cfg.retrieval.model)
+        self.model = SentenceTransformer(str(self.base_path), device=self.device, local_files_only=True)
+        _no_dropout(self.model)
+        doc_ids = sorted({p["doc_id"] for r in rows for p in r["passages"]})
+        self.doc_index = {d: i for i, d in enumerate(doc_ids)}
+        self.doc_text = {p["doc_id"]: p["text"] for r in rows for p in r["passages"]}
+        self.doc_emb = None
+        if self.d.mode == "query":
+            from kadet.encode import Encoder
+
+            enc = Encoder(self.base_path, device=self.device,
+                          cache_dir=cfg.cache_dir if cfg.retrieval.embedding_cache else None,
+                          document_prompt=cfg.retrieval.passage_prompt)
+            emb = enc.encode([self.doc_text[d] for d in doc_ids], kind="document")
+            self.doc_emb = torch.from_numpy(emb).to(self.device)
+            del enc
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=self.d.lr, weight_decay=self.d.weight_decay)
+        self.steps_per_epoch = math.ceil(len(self.train_rows) / self.d.batch_size)
+        self.warmup = max(1, round(self.d.warmup_epochs * self.steps_per_epoch))
+        self.total = self.steps_per_epoch * self.d.epochs
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: lr_factor(s, self.warmup, self.total, self.d.final_lr_ratio))
+        self.state = {"epoch": 0, "step": 0, "best_dev": None, "best_epoch": None, "bad_epochs": 0,
+                      "curves": {"step": [], "train_loss": [], "lr": [], "epoch": [], "dev_loss": [],
+                                 "epoch_train_loss": []}}
+
+    # ------------------------------------------------------------------ encoding
+    def _autocast(self):
+        if self.device.startswith("cuda") and self.d.bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _encode(self, texts: list[str], max_len: int, task: str) -> torch.Tensor:
+        self.model.max_seq_length = max_len
+        features = self.model.preprocess(texts)
+        features = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in features.items()}
+        with self._autocast():
+            return self.model(features)["sentence_embedding"].float()
+
+    def _batch(self, rows: list[dict]):
+        lsize = min(self.d.list_size, min(len(r["passages"]) for r in rows))
+        q_texts = [r["query"] for r in rows]
+        docs = [[p["doc_id"] for p in r["passages"][:lsize]] for r in rows]
+        teacher = torch.tensor([[p["score"] for p in r["passages"][:lsize]] for r in rows], dtype=torch.float64,
+                               device=self.device)
+        ids = torch.tensor([[self.doc_index[d] for d in lst] for lst in docs], device=self.device)
+        return q_texts, docs, teacher, ids, lsize
+
+    def _loss_fn(self, teacher, ids, b, lsize):
+        d = self.d
+        kl, nce = (d.kl_weight, d.nce_weight) if d.loss == "listwise" else (0.0, 1.0)
+
+        def fn(q, p):
+            return distill_loss(q, p.view(b, lsize, -1), teacher, ids, kl_weight=kl, nce_weight=nce,
+                                student_temp=d.student_temp, teacher_temp=d.teacher_temp, nce_temp=d.nce_temp,
+                                fn_threshold=d.fn_threshold)
+
+        return fn
+
+    def _towers(self, q_texts, docs):
+        c = self.d.chunk_size
+        q_chunks = [q_texts[i : i + c] for i in range(0, len(q_texts), c)]
+        query = (lambda chunk: self._encode(chunk, self.d.query_max_len, "query"), q_chunks)
+        flat = [d for lst in docs for d in lst]
+        if self.d.mode == "query":
+            idx = torch.tensor([self.doc_index[d] for d in flat], device=self.device)
+            return [query, (lambda i: self.doc_emb[i], [idx], False)]
+        texts = [self.doc_text[d] for d in flat]
+        p_chunks = [texts[i : i + c] for i in range(0, len(texts), c)]
+        return [query, (lambda chunk: self._encode(chunk, self.d.passage_max_len, "document"), p_chunks)]
+
+    def train_step(self, rows: list[dict]) -> float:
+        self.model.train()
+        q_texts, docs, teacher, ids, lsize = self._batch(rows)
+        loss = grad_cache_step(self._towers(q_texts, docs), self._loss_fn(teacher, ids, len(rows), lsize))
+        torch.nn.utils.clip_grad_norm_(self.params, self.d.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        return float(loss)
+
+    @torch.no_grad()
+    def dev_loss(self) -> float | None:
+        if not self.dev_rows:
+            return None
+        self.model.eval()
+        total, n = 0.0, 0
+        for s in range(0, len(self.dev_rows), self.d.batch_size):
+            rows = self.dev_rows[s : s + self.d.batch_size]
+            q_texts, docs, teacher, ids, lsize = self._batch(rows)
+            reps = [torch.cat([enc(c) for c in chunks]) for enc, chunks, *_ in self._towers(q_texts, docs)]
+            total += float(self._loss_fn(teacher, ids, len(rows), lsize)(*reps)) * len(rows)
+            n += len(rows)
+        return total / n
+
+    # ------------------------------------------------------------------ checkpoints
+    def _ckpt_dir(self, epoch: int) -> Path:
+        return self.out / "checkpoints" / f"epoch-{epoch}"
+
+    def save_checkpoint(self) -> Path:
+        path = self._ckpt_dir(self.state["epoch"])
+        tmp = path.with_name(path.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        torch.save({"model": self.model.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
+                    "state": self.state, "rng": torch.get_rng_state(), "py_rng": random.getstate(),
+                    "np_rng": np.random.get_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+                   tmp / "trainer.pt")
+        shutil.rmtree(path, ignore_errors=True)
+        tmp.rename(path)
+        for old in (self.out / "checkpoints").glob("epoch-*"):  # keep the last two
+            if old.name.endswith(".tmp"):
+                continue
+            if int(old.name.split("-")[1]) < self.state["epoch"] - 1:
+                shutil.rmtree(old, ignore_errors=True)
+        return path
+
+    def resume(self) -> bool:
+        ckpts = sorted((p for p in (self.out / "checkpoints").glob("epoch-*")
+                        if not p.name.endswith(".tmp") and (p / "trainer.pt").exists()),
+                       key=lambda p: int(p.name.split("-")[1]))
+        if not ckpts:
+            return False
+        blob = torch.load(ckpts[-1] / "trainer.pt", map_location=self.device, weights_only=False)
+        self.model.load_state_dict(blob["model"])
+        self.opt.load_state_dict(blob["opt"])
+        self.sched.load_state_dict(blob["sched"])
+        self.state = blob["state"]
+        torch.set_rng_state(blob["rng"])
+        random.setstate(blob["py_rng"])
+        np.random.set_state(blob["np_rng"])
+        if blob["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(blob["cuda_rng"])
+        log.info("resumed from %s", ckpts[-1])
+        return True
+
+    # ------------------------------------------------------------------ loop
+    def train(self, max_epochs_this_run: int | None = None) -> dict:
+        from tqdm.auto import tqdm
+
+        resumed = self.resume()
+        run_epochs = 0
+        t0 = time.perf_counter()
+        while self.state["epoch"] < self.d.epochs and self.state["bad_epochs"] < self.d.patience:
+            if max_epochs_this_run is not None and run_epochs >= max_epochs_this_run:
+                break
+            epoch = self.state["epoch"]
+            order = list(range(len(self.train_rows)))
+            random.Random(self.cfg.seed + epoch).shuffle(order)
+            losses = []
+            bar = tqdm(range(0, len(order), self.d.batch_size), desc=f"distill epoch {epoch + 1}",
+                       disable=not self.d.progress, leave=False)
+            for s in bar:
+                loss = self.train_step([self.train_rows[i] for i in order[s : s + self.d.batch_size]])
+                losses.append(loss)
+                c = self.state["curves"]
+                c["step"].append(self.state["step"])
+                c["train_loss"].append(loss)
+                c["lr"].append(self.sched.get_last_lr()[0])
+                self.state["step"] += 1
+                bar.set_postfix(loss=f"{loss:.4f}")
+            dev = self.dev_loss()
+            self.state["epoch"] = epoch + 1
+            c = self.state["curves"]
+            c["epoch"].append(epoch + 1)
+            c["dev_loss"].append(dev)
+            c["epoch_train_loss"].append(float(np.mean(losses)))
+            improved = dev is None or self.state["best_dev"] is None or dev < self.state["best_dev"] - 1e-9
+            if improved:
+                self.state.update(best_dev=dev, best_epoch=epoch + 1, bad_epochs=0)
+                self.save_model(self.out / "model")
+            else:
+                self.state["bad_epochs"] += 1
+            log.info("epoch %d: train loss %.4f, dev loss %s%s", epoch + 1, np.mean(losses),
+                     "n/a" if dev is None else f"{dev:.4f}", " (best)" if improved else "")
+            self.save_checkpoint()
+            run_epochs += 1
+        (self.out / "curves.json").write_text(json.dumps(self.state["curves"], indent=1) + "\n")
+        return {"epochs": self.state["epoch"], "best_epoch": self.state["best_epoch"],
+                "best_dev_loss": self.state["best_dev"], "resumed": resumed,
+                "seconds_this_run": round(time.perf_counter() - t0, 1),
+                "stopped_early": self.state["bad_epochs"] >= self.d.patience}
+
+    def save_model(self, path: Path) -> None:
+        """Save a folder ``SentenceTransformer(path)`` loads (asymmetric Router in query mode)."""
+        tmp = path.with_name(path.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.model.max_seq_length = self.d.passage_max_len if self.d.mode == "full" else self.model.max_seq_length
+        if self.d.mode == "full":
+            self.model.save(str(tmp))
+        else:
+            save_query_side_model(self.model, self.base_path, tmp, self.d.query_max_len)
+        shutil.rmtree(path, ignore_errors=True)
+        tmp.rename(path)
+
+
+def save_query_side_model(query_model, base_path: Path, out: Path, query_max_len: int) -> None:
+    """A Router model: ``query`` route = the tuned modules, ``document`` route = the base model."""
+    import copy
+
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Router
+
+    base = SentenceTransformer(str(base_path), device="cpu", local_files_only=True)
+    tuned = copy.deepcopy(query_model).to("cpu")
+    tuned.max_seq_length = query_max_len
+    router = Router.for_query_document(query_modules=list(tuned), document_modules=list(base))
+    SentenceTransformer(modules=[router], device="cpu").save(str(out))
+
+
+def distill(cfg: KadetConfig, labels_path: str | Path, output_dir: str | Path,
+            max_epochs_this_run: int | None = None) -> Manifest:
+    """Run (or resume) training and write the manifest."""
+    out = Path(output_dir)
+    m = Manifest(stage="distill", config_hash=cfg.hash())
+    m.add_input("labels", labels_path)
+    trainer = Distiller(cfg, labels_path, out)
+    result = trainer.train(max_epochs_this_run)
+    m.counts = {"train_queries": len(trainer.train_rows), "dev_queries": len(trainer.dev_rows),
+                "epochs": result["epochs"]}
+    m.outputs = {"model": "model", "curves": "curves.json"}
+    m.extra = {**result, "mode": cfg.distill.mode, "loss": cfg.distill.loss, "base_model": cfg.retrieval.model}
+    m.write(out)
+    return m

@@ -1,0 +1,132 @@
+"""The distillation trainer on a tiny randomly initialised model built here: resume equals an
+uninterrupted run, both modes save a folder SentenceTransformer loads, the schedule."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from kadet.config import load_config
+from kadet.data import write_jsonl
+from kadet.distill import Distiller, distill, lr_factor
+from kadet.manifest import Manifest
+
+
+@pytest.fixture(scope="module")
+def tiny_st(tmp_path_factory):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import modules as models
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from kadet.models import resolve_model_path
+
+    root = tmp_path_factory.mktemp("tiny")
+    tok = AutoTokenizer.from_pretrained(resolve_model_path("all-MiniLM-L6-v2"))
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(root / "bert")
+    tok.save_pretrained(root / "bert")
+    t = models.Transformer(str(root / "bert"), max_seq_length=64)
+    st = SentenceTransformer(modules=[t, models.Pooling(32, "mean"), models.Normalize()], device="cpu")
+    st.save(str(root / "st"))
+    return root / "st"
+
+
+WORDS = "aspirin heart vitamin bone sleep obesity coffee liver gene protein cell cancer immune brain".split()
+
+
+def _labels(path, n=24, lsize=6, seed=0):
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        topic = WORDS[i % len(WORDS)]
+        passages = [{"doc_id": f"d{i}-{j}", "text": f"{topic} {' '.join(rng.sample(WORDS, 4))} passage {j}",
+                     "score": round(1.0 - j / lsize, 3)} for j in range(lsize)]
+        rows.append({"qid": f"g{i}", "query": f"what about {topic} {i}", "type": "question",
+                     "source_doc_id": passages[0]["doc_id"], "split": "dev" if i % 6 == 0 else "train",
+                     "passages": passages})
+    write_jsonl(path, rows)
+    return path
+
+
+def _cfg(tiny_st, tmp_path, *extra):
+    return load_config(None, [f"retrieval.model={tiny_st}", f"work_dir={tmp_path / 'work'}", "distill.batch_size=8",
+                              "distill.chunk_size=5", "distill.epochs=3", "distill.patience=5", "distill.lr=1e-3",
+                              "distill.progress=false", "distill.passage_max_len=32", "distill.query_max_len=16",
+                              *extra])
+
+
+def _weights(path):
+    from sentence_transformers import SentenceTransformer
+
+    return {k: v.clone() for k, v in SentenceTransformer(str(path), device="cpu").state_dict().items()}
+
+
+def test_lr_schedule():
+    f = [lr_factor(s, warmup=2, total=10, final=0.1) for s in range(12)]
+    assert f[:2] == [0.5, 1.0] and f[2] == 1.0
+    assert f[10] == pytest.approx(0.1) and f[11] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(f[2:], f[3:]))
+
+
+def test_resume_gives_the_same_weights(tiny_st, tmp_path):
+    labels = _labels(tmp_path / "labels.jsonl")
+    m = distill(_cfg(tiny_st, tmp_path), labels, tmp_path / "straight")
+    assert m.counts["epochs"] == 3 and m.counts["train_queries"] == 20 and m.counts["dev_queries"] == 4
+    # stop after one epoch, then a new process-like trainer resumes from the checkpoint
+    first = distill(_cfg(tiny_st, tmp_path), labels, tmp_path / "resumed", max_epochs_this_run=1)
+    assert first.counts["epochs"] == 1
+    second = distill(_cfg(tiny_st, tmp_path), labels, tmp_path / "resumed")
+    assert second.extra["resumed"] and second.counts["epochs"] == 3
+    a, b = _weights(tmp_path / "straight" / "model"), _weights(tmp_path / "resumed" / "model")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    curves = json.loads((tmp_path / "resumed" / "curves.json").read_text())
+    assert len(curves["dev_loss"]) == 3 and len(curves["train_loss"]) == 9
+    assert curves == json.loads((tmp_path / "straight" / "curves.json").read_text())
+
+
+def test_training_lowers_the_loss_and_model_round_trips(tiny_st, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    labels = _labels(tmp_path / "labels.jsonl")
+    cfg = _cfg(tiny_st, tmp_path, "distill.epochs=4")
+    trainer = Distiller(cfg, labels, tmp_path / "out")
+    before = trainer.dev_loss()
+    trainer.train()
+    assert trainer.state["best_dev"] < before
+    model = SentenceTransformer(str(tmp_path / "out" / "model"), device="cpu")
+    emb = model.encode(["what about aspirin 0", "aspirin passage"])
+    assert emb.shape == (2, 32) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+
+
+def test_early_stopping(tiny_st, tmp_path):
+    labels = _labels(tmp_path / "labels.jsonl")
+    # a huge lr makes the dev loss worse after the first epoch
+    m = distill(_cfg(tiny_st, tmp_path, "distill.lr=5", "distill.epochs=10", "distill.patience=2"), labels, tmp_path / "o")
+    assert m.extra["stopped_early"] and m.counts["epochs"] < 10
+    assert m.extra["best_epoch"] == m.counts["epochs"] - 2
+
+
+def test_query_side_mode_freezes_documents(tiny_st, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    labels = _labels(tmp_path / "labels.jsonl")
+    m = distill(_cfg(tiny_st, tmp_path, "distill.mode=query", "distill.epochs=2"), labels, tmp_path / "q")
+    assert Manifest.read(tmp_path / "q").extra["mode"] == "query" and m.counts["epochs"] == 2
+    tuned = SentenceTransformer(str(tmp_path / "q" / "model"), device="cpu")
+    base = SentenceTransformer(str(tiny_st), device="cpu")
+    docs = ["aspirin heart passage 1", "liver coffee passage 2"]
+    # documents: exactly the base model (the existing index stays valid); queries: tuned
+    np.testing.assert_allclose(tuned.encode_document(docs), base.encode(docs), atol=1e-6)
+    assert not np.allclose(tuned.encode_query(["what about aspirin 0"]), base.encode(["what about aspirin 0"]), atol=1e-4)
+
+
+def test_infonce_only_mode_runs(tiny_st, tmp_path):
+    labels = _labels(tmp_path / "labels.jsonl")
+    m = distill(_cfg(tiny_st, tmp_path, "distill.loss=infonce", "distill.epochs=1"), labels, tmp_path / "n")
+    assert m.extra["loss"] == "infonce" and m.extra["best_dev_loss"] > 0
