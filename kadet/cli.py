@@ -126,6 +126,20 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("--output", help="output folder (default <work_dir>/label)")
     _common(la)
 
+    di = sub.add_parser(
+        "distill",
+        help="train the embedding model on labels.jsonl (listwise KL + InfoNCE, GradCache)",
+        description=("Trains retrieval.model on the label stage's labels: distill.loss listwise (KL + "
+                     "0.1 x InfoNCE) or infonce, distill.mode full or query (frozen document tower). "
+                     "Checkpoints every epoch; rerunning resumes. Writes model/, curves.json, manifest.json."),
+    )
+    di.add_argument("--labels", help="labels.jsonl (default <work_dir>/label/labels.jsonl)")
+    di.add_argument("--mode", choices=["full", "query"], help="config: distill.mode")
+    di.add_argument("--loss", choices=["listwise", "infonce"], help="config: distill.loss")
+    di.add_argument("--epochs", type=int, help="config: distill.epochs")
+    di.add_argument("--output", help="output folder (default <work_dir>/distill)")
+    _common(di)
+
     tr = sub.add_parser(
         "teacher-report",
         help="nDCG@10 of each teacher reranking the base model's top-k for human queries",
@@ -256,6 +270,21 @@ def cmd_label(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_distill(args: argparse.Namespace) -> int:
+    from kadet.distill import distill
+
+    cfg = _load(args)
+    for key in ("mode", "loss", "epochs"):
+        if getattr(args, key) is not None:
+            setattr(cfg.distill, key, getattr(args, key))
+    work = Path(cfg.work_dir)
+    out = Path(args.output) if args.output else work / "distill"
+    m = distill(cfg, args.labels or work / "label" / "labels.jsonl", out)
+    print(f"distill: {m.counts['epochs']} epochs, best epoch {m.extra['best_epoch']} "
+          f"(dev loss {m.extra['best_dev_loss']}); wrote {out / 'model'}")
+    return 0
+
+
 def cmd_teacher_report(args: argparse.Namespace) -> int:
     from kadet.teacher_report import format_report, teacher_report
 
@@ -284,7 +313,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "evaluate": cmd_evaluate, "prepare": cmd_prepare, "generate": cmd_generate, "mine": cmd_mine,
-    "label": cmd_label, "teacher-report": cmd_teacher_report, "config": cmd_config,
+    "label": cmd_label, "distill": cmd_distill, "teacher-report": cmd_teacher_report, "config": cmd_config,
 }
 
 

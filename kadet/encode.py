@@ -122,6 +122,7 @@ class Encoder:
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.show_progress = show_progress
         self.fingerprint = model_fingerprint(self.path)
+        self._routed = any(type(m).__name__ == "Router" for m in self.model)
 
     @property
     def dim(self) -> int:
@@ -151,7 +152,7 @@ class Encoder:
                 out[mask] = found
             todo = np.flatnonzero(~mask)
         if len(todo):
-            emb = self._forward([unique[i] for i in todo], self.prompts[kind])
+            emb = self._forward([unique[i] for i in todo], self.prompts[kind], kind)
             out[todo] = emb
             if cache is not None:
                 cache.put([keys[i] for i in todo], emb)
@@ -175,7 +176,7 @@ class Encoder:
             batches.append(current)
         return batches
 
-    def _forward(self, texts: list[str], prompt: str) -> np.ndarray:
+    def _forward(self, texts: list[str], prompt: str, task: str = "document") -> np.ndarray:
         """Tokenize once, pad each length-sorted batch to its own longest text, run the model."""
         first = self.model[0]
         tok = getattr(self.model, "tokenizer", None)
@@ -199,6 +200,8 @@ class Encoder:
                     features["modality"] = "text"
                 else:
                     kwargs = {"prompt": prompt} if prompt else {}
+                    if self._routed:  # asymmetric model: pick the query or document tower
+                        kwargs["task"] = task
                     features = self.model.preprocess([texts[i] for i in batch], **kwargs)
                 features = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in features.items()}
                 emb = self.model(features)["sentence_embedding"]

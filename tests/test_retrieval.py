@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from kadet.data import load_beir
 from kadet.encode import EmbeddingCache, Encoder
@@ -81,7 +82,7 @@ def test_embedding_cache_avoids_recomputation(tmp_path, minilm, monkeypatch):
     enc = Encoder("all-MiniLM-L6-v2", device="cpu", cache_dir=tmp_path / "cache")
     calls: list[int] = []
     real = enc._forward
-    monkeypatch.setattr(enc, "_forward", lambda texts, prompt: calls.append(len(texts)) or real(texts, prompt))
+    monkeypatch.setattr(enc, "_forward", lambda texts, prompt, task: calls.append(len(texts)) or real(texts, prompt, task))
     first = enc.encode(["alpha", "beta"])
     second = enc.encode(["beta", "gamma", "alpha"])
     assert calls == [2, 1]
@@ -109,3 +110,21 @@ def test_dense_retriever_on_tiny(tiny_beir, minilm):
     for q, rels in ds.qrels.items():
         assert ranked(run[q])[0] == next(iter(rels))
         assert len(run[q]) == 2
+
+
+def test_encoder_routes_asymmetric_models(tmp_path, minilm):
+    from sentence_transformers import SentenceTransformer
+
+    from kadet.distill import save_query_side_model
+
+    with torch.no_grad():  # make the query tower differ from the document tower
+        q_model = SentenceTransformer(str(minilm.path), device="cpu")
+        for p in q_model.parameters():
+            p.mul_(0.9)
+    save_query_side_model(q_model, minilm.path, tmp_path / "router", 64)
+    enc = Encoder(tmp_path / "router", device="cpu")
+    texts = ["does aspirin prevent heart attacks", "vitamin d"]
+    r = SentenceTransformer(str(tmp_path / "router"), device="cpu")
+    assert np.abs(enc.encode(texts, kind="query") - r.encode_query(texts)).max() < 1e-5
+    assert np.abs(enc.encode(texts, kind="document") - minilm.encode(texts)).max() < 1e-5
+    assert np.abs(enc.encode(texts, kind="query") - minilm.encode(texts)).max() > 1e-3
