@@ -263,10 +263,10 @@ def test_tgi_text_generation_api_request_shape(tmp_path):
 # ------------------------------------------------------------------ local backend (real model)
 
 @pytest.mark.slow
-def test_local_backend_generates_usable_queries(tmp_path, scifact):
+def test_local_backend_generates_usable_queries(tmp_path, scifact, shared_work):
     corpus = read_corpus(scifact / "corpus.jsonl")
     passages = list(corpus.values())[:6]
-    cfg = load_config(None, [f"work_dir={tmp_path / 'w'}", "generate.types={question: 1, msmarco: 1}",
+    cfg = load_config(None, [f"work_dir={shared_work}", "generate.types={question: 1, msmarco: 1}",
                              "generate.progress=false"])
     m = run_generation(cfg, passages, tmp_path / "out")
     assert m.counts["finished"] == 12

@@ -129,8 +129,8 @@ def test_dense_and_bm25_teachers_match_retrievers(tmp_path):
     assert scores[1][1] > 0 and scores[1][0] == 0
 
 
-def test_query_likelihood_cached_equals_naive(tmp_path):
-    cfg = load_config(None, [f"work_dir={tmp_path}"])
+def test_query_likelihood_cached_equals_naive(shared_work):
+    cfg = load_config(None, [f"work_dir={shared_work}"])  # shared: the GGUF is dequantised once
     ql = QueryLikelihoodTeacher("smollm2", CORPUS, cfg.cache_dir, batch_size=3)
     pairs = [(q, CORPUS[d].full_text()) for q, lst in zip(QUERIES, LISTS) for d in lst]
     pairs += [("a much longer query about aspirin and the risk of heart attacks in older adults", CORPUS["d1"].full_text())]
