@@ -182,9 +182,9 @@ class QueryLikelihoodTeacher(_PairTeacher):
     head; both give the same scores (tested to 1e-4 in fp32).
     """
 
-    def __init__(self, model: str, corpus, cache_dir: str | Path, batch_size: int = 16,
+    def __init__(self, model: str, corpus, cache_dir: str | Path, batch_size: int = 32,
                  max_passage_tokens: int = 256, device: str | None = None, template: str = QL_TEMPLATE,
-                 title_separator: str = " "):
+                 title_separator: str = " ", prefix_batch: int = 8):
         from kadet.generate import load_causal_lm
 
         super().__init__(corpus, batch_size, title_separator)
@@ -193,6 +193,7 @@ class QueryLikelihoodTeacher(_PairTeacher):
         self.model, self.tok = load_causal_lm(model, Path(cache_dir), self.device)
         self.template = template
         self.max_passage_tokens = max_passage_tokens
+        self.prefix_batch = prefix_batch
 
     # -- tokenisation shared by both paths, so token boundaries are identical
     def _prefix_ids(self, passage: str) -> list[int]:
@@ -205,43 +206,59 @@ class QueryLikelihoodTeacher(_PairTeacher):
 
     @torch.inference_mode()
     def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """Prefix-cached scoring.
+
+        Distinct passages are processed ``prefix_batch`` at a time: their prompts run once,
+        right-padded, and their KV caches are kept. Then the (passage, query) pairs of those
+        passages run ``batch_size`` at a time on top of the gathered caches, each query placed
+        right after its own prompt (per-row position ids; the prompts' padding is masked).
+        The LM head is applied only at positions that predict a query token.
+        """
         from transformers import DynamicCache
 
         scores = np.zeros(len(pairs), dtype=np.float64)
-        groups: dict[str, list[int]] = defaultdict(list)
+        by_passage: dict[str, list[int]] = defaultdict(list)
         for i, (_, p) in enumerate(pairs):
-            groups[p].append(i)
-        body, head = self.model.model, self.model.lm_head
-        for passage, idx in groups.items():
-            prefix = torch.tensor([self._prefix_ids(passage)], device=self.device)
-            plen = prefix.shape[1]
-            pre = body(input_ids=prefix, use_cache=True)
-            layers = [(layer.keys, layer.values) for layer in pre.past_key_values.layers]
-            first_logp = torch.log_softmax(head(pre.last_hidden_state[:, -1]).float(), dim=-1)[0]
-            for s in range(0, len(idx), self.batch_size):
-                chunk = idx[s : s + self.batch_size]
-                qids = [self._query_ids(pairs[i][0]) for i in chunk]
-                n = max(map(len, qids))
-                b = len(chunk)
-                q = torch.full((b, n), self.tok.pad_token_id or 0, dtype=torch.long, device=self.device)
-                qmask = torch.zeros((b, n), dtype=torch.long, device=self.device)
-                for r, ids in enumerate(qids):
-                    q[r, : len(ids)] = torch.tensor(ids)
-                    qmask[r, : len(ids)] = 1
-                cache = DynamicCache(ddp_cache_data=[(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1))
-                                                     for k, v in layers])
-                mask = torch.cat([torch.ones((b, plen), dtype=torch.long, device=self.device), qmask], dim=1)
-                pos = torch.arange(plen, plen + n, device=self.device).unsqueeze(0).expand(b, -1)
+            by_passage[p].append(i)
+        prefixes = {p: self._prefix_ids(p) for p in by_passage}
+        passages = sorted(by_passage, key=lambda p: len(prefixes[p]))  # similar lengths pad less
+        body, head, dev = self.model.model, self.model.lm_head, self.device
+        pad = self.tok.pad_token_id or 0
+        for s in range(0, len(passages), self.prefix_batch):
+            group = passages[s : s + self.prefix_batch]
+            lens = torch.tensor([len(prefixes[p]) for p in group], device=dev)
+            width = int(lens.max())
+            ids = torch.full((len(group), width), pad, dtype=torch.long, device=dev)
+            pmask = torch.zeros_like(ids)
+            for r, p in enumerate(group):
+                ids[r, : lens[r]] = torch.tensor(prefixes[p], device=dev)
+                pmask[r, : lens[r]] = 1
+            pre = body(input_ids=ids, attention_mask=pmask, use_cache=True)
+            kv = [(layer.keys, layer.values) for layer in pre.past_key_values.layers]
+            last = pre.last_hidden_state[torch.arange(len(group), device=dev), lens - 1]
+            first_logp = torch.log_softmax(head(last).float(), dim=-1)       # predicts query token 0
+            rows = [(r, i) for r, p in enumerate(group) for i in by_passage[p]]
+            for c in range(0, len(rows), self.batch_size):
+                chunk = rows[c : c + self.batch_size]
+                owner = torch.tensor([r for r, _ in chunk], device=dev)
+                qids = [self._query_ids(pairs[i][0]) for _, i in chunk]
+                b, n = len(chunk), max(map(len, qids))
+                q = torch.full((b, n), pad, dtype=torch.long, device=dev)
+                qmask = torch.zeros((b, n), dtype=torch.long, device=dev)
+                for r, x in enumerate(qids):
+                    q[r, : len(x)] = torch.tensor(x, device=dev)
+                    qmask[r, : len(x)] = 1
+                cache = DynamicCache(ddp_cache_data=[(k[owner], v[owner]) for k, v in kv])
+                mask = torch.cat([pmask[owner], qmask], dim=1)
+                pos = lens[owner].unsqueeze(1) + torch.arange(n, device=dev).unsqueeze(0)
                 hidden = body(input_ids=q, attention_mask=mask, position_ids=pos, past_key_values=cache,
                               use_cache=True).last_hidden_state
-                # hidden[:, j] predicts query token j+1: project only real query positions
-                sel = qmask[:, 1:].bool()
+                sel = qmask[:, 1:].bool()  # hidden[:, j] predicts query token j+1
                 logp = torch.log_softmax(head(hidden[:, :-1][sel]).float(), dim=-1)
-                tok_lp = logp.gather(1, q[:, 1:][sel].unsqueeze(1)).squeeze(1)
-                per_row = torch.zeros(b, dtype=torch.float64, device=self.device)
-                per_row.index_add_(0, sel.nonzero()[:, 0], tok_lp.double())
-                per_row += first_logp[q[:, 0]].double()
-                scores[chunk] = (per_row / qmask.sum(1).double()).cpu().numpy()
+                tok_lp = logp.gather(1, q[:, 1:][sel].unsqueeze(1)).squeeze(1).double()
+                per_row = first_logp[owner, q[:, 0]].double()
+                per_row = per_row.index_add(0, sel.nonzero()[:, 0], tok_lp)
+                scores[[i for _, i in chunk]] = (per_row / qmask.sum(1).double()).cpu().numpy()
         return scores
 
     @torch.inference_mode()
