@@ -124,6 +124,14 @@ class Encoder:
         self.fingerprint = model_fingerprint(self.path)
         self._routed = any(type(m).__name__ == "Router" for m in self.model)
 
+    @classmethod
+    def from_config(cls, cfg, model: str | os.PathLike | None = None) -> "Encoder":
+        """An encoder with the ``retrieval`` settings of a :class:`~kadet.config.KadetConfig`."""
+        r = cfg.retrieval
+        return cls(model or r.model, device=r.device, batch_size=r.batch_size, max_tokens=r.max_tokens,
+                   max_seq_length=r.max_seq_length, cache_dir=cfg.cache_dir if r.embedding_cache else None,
+                   query_prompt=r.query_prompt, document_prompt=r.passage_prompt)
+
     @property
     def dim(self) -> int:
         return int(self.model.get_embedding_dimension())

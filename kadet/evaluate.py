@@ -80,15 +80,10 @@ def retrieve(cfg: KadetConfig, ds: Dataset, queries: dict[str, str], retriever: 
     runs: list[Run] = []
     depth = max(r.top_k, r.rrf_depth) if kind == "hybrid" else r.top_k
     if kind in ("dense", "hybrid"):
-        enc = Encoder(
-            model or r.model, device=r.device, batch_size=r.batch_size, max_tokens=r.max_tokens, max_seq_length=r.max_seq_length,
-            cache_dir=cfg.cache_dir if r.embedding_cache else None,
-            query_prompt=r.query_prompt, document_prompt=r.passage_prompt,
-        )
+        enc = Encoder.from_config(cfg, model)
         runs.append(DenseRetriever(enc, ds.corpus, cfg.data.title_separator).search(queries, depth))
     if kind in ("bm25", "hybrid"):
-        bm25 = BM25Retriever(ds.corpus, r.bm25_method, r.bm25_k1, r.bm25_b, r.bm25_stemmer, r.bm25_stopwords,
-                             cfg.data.title_separator)
+        bm25 = BM25Retriever.from_config(ds.corpus, cfg)
         runs.append(bm25.search(queries, depth))
     run = runs[0] if len(runs) == 1 else reciprocal_rank_fusion(runs, k=r.rrf_k, depth=r.rrf_depth)
     return top_k(run, r.top_k)

@@ -21,7 +21,6 @@ saved per chunk in step 1 and restored in step 3, so both passes see the same ma
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
 

@@ -40,20 +40,13 @@ QUERY_FIELDS = {"text": str, "type": str, "source_doc_id": str}
 
 def build_retrievers(cfg: KadetConfig, corpus: Mapping[str, Document], names: list[str] | None = None) -> dict:
     """``{name: retriever}`` for names like ``dense``, ``dense:/path/to/model`` and ``bm25``."""
-    r = cfg.retrieval
     out = {}
     for name in names or cfg.mine.retrievers:
         kind, _, arg = name.partition(":")
         if kind == "dense":
-            enc = Encoder(
-                arg or r.model, device=r.device, batch_size=r.batch_size, max_tokens=r.max_tokens,
-                max_seq_length=r.max_seq_length, cache_dir=cfg.cache_dir if r.embedding_cache else None,
-                query_prompt=r.query_prompt, document_prompt=r.passage_prompt,
-            )
-            out[name] = DenseRetriever(enc, corpus, cfg.data.title_separator)
+            out[name] = DenseRetriever(Encoder.from_config(cfg, arg or None), corpus, cfg.data.title_separator)
         elif kind == "bm25":
-            out[name] = BM25Retriever(corpus, r.bm25_method, r.bm25_k1, r.bm25_b, r.bm25_stemmer,
-                                      r.bm25_stopwords, cfg.data.title_separator)
+            out[name] = BM25Retriever.from_config(corpus, cfg)
         else:
             raise ConfigError(f"mine.retrievers: unknown retriever {name!r} (use dense, dense:PATH or bm25)")
     return out

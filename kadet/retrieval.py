@@ -95,6 +95,13 @@ class BM25Retriever:
         self.index = bm25s.BM25(method=method, k1=k1, b=b)
         self.index.index(tokens, show_progress=False)
 
+    @classmethod
+    def from_config(cls, corpus: Mapping[str, Document], cfg) -> "BM25Retriever":
+        """BM25 with the ``retrieval`` settings of a :class:`~kadet.config.KadetConfig`."""
+        r = cfg.retrieval
+        return cls(corpus, r.bm25_method, r.bm25_k1, r.bm25_b, r.bm25_stemmer, r.bm25_stopwords,
+                   cfg.data.title_separator)
+
     def search(self, queries: Mapping[str, str], top_k: int) -> Run:
         qids = list(queries)
         if not qids:

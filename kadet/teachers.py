@@ -304,7 +304,7 @@ def build_teacher(spec: str, cfg, corpus: Mapping[str, Document], cache: dict | 
     cache = {} if cache is None else cache
     if spec in cache:
         return cache[spec]
-    lab, r = cfg.label, cfg.retrieval
+    lab = cfg.label
     kind, _, arg = spec.partition(":")
     if spec == "ensemble":
         members = {name: build_teacher(name, cfg, corpus, cache) for name, w in lab.ensemble.items() if w}
@@ -312,15 +312,11 @@ def build_teacher(spec: str, cfg, corpus: Mapping[str, Document], cache: dict | 
     elif kind == "dense":
         from kadet.encode import Encoder
 
-        enc = Encoder(arg or r.model, device=r.device, batch_size=r.batch_size, max_tokens=r.max_tokens,
-                      max_seq_length=r.max_seq_length, cache_dir=cfg.cache_dir if r.embedding_cache else None,
-                      query_prompt=r.query_prompt, document_prompt=r.passage_prompt)
-        teacher = DenseTeacher(enc, corpus, cfg.data.title_separator)
+        teacher = DenseTeacher(Encoder.from_config(cfg, arg or None), corpus, cfg.data.title_separator)
     elif spec == "bm25":
         from kadet.retrieval import BM25Retriever
 
-        teacher = BM25Teacher(BM25Retriever(corpus, r.bm25_method, r.bm25_k1, r.bm25_b, r.bm25_stemmer,
-                                            r.bm25_stopwords, cfg.data.title_separator))
+        teacher = BM25Teacher(BM25Retriever.from_config(corpus, cfg))
     elif kind == "ql":
         teacher = QueryLikelihoodTeacher(arg or lab.llm_model, corpus, cfg.cache_dir, lab.batch_size,
                                          lab.max_passage_tokens, lab.device, title_separator=cfg.data.title_separator)
