@@ -256,3 +256,35 @@ def write_jsonl(path: str | os.PathLike, rows: list[dict] | Iterator[dict]) -> i
             n += 1
     os.replace(tmp, path)
     return n
+
+
+def append_jsonl(path: str | os.PathLike, records: list[dict]) -> None:
+    """Append records to a JSONL log and fsync, so a crash loses at most the group in flight."""
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_log(path: str | os.PathLike) -> dict[str, dict]:
+    """Records of an append-only JSONL log by their ``key``; a torn last line (a crash in the
+    middle of a write) is cut off the file so the next append starts clean."""
+    path = Path(path)
+    done: dict[str, dict] = {}
+    if not path.exists():
+        return done
+    good = 0
+    with open(path, "rb") as fh:
+        for raw in fh:
+            if not raw.endswith(b"\n"):
+                break
+            try:
+                rec = json.loads(raw)
+            except json.JSONDecodeError:
+                break
+            done[rec["key"]] = rec
+            good += len(raw)
+    if good != path.stat().st_size:
+        with open(path, "r+b") as fh:
+            fh.truncate(good)
+    return done

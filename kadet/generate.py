@@ -27,7 +27,6 @@ cleaning rules applies without generating again.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import os
@@ -40,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kadet.config import GenerateConfig, KadetConfig
-from kadet.data import Document, read_corpus, write_jsonl
+from kadet.data import Document, append_jsonl, read_corpus, read_log, write_jsonl
 from kadet.errors import ConfigError, KadetError
 from kadet.manifest import Manifest
 from kadet.prepare import normalise
@@ -452,36 +451,6 @@ def make_backend(cfg: KadetConfig):
 LOG_NAME = "generations.jsonl"
 
 
-def read_log(path: Path) -> dict[str, dict]:
-    """Finished outputs by key. A torn last line (crash mid-write) is cut off the file."""
-    done: dict[str, dict] = {}
-    if not path.exists():
-        return done
-    good = 0
-    with open(path, "rb") as fh:
-        for raw in fh:
-            if not raw.endswith(b"\n"):
-                break
-            try:
-                rec = json.loads(raw)
-            except json.JSONDecodeError:
-                break
-            done[rec["key"]] = rec
-            good += len(raw)
-    if good != path.stat().st_size:
-        log.warning("%s: dropping a torn last record from an earlier crash", path)
-        with open(path, "r+b") as fh:
-            fh.truncate(good)
-    return done
-
-
-def _append(path: Path, records: list[dict]) -> None:
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
 def run_generation(cfg: KadetConfig, passages: Sequence[Document], out: Path, backend=None) -> Manifest:
     """Generate for every planned request not yet in ``out/generations.jsonl``, then finalise."""
     g = cfg.generate
@@ -513,7 +482,7 @@ def run_generation(cfg: KadetConfig, passages: Sequence[Document], out: Path, ba
                     "text": text, "status": reason, "prompt_id": req.prompt_id,
                     "backend": backend.name, "model": backend.model_name,
                 })
-            _append(log_path, records)
+            append_jsonl(log_path, records)
             bar.update(len(chunk))
         bar.close()
     return finalise(cfg, requests, out, failed, time.perf_counter() - t0)

@@ -21,9 +21,7 @@ and ``manifest.json`` whose ``dropped`` counts what each filter removed.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -32,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from kadet.config import KadetConfig, LabelConfig
-from kadet.data import Document, read_corpus, read_records, write_jsonl
+from kadet.data import Document, append_jsonl, read_corpus, read_log, read_records, write_jsonl
 from kadet.errors import KadetError
 from kadet.manifest import Manifest
 from kadet.teachers import build_teacher
@@ -53,19 +51,13 @@ def shard_file(out: Path, index: int, shards: int) -> Path:
     return out / f"scores.shard-{index}-of-{shards}.jsonl"
 
 
-def _read_scores(path: Path) -> dict[str, dict]:
-    from kadet.generate import read_log
-
-    return {k: v for k, v in read_log(path).items()}
-
-
 def score_shard(cfg: KadetConfig, rows: Sequence[dict], corpus: Mapping[str, Document], out: Path,
                 teacher=None) -> int:
     """Score this worker's shard of ``rows``; returns how many queries were scored now."""
     lab = cfg.label
     out.mkdir(parents=True, exist_ok=True)
     path = shard_file(out, lab.shard_index, lab.num_shards)
-    done = _read_scores(path)
+    done = read_log(path)
     mine = [rows[i] for i in shard_range(len(rows), lab.shard_index, lab.num_shards)]
     todo = [r for r in mine if r["qid"] not in done]
     log.info("label shard %d/%d: %d queries, %d to score", lab.shard_index, lab.num_shards, len(mine), len(todo))
@@ -80,10 +72,7 @@ def score_shard(cfg: KadetConfig, rows: Sequence[dict], corpus: Mapping[str, Doc
         scores = teacher.score([r["query"] for r in chunk], lists)
         recs = [{"key": r["qid"], "doc_ids": lst, "scores": [round(float(x), 6) for x in sc]}
                 for r, lst, sc in zip(chunk, lists, scores)]
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write("".join(json.dumps(x) + "\n" for x in recs))
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_jsonl(path, recs)
     return len(todo)
 
 
@@ -132,7 +121,7 @@ def finalise(cfg: KadetConfig, rows: Sequence[dict], corpus: Mapping[str, Docume
     lab = cfg.label
     scores: dict[str, dict] = {}
     for i in range(lab.num_shards):
-        scores.update(_read_scores(shard_file(out, i, lab.num_shards)))
+        scores.update(read_log(shard_file(out, i, lab.num_shards)))
     missing = [r["qid"] for r in rows if r["qid"] not in scores]
     if missing:
         raise KadetError(f"label: {len(missing)} queries have no scores yet (e.g. {missing[0]!r}); "

@@ -9,10 +9,10 @@ import logging
 import pytest
 
 from kadet.config import GenerateConfig, load_config
-from kadet.data import Document, read_corpus, write_jsonl
+from kadet.data import Document, read_corpus, read_log, write_jsonl
 from kadet.errors import ConfigError, KadetError
 from kadet.generate import (
-    LOG_NAME, TGIBackend, clean_output, generate, is_copy, plan_requests, read_log, run_generation,
+    LOG_NAME, TGIBackend, clean_output, generate, is_copy, plan_requests, run_generation,
 )
 from kadet.manifest import Manifest
 from kadet.models import smollm2_gguf
