@@ -292,14 +292,13 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
             if type(None) in args:
                 return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, key, source)
-            except ConfigError as exc:
-                errors.append(str(exc))
+            except ConfigError:
+                continue
         raise ConfigError(f"{source}: '{key}' = {value!r} is not a valid {tp}")
     if origin in (list, tuple):
         (inner, *_) = typing.get_args(tp) or (Any,)

@@ -120,7 +120,7 @@ class Distiller:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return nullcontext()
 
-    def _encode(self, texts: list[str], max_len: int, task: str) -> torch.Tensor:
+    def _encode(self, texts: list[str], max_len: int) -> torch.Tensor:
         self.model.max_seq_length = max_len
         features = self.model.preprocess(texts)
         features = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in features.items()}
@@ -150,14 +150,14 @@ class Distiller:
     def _towers(self, q_texts, docs):
         c = self.d.chunk_size
         q_chunks = [q_texts[i : i + c] for i in range(0, len(q_texts), c)]
-        query = (lambda chunk: self._encode(chunk, self.d.query_max_len, "query"), q_chunks)
+        query = (lambda chunk: self._encode(chunk, self.d.query_max_len), q_chunks)
         flat = [d for lst in docs for d in lst]
         if self.d.mode == "query":
             idx = torch.tensor([self.doc_index[d] for d in flat], device=self.device)
             return [query, (lambda i: self.doc_emb[i], [idx], False)]
         texts = [self.doc_text[d] for d in flat]
         p_chunks = [texts[i : i + c] for i in range(0, len(texts), c)]
-        return [query, (lambda chunk: self._encode(chunk, self.d.passage_max_len, "document"), p_chunks)]
+        return [query, (lambda chunk: self._encode(chunk, self.d.passage_max_len), p_chunks)]
 
     def train_step(self, rows: list[dict]) -> float:
         self.model.train()
@@ -276,8 +276,8 @@ class Distiller:
         """Save a folder ``SentenceTransformer(path)`` loads (asymmetric Router in query mode)."""
         tmp = path.with_name(path.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        self.model.max_seq_length = self.d.passage_max_len if self.d.mode == "full" else self.model.max_seq_length
         if self.d.mode == "full":
+            self.model.max_seq_length = self.d.passage_max_len
             self.model.save(str(tmp))
         else:
             save_query_side_model(self.model, self.base_path, tmp, self.d.query_max_len)
