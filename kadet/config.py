@@ -36,6 +36,9 @@ class DataConfig:
     data_dir: str = ""
     #: Evaluation split, i.e. the file ``qrels/<split>.tsv``.
     split: str = "test"
+    #: Evaluation qrels file (local or ``s3://``) replacing ``qrels/<split>.tsv``; its relevant
+    #: passages are also excluded from training.
+    qrels: str = ""
     #: Passage text = title + separator + text, as BEIR does.
     title_separator: str = " "
 
@@ -256,6 +259,33 @@ class DistillConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """MLflow tracking (see kadet/tracking.py)."""
+
+    #: Tracking URI; empty = ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<work_dir>/mlflow.db``.
+    tracking_uri: str = ""
+    experiment: str = "kadet"
+    #: Synthetic queries logged as a sample artifact of the generate run.
+    sample_queries: int = 50
+
+
+@dataclass
+class RegisterConfig:
+    """The registry gate (see kadet/register.py)."""
+
+    model_name: str = "kadet-embedding"
+    champion_alias: str = "champion"
+    challenger_alias: str = "challenger"
+    #: The candidate's nDCG@10 must reach this absolute floor ...
+    ndcg_floor: float = 0.1
+    #: ... and the incumbent's nDCG@10 on the same test data plus this delta (the incumbent is
+    #: the champion, or the base model while there is none) ...
+    min_delta: float = 0.0
+    #: ... and its Recall@100 may fall at most this much below the incumbent's.
+    max_recall_drop: float = 0.01
+
+
+@dataclass
 class KadetConfig:
     """Root of the configuration tree."""
 
@@ -267,6 +297,8 @@ class KadetConfig:
     mine: MineConfig = field(default_factory=MineConfig)
     label: LabelConfig = field(default_factory=LabelConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    register: RegisterConfig = field(default_factory=RegisterConfig)
     #: Working folder for outputs, caches and the local MLflow store.
     work_dir: str = ".kadet"
     seed: int = 42
@@ -372,9 +404,10 @@ def apply_overrides(cfg: KadetConfig, overrides: list[str], source: str = "--set
     return cfg
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> KadetConfig:
-    """Defaults, then the YAML file at ``path`` (if any), then ``overrides``."""
-    cfg = KadetConfig()
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: KadetConfig | None = None) -> KadetConfig:
+    """Defaults (or ``base``), then the YAML file at ``path`` (if any), then ``overrides``."""
+    cfg = base if base is not None else KadetConfig()
     if path:
         p = Path(path)
         try:
@@ -388,6 +421,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: top level must be a mapping")
         _apply(cfg, data, str(p))
+    if overrides:
+        apply_overrides(cfg, overrides)
+    return cfg
+
+
+def config_from_text(text: str, overrides: list[str] | None = None, source: str = "config") -> KadetConfig:
+    """Defaults, then a YAML document given as text (e.g. a pipeline parameter), then overrides."""
+    cfg = KadetConfig()
+    try:
+        data = yaml.safe_load(text or "") or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: invalid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: top level must be a mapping")
+    _apply(cfg, data, source)
     if overrides:
         apply_overrides(cfg, overrides)
     return cfg

@@ -225,13 +225,14 @@ def read_qrels(
     return qrels
 
 
-def load_beir(data_dir: str | os.PathLike, split: str = "test") -> Dataset:
-    """Load and cross-check a BEIR folder (local or ``s3://``)."""
+def load_beir(data_dir: str | os.PathLike, split: str = "test", qrels: str | os.PathLike | None = None) -> Dataset:
+    """Load and cross-check a BEIR folder (local or ``s3://``); ``qrels`` (a file, local or
+    ``s3://``) replaces the folder's ``qrels/<split>.tsv``."""
     root = localize(data_dir)
     files = {
         "corpus": root / "corpus.jsonl",
         "queries": root / "queries.jsonl",
-        "qrels": root / "qrels" / f"{split}.tsv",
+        "qrels": localize(qrels) if qrels else root / "qrels" / f"{split}.tsv",
     }
     if not files["corpus"].exists() and (root / "corpus.parquet").exists():
         files["corpus"] = root / "corpus.parquet"
@@ -240,8 +241,8 @@ def load_beir(data_dir: str | os.PathLike, split: str = "test") -> Dataset:
             raise DataError(p, f"missing {name} file in BEIR folder {data_dir}")
     corpus = read_corpus(files["corpus"])
     queries = read_queries(files["queries"])
-    qrels = read_qrels(files["qrels"], corpus_ids=corpus, query_ids=queries)
-    return Dataset(corpus=corpus, queries=queries, qrels=qrels, source=str(data_dir), files=files)
+    judged = read_qrels(files["qrels"], corpus_ids=corpus, query_ids=queries)
+    return Dataset(corpus=corpus, queries=queries, qrels=judged, source=str(data_dir), files=files)
 
 
 def write_jsonl(path: str | os.PathLike, rows: list[dict] | Iterator[dict]) -> int:

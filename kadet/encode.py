@@ -9,13 +9,16 @@ stage encodes the same corpus twice::
     doc_emb = enc.encode(texts, kind="document")      # (n, 384) float32, L2-normalised
     q_emb = enc.encode(["what is x?"], kind="query")
 
-Cache key: model fingerprint (content hash of the folder) + max sequence length + prompt +
-kind, then the SHA-1 of each text.
+Cache key: the fingerprint of the modules that encode that kind of text (their weights,
+configs and tokenizer: :func:`route_fingerprint`) + prompt + kind, then the SHA-1 of each
+text. A query-side-tuned model (a Router whose document route is the untouched base model)
+therefore reuses the base model's cached corpus embeddings: its index stays valid.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import uuid
@@ -26,13 +29,44 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from kadet.models import model_fingerprint, resolve_model_path
+from kadet.models import resolve_model_path
 
 log = logging.getLogger(__name__)
 
 
 def text_key(text: str) -> bytes:
     return hashlib.sha1(text.encode("utf-8")).digest()
+
+
+def route_modules(model, kind: str) -> list:
+    """The modules that encode ``kind`` (``query`` / ``document``) texts, Router resolved."""
+    mods = []
+    for m in model:
+        subs = getattr(m, "sub_modules", None)
+        if type(m).__name__ == "Router" and subs is not None:
+            route = kind if kind in subs else m.default_route
+            mods.extend(subs[route])
+        else:
+            mods.append(m)
+    return mods
+
+
+def route_fingerprint(model, kind: str) -> str:
+    """Content hash of what turns a ``kind`` text into a vector: each module's type, config,
+    tokenizer and weights. Equal for a plain model and a Router route built from it."""
+    h = hashlib.sha256()
+    for m in route_modules(model, kind):
+        h.update(type(m).__name__.encode() + b"\0")
+        conf = m.get_config_dict() if hasattr(m, "get_config_dict") else {}
+        h.update(json.dumps(conf, sort_keys=True, default=str).encode() + b"\0")
+        h.update(str(getattr(m, "max_seq_length", None)).encode() + b"\0")
+        tok = getattr(m, "tokenizer", None)
+        if tok is not None and hasattr(tok, "backend_tokenizer"):
+            h.update(tok.backend_tokenizer.to_str().encode())
+        for name, t in sorted(m.state_dict().items()):
+            h.update(name.encode() + b"\0")
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:20]
 
 
 class EmbeddingCache:
@@ -121,7 +155,7 @@ class Encoder:
         self.prompts = {"query": query_prompt, "document": document_prompt}
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.show_progress = show_progress
-        self.fingerprint = model_fingerprint(self.path)
+        self._fingerprints: dict[str, str] = {}
         self._routed = any(type(m).__name__ == "Router" for m in self.model)
 
     @classmethod
@@ -139,7 +173,9 @@ class Encoder:
     def _cache(self, kind: str) -> EmbeddingCache | None:
         if self.cache_dir is None:
             return None
-        setting = f"{self.fingerprint}|{self.model.max_seq_length}|{kind}|{self.prompts[kind]}"
+        if kind not in self._fingerprints:
+            self._fingerprints[kind] = route_fingerprint(self.model, kind)
+        setting = f"{self._fingerprints[kind]}|{kind}|{self.prompts[kind]}"
         return EmbeddingCache(self.cache_dir, hashlib.sha1(setting.encode()).hexdigest()[:20])
 
     def encode(self, texts: Sequence[str], kind: str = "document") -> np.ndarray:

@@ -93,7 +93,7 @@ def evaluate(cfg: KadetConfig, output_dir: str | Path | None = None, model: str 
              retriever: str | None = None, max_queries: int | None = None) -> EvalResult:
     """Evaluate a retriever on ``cfg.data.data_dir`` and write metrics, run and manifest."""
     start = time.perf_counter()
-    ds = load_beir(cfg.data.data_dir, cfg.data.split)
+    ds = load_beir(cfg.data.data_dir, cfg.data.split, cfg.data.qrels or None)
     eval_q = ds.eval_queries()
     if max_queries:
         eval_q = dict(list(eval_q.items())[:max_queries])
@@ -145,3 +145,79 @@ def format_table(rows: list[tuple[str, dict[str, float]]]) -> str:
     for label, metrics in rows:
         lines.append(f"{label:<{width}}  " + "  ".join(f"{metrics[n]:>10.4f}" for n in names))
     return "\n".join(lines)
+
+
+def eval_data_fingerprint(ds: Dataset, split: str) -> str:
+    """One digest of the corpus, queries and qrels a metric was measured on."""
+    import hashlib
+
+    from kadet.manifest import fingerprint
+
+    h = hashlib.sha256(split.encode())
+    for name in sorted(ds.files):
+        h.update(name.encode() + b"=" + fingerprint(ds.files[name]).encode() + b"\n")
+    return "sha256:" + h.hexdigest()
+
+
+def synthetic_dev_qrels(labels_path: str | Path) -> tuple[dict[str, str], dict[str, str], Qrels]:
+    """The dev split of ``labels.jsonl`` as an evaluation set: query text, type, and its source
+    passage as the one relevant document."""
+    from kadet.data import read_records
+
+    rows = read_records(labels_path, "qid", {"query": str, "type": str, "source_doc_id": str})
+    dev = [r for r in rows if r.get("split") == "dev"]
+    return ({r["qid"]: r["query"] for r in dev}, {r["qid"]: r["type"] for r in dev},
+            {r["qid"]: {r["source_doc_id"]: 1} for r in dev})
+
+
+def compare(cfg: KadetConfig, candidate: str, output_dir: str | Path, labels_path: str | Path | None = None,
+            base: str | None = None) -> dict:
+    """Base model and candidate on the same test data (and, with ``labels_path``, nDCG@10 per
+    synthetic query type on the dev queries). Writes ``comparison.json`` and returns it."""
+    start = time.perf_counter()
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ds = load_beir(cfg.data.data_dir, cfg.data.split, cfg.data.qrels or None)
+    base = base or cfg.retrieval.model
+    eval_q = ds.eval_queries()
+    qrels = {q: ds.qrels[q] for q in eval_q}
+    texts = {q: v.text for q, v in eval_q.items()}
+    e = cfg.evaluation
+    systems = {"base": base, "candidate": candidate}
+    report: dict = {"eval_data": eval_data_fingerprint(ds, cfg.data.split), "data_dir": str(cfg.data.data_dir),
+                    "split": cfg.data.split, "queries": len(qrels), "models": systems}
+    per_query = {}
+    for name, model in systems.items():
+        run = retrieve(cfg, ds, texts, "dense", model)
+        if e.ignore_identical_ids:
+            run = drop_identical_ids(run)
+        per_query[name] = per_query_metrics(qrels, run, e.ndcg_k, e.recall_k, e.mrr_k)
+        report[name] = aggregate(per_query[name])
+    if labels_path is not None:
+        dev_texts, dev_types, dev_qrels = synthetic_dev_qrels(labels_path)
+        by_type: dict[str, dict[str, float]] = {}
+        if dev_texts:
+            for name, model in systems.items():
+                pq = per_query_metrics(dev_qrels, retrieve(cfg, ds, dev_texts, "dense", model), e.ndcg_k, e.recall_k)
+                for qid, m in pq.items():
+                    row = by_type.setdefault(dev_types[qid], {"queries": 0})
+                    row[name] = row.get(name, 0.0) + m[f"ndcg@{e.ndcg_k}"]
+                    if name == "base":
+                        row["queries"] += 1
+            for row in by_type.values():
+                for name in systems:
+                    row[name] = row.get(name, 0.0) / max(1, row["queries"])
+        report["by_type"] = dict(sorted(by_type.items()))
+    report["seconds"] = round(time.perf_counter() - start, 1)
+    (out / "comparison.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (out / "per_query.json").write_text(json.dumps(per_query, indent=1) + "\n", encoding="utf-8")
+    m = Manifest(stage="evaluate", config_hash=cfg.hash())
+    for name, path in ds.files.items():
+        m.add_input(name, path)
+    if labels_path is not None:
+        m.add_input("labels", labels_path)
+    m.outputs = {"comparison": "comparison.json", "per_query": "per_query.json"}
+    m.counts = {"queries": len(qrels), "documents": len(ds.corpus)}
+    m.extra = {"base": report["base"], "candidate": report["candidate"], "eval_data": report["eval_data"]}
+    m.write(out)
+    return report

@@ -532,15 +532,45 @@ def finalise(cfg: KadetConfig, requests: Sequence[Request], out: Path, failed: i
     return m
 
 
-def generate(cfg: KadetConfig, passages_path: str | Path, output_dir: str | Path, backend=None) -> Manifest:
-    """Run the stage on a ``passages.jsonl`` written by the prepare stage."""
+def load_passages(cfg: KadetConfig, passages_path: str | Path) -> tuple[list[Document], Path]:
+    """The passages to generate for (``generate.max_passages`` applied) and the local file."""
     from kadet.storage import localize
 
     local = localize(passages_path)
     passages = list(read_corpus(local).values())
     if cfg.generate.max_passages:
         passages = passages[: cfg.generate.max_passages]
+    return passages, local
+
+
+def generate(cfg: KadetConfig, passages_path: str | Path, output_dir: str | Path, backend=None) -> Manifest:
+    """Run the stage on a ``passages.jsonl`` written by the prepare stage."""
+    passages, local = load_passages(cfg, passages_path)
     m = run_generation(cfg, passages, Path(output_dir), backend)
     m.add_input("passages", passages_path, local)
     m.write(output_dir)
+    return m
+
+
+def merge_shards(cfg: KadetConfig, passages_path: str | Path, shard_dirs: Sequence[str | Path],
+                 output_dir: str | Path) -> Manifest:
+    """Join the generation logs of ``generate.num_shards`` workers into one ``queries.jsonl``,
+    exactly as one unsharded run writes it (plan order, global de-duplication)."""
+    import copy
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    merged: dict[str, dict] = read_log(out / LOG_NAME)
+    for d in shard_dirs:
+        for key, rec in read_log(Path(d) / LOG_NAME).items():
+            merged.setdefault(key, rec)
+    (out / LOG_NAME).unlink(missing_ok=True)
+    append_jsonl(out / LOG_NAME, list(merged.values()))
+    whole = copy.deepcopy(cfg)
+    whole.generate.shard_index, whole.generate.num_shards = 0, 1
+    passages, local = load_passages(whole, passages_path)
+    m = finalise(whole, plan_requests(passages, whole.generate, whole.seed), out, 0, 0.0)
+    m.add_input("passages", passages_path, local)
+    m.counts["shards"] = len(shard_dirs)
+    m.write(out)
     return m

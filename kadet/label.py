@@ -158,3 +158,18 @@ def label(cfg: KadetConfig, candidates_path: str | Path, corpus_path: str | Path
     if merge:
         finalise(cfg, rows, corpus, out, m)
     return m
+
+
+def merge_shards(cfg: KadetConfig, candidates_path: str | Path, corpus_path: str | Path,
+                 shard_dirs: Sequence[str | Path], output_dir: str | Path) -> Manifest:
+    """Gather the score files of ``label.num_shards`` workers (each in its own folder) into
+    ``output_dir`` and merge them: filter, normalise, split, write ``labels.jsonl``."""
+    import shutil
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    n = cfg.label.num_shards
+    for d in shard_dirs:
+        for f in Path(d).glob(f"scores.shard-*-of-{n}.jsonl"):
+            shutil.copyfile(f, out / f.name)
+    return label(cfg, candidates_path, corpus_path, out, score=False, merge=True)

@@ -104,13 +104,15 @@ def prepare(cfg: KadetConfig, output_dir: str | Path) -> Manifest:
         m.add_input("corpus", src)
         qrels_files = [Path(q) for q in cfg.prepare.exclude_qrels]
     else:
-        ds = load_beir(src, cfg.data.split)
+        ds = load_beir(src, cfg.data.split, cfg.data.qrels or None)
         corpus = ds.corpus
         m.add_input("corpus", src, ds.files["corpus"])
         root = ds.files["corpus"].parent
         qrels_files = [root / "qrels" / f"{s}.tsv" for s in cfg.prepare.exclude_splits
                        if (root / "qrels" / f"{s}.tsv").exists()]
         qrels_files += [Path(q) for q in cfg.prepare.exclude_qrels]
+        if cfg.data.qrels:
+            qrels_files.append(ds.files["qrels"])
     for i, q in enumerate(qrels_files):
         m.add_input(f"exclude_qrels_{i}", q)
     excluded = excluded_from_qrels(qrels_files, corpus)

@@ -77,3 +77,20 @@ def tiny_beir(tmp_path: Path) -> Path:
 def shared_work(tmp_path_factory) -> Path:
     """One work dir for the SciFact tests, so the embedding cache encodes the corpus once."""
     return tmp_path_factory.mktemp("scifact-work")
+
+
+def scifact_slice(root: Path, n_queries: int = 20, n_docs: int = 300, seed: int = 0) -> Path:
+    """A small real BEIR folder cut from SciFact: the first ``n_queries`` judged test queries,
+    their relevant documents, and random other documents up to ``n_docs``."""
+    import random
+
+    src = find_scifact()
+    docs = {d["_id"]: d for d in map(json.loads, (src / "corpus.jsonl").read_text(encoding="utf-8").splitlines())}
+    queries = {q["_id"]: q for q in map(json.loads, (src / "queries.jsonl").read_text(encoding="utf-8").splitlines())}
+    rows = [line.split("\t") for line in (src / "qrels" / "test.tsv").read_text().splitlines()[1:]]
+    qids = list(dict.fromkeys(r[0] for r in rows))[:n_queries]
+    qrels = [(q, d, int(s)) for q, d, s in rows if q in qids]
+    keep = list(dict.fromkeys(d for _, d, _ in qrels))
+    others = sorted(set(docs) - set(keep))
+    keep += random.Random(seed).sample(others, max(0, n_docs - len(keep)))
+    return write_beir(root, [docs[d] for d in keep], [queries[q] for q in qids], qrels)

@@ -126,6 +126,23 @@ def test_query_side_mode_freezes_documents(tiny_st, tmp_path):
     assert not np.allclose(tuned.encode_query(["what about aspirin 0"]), base.encode(["what about aspirin 0"]), atol=1e-4)
 
 
+def test_query_side_model_reuses_the_base_document_cache(tiny_st, tmp_path, monkeypatch):
+    from kadet.encode import Encoder
+
+    labels = _labels(tmp_path / "labels.jsonl")
+    distill(_cfg(tiny_st, tmp_path, "distill.mode=query", "distill.epochs=1"), labels, tmp_path / "q")
+    docs, queries = ["aspirin heart passage 1", "liver coffee passage 2"], ["what about aspirin 0"]
+    base = Encoder(tiny_st, device="cpu", cache_dir=tmp_path / "cache")
+    base_docs, base_q = base.encode(docs, "document"), base.encode(queries, "query")
+    tuned = Encoder(tmp_path / "q" / "model", device="cpu", cache_dir=tmp_path / "cache")
+    calls = []
+    real_forward = tuned._forward
+    monkeypatch.setattr(tuned, "_forward", lambda texts, *a: calls.append(list(texts)) or real_forward(texts, *a))
+    np.testing.assert_array_equal(tuned.encode(docs, "document"), base_docs)   # served from the cache
+    tuned_q = tuned.encode(queries, "query")                                    # the tuned tower runs
+    assert calls == [queries] and not np.allclose(tuned_q, base_q, atol=1e-4)
+
+
 def test_infonce_only_mode_runs(tiny_st, tmp_path):
     labels = _labels(tmp_path / "labels.jsonl")
     m = distill(_cfg(tiny_st, tmp_path, "distill.loss=infonce", "distill.epochs=1"), labels, tmp_path / "n")

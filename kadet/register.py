@@ -1,0 +1,215 @@
+"""The registry gate: register the candidate, promote it to ``champion`` only if it earns it.
+
+The candidate (a sentence-transformers folder) is logged with ``mlflow.sentence_transformers``
+and becomes a new version of ``register.model_name``. It is promoted to the champion alias only
+if all hold (:func:`decide`):
+
+1. nDCG@10 >= ``register.ndcg_floor``;
+2. nDCG@10 >= the incumbent's nDCG@10 on the *same* test data + ``register.min_delta``;
+3. Recall@100 >= the incumbent's Recall@100 - ``register.max_recall_drop``.
+
+The incumbent is the current champion; while there is none, it is the base model measured in
+the same evaluation run. A champion measured on other test data (its version tag
+``kadet.eval_data`` differs) is evaluated again on this data first. A candidate that fails gets
+the challenger alias and a ``kadet.gate_failure`` tag; the champion stays. Rerunning with the
+same model folder finds its existing version (tag ``kadet.model_fingerprint``) instead of
+registering a duplicate, and a version that already is champion stays champion.
+
+    result = register_candidate(cfg, model_dir, comparison, pipeline_run)   # version + decision
+    apply_decision(cfg, result)                                              # aliases and tags
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kadet.config import KadetConfig, RegisterConfig
+from kadet.errors import KadetError
+from kadet.models import model_fingerprint
+
+log = logging.getLogger(__name__)
+
+NDCG, RECALL = "ndcg@10", "recall@100"
+#: Version tags holding the candidate's metrics on the data named by EVAL_TAG.
+NDCG_TAG, RECALL_TAG = "kadet.ndcg_at_10", "kadet.recall_at_100"
+FINGERPRINT_TAG = "kadet.model_fingerprint"
+EVAL_TAG = "kadet.eval_data"
+FAILURE_TAG = "kadet.gate_failure"
+#: Metrics that tie to float precision count as equal.
+EPS = 1e-9
+
+
+@dataclass
+class Decision:
+    promote: bool
+    reasons: list[str] = field(default_factory=list)
+    incumbent: str = "none"   # "champion v3", "base model", or "none"
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(self.reasons) if self.reasons else "passed"
+
+
+def decide(candidate: Mapping[str, float], incumbent: Mapping[str, float] | None, gate: RegisterConfig,
+           incumbent_name: str = "incumbent") -> Decision:
+    """Apply the three gates; ``incumbent`` = metrics on the same test data, or None."""
+    reasons = []
+    nd, rc = candidate[NDCG], candidate[RECALL]
+    if nd < gate.ndcg_floor - EPS:
+        reasons.append(f"nDCG@10 {nd:.4f} below the floor {gate.ndcg_floor:.4f}")
+    if incumbent is not None:
+        need = incumbent[NDCG] + gate.min_delta
+        if nd < need - EPS:
+            reasons.append(f"nDCG@10 {nd:.4f} below {incumbent_name}'s {incumbent[NDCG]:.4f} + {gate.min_delta:g}")
+        floor = incumbent[RECALL] - gate.max_recall_drop
+        if rc < floor - EPS:
+            reasons.append(f"Recall@100 {rc:.4f} dropped more than {gate.max_recall_drop:g} "
+                           f"below {incumbent_name}'s {incumbent[RECALL]:.4f}")
+    return Decision(promote=not reasons, reasons=reasons, incumbent=incumbent_name if incumbent else "none")
+
+
+@dataclass
+class Registration:
+    name: str
+    version: str
+    decision: Decision
+    candidate: dict[str, float]
+    incumbent_metrics: dict[str, float] | None
+    reused: bool = False
+
+
+def pip_requirements() -> list[str]:
+    """Explicit requirements for the logged model: the versions installed here."""
+    from importlib.metadata import version
+
+    return [f"{p}=={version(p)}" for p in ("sentence-transformers", "transformers", "torch", "tokenizers",
+                                          "safetensors", "numpy")]
+
+
+def find_version(client, name: str, fingerprint: str):
+    """The version of ``name`` registered from this model folder content, if any."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return None
+    hits = [v for v in versions if (v.tags or {}).get(FINGERPRINT_TAG) == fingerprint]
+    return min(hits, key=lambda v: int(v.version)) if hits else None
+
+
+def champion_version(client, name: str, alias: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:  # no such model or alias unset
+        return None
+
+
+def local_model_dir(model_uri: str) -> Path:
+    """Download a logged sentence-transformers model; the folder ``SentenceTransformer`` loads."""
+    import mlflow
+
+    root = Path(mlflow.artifacts.download_artifacts(model_uri))
+    for cand in (root / "model.sentence_transformer", root):
+        if (cand / "modules.json").exists():
+            return cand
+    raise KadetError(f"register: {model_uri} holds no sentence-transformers folder")
+
+
+def evaluate_model(cfg: KadetConfig, model_dir: str | Path) -> dict[str, float]:
+    from kadet.evaluate import evaluate
+
+    return evaluate(cfg, model=str(model_dir), retriever="dense").metrics
+
+
+def incumbent_metrics(cfg: KadetConfig, client, comparison: Mapping,
+                      evaluate_fn: Callable[[KadetConfig, Path], dict] = evaluate_model):
+    """``(metrics on this test data, label)`` of the champion, or of the base model if none."""
+    reg = cfg.register
+    champ = champion_version(client, reg.model_name, reg.champion_alias)
+    if champ is None:
+        return dict(comparison["base"]), "base model", None
+    tags = champ.tags or {}
+    if tags.get(EVAL_TAG) == comparison["eval_data"] and NDCG_TAG in tags and RECALL_TAG in tags:
+        return {NDCG: float(tags[NDCG_TAG]), RECALL: float(tags[RECALL_TAG])}, f"champion v{champ.version}", champ
+    log.info("champion v%s was measured on other test data: evaluating it on this data", champ.version)
+    metrics = evaluate_fn(cfg, local_model_dir(f"models:/{reg.model_name}/{champ.version}"))
+    return {NDCG: metrics[NDCG], RECALL: metrics[RECALL]}, f"champion v{champ.version} (re-evaluated)", champ
+
+
+def register_candidate(cfg: KadetConfig, model_dir: str | Path, comparison: Mapping, pipeline_run: str = "",
+                       evaluate_fn: Callable[[KadetConfig, Path], dict] = evaluate_model) -> Registration:
+    """Make the candidate a model version (or find it) and decide the gate. Needs an active run."""
+    import mlflow
+
+    from kadet.tracking import client as get_client, metric_name
+
+    reg = cfg.register
+    c = get_client(cfg)
+    fp = model_fingerprint(model_dir)
+    cand = {NDCG: float(comparison["candidate"][NDCG]), RECALL: float(comparison["candidate"][RECALL])}
+    existing = find_version(c, reg.model_name, fp)
+    if existing is None:
+        from sentence_transformers import SentenceTransformer
+
+        st = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
+        info = mlflow.sentence_transformers.log_model(st, name="model", pip_requirements=pip_requirements())
+        mv = mlflow.register_model(info.model_uri, reg.model_name)
+        version = str(mv.version)
+    else:
+        version = str(existing.version)
+        log.info("model folder already registered as %s v%s: reusing it", reg.model_name, version)
+    tags = {FINGERPRINT_TAG: fp, EVAL_TAG: comparison["eval_data"], NDCG_TAG: f"{cand[NDCG]:.6f}",
+            RECALL_TAG: f"{cand[RECALL]:.6f}", "kadet.base_model": str(comparison["models"]["base"]),
+            "kadet.base_ndcg_at_10": f"{comparison['base'][NDCG]:.6f}"}
+    if pipeline_run:
+        tags["kadet.pipeline_run"] = pipeline_run
+    for k, v in tags.items():
+        c.set_model_version_tag(reg.model_name, version, k, v)
+    champ = champion_version(c, reg.model_name, reg.champion_alias)
+    if champ is not None and str(champ.version) == version:  # rerun of the promoted candidate
+        decision = Decision(True, [], incumbent=f"champion v{version} (itself)")
+        return Registration(reg.model_name, version, decision, cand, cand, reused=existing is not None)
+    inc, inc_name, _ = incumbent_metrics(cfg, c, comparison, evaluate_fn)
+    decision = decide(cand, inc, reg, inc_name)
+    mlflow.log_metrics({metric_name(f"gate.candidate_{k}"): v for k, v in cand.items()}
+                       | {metric_name(f"gate.incumbent_{k}"): v for k, v in inc.items()}
+                       | {"gate.promote": float(decision.promote)})
+    mlflow.set_tags({"kadet.gate": decision.reason, "kadet.model_version": version})
+    return Registration(reg.model_name, version, decision, cand, inc, reused=existing is not None)
+
+
+def promote(cfg: KadetConfig, version: str) -> None:
+    """Point the champion alias at ``version``; clear its failure tag and challenger alias."""
+    from kadet.tracking import client as get_client
+
+    reg, c = cfg.register, get_client(cfg)
+    c.set_registered_model_alias(reg.model_name, reg.champion_alias, version)
+    c.set_model_version_tag(reg.model_name, version, "kadet.gate", "passed")
+    if FAILURE_TAG in (c.get_model_version(reg.model_name, version).tags or {}):
+        c.delete_model_version_tag(reg.model_name, version, FAILURE_TAG)
+    chall = champion_version(c, reg.model_name, reg.challenger_alias)
+    if chall is not None and str(chall.version) == version:
+        c.delete_registered_model_alias(reg.model_name, reg.challenger_alias)
+
+
+def mark_challenger(cfg: KadetConfig, version: str, reason: str) -> None:
+    """Point the challenger alias at ``version`` and tag why it failed; the champion stays."""
+    from kadet.tracking import client as get_client
+
+    reg, c = cfg.register, get_client(cfg)
+    c.set_registered_model_alias(reg.model_name, reg.challenger_alias, version)
+    c.set_model_version_tag(reg.model_name, version, "kadet.gate", "failed")
+    c.set_model_version_tag(reg.model_name, version, FAILURE_TAG, reason)
+
+
+def apply_decision(cfg: KadetConfig, r: Registration) -> None:
+    if r.decision.promote:
+        promote(cfg, r.version)
+    else:
+        mark_challenger(cfg, r.version, r.decision.reason)

@@ -1,0 +1,203 @@
+"""The pipeline's steps: one function per KFP component, with MLflow tracking around the stage.
+
+Each step takes plain strings and folder paths (a component passes its artifacts' ``.path``),
+builds the config from the pipeline's YAML text plus the UI parameters, runs one stage inside
+a nested MLflow run of the pipeline's parent run, and logs what that stage should show. The
+components in ``components/`` are one call each into this module, so the same DAG can also be
+run in one process (``benchmarks/pipeline_overhead.py`` compares the two).
+
+Layout of each step's output folder = the stage's own (see each stage module):
+prepare ``corpus.jsonl``, ``passages.jsonl``; generate ``queries.jsonl``; mine
+``candidates.jsonl``; label ``labels.jsonl``; distill ``model/``, ``curves.json``; evaluate
+``comparison.json``; each with ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from kadet.config import KadetConfig, config_from_text
+from kadet.manifest import Manifest
+from kadet import tracking
+
+
+def step_config(config_yaml: str = "", overrides: Sequence[str] = (), work_dir: str = "", **keys) -> KadetConfig:
+    """The pipeline's config: defaults, its YAML text, ``overrides``, then ``keys`` given as
+    ``section__key=value`` (a UI parameter; an empty string leaves the key alone)."""
+    sets = [f"{name.replace('__', '.', 1)}={value if isinstance(value, str) else json.dumps(value)}"
+            for name, value in keys.items() if value is not None and value != ""]
+    cfg = config_from_text(config_yaml, [*overrides, *sets], source="pipeline config")
+    if work_dir:
+        cfg.work_dir = work_dir
+    return cfg
+
+
+def prepare_step(cfg: KadetConfig, out: str, pipeline_run: str) -> dict:
+    from kadet.prepare import prepare
+
+    with tracking.stage_run(cfg, "prepare", pipeline_run):
+        m = prepare(cfg, out)
+        tracking.log_manifest(m, out)
+    return m.counts
+
+
+def generate_step(cfg: KadetConfig, passages: str, out: str, pipeline_run: str) -> dict:
+    """One shard (``generate.shard_index`` of ``generate.num_shards``) of query generation."""
+    from kadet.generate import generate
+
+    g = cfg.generate
+    shard = f"{g.shard_index}-of-{g.num_shards}" if g.num_shards > 1 else None
+    with tracking.stage_run(cfg, "generate", pipeline_run, shard=shard):
+        m = generate(cfg, passages, out)
+        tracking.log_manifest(m, out)
+    return m.counts
+
+
+def generate_merge_step(cfg: KadetConfig, passages: str, shard_dirs: Sequence[str], out: str,
+                        pipeline_run: str) -> dict:
+    """Join the generation shards; log usable fraction and a sample of queries."""
+    from kadet.data import read_records
+    from kadet.generate import merge_shards
+
+    with tracking.stage_run(cfg, "generate", pipeline_run, shard="merge"):
+        m = merge_shards(cfg, passages, shard_dirs, out)
+        tracking.log_manifest(m, out)
+        import mlflow
+
+        mlflow.log_metric("usable_fraction", m.extra["usable_fraction"])
+        rows = read_records(Path(out) / "queries.jsonl", "qid", {"text": str, "type": str})
+        sample = rows[: cfg.tracking.sample_queries]
+        tracking.log_json({"columns": ["qid", "type", "text", "source_doc_id"],
+                           "data": [[r["qid"], r["type"], r["text"], r.get("source_doc_id", "")] for r in sample]},
+                          "queries_sample.json")
+    return m.counts
+
+
+def mine_step(cfg: KadetConfig, queries: str, corpus: str, out: str, pipeline_run: str) -> dict:
+    from kadet.mine import mine
+
+    with tracking.stage_run(cfg, "mine", pipeline_run):
+        m = mine(cfg, queries, corpus, out)
+        tracking.log_manifest(m, out)
+    return m.counts
+
+
+def label_step(cfg: KadetConfig, candidates: str, corpus: str, out: str, pipeline_run: str) -> dict:
+    """Score one shard (``label.shard_index`` of ``label.num_shards``) with the teacher."""
+    from kadet.label import label
+
+    lab = cfg.label
+    with tracking.stage_run(cfg, "label", pipeline_run, shard=f"{lab.shard_index}-of-{lab.num_shards}"):
+        m = label(cfg, candidates, corpus, out, score=True, merge=False)
+        tracking.log_manifest(m)
+    return m.counts
+
+
+def label_merge_step(cfg: KadetConfig, candidates: str, corpus: str, shard_dirs: Sequence[str], out: str,
+                     pipeline_run: str) -> dict:
+    """Merge the teacher's shards: filters, normalisation, split; log label statistics."""
+    from kadet.label import merge_shards
+
+    with tracking.stage_run(cfg, "label", pipeline_run, shard="merge"):
+        m = merge_shards(cfg, candidates, corpus, shard_dirs, out)
+        tracking.log_manifest(m, out)
+        tracking.log_json(label_statistics(Path(out) / "labels.jsonl", m), "label_statistics.json")
+    return m.counts
+
+
+def label_statistics(labels_path: Path, m: Manifest) -> dict:
+    """Counts per split and type, list lengths and the score distribution of ``labels.jsonl``."""
+    import numpy as np
+
+    from kadet.data import read_records
+
+    rows = read_records(labels_path, "qid", {"type": str, "passages": list})
+    scores = np.array([p["score"] for r in rows for p in r["passages"]] or [0.0])
+    by = {}
+    for r in rows:
+        key = f"{r.get('split', '?')}/{r['type']}"
+        by[key] = by.get(key, 0) + 1
+    return {"queries": len(rows), "by_split_and_type": dict(sorted(by.items())), "dropped": m.dropped,
+            "list_length_mean": float(np.mean([len(r["passages"]) for r in rows])) if rows else 0.0,
+            "score_percentiles": {str(p): float(np.percentile(scores, p)) for p in (0, 10, 25, 50, 75, 90, 100)}}
+
+
+def distill_step(cfg: KadetConfig, labels: str, out: str, pipeline_run: str) -> dict:
+    """Train; log per-epoch losses, the curves (JSON and PNG); keep the model, drop checkpoints."""
+    import mlflow
+
+    from kadet.distill import distill
+
+    with tracking.stage_run(cfg, "distill", pipeline_run):
+        m = distill(cfg, labels, out)
+        tracking.log_manifest(m, out)
+        curves = json.loads((Path(out) / "curves.json").read_text())
+        for e, dev, tr in zip(curves["epoch"], curves["dev_loss"], curves.get("epoch_train_loss", [])):
+            mlflow.log_metrics({"dev_loss": dev, "train_loss": tr}, step=int(e))
+        mlflow.log_metrics({"best_dev_loss": m.extra["best_dev_loss"], "best_epoch": m.extra["best_epoch"]})
+        with tempfile.TemporaryDirectory() as tmp:
+            tracking.plot_curves(curves, Path(tmp) / "loss_curves.png")
+            mlflow.log_artifact(str(Path(tmp) / "loss_curves.png"))
+        mlflow.log_artifact(str(Path(out) / "curves.json"))
+    shutil.rmtree(Path(out) / "checkpoints", ignore_errors=True)  # resume state, not a product
+    return {**m.counts, "best_epoch": m.extra["best_epoch"]}
+
+
+def evaluate_step(cfg: KadetConfig, model_dir: str, labels: str | None, out: str, pipeline_run: str) -> dict:
+    """Base model and candidate on the same test data; nDCG by query type as table and PNG."""
+    import mlflow
+
+    from kadet.evaluate import compare
+
+    with tracking.stage_run(cfg, "evaluate", pipeline_run):
+        rep = compare(cfg, model_dir, out, labels_path=labels)
+        for who in ("base", "candidate"):
+            mlflow.log_metrics({tracking.metric_name(f"{who}_{k}"): v for k, v in rep[who].items()})
+        mlflow.log_metric("delta_ndcg_at_10", rep["candidate"]["ndcg@10"] - rep["base"]["ndcg@10"])
+        mlflow.set_tag(tracking.EVAL_DATA_TAG, rep["eval_data"])
+        tracking.log_manifest(Manifest.read(out), out)
+        mlflow.log_artifact(str(Path(out) / "comparison.json"))
+        if rep.get("by_type"):
+            table = {"columns": ["type", "queries", "base_ndcg@10", "candidate_ndcg@10"],
+                     "data": [[t, r["queries"], round(r["base"], 4), round(r["candidate"], 4)]
+                              for t, r in rep["by_type"].items()]}
+            tracking.log_json(table, "ndcg_by_query_type.json")
+            with tempfile.TemporaryDirectory() as tmp:
+                plot = {t: {"base": r["base"], "candidate": r["candidate"]} for t, r in rep["by_type"].items()}
+                tracking.plot_by_type(plot, Path(tmp) / "ndcg_by_query_type.png")
+                mlflow.log_artifact(str(Path(tmp) / "ndcg_by_query_type.png"))
+    return rep
+
+
+def register_step(cfg: KadetConfig, model_dir: str, comparison_dir: str, pipeline_run: str) -> dict:
+    """Log and register the candidate, decide the gate (aliases are set by the next step)."""
+    from kadet.register import register_candidate
+
+    comparison = json.loads((Path(comparison_dir) / "comparison.json").read_text())
+    with tracking.stage_run(cfg, "register", pipeline_run):
+        r = register_candidate(cfg, model_dir, comparison, pipeline_run)
+    return {"version": r.version, "promote": r.decision.promote, "reason": r.decision.reason,
+            "incumbent": r.decision.incumbent, "candidate": r.candidate, "incumbent_metrics": r.incumbent_metrics}
+
+
+def promote_step(cfg: KadetConfig, version: str, pipeline_run: str) -> None:
+    from kadet.register import promote
+
+    promote(cfg, version)
+    tracking.finish_parent(cfg, pipeline_run)
+
+
+def challenger_step(cfg: KadetConfig, version: str, reason: str, pipeline_run: str) -> None:
+    from kadet.register import mark_challenger
+
+    mark_challenger(cfg, version, reason)
+    tracking.finish_parent(cfg, pipeline_run)
+
+
+def model_folder(distill_out: str | Path) -> Path:
+    """The sentence-transformers folder inside a distill step's output."""
+    return Path(distill_out) / "model"

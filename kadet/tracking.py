@@ -1,0 +1,208 @@
+"""MLflow tracking: one parent run per pipeline run, one nested run per stage.
+
+Each stage runs in its own process (a KFP component), so runs are joined by a tag rather than
+by an active-run stack: the parent run is found (or created) by ``kadet.pipeline_run`` = the
+pipeline run's id, and every stage creates a child run with ``mlflow.parentRunId`` set to it,
+which the MLflow UI shows nested::
+
+    with stage_run(cfg, "mine", pipeline_run="run-42") as run:
+        m = mine(cfg, ...)
+        log_manifest(m, out_dir)
+
+The tracking URI is ``tracking.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else a sqlite
+store in ``<work_dir>/mlflow.db`` with artifacts in ``<work_dir>/mlartifacts`` (the local
+default; a cluster sets the env var to its tracking server).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from kadet.config import KadetConfig
+from kadet.manifest import Manifest
+
+log = logging.getLogger(__name__)
+
+PIPELINE_TAG = "kadet.pipeline_run"
+STAGE_TAG = "kadet.stage"
+EVAL_DATA_TAG = "kadet.eval_data"
+#: Config sections logged as params on each stage's run (plus ``data`` and ``retrieval``).
+STAGE_SECTIONS = {
+    "prepare": ["prepare"], "generate": ["generate"], "mine": ["mine"], "label": ["label"],
+    "distill": ["distill"], "evaluate": ["evaluation"], "register": ["register"],
+}
+
+
+def metric_name(name: str) -> str:
+    """An MLflow-legal name for a kadet metric: ``ndcg@10`` -> ``ndcg_at_10``."""
+    return name.replace("@", "_at_")
+
+
+def tracking_uri(cfg: KadetConfig) -> str:
+    if cfg.tracking.tracking_uri:
+        return cfg.tracking.tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{Path(cfg.work_dir).resolve() / 'mlflow.db'}"
+
+
+def client(cfg: KadetConfig):
+    """An ``MlflowClient`` on the configured store (also made the process default)."""
+    import mlflow
+
+    uri = tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
+    if uri.startswith("sqlite:") or "://" not in uri:
+        mlflow.set_registry_uri(uri)
+    return mlflow.MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(cfg: KadetConfig) -> str:
+    """The configured experiment, created if missing (local stores keep artifacts in work_dir)."""
+    c = client(cfg)
+    exp = c.get_experiment_by_name(cfg.tracking.experiment)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if tracking_uri(cfg).startswith("sqlite:"):
+        location = (Path(cfg.work_dir).resolve() / "mlartifacts").as_uri()
+    try:
+        return c.create_experiment(cfg.tracking.experiment, artifact_location=location)
+    except Exception:  # created meanwhile by a parallel stage
+        exp = c.get_experiment_by_name(cfg.tracking.experiment)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def parent_run_id(cfg: KadetConfig, pipeline_run: str, run_name: str | None = None) -> str:
+    """The parent run of ``pipeline_run``, created on first use."""
+    c = client(cfg)
+    exp = experiment_id(cfg)
+    found = c.search_runs([exp], filter_string=f"tags.`{PIPELINE_TAG}` = '{pipeline_run}'", max_results=1,
+                          order_by=["attributes.start_time ASC"])
+    if found:
+        return found[0].info.run_id
+    run = c.create_run(exp, run_name=run_name or f"kadet-{pipeline_run}", tags={PIPELINE_TAG: pipeline_run})
+    return run.info.run_id
+
+
+def flat_params(cfg: KadetConfig, sections: list[str]) -> dict[str, str]:
+    d = cfg.to_dict()
+    out: dict[str, str] = {}
+    for sec in ["data", "retrieval", *sections]:
+        for k, v in d.get(sec, {}).items():
+            out[f"{sec}.{k}"] = json.dumps(v) if isinstance(v, (dict, list)) else str(v)
+    return out
+
+
+@contextlib.contextmanager
+def stage_run(cfg: KadetConfig, stage: str, pipeline_run: str, shard: str | None = None) -> Iterator[Any]:
+    """A child run of the pipeline's parent run, active for the ``with`` block.
+
+    The run ends FINISHED, or FAILED if the block raises (the error is re-raised).
+    """
+    import mlflow
+
+    c = client(cfg)
+    parent = parent_run_id(cfg, pipeline_run)
+    name = stage if shard is None else f"{stage}-{shard}"
+    run = c.create_run(experiment_id(cfg), run_name=name,
+                       tags={"mlflow.parentRunId": parent, PIPELINE_TAG: pipeline_run, STAGE_TAG: stage})
+    with mlflow.start_run(run_id=run.info.run_id) as active:
+        mlflow.log_params(flat_params(cfg, STAGE_SECTIONS.get(stage, [])))
+        mlflow.set_tag("kadet.config_hash", cfg.hash())
+        yield active
+
+
+def finish_parent(cfg: KadetConfig, pipeline_run: str, status: str = "FINISHED") -> None:
+    client(cfg).set_terminated(parent_run_id(cfg, pipeline_run), status=status)
+
+
+def log_manifest(m: Manifest, out_dir: str | Path | None = None) -> None:
+    """Counts and drops as metrics, input files as dataset lineage, the manifest as artifact."""
+    import mlflow
+
+    metrics = {f"count.{k}": float(v) for k, v in m.counts.items() if isinstance(v, (int, float))}
+    metrics.update({f"dropped.{k}": float(v) for k, v in m.dropped.items()})
+    if metrics:
+        mlflow.log_metrics(metrics)
+    log_inputs(m.inputs)
+    if out_dir is not None and (Path(out_dir) / "manifest.json").exists():
+        mlflow.log_artifact(str(Path(out_dir) / "manifest.json"))
+
+
+def log_inputs(inputs: Mapping[str, Mapping[str, str]]) -> None:
+    """Each input file as an MLflow dataset (name, source URI, content digest)."""
+    import mlflow
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+
+    for name, info in inputs.items():
+        uri = str(info.get("uri", ""))
+        if not uri:
+            continue
+        try:
+            source = resolve_dataset_source(uri if "://" in uri else Path(uri).resolve().as_uri())
+        except Exception as exc:  # an unknown scheme: lineage is best effort, never fatal
+            log.warning("no MLflow dataset source for %s: %s", uri, exc)
+            continue
+        digest = str(info.get("fingerprint", "")).removeprefix("sha256:")[:16] or None
+        mlflow.log_input(MetaDataset(source=source, name=name, digest=digest), context=name)
+
+
+def log_json(obj: Any, name: str) -> None:
+    import mlflow
+
+    mlflow.log_dict(obj, name)
+
+
+def plot_curves(curves: Mapping[str, list], path: str | Path) -> Path:
+    """Training loss per step and dev loss per epoch, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax[0].plot(curves.get("step", []), curves.get("train_loss", []), lw=1)
+    ax[0].set(xlabel="optimizer step", ylabel="train loss", title="training loss")
+    ax[1].plot(curves.get("epoch", []), curves.get("dev_loss", []), marker="o", label="dev")
+    if curves.get("epoch_train_loss"):
+        ax[1].plot(curves["epoch"], curves["epoch_train_loss"], marker=".", label="train")
+    ax[1].set(xlabel="epoch", ylabel="loss", title="loss per epoch")
+    ax[1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_by_type(table: Mapping[str, Mapping[str, float]], path: str | Path, metric: str = "ndcg@10") -> Path:
+    """Grouped bars: ``table[type][system]`` (e.g. base vs candidate nDCG@10 per query type)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    types = list(table)
+    systems = sorted({s for row in table.values() for s in row})
+    x = np.arange(len(types))
+    width = 0.8 / max(1, len(systems))
+    fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(types)), 3.5))
+    for i, s in enumerate(systems):
+        ax.bar(x + i * width, [table[t].get(s, 0.0) for t in types], width, label=s)
+    ax.set_xticks(x + width * (len(systems) - 1) / 2, types)
+    ax.set(ylabel=metric, title=f"{metric} by query type (synthetic dev queries)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

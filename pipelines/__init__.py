@@ -1,0 +1,1 @@
+"""The kadet DAG (:mod:`pipelines.kadet_pipeline`), its compile entry point and local runner."""

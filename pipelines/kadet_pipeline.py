@@ -1,0 +1,89 @@
+"""The kadet DAG: prepare -> generate (sharded) -> mine -> label (sharded) -> distill ->
+evaluate -> register -> promote (``dsl.If``) or mark challenger (``dsl.Else``).
+
+Compile it (the committed ``pipelines/kadet_pipeline.yaml`` must equal this output; CI checks):
+
+    python -m pipelines.compile                 # writes pipelines/kadet_pipeline.yaml
+    python -m pipelines.compile --check         # exit 1 if the committed YAML is stale
+
+Every task gets the pipeline run's id, so MLflow can nest each stage's run under one parent run.
+Caching is on for the data stages (prepare ... evaluate); the registry steps never cache.
+"""
+
+
+from kfp import dsl
+
+import components
+
+PIPELINE_NAME = "kadet"
+#: Tasks whose result depends on the MLflow registry's state, not only on their inputs.
+UNCACHED = ("register", "promote", "challenger")
+
+
+def make_pipeline(base_image: str | None = None):
+    """The pipeline function, its components built on ``base_image``."""
+    c = components.build(base_image)
+
+    @dsl.pipeline(name=PIPELINE_NAME, description=(
+        "Adapt a sentence-transformers embedding model to one corpus: synthetic queries, mined "
+        "candidates, teacher labels, listwise distillation; gated MLflow registration."))
+    def kadet_pipeline(
+        data_uri: str,
+        eval_qrels_uri: str = "",
+        sample_size: int = 200,
+        query_types: dict = {"question": 1.0, "claim": 1.0, "msmarco": 1.0},
+        generate_shards: int = 2,
+        teacher: str = "ensemble",
+        list_size: int = 20,
+        label_shards: int = 2,
+        training_mode: str = "query",
+        ndcg_floor: float = 0.1,
+        min_delta: float = 0.0,
+        max_recall_drop: float = 0.01,
+        model_name: str = "kadet-embedding",
+        config_yaml: str = "",
+        work_dir: str = "/var/cache/kadet",
+    ):
+        run = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+        common = dict(config_yaml=config_yaml, work_dir=work_dir, pipeline_run=run)
+
+        prep = c.prepare(data_uri=data_uri, eval_qrels_uri=eval_qrels_uri, sample_size=sample_size, **common)
+
+        gen_idx = c.shard_indices(num_shards=generate_shards).set_display_name("generate-shards")
+        with dsl.ParallelFor(items=gen_idx.output, name="generate-shard") as i:
+            gen = c.generate(prepared=prep.outputs["prepared"], query_types=query_types, shard_index=i,
+                             num_shards=generate_shards, **common)
+        queries = c.generate_merge(prepared=prep.outputs["prepared"], shards=dsl.Collected(gen.outputs["shard"]),
+                                   query_types=query_types, num_shards=generate_shards, **common)
+
+        mined = c.mine(prepared=prep.outputs["prepared"], queries=queries.outputs["queries"], **common)
+
+        lab_idx = c.shard_indices(num_shards=label_shards).set_display_name("label-shards")
+        with dsl.ParallelFor(items=lab_idx.output, name="label-shard") as j:
+            scored = c.label(prepared=prep.outputs["prepared"], candidates=mined.outputs["candidates"],
+                             teacher=teacher, list_size=list_size, shard_index=j, num_shards=label_shards, **common)
+        labels = c.label_merge(prepared=prep.outputs["prepared"], candidates=mined.outputs["candidates"],
+                               shards=dsl.Collected(scored.outputs["scores"]), teacher=teacher, list_size=list_size,
+                               num_shards=label_shards, **common)
+
+        trained = c.distill(labels=labels.outputs["labels"], training_mode=training_mode, list_size=list_size,
+                            **common)
+        ev = c.evaluate(model=trained.outputs["model"], labels=labels.outputs["labels"], data_uri=data_uri,
+                        eval_qrels_uri=eval_qrels_uri, **common)
+
+        gate = c.register(model=trained.outputs["model"], report=ev.outputs["report"], model_name=model_name,
+                          ndcg_floor=ndcg_floor, min_delta=min_delta, max_recall_drop=max_recall_drop, **common)
+        with dsl.If(gate.outputs["decision"] == "promote", name="gate-passed"):
+            c.promote(version=gate.outputs["version"], model_name=model_name, **common)
+        with dsl.Else(name="gate-failed"):
+            c.challenger(version=gate.outputs["version"], reason=gate.outputs["reason"], model_name=model_name,
+                         **common)
+
+        for task in (prep, gen, queries, mined, scored, labels, trained, ev):
+            task.set_caching_options(True)
+        gate.set_caching_options(False)
+
+    return kadet_pipeline
+
+
+kadet_pipeline = make_pipeline()

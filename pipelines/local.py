@@ -1,0 +1,91 @@
+"""Run the kadet DAG on this machine: ``kfp.local.SubprocessRunner``, no Docker, no cluster.
+
+    kadet run --data ../shared/data/beir/scifact            # what the README's main job calls
+
+The same pipeline function that compiles to ``kadet_pipeline.yaml`` runs here, each task in a
+subprocess of this Python. Embedded defaults: the packaged models, offline; MLflow in sqlite at
+``<work_dir>/mlflow.db`` with artifacts under ``<work_dir>/mlartifacts``; KFP artifacts under
+``<work_dir>/kfp``; the CPU profile ``kadet/profiles/local.yaml`` under any ``--config``/``--set``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from importlib import resources
+from pathlib import Path
+
+from kadet.config import config_from_text, dump_config, load_config
+
+
+def local_config_text(config: str | None = None, overrides: list[str] | None = None) -> str:
+    """The local profile, then ``config`` (a YAML file), then ``overrides``, as YAML text."""
+    profile = resources.files("kadet").joinpath("profiles/local.yaml").read_text(encoding="utf-8")
+    cfg = config_from_text(profile, source="kadet/profiles/local.yaml")
+    return dump_config(load_config(config, overrides, base=cfg))
+
+
+def ui_params(cfg) -> dict:
+    """The pipeline's UI parameters as ``cfg`` sets them (they override config_yaml in each task)."""
+    return {"eval_qrels_uri": cfg.data.qrels, "sample_size": cfg.prepare.sample_size,
+            "query_types": dict(cfg.generate.types), "teacher": cfg.label.teacher, "list_size": cfg.label.list_size,
+            "training_mode": cfg.distill.mode, "ndcg_floor": cfg.register.ndcg_floor,
+            "min_delta": cfg.register.min_delta, "max_recall_drop": cfg.register.max_recall_drop,
+            "model_name": cfg.register.model_name}
+
+
+def run_local(data: str, work_dir: str = ".kadet", config: str | None = None, overrides: list[str] | None = None,
+              shards: int = 1, caching: bool = False, **params) -> dict:
+    """Run the whole DAG locally; returns the registry outcome and per-stage wall times."""
+    from kfp import local
+
+    from pipelines.kadet_pipeline import make_pipeline
+
+    work = Path(work_dir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    text = local_config_text(config, overrides)
+    cfg = config_from_text(text)
+    cfg.work_dir = str(work)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(work / "kfp"),
+               enable_caching=caching, raise_on_error=True)
+    t0 = time.perf_counter()
+    make_pipeline()(**{**ui_params(cfg), **params}, data_uri=str(Path(data).resolve()) if "://" not in data else data,
+                    config_yaml=text, work_dir=str(work), generate_shards=shards, label_shards=shards)
+    return summarise(cfg, time.perf_counter() - t0)
+
+
+def _prefixed(run, prefix: str) -> dict[str, float]:
+    """``{"ndcg@10": ..}`` from a run's metrics named ``<prefix>ndcg_at_10`` and so on."""
+    if run is None:
+        return {}
+    return {k.removeprefix(prefix).replace("_at_", "@"): v for k, v in run.data.metrics.items() if k.startswith(prefix)}
+
+
+def summarise(cfg, seconds: float) -> dict:
+    """The newest pipeline run in MLflow: stage wall times, metrics, registry outcome."""
+    from kadet import tracking
+    from kadet.register import champion_version
+
+    c = tracking.client(cfg)
+    exp = tracking.experiment_id(cfg)
+    parents = c.search_runs([exp], filter_string=f"tags.`{tracking.PIPELINE_TAG}` != ''",
+                            order_by=["attributes.start_time DESC"], max_results=50)
+    parent = next(r for r in parents if "mlflow.parentRunId" not in r.data.tags)
+    children = c.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+                             order_by=["attributes.start_time ASC"], max_results=200)
+    stages = [(r.info.run_name, ((r.info.end_time or r.info.start_time) - r.info.start_time) / 1000.0, r)
+              for r in children]
+    ev = next((r for n, _, r in stages if n == "evaluate"), None)
+    reg = next((r for n, _, r in stages if n == "register"), None)
+    champ = champion_version(c, cfg.register.model_name, cfg.register.champion_alias)
+    return {
+        "seconds": round(seconds, 1), "parent_run": parent.info.run_id,
+        "stages": [(n, round(s, 1)) for n, s, _ in stages],
+        "base": _prefixed(ev, "base_"), "candidate": _prefixed(ev, "candidate_"),
+        "version": reg.data.tags.get("kadet.model_version") if reg else None,
+        "gate": reg.data.tags.get("kadet.gate") if reg else None,
+        "champion": champ.version if champ else None,
+        "tracking_uri": tracking.tracking_uri(cfg),
+    }
