@@ -74,14 +74,15 @@ def make_pipeline(base_image: str | None = None):
         gate = c.register(model=trained.outputs["model"], report=ev.outputs["report"], model_name=model_name,
                           ndcg_floor=ndcg_floor, min_delta=min_delta, max_recall_drop=max_recall_drop, **common)
         with dsl.If(gate.outputs["decision"] == "promote", name="gate-passed"):
-            c.promote(version=gate.outputs["version"], model_name=model_name, **common)
+            promoted = c.promote(version=gate.outputs["version"], model_name=model_name, **common)
         with dsl.Else(name="gate-failed"):
-            c.challenger(version=gate.outputs["version"], reason=gate.outputs["reason"], model_name=model_name,
-                         **common)
+            held_back = c.challenger(version=gate.outputs["version"], reason=gate.outputs["reason"],
+                                     model_name=model_name, **common)
 
         for task in (prep, gen, queries, mined, scored, labels, trained, ev):
             task.set_caching_options(True)
-        gate.set_caching_options(False)
+        for task in (gate, promoted, held_back):
+            task.set_caching_options(False)
 
     return kadet_pipeline
 

@@ -16,26 +16,6 @@ from kadet.distill import Distiller, distill, lr_factor
 from kadet.manifest import Manifest
 
 
-@pytest.fixture(scope="module")
-def tiny_st(tmp_path_factory):
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer import modules as models
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from kadet.models import resolve_model_path
-
-    root = tmp_path_factory.mktemp("tiny")
-    tok = AutoTokenizer.from_pretrained(resolve_model_path("all-MiniLM-L6-v2"))
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(root / "bert")
-    tok.save_pretrained(root / "bert")
-    t = models.Transformer(str(root / "bert"), max_seq_length=64)
-    st = SentenceTransformer(modules=[t, models.Pooling(32, "mean"), models.Normalize()], device="cpu")
-    st.save(str(root / "st"))
-    return root / "st"
-
-
 WORDS = "aspirin heart vitamin bone sleep obesity coffee liver gene protein cell cancer immune brain".split()
 
 

@@ -1,0 +1,109 @@
+"""The KFP pipeline: the committed IR YAML is current, the DAG has its control flow, and the real
+DAG runs locally (kfp.local.SubprocessRunner) on a SciFact slice, tracked by a real ``mlflow server``."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import yaml
+
+from pipelines.compile import DEFAULT_OUTPUT, stale_diff
+from tests.conftest import scifact_slice
+from tests.mlflowserver import mlflow_server
+
+UI_PARAMETERS = {"data_uri", "eval_qrels_uri", "query_types", "sample_size", "teacher", "list_size", "training_mode",
+                 "ndcg_floor", "min_delta", "max_recall_drop", "model_name", "generate_shards", "label_shards"}
+
+
+def test_compiled_yaml_is_current():
+    diff = stale_diff()
+    assert not diff, "pipelines/kadet_pipeline.yaml is stale: run `python -m pipelines.compile`\n" + "\n".join(diff[:40])
+
+
+def test_stale_yaml_is_detected(tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text(DEFAULT_OUTPUT.read_text().replace("kadet-embedding", "other-name"))
+    assert any("other-name" in line for line in stale_diff(old))
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return yaml.safe_load(DEFAULT_OUTPUT.read_text())
+
+
+def test_dag_shape(spec):
+    root = spec["root"]
+    assert UI_PARAMETERS <= set(root["inputDefinitions"]["parameters"])
+    tasks = root["dag"]["tasks"]
+    loops = [t for t in tasks.values() if "parameterIterator" in t]
+    assert len(loops) == 2                                            # sharded generation and labelling
+    loop_bodies = {name: spec["components"][t["componentRef"]["name"]]["dag"]["tasks"] for name, t in tasks.items()
+                   if "parameterIterator" in t}
+    assert sorted(next(iter(b)) for b in loop_bodies.values()) == ["generate", "label"]
+    branches = spec["components"]["comp-condition-branches-3"]["dag"]["tasks"]
+    conditions = sorted(t["triggerPolicy"]["condition"] for t in branches.values())
+    assert any("== 'promote'" in c for c in conditions) and any("!(" in c for c in conditions)   # If / Else
+    for stage in ("prepare", "mine", "label-merge", "distill", "evaluate"):
+        assert tasks[stage]["cachingOptions"] == {"enableCache": True}
+    assert tasks["register"]["cachingOptions"] == {}                  # registry state: never cached
+    executors = spec["deploymentSpec"]["executors"]
+    assert all(e["container"]["image"] == "ghcr.io/kadet-ml/kadet:0.1.0-cpu" for e in executors.values())
+    assert all("pip install" not in " ".join(e["container"]["command"]) for e in executors.values())
+
+
+def test_the_image_is_a_setting(tmp_path):
+    from pipelines.compile import compile_pipeline
+
+    out = compile_pipeline(tmp_path / "p.yaml", base_image="registry.example.com/kadet:test")
+    images = {e["container"]["image"] for e in yaml.safe_load(out.read_text())["deploymentSpec"]["executors"].values()}
+    assert images == {"registry.example.com/kadet:test"}
+
+
+TINY = """
+prepare: {sample_size: 6}
+generate: {types: {question: 1.0, msmarco: 1.0}, max_new_tokens: 32}
+label: {rerank_depth: 10, list_size: 8, min_top_percentile: 0}
+distill: {epochs: 2, batch_size: 8, chunk_size: 16, passage_max_len: 128, lr: 1.0e-5}
+register: {model_name: kadet-ci}
+"""
+
+
+@pytest.mark.slow
+def test_local_kfp_run_of_the_real_dag(tmp_path):
+    """prepare -> generate (2 shards) -> mine -> label (2 shards) -> distill -> evaluate ->
+    register -> promote/challenger, on 300 SciFact documents and 20 test queries."""
+    from pipelines.local import run_local
+
+    data = scifact_slice(tmp_path / "data")
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    with mlflow_server(tmp_path / "mlflow") as uri:
+        t0 = time.perf_counter()
+        summary = run_local(str(data), str(tmp_path / "work"), str(tmp_path / "tiny.yaml"),
+                            [f"tracking.tracking_uri={uri}"], shards=2)
+        seconds = time.perf_counter() - t0
+        import mlflow
+
+        c = mlflow.MlflowClient(uri)
+        exp = c.get_experiment_by_name("kadet")
+        children = c.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{summary['parent_run']}'")
+        names = sorted(r.info.run_name for r in children)
+        assert names == sorted(["prepare", "generate-0-of-2", "generate-1-of-2", "generate-merge", "mine",
+                                "label-0-of-2", "label-1-of-2", "label-merge", "distill", "evaluate", "register"])
+        assert all(r.info.status == "FINISHED" for r in children)
+        assert c.get_run(summary["parent_run"]).info.status == "FINISHED"
+        by_name = {r.info.run_name: r for r in children}
+        arts = lambda name: {a.path for a in c.list_artifacts(by_name[name].info.run_id)}  # noqa: E731
+        assert {"loss_curves.png", "curves.json", "manifest.json"} <= arts("distill")
+        assert {"ndcg_by_query_type.png", "ndcg_by_query_type.json", "comparison.json"} <= arts("evaluate")
+        assert "queries_sample.json" in arts("generate-merge") and "label_statistics.json" in arts("label-merge")
+        assert by_name["evaluate"].data.metrics["base_ndcg_at_10"] > 0.5       # real model on real data
+        # the gate's outcome is applied: champion if it passed, challenger with a reason if not
+        version = summary["version"]
+        mv = c.get_model_version("kadet-ci", version)
+        if summary["gate"] == "passed":
+            assert c.get_model_version_by_alias("kadet-ci", "champion").version == version
+        else:
+            assert c.get_model_version_by_alias("kadet-ci", "challenger").version == version
+            assert mv.tags["kadet.gate_failure"] == summary["gate"]
+    assert seconds < 300, f"local run took {seconds:.0f} s"

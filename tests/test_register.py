@@ -1,0 +1,139 @@
+"""The registry gate: the comparator on constructed metrics, then registration, aliases and
+idempotence against a real ``mlflow server`` on 127.0.0.1 (tiny random models: plumbing only)."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+
+from kadet.config import load_config
+from kadet.evaluate import compare, evaluate
+from kadet.register import (
+    FAILURE_TAG, NDCG, RECALL, apply_decision, decide, register_candidate,
+)
+from kadet import tracking
+from tests.conftest import make_tiny_st
+from tests.mlflowserver import mlflow_server
+
+GATE = load_config(None, ["register.ndcg_floor=0.3", "register.min_delta=0.01", "register.max_recall_drop=0.02"]).register
+
+
+def m(ndcg, recall=0.9):
+    return {NDCG: ndcg, RECALL: recall}
+
+
+def test_no_incumbent_only_the_floor_counts():
+    assert decide(m(0.31), None, GATE).promote
+    d = decide(m(0.29), None, GATE)
+    assert not d.promote and d.reasons == ["nDCG@10 0.2900 below the floor 0.3000"]
+
+
+def test_tie_with_the_required_margin_promotes_and_below_it_does_not():
+    assert decide(m(0.61), m(0.60), GATE).promote                      # exactly incumbent + min_delta
+    assert decide(m(0.6 + 0.01 - 1e-12), m(0.60), GATE).promote        # float noise is a tie
+    worse = decide(m(0.605), m(0.60), GATE, "champion v3")
+    assert not worse.promote and "below champion v3's 0.6000 + 0.01" in worse.reason
+
+
+def test_recall_tolerance():
+    assert decide(m(0.7, recall=0.88), m(0.6, recall=0.90), GATE).promote   # drop 0.02 = tolerance
+    d = decide(m(0.7, recall=0.87), m(0.6, recall=0.90), GATE)
+    assert not d.promote and d.reasons[0].startswith("Recall@100 0.8700 dropped more than 0.02")
+
+
+def test_every_failing_gate_is_reported():
+    d = decide(m(0.2, recall=0.5), m(0.6, recall=0.9), GATE)
+    assert not d.promote and len(d.reasons) == 3
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as uri:
+        yield uri
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Three distinct tiny models (different seeds, so different fingerprints)."""
+    return [make_tiny_st(tmp_path_factory.mktemp(f"m{i}"), seed=i) for i in range(3)]
+
+
+def comparison(cand, base=m(0.5), eval_data="sha256:data-A"):
+    return {"eval_data": eval_data, "candidate": cand, "base": base, "models": {"base": "all-MiniLM-L6-v2"}}
+
+
+def gate_run(cfg, model, comp, evaluate_fn=None):
+    with tracking.stage_run(cfg, "register", pipeline_run="test"):
+        kw = {"evaluate_fn": evaluate_fn} if evaluate_fn else {}
+        r = register_candidate(cfg, model, comp, "test", **kw)
+    apply_decision(cfg, r)
+    return r
+
+
+def test_registry_gate_against_a_real_mlflow_server(server, models, tmp_path, tiny_beir):
+    cfg = load_config(None, [f"tracking.tracking_uri={server}", f"work_dir={tmp_path}", "register.model_name=gate-test",
+                             "register.ndcg_floor=0.3", "register.min_delta=0.0", f"data.data_dir={tiny_beir}"])
+    c = tracking.client(cfg)
+    alias = lambda a: c.get_model_version_by_alias("gate-test", a).version  # noqa: E731
+
+    # 1. no champion yet: the incumbent is the base model from the same evaluation
+    r1 = gate_run(cfg, models[0], comparison(m(0.70)))
+    assert r1.version == "1" and r1.decision.promote and r1.decision.incumbent == "base model"
+    assert alias("champion") == "1"
+    v1 = c.get_model_version("gate-test", "1")
+    assert v1.tags["kadet.ndcg_at_10"] == "0.700000" and v1.tags["kadet.eval_data"] == "sha256:data-A"
+    loaded = mlflow.sentence_transformers.load_model("models:/gate-test@champion")  # the logged model loads
+    assert loaded.encode(["a query"]).shape == (1, 32)
+
+    # 2. rerun with the same model folder: no new version, still champion
+    r1b = gate_run(cfg, models[0], comparison(m(0.70)))
+    assert r1b.version == "1" and r1b.reused and r1b.decision.promote
+    assert len(c.search_model_versions("name = 'gate-test'")) == 1 and alias("champion") == "1"
+
+    # 3. a worse candidate: registered, challenger with the reason; the champion stays
+    r2 = gate_run(cfg, models[1], comparison(m(0.65)))
+    assert r2.version == "2" and not r2.decision.promote
+    assert alias("champion") == "1" and alias("challenger") == "2"
+    assert "below champion v1's 0.7000" in c.get_model_version("gate-test", "2").tags[FAILURE_TAG]
+    r2b = gate_run(cfg, models[1], comparison(m(0.65)))                 # rerun: same outcome, no new version
+    assert r2b.version == "2" and alias("champion") == "1" and alias("challenger") == "2"
+
+    # 4. a tie with the champion (min_delta 0) promotes; the challenger alias left on v2 stays there
+    r3 = gate_run(cfg, models[2], comparison(m(0.70)))
+    assert r3.decision.promote and alias("champion") == "3"
+
+    # 5. the champion was measured on other test data: it is evaluated again on this data
+    calls = []
+
+    def spy(cfg_, model_dir):
+        calls.append(model_dir)
+        return evaluate(cfg_, model=str(model_dir), retriever="dense").metrics
+
+    real = evaluate(cfg, model=str(models[2]), retriever="dense").metrics   # v3 = models[2] on tiny_beir
+    r4 = gate_run(cfg, models[1], comparison(m(real[NDCG] + 0.05, real[RECALL]), eval_data="sha256:data-B"), spy)
+    assert len(calls) == 1 and r4.decision.incumbent == "champion v3 (re-evaluated)"
+    assert r4.incumbent_metrics[NDCG] == pytest.approx(real[NDCG])
+    assert r4.decision.promote and alias("champion") == "2"                  # v2 reused, now champion
+    assert FAILURE_TAG not in c.get_model_version("gate-test", "2").tags
+
+
+def test_stage_runs_nest_under_one_parent_on_the_server(server, tmp_path, tiny_beir):
+    cfg = load_config(None, [f"tracking.tracking_uri={server}", f"work_dir={tmp_path}", "tracking.experiment=nest",
+                             f"data.data_dir={tiny_beir}"])
+    with tracking.stage_run(cfg, "evaluate", pipeline_run="p1"):
+        compare(cfg, "all-MiniLM-L6-v2", tmp_path / "ev")
+        from kadet.manifest import Manifest
+
+        tracking.log_manifest(Manifest.read(tmp_path / "ev"), tmp_path / "ev")
+    with pytest.raises(RuntimeError):
+        with tracking.stage_run(cfg, "register", pipeline_run="p1"):
+            raise RuntimeError("boom")
+    c = tracking.client(cfg)
+    exp = tracking.experiment_id(cfg)
+    parent = tracking.parent_run_id(cfg, "p1")
+    runs = c.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'", order_by=["attributes.start_time ASC"])
+    assert [(r.info.run_name, r.info.status) for r in runs] == [("evaluate", "FINISHED"), ("register", "FAILED")]
+    ev = runs[0]
+    assert ev.data.params["data.data_dir"] == str(tiny_beir) and "count.queries" in ev.data.metrics
+    assert {d.dataset.name for d in ev.inputs.dataset_inputs} == {"corpus", "queries", "qrels"}
+    assert [a.path for a in c.list_artifacts(ev.info.run_id)] == ["manifest.json"]
