@@ -17,12 +17,14 @@ from pathlib import Path
 DEFAULT_OUTPUT = Path(__file__).with_name("kadet_pipeline.yaml")
 
 
-def compile_pipeline(output: str | Path, base_image: str | None = None) -> Path:
+def compile_pipeline(output: str | Path, base_image: str | None = None, platform: str | Path | None = None) -> Path:
+    """Compile with the Kubernetes settings of ``platform`` (default ``pipelines/platform.yaml``)."""
     from kfp import compiler
 
     from pipelines.kadet_pipeline import make_pipeline
+    from pipelines.platform import DEFAULT_PLATFORM, Platform
 
-    compiler.Compiler().compile(make_pipeline(base_image), str(output))
+    compiler.Compiler().compile(make_pipeline(base_image, Platform.load(platform or DEFAULT_PLATFORM)), str(output))
     return Path(output)
 
 

@@ -14,14 +14,16 @@ Caching is on for the data stages (prepare ... evaluate); the registry steps nev
 from kfp import dsl
 
 import components
+from pipelines.platform import Platform
 
 PIPELINE_NAME = "kadet"
 #: Tasks whose result depends on the MLflow registry's state, not only on their inputs.
 UNCACHED = ("register", "promote", "challenger")
 
 
-def make_pipeline(base_image: str | None = None):
-    """The pipeline function, its components built on ``base_image``."""
+def make_pipeline(base_image: str | None = None, platform: Platform | None = None):
+    """The pipeline function, its components built on ``base_image``; ``platform`` (GPU, PVC,
+    Secrets, node selectors: ``pipelines/platform.yaml``) is applied for a cluster."""
     c = components.build(base_image)
 
     @dsl.pipeline(name=PIPELINE_NAME, description=(
@@ -83,8 +85,15 @@ def make_pipeline(base_image: str | None = None):
             task.set_caching_options(True)
         for task in (gate, promoted, held_back):
             task.set_caching_options(False)
+        if platform is not None:
+            steps = {"prepare": prep, "shard_indices": gen_idx, "generate": gen, "generate_merge": queries,
+                     "mine": mined, "label": scored, "label_merge": labels, "distill": trained, "evaluate": ev,
+                     "register": gate, "promote": promoted, "challenger": held_back}
+            for step, task in steps.items():
+                platform.apply(task, step)
+            platform.apply(lab_idx, "shard_indices")
 
     return kadet_pipeline
 
 
-kadet_pipeline = make_pipeline()
+kadet_pipeline = make_pipeline(platform=Platform.load())

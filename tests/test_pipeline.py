@@ -28,8 +28,14 @@ def test_stale_yaml_is_detected(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def spec():
-    return yaml.safe_load(DEFAULT_OUTPUT.read_text())
+def compiled():
+    """The committed YAML: the pipeline spec, then the kubernetes platform spec."""
+    return list(yaml.safe_load_all(DEFAULT_OUTPUT.read_text()))
+
+
+@pytest.fixture(scope="module")
+def spec(compiled):
+    return compiled[0]
 
 
 def test_dag_shape(spec):
@@ -56,8 +62,36 @@ def test_the_image_is_a_setting(tmp_path):
     from pipelines.compile import compile_pipeline
 
     out = compile_pipeline(tmp_path / "p.yaml", base_image="registry.example.com/kadet:test")
-    images = {e["container"]["image"] for e in yaml.safe_load(out.read_text())["deploymentSpec"]["executors"].values()}
+    images = {e["container"]["image"]
+              for e in next(yaml.safe_load_all(out.read_text()))["deploymentSpec"]["executors"].values()}
     assert images == {"registry.example.com/kadet:test"}
+
+
+def test_compiled_yaml_carries_the_platform_settings(spec, compiled):
+    from pipelines.platform import Platform
+
+    plat = Platform.load()
+    executors = spec["deploymentSpec"]["executors"]
+    k8s = compiled[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for name in executors:
+        step = name.removeprefix("exec-").replace("-", "_").removesuffix("_2")
+        container, kube = executors[name]["container"], k8s[name]
+        gpu = container["resources"].get("accelerator")
+        if step in ("generate", "label", "distill"):
+            assert gpu == {"count": "1", "resourceCount": "1", "resourceType": "nvidia.com/gpu", "type": "nvidia.com/gpu"}
+            assert kube["nodeSelector"] == {"labels": plat.gpu_node_selector}
+            assert kube["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
+            assert kube["emptyDirMounts"][0]["mountPath"] == "/dev/shm" and kube["emptyDirMounts"][0]["medium"] == "Memory"
+        else:
+            assert gpu is None and "nodeSelector" not in kube
+        assert kube["pvcMount"][0]["constant"] == "kadet-model-cache"
+        assert kube["pvcMount"][0]["mountPath"] == "/var/cache/kadet"
+        secrets = {s["secretName"]: {e["secretKey"]: e["envVar"] for e in s["keyToEnv"]} for s in kube["secretAsEnv"]}
+        assert secrets["kadet-minio"] == {"access-key": "AWS_ACCESS_KEY_ID", "secret-key": "AWS_SECRET_ACCESS_KEY"}
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert env["MLFLOW_TRACKING_URI"].startswith("http://mlflow.") and "AWS_SECRET_ACCESS_KEY" not in env
+        assert container["resources"]["resourceCpuRequest"] and container["resources"]["resourceMemoryLimit"]
+    assert spec["root"]["inputDefinitions"]["parameters"]["work_dir"]["defaultValue"] == plat.cache_mount
 
 
 TINY = """

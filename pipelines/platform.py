@@ -1,0 +1,62 @@
+"""Kubernetes settings for the compiled pipeline, read from ``pipelines/platform.yaml``.
+
+GPU accelerator, node selector, tolerations and ``/dev/shm`` on the GPU steps; the model-cache
+PVC, Secrets as env, endpoint env and requests/limits on every step. Applied with
+kfp-kubernetes at compile time; the local runner never sees them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+DEFAULT_PLATFORM = Path(__file__).with_name("platform.yaml")
+
+
+@dataclass
+class Platform:
+    gpu_steps: list[str] = field(default_factory=list)
+    accelerator: str = "nvidia.com/gpu"
+    gpu_count: int = 1
+    shm_size: str = "2Gi"
+    gpu_node_selector: dict[str, str] = field(default_factory=dict)
+    gpu_tolerations: list[dict] = field(default_factory=list)
+    cache_pvc: str = ""
+    cache_mount: str = "/var/cache/kadet"
+    secrets: dict[str, dict[str, str]] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    resources: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: str | Path = DEFAULT_PLATFORM) -> "Platform":
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"{path}: unknown key(s) {sorted(unknown)}")
+        return cls(**data)
+
+    def apply(self, task, step: str) -> None:
+        """Put this platform's settings on one pipeline task (``step`` = its component name)."""
+        from kfp import kubernetes
+
+        res = self.resources.get(step, self.resources.get("default", {}))
+        if "cpu" in res:
+            task.set_cpu_request(res["cpu"]).set_cpu_limit(res["cpu"])
+        if "memory" in res:
+            task.set_memory_request(res["memory"]).set_memory_limit(res["memory"])
+        for name, value in self.env.items():
+            task.set_env_variable(name, value)
+        for secret, keys in self.secrets.items():
+            kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env=keys)
+        if self.cache_pvc:
+            kubernetes.mount_pvc(task, pvc_name=self.cache_pvc, mount_path=self.cache_mount)
+        if step in self.gpu_steps:
+            task.set_accelerator_type(self.accelerator).set_accelerator_limit(self.gpu_count)
+            for key, value in self.gpu_node_selector.items():
+                kubernetes.add_node_selector(task, label_key=key, label_value=value)
+            for tol in self.gpu_tolerations:
+                kubernetes.add_toleration(task, **tol)
+            kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
+                                       size_limit=self.shm_size)
