@@ -23,6 +23,7 @@ class Platform:
     shm_size: str = "2Gi"
     gpu_node_selector: dict[str, str] = field(default_factory=dict)
     gpu_tolerations: list[dict] = field(default_factory=list)
+    pod_labels: dict[str, str] = field(default_factory=dict)
     cache_pvc: str = ""
     cache_mount: str = "/var/cache/kadet"
     secrets: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -48,6 +49,8 @@ class Platform:
             task.set_memory_request(res["memory"]).set_memory_limit(res["memory"])
         for name, value in self.env.items():
             task.set_env_variable(name, value)
+        for key, value in self.pod_labels.items():
+            kubernetes.add_pod_label(task, label_key=key, label_value=value)
         for secret, keys in self.secrets.items():
             kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env=keys)
         if self.cache_pvc:
