@@ -1,6 +1,6 @@
 """Compile the kadet pipeline to KFP IR YAML.
 
-    python -m pipelines.compile [--output pipelines/kadet_pipeline.yaml] [--image IMAGE] [--check]
+    python -m pipelines.compile [--output pipelines/kadet_pipeline.yaml] [--image IMAGE] [--gpu-image IMAGE] [--check]
 
 ``--check`` compiles to a temporary file and exits 1 (with a diff summary) if the committed
 YAML differs: CI runs it through ``tests/test_pipeline.py``.
@@ -17,14 +17,16 @@ from pathlib import Path
 DEFAULT_OUTPUT = Path(__file__).with_name("kadet_pipeline.yaml")
 
 
-def compile_pipeline(output: str | Path, base_image: str | None = None, platform: str | Path | None = None) -> Path:
+def compile_pipeline(output: str | Path, base_image: str | None = None, platform: str | Path | None = None,
+                     gpu_image: str | None = None) -> Path:
     """Compile with the Kubernetes settings of ``platform`` (default ``pipelines/platform.yaml``)."""
     from kfp import compiler
 
     from pipelines.kadet_pipeline import make_pipeline
     from pipelines.platform import DEFAULT_PLATFORM, Platform
 
-    compiler.Compiler().compile(make_pipeline(base_image, Platform.load(platform or DEFAULT_PLATFORM)), str(output))
+    pipeline = make_pipeline(base_image, Platform.load(platform or DEFAULT_PLATFORM), gpu_image)
+    compiler.Compiler().compile(pipeline, str(output))
     return Path(output)
 
 
@@ -34,11 +36,12 @@ def _spec_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if not line.startswith("#")]
 
 
-def stale_diff(committed: str | Path = DEFAULT_OUTPUT, base_image: str | None = None) -> list[str]:
+def stale_diff(committed: str | Path = DEFAULT_OUTPUT, base_image: str | None = None,
+               gpu_image: str | None = None) -> list[str]:
     """Unified diff between the committed YAML and a fresh compile, comment header aside
     (empty when up to date)."""
     with tempfile.TemporaryDirectory() as tmp:
-        fresh = _spec_lines(compile_pipeline(Path(tmp) / "p.yaml", base_image).read_text())
+        fresh = _spec_lines(compile_pipeline(Path(tmp) / "p.yaml", base_image, gpu_image=gpu_image).read_text())
     old = _spec_lines(Path(committed).read_text()) if Path(committed).exists() else []
     return list(difflib.unified_diff(old, fresh, str(committed), "fresh compile", lineterm=""))
 
@@ -47,17 +50,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--output", default=str(DEFAULT_OUTPUT))
     ap.add_argument("--image", help="component image (default $KADET_IMAGE or components.DEFAULT_IMAGE)")
+    ap.add_argument("--gpu-image", help="image of the GPU steps (default $KADET_GPU_IMAGE or components.DEFAULT_GPU_IMAGE)")
     ap.add_argument("--check", action="store_true", help="fail if --output is not what a compile gives")
     args = ap.parse_args(argv)
     if args.check:
-        diff = stale_diff(args.output, args.image)
+        diff = stale_diff(args.output, args.image, args.gpu_image)
         if diff:
             print("\n".join(diff[:60]))
             print(f"\n{args.output} is stale: run `python -m pipelines.compile`", file=sys.stderr)
             return 1
         print(f"{args.output} is up to date")
         return 0
-    print(f"wrote {compile_pipeline(args.output, args.image)}")
+    print(f"wrote {compile_pipeline(args.output, args.image, gpu_image=args.gpu_image)}")
     return 0
 
 

@@ -21,10 +21,15 @@ PIPELINE_NAME = "kadet"
 UNCACHED = ("register", "promote", "challenger")
 
 
-def make_pipeline(base_image: str | None = None, platform: Platform | None = None):
+def make_pipeline(base_image: str | None = None, platform: Platform | None = None, gpu_image: str | None = None):
     """The pipeline function, its components built on ``base_image``; ``platform`` (GPU, PVC,
-    Secrets, node selectors: ``pipelines/platform.yaml``) is applied for a cluster."""
+    Secrets, node selectors: ``pipelines/platform.yaml``) is applied for a cluster, whose GPU
+    steps then run on ``gpu_image``."""
     c = components.build(base_image)
+    if platform is not None:
+        g = components.build(gpu_image or components.gpu_image())
+        for step in platform.gpu_steps:
+            setattr(c, step, getattr(g, step))
 
     @dsl.pipeline(name=PIPELINE_NAME, description=(
         "Adapt a sentence-transformers embedding model to one corpus: synthetic queries, mined "

@@ -54,17 +54,20 @@ def test_dag_shape(spec):
         assert tasks[stage]["cachingOptions"] == {"enableCache": True}
     assert tasks["register"]["cachingOptions"] == {}                  # registry state: never cached
     executors = spec["deploymentSpec"]["executors"]
-    assert all(e["container"]["image"] == "ghcr.io/kadet-ml/kadet:0.1.0-cpu" for e in executors.values())
+    gpu = {"exec-generate", "exec-label", "exec-distill"}
+    assert {n: e["container"]["image"] for n, e in executors.items()} == {
+        n: "ghcr.io/kadet-ml/kadet:0.1.0-cuda" if n in gpu else "ghcr.io/kadet-ml/kadet:0.1.0-cpu" for n in executors}
     assert all("pip install" not in " ".join(e["container"]["command"]) for e in executors.values())
 
 
 def test_the_image_is_a_setting(tmp_path):
     from pipelines.compile import compile_pipeline
 
-    out = compile_pipeline(tmp_path / "p.yaml", base_image="registry.example.com/kadet:test")
+    out = compile_pipeline(tmp_path / "p.yaml", base_image="registry.example.com/kadet:test",
+                           gpu_image="registry.example.com/kadet:test-cuda")
     images = {e["container"]["image"]
               for e in next(yaml.safe_load_all(out.read_text()))["deploymentSpec"]["executors"].values()}
-    assert images == {"registry.example.com/kadet:test"}
+    assert images == {"registry.example.com/kadet:test", "registry.example.com/kadet:test-cuda"}
 
 
 def test_compiled_yaml_carries_the_platform_settings(spec, compiled):
