@@ -16,6 +16,7 @@ from pathlib import Path
 from kadet import __version__
 from kadet.config import KadetConfig, dump_config, load_config
 from kadet.errors import KadetError
+from kadet.storage import output_dir
 
 log = logging.getLogger("kadet")
 
@@ -204,8 +205,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         cfg.retrieval.top_k = args.top_k
     if not cfg.data.data_dir:
         raise KadetError("no data: pass --data DIR or set data.data_dir")
-    out = Path(args.output) if args.output else Path(cfg.work_dir) / "evaluate" / cfg.retrieval.retriever
-    result = evaluate(cfg, output_dir=out, max_queries=args.max_queries)
+    out = args.output or str(Path(cfg.work_dir) / "evaluate" / cfg.retrieval.retriever)
+    with output_dir(out) as local:
+        result = evaluate(cfg, output_dir=local, max_queries=args.max_queries)
     label = f"{cfg.retrieval.retriever} ({cfg.retrieval.model})" if cfg.retrieval.retriever != "bm25" else "bm25"
     if args.json:
         print(json.dumps(result.metrics, indent=2))
@@ -226,8 +228,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     cfg.prepare.exclude_qrels += args.exclude_qrels
     if not cfg.data.data_dir:
         raise KadetError("no data: pass --data DIR or set data.data_dir")
-    out = Path(args.output) if args.output else Path(cfg.work_dir) / "prepare"
-    m = prepare(cfg, out)
+    out = args.output or str(Path(cfg.work_dir) / "prepare")
+    with output_dir(out) as local:
+        m = prepare(cfg, local)
     print(f"prepare: kept {m.counts['passages']} of {m.counts['corpus']} passages; dropped {m.dropped}; wrote {out}")
     return 0
 
@@ -250,10 +253,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.concurrency:
         g.concurrency = args.concurrency
     passages = args.passages or str(Path(cfg.work_dir) / "prepare" / "passages.jsonl")
-    out = Path(args.output) if args.output else Path(cfg.work_dir) / "generate"
-    m = generate(cfg, passages, out)
+    out = args.output or str(Path(cfg.work_dir) / "generate")
+    with output_dir(out) as local:
+        m = generate(cfg, passages, local)
     print(f"generate: kept {m.counts['kept']} of {m.counts['finished']} outputs "
-          f"({100 * m.extra['usable_fraction']:.1f}% usable); dropped {m.dropped}; wrote {out / 'queries.jsonl'}")
+          f"({100 * m.extra['usable_fraction']:.1f}% usable); dropped {m.dropped}; wrote {out}/queries.jsonl")
     return 0
 
 
@@ -262,10 +266,12 @@ def cmd_mine(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     work = Path(cfg.work_dir)
-    out = Path(args.output) if args.output else work / "mine"
-    m = mine(cfg, args.queries or work / "generate" / "queries.jsonl", args.corpus or work / "prepare" / "corpus.jsonl", out)
+    out = args.output or str(work / "mine")
+    with output_dir(out) as local:
+        m = mine(cfg, args.queries or work / "generate" / "queries.jsonl", args.corpus or work / "prepare" / "corpus.jsonl",
+                 local)
     print(f"mine: kept {m.counts['kept']} of {m.counts['queries']} queries; dropped {m.dropped}; "
-          f"round-trip hits {m.extra['round_trip_hits']}; wrote {out / 'candidates.jsonl'}")
+          f"round-trip hits {m.extra['round_trip_hits']}; wrote {out}/candidates.jsonl")
     return 0
 
 
@@ -276,14 +282,16 @@ def cmd_label(args: argparse.Namespace) -> int:
     if args.teacher:
         cfg.label.teacher = args.teacher
     work = Path(cfg.work_dir)
-    out = Path(args.output) if args.output else work / "label"
-    m = label(cfg, args.candidates or work / "mine" / "candidates.jsonl", args.corpus or work / "prepare" / "corpus.jsonl",
-              out, score=not args.merge_only, merge=not args.score_only)
+    out = args.output or str(work / "label")
+    with output_dir(out) as local:
+        m = label(cfg, args.candidates or work / "mine" / "candidates.jsonl",
+                  args.corpus or work / "prepare" / "corpus.jsonl", local, score=not args.merge_only,
+                  merge=not args.score_only)
     if args.score_only:
         print(f"label: scored {m.counts.get('scored_now', 0)} queries in shard {cfg.label.shard_index}/{cfg.label.num_shards}")
     else:
         print(f"label: {m.counts['labelled']} of {m.counts['queries']} queries labelled "
-              f"({m.counts['train']} train / {m.counts['dev']} dev); dropped {m.dropped}; wrote {out / 'labels.jsonl'}")
+              f"({m.counts['train']} train / {m.counts['dev']} dev); dropped {m.dropped}; wrote {out}/labels.jsonl")
     return 0
 
 
@@ -295,10 +303,11 @@ def cmd_distill(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             setattr(cfg.distill, key, getattr(args, key))
     work = Path(cfg.work_dir)
-    out = Path(args.output) if args.output else work / "distill"
-    m = distill(cfg, args.labels or work / "label" / "labels.jsonl", out)
+    out = args.output or str(work / "distill")
+    with output_dir(out) as local:
+        m = distill(cfg, args.labels or work / "label" / "labels.jsonl", local)
     print(f"distill: {m.counts['epochs']} epochs, best epoch {m.extra['best_epoch']} "
-          f"(dev loss {m.extra['best_dev_loss']}); wrote {out / 'model'}")
+          f"(dev loss {m.extra['best_dev_loss']}); wrote {out}/model")
     return 0
 
 

@@ -299,6 +299,10 @@ class KadetConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     register: RegisterConfig = field(default_factory=RegisterConfig)
+    #: Where each pipeline step also publishes its output folder, as
+    #: ``<artifact_uri>/<pipeline run>/<step>/`` (``s3://bucket/prefix`` or a local folder);
+    #: empty = only the KFP artifact store holds them.
+    artifact_uri: str = ""
     #: Working folder for outputs, caches and the local MLflow store.
     work_dir: str = ".kadet"
     seed: int = 42

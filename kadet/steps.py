@@ -39,7 +39,7 @@ def step_config(config_yaml: str = "", overrides: Sequence[str] = (), work_dir: 
 def prepare_step(cfg: KadetConfig, out: str, pipeline_run: str) -> dict:
     from kadet.prepare import prepare
 
-    with tracking.stage_run(cfg, "prepare", pipeline_run):
+    with tracking.stage_run(cfg, "prepare", pipeline_run, out=out):
         m = prepare(cfg, out)
         tracking.log_manifest(m, out)
     return m.counts
@@ -51,7 +51,7 @@ def generate_step(cfg: KadetConfig, passages: str, out: str, pipeline_run: str) 
 
     g = cfg.generate
     shard = f"{g.shard_index}-of-{g.num_shards}" if g.num_shards > 1 else None
-    with tracking.stage_run(cfg, "generate", pipeline_run, shard=shard):
+    with tracking.stage_run(cfg, "generate", pipeline_run, shard=shard, out=out):
         m = generate(cfg, passages, out)
         tracking.log_manifest(m, out)
     return m.counts
@@ -63,7 +63,7 @@ def generate_merge_step(cfg: KadetConfig, passages: str, shard_dirs: Sequence[st
     from kadet.data import read_records
     from kadet.generate import merge_shards
 
-    with tracking.stage_run(cfg, "generate", pipeline_run, shard="merge"):
+    with tracking.stage_run(cfg, "generate", pipeline_run, shard="merge", out=out):
         m = merge_shards(cfg, passages, shard_dirs, out)
         tracking.log_manifest(m, out)
         import mlflow
@@ -80,7 +80,7 @@ def generate_merge_step(cfg: KadetConfig, passages: str, shard_dirs: Sequence[st
 def mine_step(cfg: KadetConfig, queries: str, corpus: str, out: str, pipeline_run: str) -> dict:
     from kadet.mine import mine
 
-    with tracking.stage_run(cfg, "mine", pipeline_run):
+    with tracking.stage_run(cfg, "mine", pipeline_run, out=out):
         m = mine(cfg, queries, corpus, out)
         tracking.log_manifest(m, out)
     return m.counts
@@ -91,7 +91,7 @@ def label_step(cfg: KadetConfig, candidates: str, corpus: str, out: str, pipelin
     from kadet.label import label
 
     lab = cfg.label
-    with tracking.stage_run(cfg, "label", pipeline_run, shard=f"{lab.shard_index}-of-{lab.num_shards}"):
+    with tracking.stage_run(cfg, "label", pipeline_run, shard=f"{lab.shard_index}-of-{lab.num_shards}", out=out):
         m = label(cfg, candidates, corpus, out, score=True, merge=False)
         tracking.log_manifest(m)
     return m.counts
@@ -102,7 +102,7 @@ def label_merge_step(cfg: KadetConfig, candidates: str, corpus: str, shard_dirs:
     """Merge the teacher's shards: filters, normalisation, split; log label statistics."""
     from kadet.label import merge_shards
 
-    with tracking.stage_run(cfg, "label", pipeline_run, shard="merge"):
+    with tracking.stage_run(cfg, "label", pipeline_run, shard="merge", out=out):
         m = merge_shards(cfg, candidates, corpus, shard_dirs, out)
         tracking.log_manifest(m, out)
         tracking.log_json(label_statistics(Path(out) / "labels.jsonl", m), "label_statistics.json")
@@ -132,7 +132,7 @@ def distill_step(cfg: KadetConfig, labels: str, out: str, pipeline_run: str) -> 
 
     from kadet.distill import distill
 
-    with tracking.stage_run(cfg, "distill", pipeline_run):
+    with tracking.stage_run(cfg, "distill", pipeline_run, out=out):
         m = distill(cfg, labels, out)
         tracking.log_manifest(m, out)
         curves = json.loads((Path(out) / "curves.json").read_text())
@@ -143,7 +143,7 @@ def distill_step(cfg: KadetConfig, labels: str, out: str, pipeline_run: str) -> 
             tracking.plot_curves(curves, Path(tmp) / "loss_curves.png")
             mlflow.log_artifact(str(Path(tmp) / "loss_curves.png"))
         mlflow.log_artifact(str(Path(out) / "curves.json"))
-    shutil.rmtree(Path(out) / "checkpoints", ignore_errors=True)  # resume state, not a product
+        shutil.rmtree(Path(out) / "checkpoints", ignore_errors=True)  # resume state, not a product
     return {**m.counts, "best_epoch": m.extra["best_epoch"]}
 
 
@@ -153,7 +153,7 @@ def evaluate_step(cfg: KadetConfig, model_dir: str, labels: str | None, out: str
 
     from kadet.evaluate import compare
 
-    with tracking.stage_run(cfg, "evaluate", pipeline_run):
+    with tracking.stage_run(cfg, "evaluate", pipeline_run, out=out):
         rep = compare(cfg, model_dir, out, labels_path=labels)
         for who in ("base", "candidate"):
             mlflow.log_metrics({tracking.metric_name(f"{who}_{k}"): v for k, v in rep[who].items()})

@@ -19,9 +19,11 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -117,8 +119,36 @@ def publish(local: Path, uri: str | os.PathLike) -> str:
     client = s3_client()
     if not client.bucket_exists(bucket):
         client.make_bucket(bucket)
-    files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())
+    # (*.etag files are localize()'s download stamps, not content)
+    files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file() and p.suffix != ".etag")
     for f in files:
         name = key if local.is_file() else f"{key.rstrip('/')}/{f.relative_to(local).as_posix()}"
         client.fput_object(bucket, name, str(f))
     return str(uri)
+
+
+@contextlib.contextmanager
+def output_dir(uri: str | os.PathLike) -> Iterator[Path]:
+    """A local folder for a stage's outputs at ``uri``.
+
+    A local path is used as it is. For ``s3://`` the block works in a local staging folder,
+    seeded with whatever the prefix already holds (so a resumable stage continues from its
+    log), and the folder is published back when the block ends, also when it fails, so
+    finished work is never lost.
+    """
+    if not is_s3(uri):
+        path = Path(uri)
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    bucket, key = split_s3(str(uri))
+    try:
+        local = localize(uri)
+    except KadetError:
+        local = _s3_cache_root() / bucket / key.rstrip("/")
+        local.mkdir(parents=True, exist_ok=True)
+    try:
+        yield local
+    finally:
+        if local.is_dir() and any(local.iterdir()):
+            publish(local, uri)

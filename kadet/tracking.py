@@ -103,10 +103,13 @@ def flat_params(cfg: KadetConfig, sections: list[str]) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def stage_run(cfg: KadetConfig, stage: str, pipeline_run: str, shard: str | None = None) -> Iterator[Any]:
+def stage_run(cfg: KadetConfig, stage: str, pipeline_run: str, shard: str | None = None,
+              out: str | Path | None = None) -> Iterator[Any]:
     """A child run of the pipeline's parent run, active for the ``with`` block.
 
-    The run ends FINISHED, or FAILED if the block raises (the error is re-raised).
+    The run ends FINISHED, or FAILED if the block raises (the error is re-raised). With
+    ``cfg.artifact_uri`` set, the step's output folder ``out`` is published to
+    ``<artifact_uri>/<pipeline_run>/<run name>/`` when the block succeeds (tag ``kadet.artifact_uri``).
     """
     import mlflow
 
@@ -119,6 +122,12 @@ def stage_run(cfg: KadetConfig, stage: str, pipeline_run: str, shard: str | None
         mlflow.log_params(flat_params(cfg, STAGE_SECTIONS.get(stage, [])))
         mlflow.set_tag("kadet.config_hash", cfg.hash())
         yield active
+        if cfg.artifact_uri and out is not None:
+            from kadet.storage import publish
+
+            uri = f"{cfg.artifact_uri.rstrip('/')}/{pipeline_run}/{name}"
+            publish(Path(out), uri)
+            mlflow.set_tag("kadet.artifact_uri", uri)
 
 
 def finish_parent(cfg: KadetConfig, pipeline_run: str, status: str = "FINISHED") -> None:

@@ -11,6 +11,7 @@ import yaml
 from pipelines.compile import DEFAULT_OUTPUT, stale_diff
 from tests.conftest import scifact_slice
 from tests.mlflowserver import mlflow_server
+from tests.s3server import ACCESS_KEY, SECRET_KEY, rclone_s3, s3_env
 
 UI_PARAMETERS = {"data_uri", "eval_qrels_uri", "query_types", "sample_size", "teacher", "list_size", "training_mode",
                  "ndcg_floor", "min_delta", "max_recall_drop", "model_name", "generate_shards", "label_shards"}
@@ -107,40 +108,66 @@ register: {model_name: kadet-ci}
 
 
 @pytest.mark.slow
-def test_local_kfp_run_of_the_real_dag(tmp_path):
+def test_local_kfp_run_of_the_real_dag_on_s3(tmp_path, monkeypatch):
     """prepare -> generate (2 shards) -> mine -> label (2 shards) -> distill -> evaluate ->
-    register -> promote/challenger, on 300 SciFact documents and 20 test queries."""
+    register -> promote/challenger on 300 SciFact documents and 20 test queries, with the corpus
+    and every step's outputs on a real S3 server (rclone) and MLflow (a real ``mlflow server``)
+    keeping its artifacts on that S3 through its artifact proxy."""
+    import mlflow
+
+    from kadet.storage import publish, s3_client
     from pipelines.local import run_local
 
     data = scifact_slice(tmp_path / "data")
     (tmp_path / "tiny.yaml").write_text(TINY)
-    with mlflow_server(tmp_path / "mlflow") as uri:
-        t0 = time.perf_counter()
-        summary = run_local(str(data), str(tmp_path / "work"), str(tmp_path / "tiny.yaml"),
-                            [f"tracking.tracking_uri={uri}"], shards=2)
-        seconds = time.perf_counter() - t0
-        import mlflow
-
-        c = mlflow.MlflowClient(uri)
-        exp = c.get_experiment_by_name("kadet")
-        children = c.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{summary['parent_run']}'")
-        names = sorted(r.info.run_name for r in children)
-        assert names == sorted(["prepare", "generate-0-of-2", "generate-1-of-2", "generate-merge", "mine",
-                                "label-0-of-2", "label-1-of-2", "label-merge", "distill", "evaluate", "register"])
-        assert all(r.info.status == "FINISHED" for r in children)
-        assert c.get_run(summary["parent_run"]).info.status == "FINISHED"
-        by_name = {r.info.run_name: r for r in children}
-        arts = lambda name: {a.path for a in c.list_artifacts(by_name[name].info.run_id)}  # noqa: E731
-        assert {"loss_curves.png", "curves.json", "manifest.json"} <= arts("distill")
-        assert {"ndcg_by_query_type.png", "ndcg_by_query_type.json", "comparison.json"} <= arts("evaluate")
-        assert "queries_sample.json" in arts("generate-merge") and "label_statistics.json" in arts("label-merge")
-        assert by_name["evaluate"].data.metrics["base_ndcg_at_10"] > 0.5       # real model on real data
-        # the gate's outcome is applied: champion if it passed, challenger with a reason if not
-        version = summary["version"]
-        mv = c.get_model_version("kadet-ci", version)
-        if summary["gate"] == "passed":
-            assert c.get_model_version_by_alias("kadet-ci", "champion").version == version
-        else:
-            assert c.get_model_version_by_alias("kadet-ci", "challenger").version == version
-            assert mv.tags["kadet.gate_failure"] == summary["gate"]
+    with rclone_s3(tmp_path / "s3", buckets=("kadet", "mlflow")) as endpoint:
+        for k, v in s3_env(endpoint).items():
+            monkeypatch.setenv(k, v)                       # the component subprocesses inherit these
+        monkeypatch.setenv("KADET_S3_CACHE", str(tmp_path / "s3-cache"))
+        publish(data, "s3://kadet/corpora/scifact-slice")
+        server_env = {"MLFLOW_S3_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+                      "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_DEFAULT_REGION": "us-east-1"}
+        with mlflow_server(tmp_path / "mlflow", server_env, artifacts_destination="s3://mlflow/artifacts") as uri:
+            t0 = time.perf_counter()
+            summary = run_local("s3://kadet/corpora/scifact-slice", str(tmp_path / "work"), str(tmp_path / "tiny.yaml"),
+                                [f"tracking.tracking_uri={uri}", "artifact_uri=s3://kadet/runs"], shards=2)
+            seconds = time.perf_counter() - t0
+            c = mlflow.MlflowClient(uri)
+            exp = c.get_experiment_by_name("kadet")
+            children = c.search_runs([exp.experiment_id],
+                                     filter_string=f"tags.`mlflow.parentRunId` = '{summary['parent_run']}'")
+            names = sorted(r.info.run_name for r in children)
+            assert names == sorted(["prepare", "generate-0-of-2", "generate-1-of-2", "generate-merge", "mine",
+                                    "label-0-of-2", "label-1-of-2", "label-merge", "distill", "evaluate", "register"])
+            assert all(r.info.status == "FINISHED" for r in children)
+            assert c.get_run(summary["parent_run"]).info.status == "FINISHED"
+            by_name = {r.info.run_name: r for r in children}
+            arts = lambda name: {a.path for a in c.list_artifacts(by_name[name].info.run_id)}  # noqa: E731
+            assert {"loss_curves.png", "curves.json", "manifest.json"} <= arts("distill")
+            assert {"ndcg_by_query_type.png", "ndcg_by_query_type.json", "comparison.json"} <= arts("evaluate")
+            assert "queries_sample.json" in arts("generate-merge") and "label_statistics.json" in arts("label-merge")
+            assert by_name["evaluate"].data.metrics["base_ndcg_at_10"] > 0.5       # real model on real data
+            assert {d.dataset.source for d in by_name["prepare"].inputs.dataset_inputs}  # lineage recorded
+            # every step published its outputs to S3
+            s3 = s3_client()
+            for name, run in by_name.items():
+                if name == "register":
+                    continue
+                prefix = run.data.tags["kadet.artifact_uri"].removeprefix("s3://kadet/")
+                objects = {o.object_name.removeprefix(prefix + "/") for o in s3.list_objects("kadet", prefix + "/", recursive=True)}
+                assert objects and ("manifest.json" in objects or name.startswith("label-")), (name, objects)
+            assert any(o.object_name.endswith("model/model.safetensors") for o in s3.list_objects("kadet", "runs/", recursive=True))
+            # the gate's outcome is applied: champion if it passed, challenger with a reason if not
+            version = summary["version"]
+            mv = c.get_model_version("kadet-ci", version)
+            if summary["gate"] == "passed":
+                assert c.get_model_version_by_alias("kadet-ci", "champion").version == version
+            else:
+                assert c.get_model_version_by_alias("kadet-ci", "challenger").version == version
+                assert mv.tags["kadet.gate_failure"] == summary["gate"]
+            # the registered model's files are on S3, and load back through MLflow's artifact proxy
+            assert list((tmp_path / "s3" / "mlflow" / "artifacts").rglob("model.safetensors"))
+            mlflow.set_tracking_uri(uri)
+            model = mlflow.sentence_transformers.load_model(f"models:/kadet-ci/{version}")
+            assert model.encode_query(["does aspirin prevent heart attacks"]).shape == (1, 384)
     assert seconds < 300, f"local run took {seconds:.0f} s"
