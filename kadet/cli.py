@@ -176,6 +176,26 @@ def build_parser() -> argparse.ArgumentParser:
     ru.add_argument("--json", action="store_true", help="print the summary as JSON")
     _common(ru)
 
+    for name, helptext in (("submit", "start one run of the compiled pipeline on a Kubeflow Pipelines endpoint"),
+                           ("schedule", "create a recurring run (cron, max_concurrency=1, no catch-up)")):
+        rp = sub.add_parser(name, help=helptext, description=helptext + " with kfp.Client; see pipelines/remote.py.")
+        rp.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline")
+        rp.add_argument("--data", help="corpus URI as the cluster sees it (pipeline parameter data_uri)")
+        rp.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="pipeline parameter (repeatable), e.g. --param training_mode=full")
+        rp.add_argument("--experiment", default="kadet", help="KFP experiment (created if missing)")
+        rp.add_argument("--package", help="compiled pipeline YAML (default pipelines/kadet_pipeline.yaml)")
+        rp.add_argument("--namespace", help="Kubeflow profile namespace (multi-user installs)")
+        rp.add_argument("--service-account", default="kadet-pipeline-runner")
+        rp.add_argument("--no-cache", action="store_true", help="disable KFP caching for this run")
+        rp.add_argument("--token", help="bearer token (default $KFP_TOKEN)")
+        if name == "submit":
+            rp.add_argument("--run-name")
+        else:
+            rp.add_argument("--cron", required=True, help='cron, e.g. "0 3 * * 1" (5 fields) or KFP\'s 6 fields')
+            rp.add_argument("--name", default="kadet-retrain", help="recurring run name")
+        _common(rp)
+
     cfg = sub.add_parser("config", help="print the effective configuration as YAML",
                          description="Print the defaults merged with --config and --set.")
     _common(cfg)
@@ -352,6 +372,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from pipelines.remote import parse_params, submit
+
+    run_id = submit(args.host, parse_params(args.param, args.data), args.experiment, args.run_name, args.package,
+                    args.namespace, args.service_account, not args.no_cache, args.token)
+    print(f"submitted run {run_id}")
+    return 0
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from pipelines.remote import parse_params, schedule
+
+    job = schedule(args.host, parse_params(args.param, args.data), args.cron, args.name, args.experiment,
+                   args.package, args.namespace, args.service_account, not args.no_cache, args.token)
+    print(f"created recurring run {job}")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     print(dump_config(_load(args)), end="")
     return 0
@@ -360,6 +398,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 COMMANDS = {
     "evaluate": cmd_evaluate, "prepare": cmd_prepare, "generate": cmd_generate, "mine": cmd_mine,
     "label": cmd_label, "distill": cmd_distill, "teacher-report": cmd_teacher_report, "config": cmd_config, "run": cmd_run,
+    "submit": cmd_submit, "schedule": cmd_schedule,
 }
 
 
