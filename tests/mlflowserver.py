@@ -6,12 +6,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.servers import free_port
+from tests.servers import free_port, stop, wait_until_ready
 
 
 @contextmanager
@@ -29,23 +28,14 @@ def mlflow_server(root: Path, extra_env: dict[str, str] | None = None, artifacts
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )
     uri = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        with urllib.request.urlopen(f"{uri}/health", timeout=1) as r:
+            return r.status == 200
+
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.3)
+        wait_until_ready(proc, healthy, "mlflow server", 90, lambda: (root / "server.log").read_text()[-2000:])
         yield uri
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
         log.close()

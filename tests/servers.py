@@ -47,24 +47,35 @@ def llama_server(gguf: str, n_ctx: int = 2048, n_threads: int | None = None):
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(url + "/v1/models", timeout=1).read()
-                break
-            except Exception:
-                if proc.poll() is not None:
-                    raise RuntimeError("llama.cpp server exited: " + proc.stderr.read().decode()[-2000:])
-                if time.time() > deadline:
-                    raise RuntimeError("llama.cpp server did not start in 120 s")
-                time.sleep(0.3)
+        wait_until_ready(proc, lambda: urllib.request.urlopen(url + "/v1/models", timeout=1).read() is not None,
+                         "llama.cpp server", 120, lambda: proc.stderr.read().decode()[-2000:])
         yield url
     finally:
-        proc.terminate()
+        stop(proc)
+
+
+def wait_until_ready(proc: subprocess.Popen, probe, what: str, timeout: float, detail=lambda: "") -> None:
+    """Poll ``probe()`` until it returns true; fail if ``proc`` exits or ``timeout`` passes."""
+    deadline = time.time() + timeout
+    while True:
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            if probe():
+                return
+        except Exception:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited: {detail()}")
+        if time.time() > deadline:
+            raise RuntimeError(f"{what} did not start in {timeout:.0f} s: {detail()}")
+        time.sleep(0.3)
+
+
+def stop(proc: subprocess.Popen, timeout: float = 15) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 class FaultServer:
