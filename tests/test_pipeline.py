@@ -156,7 +156,9 @@ def test_local_kfp_run_of_the_real_dag_on_s3(tmp_path, monkeypatch):
                 prefix = run.data.tags["kadet.artifact_uri"].removeprefix("s3://kadet/")
                 objects = {o.object_name.removeprefix(prefix + "/") for o in s3.list_objects("kadet", prefix + "/", recursive=True)}
                 assert objects and ("manifest.json" in objects or name.startswith("label-")), (name, objects)
-            assert any(o.object_name.endswith("model/model.safetensors") for o in s3.list_objects("kadet", "runs/", recursive=True))
+            model_files = [o.object_name for o in s3.list_objects("kadet", "runs/", recursive=True)
+                           if "/distill/model/" in o.object_name]
+            assert any(f.endswith("model.safetensors") for f in model_files) and not any("checkpoint" in f for f in model_files)
             # the gate's outcome is applied: champion if it passed, challenger with a reason if not
             version = summary["version"]
             mv = c.get_model_version("kadet-ci", version)
