@@ -20,15 +20,16 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from kadet import tracking
 from kadet.config import KadetConfig, config_from_text
 from kadet.manifest import Manifest
-from kadet import tracking
 
 
 def step_config(config_yaml: str = "", overrides: Sequence[str] = (), work_dir: str = "", **keys) -> KadetConfig:
     """The pipeline's config: defaults, its YAML text, ``overrides``, then ``keys`` given as
     ``section__key=value`` (a UI parameter; an empty string leaves the key alone)."""
-    sets = [f"{name.replace('__', '.', 1)}={value if isinstance(value, str) else json.dumps(value)}"
+    # JSON is YAML: a string stays a string whatever it holds (a URI with ": ", "true", "1e-5")
+    sets = [f"{name.replace('__', '.', 1)}={json.dumps(value)}"
             for name, value in keys.items() if value is not None and value != ""]
     cfg = config_from_text(config_yaml, [*overrides, *sets], source="pipeline config")
     if work_dir:
