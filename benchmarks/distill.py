@@ -133,8 +133,10 @@ def main() -> None:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if proc.returncode or line is None:
-            rows.append((name, None))
-            print(f"{name}: failed\n{proc.stderr[-1500:]}", file=sys.stderr)
+            why = (f"killed by signal {-proc.returncode}" + (" (out of memory?)" if proc.returncode == -9 else "")
+                   if proc.returncode < 0 else f"exit {proc.returncode}")
+            rows.append((name, {"failed": why}))
+            print(f"{name}: {why}\n{proc.stderr[-1500:]}", file=sys.stderr)
             continue
         rows.append((name, json.loads(line[7:])))
         print(f"  done: {name}", file=sys.stderr)
@@ -143,8 +145,8 @@ def main() -> None:
           f"{os.environ.get('OMP_NUM_THREADS', 'default')} threads")
     print(f"{'configuration':<22} {'seconds':>8} {'samples/s':>10} {'peak RSS MB':>12}")
     for name, r in rows:
-        if r is None:
-            print(f"{name:<22} {'failed':>8}")
+        if "failed" in r:
+            print(f"{name:<22} failed: {r['failed']}")
             continue
         print(f"{name:<22} {r['seconds']:8.1f} {r['queries'] / r['seconds']:10.2f} {r['peak_rss_mb']:12.0f}")
 
