@@ -45,3 +45,31 @@ def test_split_s3():
     assert storage.split_s3("s3://b/a/c.txt") == ("b", "a/c.txt")
     with pytest.raises(KadetError):
         storage.split_s3("s3:///x")
+
+
+def test_stage_outputs_to_s3_and_resume_from_there(s3, tiny_beir, tmp_path):
+    from kadet.cli import main
+
+    # a stage's --output on S3: written locally, then published
+    assert main(["prepare", "--data", str(tiny_beir), "--sample-size", "2", "--work-dir", str(tmp_path / "w"),
+                 "--output", "s3://kadet/runs/prep"]) == 0
+    client = storage.s3_client()
+    names = {o.object_name for o in client.list_objects("kadet", prefix="runs/prep/", recursive=True)}
+    assert names == {"runs/prep/corpus.jsonl", "runs/prep/passages.jsonl", "runs/prep/manifest.json"}
+    # a failing block still publishes what it finished, and the next run starts from it
+    with pytest.raises(RuntimeError):
+        with storage.output_dir("s3://kadet/runs/gen") as local:
+            (local / "generations.jsonl").write_text('{"key": "a"}\n')
+            raise RuntimeError("crash after the first group")
+    assert [o.object_name for o in client.list_objects("kadet", prefix="runs/gen/", recursive=True)] == [
+        "runs/gen/generations.jsonl"]
+    import shutil
+
+    shutil.rmtree(tmp_path / "s3cache")                                # a fresh machine: resume from S3 itself
+    with storage.output_dir("s3://kadet/runs/gen") as local:
+        assert (local / "generations.jsonl").read_text() == '{"key": "a"}\n'
+        with open(local / "generations.jsonl", "a") as fh:
+            fh.write('{"key": "b"}\n')
+    names = {o.object_name for o in client.list_objects("kadet", prefix="runs/gen/", recursive=True)}
+    assert names == {"runs/gen/generations.jsonl"}                     # no download stamps uploaded
+    assert storage.localize("s3://kadet/runs/gen/generations.jsonl").read_text().count("key") == 2
