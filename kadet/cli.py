@@ -172,7 +172,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ru.add_argument("--data", required=True, help="BEIR folder or s3:// URI (corpus, queries, qrels)")
     ru.add_argument("--shards", type=int, default=1, help="generation and labelling shards (ParallelFor)")
-    ru.add_argument("--cache", action="store_true", help="enable KFP's local task cache")
     ru.add_argument("--json", action="store_true", help="print the summary as JSON")
     _common(ru)
 
@@ -355,8 +354,7 @@ def cmd_teacher_report(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from pipelines.local import run_local
 
-    summary = run_local(args.data, args.work_dir or ".kadet", args.config, args.overrides, shards=args.shards,
-                        caching=args.cache)
+    summary = run_local(args.data, args.work_dir or ".kadet", args.config, args.overrides, shards=args.shards)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
