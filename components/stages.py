@@ -8,7 +8,7 @@ and the other parameters are the Kubeflow UI's, each mapped onto one config key.
 
 from typing import List, NamedTuple
 
-from kfp.dsl import Dataset, Input, Metrics, Model, Output
+from kfp.dsl import Dataset, Input, Metrics, Model, Output, PipelineTaskFinalStatus
 
 
 
@@ -115,6 +115,12 @@ def challenger(version: str, reason: str, model_name: str, config_yaml: str, wor
 
     cfg = step_config(config_yaml, work_dir=work_dir, register__model_name=model_name)
     challenger_step(cfg, version, reason, pipeline_run)
+
+
+def finish(config_yaml: str, work_dir: str, pipeline_run: str, status: PipelineTaskFinalStatus):
+    from kadet.steps import finish_step, step_config
+
+    finish_step(step_config(config_yaml, work_dir=work_dir), pipeline_run, status.state, status.error_message)
 
 
 def shard_indices(num_shards: int) -> List[int]:

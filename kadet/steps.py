@@ -189,14 +189,21 @@ def promote_step(cfg: KadetConfig, version: str, pipeline_run: str) -> None:
     from kadet.register import promote
 
     promote(cfg, version)
-    tracking.finish_parent(cfg, pipeline_run)
 
 
 def challenger_step(cfg: KadetConfig, version: str, reason: str, pipeline_run: str) -> None:
     from kadet.register import mark_challenger
 
     mark_challenger(cfg, version, reason)
-    tracking.finish_parent(cfg, pipeline_run)
+
+
+def finish_step(cfg: KadetConfig, pipeline_run: str, state: str, error: str | None = None) -> None:
+    """The pipeline's exit handler: close the parent run FINISHED if the pipeline succeeded,
+    else FAILED with the error as a tag (it runs whatever happened to the other tasks)."""
+    status = "FINISHED" if state == "SUCCEEDED" else "FAILED"
+    if error:
+        tracking.client(cfg).set_tag(tracking.parent_run_id(cfg, pipeline_run), "kadet.error", str(error)[:5000])
+    tracking.finish_parent(cfg, pipeline_run, status)
 
 
 def model_folder(distill_out: str | Path) -> Path:

@@ -54,46 +54,49 @@ def make_pipeline(base_image: str | None = None, platform: Platform | None = Non
         run = dsl.PIPELINE_JOB_ID_PLACEHOLDER
         common = dict(config_yaml=config_yaml, work_dir=work_dir, pipeline_run=run)
 
-        prep = c.prepare(data_uri=data_uri, eval_qrels_uri=eval_qrels_uri, sample_size=sample_size, **common)
+        # closes the MLflow parent run FINISHED or FAILED, whatever happens inside
+        closer = c.finish(**common).set_caching_options(False)
+        with dsl.ExitHandler(closer, name="kadet-run"):
+            prep = c.prepare(data_uri=data_uri, eval_qrels_uri=eval_qrels_uri, sample_size=sample_size, **common)
 
-        gen_idx = c.shard_indices(num_shards=generate_shards).set_display_name("generate-shards")
-        with dsl.ParallelFor(items=gen_idx.output, name="generate-shard") as i:
-            gen = c.generate(prepared=prep.outputs["prepared"], query_types=query_types, shard_index=i,
-                             num_shards=generate_shards, **common)
-        queries = c.generate_merge(prepared=prep.outputs["prepared"], shards=dsl.Collected(gen.outputs["shard"]),
-                                   query_types=query_types, num_shards=generate_shards, **common)
+            gen_idx = c.shard_indices(num_shards=generate_shards).set_display_name("generate-shards")
+            with dsl.ParallelFor(items=gen_idx.output, name="generate-shard") as i:
+                gen = c.generate(prepared=prep.outputs["prepared"], query_types=query_types, shard_index=i,
+                                 num_shards=generate_shards, **common)
+            queries = c.generate_merge(prepared=prep.outputs["prepared"], shards=dsl.Collected(gen.outputs["shard"]),
+                                       query_types=query_types, num_shards=generate_shards, **common)
 
-        mined = c.mine(prepared=prep.outputs["prepared"], queries=queries.outputs["queries"], **common)
+            mined = c.mine(prepared=prep.outputs["prepared"], queries=queries.outputs["queries"], **common)
 
-        lab_idx = c.shard_indices(num_shards=label_shards).set_display_name("label-shards")
-        with dsl.ParallelFor(items=lab_idx.output, name="label-shard") as j:
-            scored = c.label(prepared=prep.outputs["prepared"], candidates=mined.outputs["candidates"],
-                             teacher=teacher, list_size=list_size, shard_index=j, num_shards=label_shards, **common)
-        labels = c.label_merge(prepared=prep.outputs["prepared"], candidates=mined.outputs["candidates"],
-                               shards=dsl.Collected(scored.outputs["scores"]), teacher=teacher, list_size=list_size,
-                               num_shards=label_shards, **common)
+            lab_idx = c.shard_indices(num_shards=label_shards).set_display_name("label-shards")
+            with dsl.ParallelFor(items=lab_idx.output, name="label-shard") as j:
+                scored = c.label(prepared=prep.outputs["prepared"], candidates=mined.outputs["candidates"],
+                                 teacher=teacher, list_size=list_size, shard_index=j, num_shards=label_shards, **common)
+            labels = c.label_merge(prepared=prep.outputs["prepared"], candidates=mined.outputs["candidates"],
+                                   shards=dsl.Collected(scored.outputs["scores"]), teacher=teacher, list_size=list_size,
+                                   num_shards=label_shards, **common)
 
-        trained = c.distill(labels=labels.outputs["labels"], training_mode=training_mode, list_size=list_size,
-                            **common)
-        ev = c.evaluate(model=trained.outputs["model"], labels=labels.outputs["labels"], data_uri=data_uri,
-                        eval_qrels_uri=eval_qrels_uri, **common)
+            trained = c.distill(labels=labels.outputs["labels"], training_mode=training_mode, list_size=list_size,
+                                **common)
+            ev = c.evaluate(model=trained.outputs["model"], labels=labels.outputs["labels"], data_uri=data_uri,
+                            eval_qrels_uri=eval_qrels_uri, **common)
 
-        gate = c.register(model=trained.outputs["model"], report=ev.outputs["report"], model_name=model_name,
-                          ndcg_floor=ndcg_floor, min_delta=min_delta, max_recall_drop=max_recall_drop, **common)
-        with dsl.If(gate.outputs["decision"] == "promote", name="gate-passed"):
-            promoted = c.promote(version=gate.outputs["version"], model_name=model_name, **common)
-        with dsl.Else(name="gate-failed"):
-            held_back = c.challenger(version=gate.outputs["version"], reason=gate.outputs["reason"],
-                                     model_name=model_name, **common)
+            gate = c.register(model=trained.outputs["model"], report=ev.outputs["report"], model_name=model_name,
+                              ndcg_floor=ndcg_floor, min_delta=min_delta, max_recall_drop=max_recall_drop, **common)
+            with dsl.If(gate.outputs["decision"] == "promote", name="gate-passed"):
+                promoted = c.promote(version=gate.outputs["version"], model_name=model_name, **common)
+            with dsl.Else(name="gate-failed"):
+                held_back = c.challenger(version=gate.outputs["version"], reason=gate.outputs["reason"],
+                                         model_name=model_name, **common)
 
         for task in (prep, gen, queries, mined, scored, labels, trained, ev):
             task.set_caching_options(True)
         for task in (gate, promoted, held_back):
             task.set_caching_options(False)
         if platform is not None:
-            steps = {"prepare": prep, "shard_indices": gen_idx, "generate": gen, "generate_merge": queries,
-                     "mine": mined, "label": scored, "label_merge": labels, "distill": trained, "evaluate": ev,
-                     "register": gate, "promote": promoted, "challenger": held_back}
+            steps = {"finish": closer, "prepare": prep, "shard_indices": gen_idx, "generate": gen,
+                     "generate_merge": queries, "mine": mined, "label": scored, "label_merge": labels,
+                     "distill": trained, "evaluate": ev, "register": gate, "promote": promoted, "challenger": held_back}
             for step, task in steps.items():
                 platform.apply(task, step)
             platform.apply(lab_idx, "shard_indices")

@@ -42,13 +42,16 @@ def spec(compiled):
 def test_dag_shape(spec):
     root = spec["root"]
     assert UI_PARAMETERS <= set(root["inputDefinitions"]["parameters"])
-    tasks = root["dag"]["tasks"]
+    # everything runs inside an ExitHandler whose exit task closes the MLflow parent run
+    assert set(root["dag"]["tasks"]) == {"exit-handler-1", "finish"}
+    assert root["dag"]["tasks"]["finish"]["triggerPolicy"] == {"strategy": "ALL_UPSTREAM_TASKS_COMPLETED"}
+    tasks = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
     loops = [t for t in tasks.values() if "parameterIterator" in t]
     assert len(loops) == 2                                            # sharded generation and labelling
     loop_bodies = {name: spec["components"][t["componentRef"]["name"]]["dag"]["tasks"] for name, t in tasks.items()
                    if "parameterIterator" in t}
     assert sorted(next(iter(b)) for b in loop_bodies.values()) == ["generate", "label"]
-    branches = spec["components"]["comp-condition-branches-3"]["dag"]["tasks"]
+    branches = spec["components"]["comp-condition-branches-4"]["dag"]["tasks"]
     conditions = sorted(t["triggerPolicy"]["condition"] for t in branches.values())
     assert any("== 'promote'" in c for c in conditions) and any("!(" in c for c in conditions)   # If / Else
     for stage in ("prepare", "mine", "label-merge", "distill", "evaluate"):
@@ -173,3 +176,26 @@ def test_local_kfp_run_of_the_real_dag_on_s3(tmp_path, monkeypatch):
             model = mlflow.sentence_transformers.load_model(f"models:/kadet-ci/{version}")
             assert model.encode_query(["does aspirin prevent heart attacks"]).shape == (1, 384)
     assert seconds < 300, f"local run took {seconds:.0f} s"
+
+
+@pytest.mark.slow
+def test_a_failed_run_closes_its_mlflow_parent_as_failed(tmp_path):
+    """The ExitHandler's task runs after a failure: the parent run ends FAILED with the error."""
+    import mlflow
+
+    from pipelines.local import run_local
+
+    bad = tmp_path / "bad"
+    (bad / "qrels").mkdir(parents=True)
+    (bad / "corpus.jsonl").write_text('{"_id": "d1", "text": "fine"}\n{"title": "no id here", "text": "x"}\n')
+    (bad / "queries.jsonl").write_text('{"_id": "q1", "text": "a query"}\n')
+    (bad / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    with pytest.raises(RuntimeError, match="FAILURE"):
+        run_local(str(bad), str(tmp_path / "work"))
+    c = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
+    exp = c.get_experiment_by_name("kadet")
+    runs = c.search_runs([exp.experiment_id])
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    child = next(r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)
+    assert parent.info.status == "FAILED" and "exit-handler" in parent.data.tags["kadet.error"]
+    assert child.info.run_name == "prepare" and child.info.status == "FAILED"
