@@ -119,3 +119,25 @@ def make_tiny_st(root: Path, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def tiny_st(tmp_path_factory) -> Path:
     return make_tiny_st(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_uris_do_not_leak():
+    """``mlflow.set_tracking_uri`` also writes ``$MLFLOW_TRACKING_URI``, which the pipeline's task
+    subprocesses of a later test would inherit (pointing at a server that is gone): undo it."""
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved = {n: os.environ.get(n) for n in names}
+    yield
+    for n, value in saved.items():
+        if value is None:
+            os.environ.pop(n, None)
+        else:
+            os.environ[n] = value
+    import sys
+
+    if "mlflow" in sys.modules:
+        import mlflow.tracking._model_registry.utils as registry_utils
+        import mlflow.tracking._tracking_service.utils as tracking_utils
+
+        tracking_utils._tracking_uri = None
+        registry_utils._registry_uri = None
