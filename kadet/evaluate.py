@@ -89,6 +89,16 @@ def retrieve(cfg: KadetConfig, ds: Dataset, queries: dict[str, str], retriever: 
     return top_k(run, r.top_k)
 
 
+def scored_run(cfg: KadetConfig, ds: Dataset, queries: dict[str, str], qrels: Qrels, retriever: str | None = None,
+               model: str | None = None) -> tuple[Run, dict[str, dict[str, float]]]:
+    """Retrieve for ``queries`` and score the run against ``qrels``: ``(run, per-query metrics)``."""
+    run = retrieve(cfg, ds, queries, retriever, model)
+    if cfg.evaluation.ignore_identical_ids:
+        run = drop_identical_ids(run)
+    e = cfg.evaluation
+    return run, per_query_metrics(qrels, run, e.ndcg_k, e.recall_k, e.mrr_k)
+
+
 def evaluate(cfg: KadetConfig, output_dir: str | Path | None = None, model: str | None = None,
              retriever: str | None = None, max_queries: int | None = None) -> EvalResult:
     """Evaluate a retriever on ``cfg.data.data_dir`` and write metrics, run and manifest."""
@@ -98,11 +108,7 @@ def evaluate(cfg: KadetConfig, output_dir: str | Path | None = None, model: str 
     if max_queries:
         eval_q = dict(list(eval_q.items())[:max_queries])
     qrels = {q: ds.qrels[q] for q in eval_q}
-    run = retrieve(cfg, ds, {q: v.text for q, v in eval_q.items()}, retriever, model)
-    if cfg.evaluation.ignore_identical_ids:
-        run = drop_identical_ids(run)
-    e = cfg.evaluation
-    pq = per_query_metrics(qrels, run, e.ndcg_k, e.recall_k, e.mrr_k)
+    run, pq = scored_run(cfg, ds, {q: v.text for q, v in eval_q.items()}, qrels, retriever, model)
     result = EvalResult(metrics=aggregate(pq), per_query=pq, run=run, seconds=time.perf_counter() - start)
     if output_dir is not None:
         write_result(cfg, ds, result, Path(output_dir), model or cfg.retrieval.model, retriever or cfg.retrieval.retriever)
@@ -182,26 +188,22 @@ def compare(cfg: KadetConfig, candidate: str, output_dir: str | Path, labels_pat
     eval_q = ds.eval_queries()
     qrels = {q: ds.qrels[q] for q in eval_q}
     texts = {q: v.text for q, v in eval_q.items()}
-    e = cfg.evaluation
     systems = {"base": base, "candidate": candidate}
     report: dict = {"eval_data": eval_data_fingerprint(ds, cfg.data.split), "data_dir": str(cfg.data.data_dir),
                     "split": cfg.data.split, "queries": len(qrels), "models": systems}
     per_query = {}
     for name, model in systems.items():
-        run = retrieve(cfg, ds, texts, "dense", model)
-        if e.ignore_identical_ids:
-            run = drop_identical_ids(run)
-        per_query[name] = per_query_metrics(qrels, run, e.ndcg_k, e.recall_k, e.mrr_k)
+        per_query[name] = scored_run(cfg, ds, texts, qrels, "dense", model)[1]
         report[name] = aggregate(per_query[name])
     if labels_path is not None:
         dev_texts, dev_types, dev_qrels = synthetic_dev_qrels(labels_path)
         by_type: dict[str, dict[str, float]] = {}
         if dev_texts:
+            ndcg = f"ndcg@{cfg.evaluation.ndcg_k}"
             for name, model in systems.items():
-                pq = per_query_metrics(dev_qrels, retrieve(cfg, ds, dev_texts, "dense", model), e.ndcg_k, e.recall_k)
-                for qid, m in pq.items():
+                for qid, m in scored_run(cfg, ds, dev_texts, dev_qrels, "dense", model)[1].items():
                     row = by_type.setdefault(dev_types[qid], {"queries": 0})
-                    row[name] = row.get(name, 0.0) + m[f"ndcg@{e.ndcg_k}"]
+                    row[name] = row.get(name, 0.0) + m[ndcg]
                     if name == "base":
                         row["queries"] += 1
             for row in by_type.values():

@@ -133,13 +133,13 @@ def incumbent_metrics(cfg: KadetConfig, client, comparison: Mapping,
     reg = cfg.register
     champ = champion_version(client, reg.model_name, reg.champion_alias)
     if champ is None:
-        return dict(comparison["base"]), "base model", None
+        return dict(comparison["base"]), "base model"
     tags = champ.tags or {}
     if tags.get(EVAL_TAG) == comparison["eval_data"] and NDCG_TAG in tags and RECALL_TAG in tags:
-        return {NDCG: float(tags[NDCG_TAG]), RECALL: float(tags[RECALL_TAG])}, f"champion v{champ.version}", champ
+        return {NDCG: float(tags[NDCG_TAG]), RECALL: float(tags[RECALL_TAG])}, f"champion v{champ.version}"
     log.info("champion v%s was measured on other test data: evaluating it on this data", champ.version)
     metrics = evaluate_fn(cfg, local_model_dir(f"models:/{reg.model_name}/{champ.version}"))
-    return {NDCG: metrics[NDCG], RECALL: metrics[RECALL]}, f"champion v{champ.version} (re-evaluated)", champ
+    return {NDCG: metrics[NDCG], RECALL: metrics[RECALL]}, f"champion v{champ.version} (re-evaluated)"
 
 
 def register_candidate(cfg: KadetConfig, model_dir: str | Path, comparison: Mapping, pipeline_run: str = "",
@@ -175,7 +175,7 @@ def register_candidate(cfg: KadetConfig, model_dir: str | Path, comparison: Mapp
     if champ is not None and str(champ.version) == version:  # rerun of the promoted candidate
         decision = Decision(True, [], incumbent=f"champion v{version} (itself)")
         return Registration(reg.model_name, version, decision, cand, cand, reused=existing is not None)
-    inc, inc_name, _ = incumbent_metrics(cfg, c, comparison, evaluate_fn)
+    inc, inc_name = incumbent_metrics(cfg, c, comparison, evaluate_fn)
     decision = decide(cand, inc, reg, inc_name)
     mlflow.log_metrics({metric_name(f"gate.candidate_{k}"): v for k, v in cand.items()}
                        | {metric_name(f"gate.incumbent_{k}"): v for k, v in inc.items()}

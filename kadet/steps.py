@@ -72,7 +72,7 @@ def generate_merge_step(cfg: KadetConfig, passages: str, shard_dirs: Sequence[st
         mlflow.log_metric("usable_fraction", m.extra["usable_fraction"])
         rows = read_records(Path(out) / "queries.jsonl", "qid", {"text": str, "type": str})
         sample = rows[: cfg.tracking.sample_queries]
-        tracking.log_json({"columns": ["qid", "type", "text", "source_doc_id"],
+        mlflow.log_dict({"columns": ["qid", "type", "text", "source_doc_id"],
                            "data": [[r["qid"], r["type"], r["text"], r.get("source_doc_id", "")] for r in sample]},
                           "queries_sample.json")
     return m.counts
@@ -101,12 +101,14 @@ def label_step(cfg: KadetConfig, candidates: str, corpus: str, out: str, pipelin
 def label_merge_step(cfg: KadetConfig, candidates: str, corpus: str, shard_dirs: Sequence[str], out: str,
                      pipeline_run: str) -> dict:
     """Merge the teacher's shards: filters, normalisation, split; log label statistics."""
+    import mlflow
+
     from kadet.label import merge_shards
 
     with tracking.stage_run(cfg, "label", pipeline_run, shard="merge", out=out):
         m = merge_shards(cfg, candidates, corpus, shard_dirs, out)
         tracking.log_manifest(m, out)
-        tracking.log_json(label_statistics(Path(out) / "labels.jsonl", m), "label_statistics.json")
+        mlflow.log_dict(label_statistics(Path(out) / "labels.jsonl", m), "label_statistics.json")
     return m.counts
 
 
@@ -166,7 +168,7 @@ def evaluate_step(cfg: KadetConfig, model_dir: str, labels: str | None, out: str
             table = {"columns": ["type", "queries", "base_ndcg@10", "candidate_ndcg@10"],
                      "data": [[t, r["queries"], round(r["base"], 4), round(r["candidate"], 4)]
                               for t, r in rep["by_type"].items()]}
-            tracking.log_json(table, "ndcg_by_query_type.json")
+            mlflow.log_dict(table, "ndcg_by_query_type.json")
             with tempfile.TemporaryDirectory() as tmp:
                 plot = {t: {"base": r["base"], "candidate": r["candidate"]} for t, r in rep["by_type"].items()}
                 tracking.plot_by_type(plot, Path(tmp) / "ndcg_by_query_type.png")

@@ -166,12 +166,6 @@ def log_inputs(inputs: Mapping[str, Mapping[str, str]]) -> None:
         mlflow.log_input(MetaDataset(source=source, name=name, digest=digest), context=name)
 
 
-def log_json(obj: Any, name: str) -> None:
-    import mlflow
-
-    mlflow.log_dict(obj, name)
-
-
 def plot_curves(curves: Mapping[str, list], path: str | Path) -> Path:
     """Training loss per step and dev loss per epoch, as a PNG."""
     import matplotlib
