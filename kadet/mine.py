@@ -74,6 +74,8 @@ def mine_candidates(cfg: KadetConfig, queries: list[dict], corpus: Mapping[str, 
     c = cfg.mine
     texts = {q["qid"]: q["text"] for q in queries}
     runs = {name: r.search(texts, c.top_k) for name, r in retrievers.items()}
+    # Fuse every query's rankings once: fusing inside the loop made the stage quadratic.
+    fused_runs = reciprocal_rank_fusion(list(runs.values()), k=c.rrf_k)
     hits: Counter[str] = Counter()
     rows = []
     for q in queries:
@@ -84,7 +86,7 @@ def mine_candidates(cfg: KadetConfig, queries: list[dict], corpus: Mapping[str, 
         if not round_trip_ok(source, runs, qid, c.round_trip_depth, c.round_trip, hits):
             m.drop("round_trip")
             continue
-        fused = reciprocal_rank_fusion([run for run in runs.values() if qid in run], k=c.rrf_k)[qid]
+        fused = fused_runs.get(qid, {})
         order = ranked(fused)[: c.max_candidates]
         if len(order) < c.min_candidates:
             m.drop("too_few_candidates")

@@ -77,3 +77,18 @@ def test_mine_on_scifact_never_returns_test_positives(scifact, tmp_path, shared_
         assert 20 <= len(ids) <= 100 and len(set(ids)) == len(ids)
         assert not set(ids) & positives
         assert r["source_doc_id"] in ids
+
+
+def test_mine_candidates_fuses_each_query_once(monkeypatch):
+    """Linear cost: the rankings are fused once for all queries, not once per query (was quadratic)."""
+    import kadet.mine as mine_mod
+
+    calls = []
+    real = mine_mod.reciprocal_rank_fusion
+    monkeypatch.setattr(mine_mod, "reciprocal_rank_fusion", lambda runs, **kw: calls.append(1) or real(runs, **kw))
+    corpus = {d: Document(d, d) for d in "abcdefgh"}
+    run = {f"q{i}": {d: 1.0 / (j + 1) for j, d in enumerate("abcdefgh")} for i in range(50)}
+    queries = [{"qid": f"q{i}", "text": "x", "type": "claim", "source_doc_id": "a"} for i in range(50)]
+    cfg = load_config(None, ["mine.min_candidates=3"])
+    rows = mine_candidates(cfg, queries, corpus, {"dense": Table(run), "bm25": Table(run)}, Manifest(stage="mine"))
+    assert len(rows) == 50 and len(calls) == 1
