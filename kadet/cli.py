@@ -172,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ru.add_argument("--data", required=True, help="BEIR folder or s3:// URI (corpus, queries, qrels)")
     ru.add_argument("--shards", type=int, default=1, help="generation and labelling shards (ParallelFor)")
+    ru.add_argument("--profile", default="local",
+                    help="settings under --config/--set: local (CPU, the default), gpu (METHOD.md's scale: "
+                         "full tuning, GradCache batch 4096, an LLM server for generation) or a YAML file")
     ru.add_argument("--json", action="store_true", help="print the summary as JSON")
     _common(ru)
 
@@ -354,7 +357,8 @@ def cmd_teacher_report(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from pipelines.local import run_local
 
-    summary = run_local(args.data, args.work_dir or ".kadet", args.config, args.overrides, shards=args.shards)
+    summary = run_local(args.data, args.work_dir or ".kadet", args.config, args.overrides, shards=args.shards,
+                        profile=args.profile)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -364,7 +368,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"  {name:<22} {sec:8.1f} s")
     b, c = summary["base"], summary["candidate"]
     if b and c:
-        print(f"nDCG@10 base {b['ndcg@10']:.4f} -> candidate {c['ndcg@10']:.4f}; "
+        ci = summary.get("gain_ci")
+        ci_text = f" (gain {c['ndcg@10'] - b['ndcg@10']:+.4f}, paired bootstrap CI [{ci[0]:+.4f}, {ci[1]:+.4f}])" if ci else ""
+        print(f"nDCG@10 base {b['ndcg@10']:.4f} -> candidate {c['ndcg@10']:.4f}{ci_text}; "
               f"Recall@100 {b['recall@100']:.4f} -> {c['recall@100']:.4f}")
     print(f"registered version {summary['version']}: {summary['gate']}; champion is version {summary['champion']}")
     return 0

@@ -253,6 +253,9 @@ class DistillConfig:
     query_max_len: int = 64
     passage_max_len: int = 512
     max_train_queries: int = 0
+    #: WiSE-FT: the saved model is ``base_weight x base + (1 - base_weight) x tuned``, weight by
+    #: weight (Wortsman et al., 2022). 0 keeps the tuned weights as they are.
+    base_weight: float = 0.0
     bf16: bool = True
     device: str | None = None
     progress: bool = True
@@ -283,6 +286,10 @@ class RegisterConfig:
     min_delta: float = 0.0
     #: ... and its Recall@100 may fall at most this much below the incumbent's.
     max_recall_drop: float = 0.01
+    #: ... and, with a confidence > 0, the paired bootstrap interval (over the evaluation
+    #: queries) of its nDCG@10 gain over the base model must lie above 0 at this level: a gain
+    #: within noise is not a gain. 0 turns the test off.
+    confidence: float = 0.9
 
 
 @dataclass

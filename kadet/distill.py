@@ -273,16 +273,43 @@ class Distiller:
                 "stopped_early": self.state["bad_epochs"] >= self.d.patience}
 
     def save_model(self, path: Path) -> None:
-        """Save a folder ``SentenceTransformer(path)`` loads (asymmetric Router in query mode)."""
+        """Save a folder ``SentenceTransformer(path)`` loads (asymmetric Router in query mode).
+
+        With ``distill.base_weight`` > 0 the saved weights are interpolated with the base's."""
         tmp = path.with_name(path.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
+        model = self.model
+        if self.d.base_weight:
+            model = interpolated(self.model, self.base_path, self.d.base_weight)
         if self.d.mode == "full":
-            self.model.max_seq_length = self.d.passage_max_len
-            self.model.save(str(tmp))
+            model.max_seq_length = self.d.passage_max_len
+            model.save(str(tmp))
         else:
-            save_query_side_model(self.model, self.base_path, tmp, self.d.query_max_len)
+            save_query_side_model(model, self.base_path, tmp, self.d.query_max_len)
         shutil.rmtree(path, ignore_errors=True)
         tmp.rename(path)
+
+
+def interpolated(model, base_path: Path, base_weight: float):
+    """A copy of ``model`` with every floating-point weight ``w`` replaced by
+    ``base_weight x w_base + (1 - base_weight) x w`` (WiSE-FT); ``base_path`` is the model the
+    tuning started from, so the parameter names match."""
+    import copy
+
+    from sentence_transformers import SentenceTransformer
+
+    if not 0.0 <= base_weight <= 1.0:
+        raise KadetError(f"distill.base_weight must be in [0, 1], got {base_weight}")
+    base = SentenceTransformer(str(base_path), device="cpu", local_files_only=True).state_dict()
+    out = copy.deepcopy(model).to("cpu")
+    state = out.state_dict()
+    for name, w in state.items():
+        if name not in base or base[name].shape != w.shape:
+            raise KadetError(f"cannot interpolate with the base model: weight {name!r} differs")
+        if w.is_floating_point():
+            state[name] = base_weight * base[name].to(w.dtype) + (1.0 - base_weight) * w
+    out.load_state_dict(state)
+    return out
 
 
 def save_query_side_model(query_model, base_path: Path, out: Path, query_max_len: int) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -176,6 +177,29 @@ def synthetic_dev_qrels(labels_path: str | Path) -> tuple[dict[str, str], dict[s
             {r["qid"]: {r["source_doc_id"]: 1} for r in dev})
 
 
+def paired_bootstrap(base: Mapping[str, float], candidate: Mapping[str, float], resamples: int = 10_000,
+                     confidence: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """Paired bootstrap over queries of the mean difference ``candidate - base`` of one
+    per-query metric (Efron & Tibshirani; as in Sakai 2006 for IR): the mean, the two-sided
+    ``confidence`` interval and the fraction of resamples in which the candidate is ahead."""
+    import numpy as np
+
+    qids = sorted(set(base) & set(candidate))
+    if not qids:
+        return {"mean": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "p_ahead": float("nan"),
+                "queries": 0, "confidence": confidence}
+    d = np.array([candidate[q] - base[q] for q in qids], dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    for s in range(0, resamples, 1000):  # bounded memory whatever the number of queries
+        n = min(1000, resamples - s)
+        means[s : s + n] = d[rng.integers(0, len(d), size=(n, len(d)))].mean(axis=1)
+    alpha = (1.0 - confidence) / 2
+    return {"mean": float(d.mean()), "ci_low": float(np.quantile(means, alpha)),
+            "ci_high": float(np.quantile(means, 1 - alpha)), "p_ahead": float((means > 0).mean()),
+            "queries": len(d), "confidence": confidence}
+
+
 def compare(cfg: KadetConfig, candidate: str, output_dir: str | Path, labels_path: str | Path | None = None,
             base: str | None = None) -> dict:
     """Base model and candidate on the same test data (and, with ``labels_path``, nDCG@10 per
@@ -195,6 +219,10 @@ def compare(cfg: KadetConfig, candidate: str, output_dir: str | Path, labels_pat
     for name, model in systems.items():
         per_query[name] = scored_run(cfg, ds, texts, qrels, "dense", model)[1]
         report[name] = aggregate(per_query[name])
+    ndcg = f"ndcg@{cfg.evaluation.ndcg_k}"
+    report["delta"] = {ndcg: paired_bootstrap({q: v[ndcg] for q, v in per_query["base"].items()},
+                                              {q: v[ndcg] for q, v in per_query["candidate"].items()},
+                                              confidence=cfg.register.confidence or 0.95, seed=cfg.seed)}
     if labels_path is not None:
         dev_texts, dev_types, dev_qrels = synthetic_dev_qrels(labels_path)
         by_type: dict[str, dict[str, float]] = {}

@@ -574,3 +574,33 @@ def merge_shards(cfg: KadetConfig, passages_path: str | Path, shard_dirs: Sequen
     m.counts["shards"] = len(shard_dirs)
     m.write(out)
     return m
+
+
+# --------------------------------------------------------------------------- extracted queries
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\[])")
+EXTRACTED_TYPES = ("sentence", "title")
+
+
+def extract_queries(passages: Sequence[Document], kind: str, seed: int, min_words: int = 4,
+                    max_words: int = 40) -> list[dict]:
+    """Queries taken from the passages themselves, no LLM (ICT / title pseudo-queries).
+
+    ``sentence``: one sentence of the passage text, chosen with ``seed`` and the passage id
+    (Inverse Cloze Task style); ``title``: the passage title. A passage with no usable
+    sentence or title (``min_words`` .. ``max_words`` words) gets none."""
+    if kind not in EXTRACTED_TYPES:
+        raise ConfigError(f"extracted query type must be one of {EXTRACTED_TYPES}, got {kind!r}")
+    rows = []
+    for doc in passages:
+        if kind == "title":
+            options = [doc.title.strip()]
+        else:
+            options = [s.strip() for s in _SENTENCE_END.split(doc.text)]
+        options = [s for s in options if min_words <= len(s.split()) <= max_words]
+        if not options:
+            continue
+        text = random.Random(f"{seed}|{doc.doc_id}|{kind}").choice(options)
+        rows.append({"qid": f"{kind}-{doc.doc_id}", "text": text, "type": kind, "source_doc_id": doc.doc_id,
+                     "backend": "extract", "model": "", "prompt_id": ""})
+    return rows

@@ -54,10 +54,21 @@ class Decision:
 
 
 def decide(candidate: Mapping[str, float], incumbent: Mapping[str, float] | None, gate: RegisterConfig,
-           incumbent_name: str = "incumbent") -> Decision:
-    """Apply the three gates; ``incumbent`` = metrics on the same test data, or None."""
+           incumbent_name: str = "incumbent", gain: Mapping[str, float] | None = None) -> Decision:
+    """Apply the gates; ``incumbent`` = metrics on the same test data, or None; ``gain`` = the
+    paired bootstrap of the candidate's nDCG@10 over the base model (``kadet.evaluate.paired_bootstrap``)."""
+    import math
+
     reasons = []
     nd, rc = candidate[NDCG], candidate[RECALL]
+    numbers = {"candidate nDCG@10": nd, "candidate Recall@100": rc, "register.ndcg_floor": gate.ndcg_floor,
+               "register.min_delta": gate.min_delta, "register.max_recall_drop": gate.max_recall_drop}
+    if incumbent is not None:
+        numbers |= {f"{incumbent_name} nDCG@10": incumbent[NDCG], f"{incumbent_name} Recall@100": incumbent[RECALL]}
+    bad = [k for k, v in numbers.items() if not math.isfinite(float(v))]
+    if bad:  # NaN compares False with everything: never let it through
+        return Decision(promote=False, reasons=[f"not a finite number: {', '.join(bad)}"],
+                        incumbent=incumbent_name if incumbent else "none")
     if nd < gate.ndcg_floor - EPS:
         reasons.append(f"nDCG@10 {nd:.4f} below the floor {gate.ndcg_floor:.4f}")
     if incumbent is not None:
@@ -68,6 +79,12 @@ def decide(candidate: Mapping[str, float], incumbent: Mapping[str, float] | None
         if rc < floor - EPS:
             reasons.append(f"Recall@100 {rc:.4f} dropped more than {gate.max_recall_drop:g} "
                            f"below {incumbent_name}'s {incumbent[RECALL]:.4f}")
+    if gate.confidence and gain is not None:
+        low = float(gain["ci_low"])
+        if not math.isfinite(low) or low <= 0.0:
+            reasons.append(f"nDCG@10 gain over the base model {gain['mean']:+.4f} is within noise: its "
+                           f"{gate.confidence:.0%} paired bootstrap interval over {gain['queries']} queries is "
+                           f"[{low:+.4f}, {gain['ci_high']:+.4f}]")
     return Decision(promote=not reasons, reasons=reasons, incumbent=incumbent_name if incumbent else "none")
 
 
@@ -176,7 +193,11 @@ def register_candidate(cfg: KadetConfig, model_dir: str | Path, comparison: Mapp
         decision = Decision(True, [], incumbent=f"champion v{version} (itself)")
         return Registration(reg.model_name, version, decision, cand, cand, reused=existing is not None)
     inc, inc_name = incumbent_metrics(cfg, c, comparison, evaluate_fn)
-    decision = decide(cand, inc, reg, inc_name)
+    gain = (comparison.get("delta") or {}).get(NDCG)
+    decision = decide(cand, inc, reg, inc_name, gain)
+    if gain is not None:
+        mlflow.log_metrics({"gate.gain_ndcg_at_10": gain["mean"], "gate.gain_ci_low": gain["ci_low"],
+                            "gate.gain_ci_high": gain["ci_high"]})
     mlflow.log_metrics({metric_name(f"gate.candidate_{k}"): v for k, v in cand.items()}
                        | {metric_name(f"gate.incumbent_{k}"): v for k, v in inc.items()}
                        | {"gate.promote": float(decision.promote)})

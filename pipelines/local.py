@@ -16,12 +16,27 @@ from importlib import resources
 from pathlib import Path
 
 from kadet.config import config_from_text, dump_config, load_config
+from kadet.errors import ConfigError
 
 
-def local_config_text(config: str | None = None, overrides: list[str] | None = None) -> str:
-    """The local profile, then ``config`` (a YAML file), then ``overrides``, as YAML text."""
-    profile = resources.files("kadet").joinpath("profiles/local.yaml").read_text(encoding="utf-8")
-    cfg = config_from_text(profile, source="kadet/profiles/local.yaml")
+PROFILES = ("local", "gpu")
+
+
+def profile_text(profile: str = "local") -> tuple[str, str]:
+    """``(yaml text, source name)`` of a packaged profile (``local``, ``gpu``) or a YAML file."""
+    if profile in PROFILES:
+        return (resources.files("kadet").joinpath(f"profiles/{profile}.yaml").read_text(encoding="utf-8"),
+                f"kadet/profiles/{profile}.yaml")
+    path = Path(profile)
+    if not path.is_file():
+        raise ConfigError(f"--profile: {profile!r} is neither a packaged profile ({', '.join(PROFILES)}) nor a file")
+    return path.read_text(encoding="utf-8"), str(path)
+
+
+def local_config_text(config: str | None = None, overrides: list[str] | None = None, profile: str = "local") -> str:
+    """The profile, then ``config`` (a YAML file), then ``overrides``, as YAML text."""
+    text, source = profile_text(profile)
+    cfg = config_from_text(text, source=source)
     return dump_config(load_config(config, overrides, base=cfg))
 
 
@@ -35,7 +50,7 @@ def ui_params(cfg) -> dict:
 
 
 def run_local(data: str, work_dir: str = ".kadet", config: str | None = None, overrides: list[str] | None = None,
-              shards: int = 1, caching: bool = False, **params) -> dict:
+              shards: int = 1, caching: bool = False, profile: str = "local", **params) -> dict:
     """Run the whole DAG locally; returns the registry outcome and per-stage wall times."""
     from kfp import local
 
@@ -45,7 +60,7 @@ def run_local(data: str, work_dir: str = ".kadet", config: str | None = None, ov
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    text = local_config_text(config, overrides)
+    text = local_config_text(config, overrides, profile)
     cfg = config_from_text(text)
     cfg.work_dir = str(work)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(work / "kfp"),
@@ -84,6 +99,8 @@ def summarise(cfg, seconds: float) -> dict:
         "seconds": round(seconds, 1), "parent_run": parent.info.run_id,
         "stages": [(n, round(s, 1)) for n, s, _ in stages],
         "base": _prefixed(ev, "base_"), "candidate": _prefixed(ev, "candidate_"),
+        "gain_ci": ([reg.data.metrics[k] for k in ("gate.gain_ci_low", "gate.gain_ci_high")]
+                    if reg and "gate.gain_ci_low" in reg.data.metrics else None),
         "version": reg.data.tags.get("kadet.model_version") if reg else None,
         "gate": reg.data.tags.get("kadet.gate") if reg else None,
         "champion": champ.version if champ else None,

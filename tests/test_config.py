@@ -59,3 +59,22 @@ def test_hash_changes_with_settings_and_dump_round_trips(tmp_path):
     p = tmp_path / "dump.yaml"
     p.write_text(dump_config(b))
     assert load_config(p).hash() == b.hash()
+
+
+def test_packaged_profiles_load_and_gpu_is_paper_scale(tmp_path):
+    from pipelines.local import local_config_text, profile_text
+
+    from kadet.config import config_from_text
+    from kadet.errors import ConfigError
+
+    gpu = config_from_text(local_config_text(profile="gpu"))
+    assert gpu.distill.mode == "full" and gpu.distill.batch_size == 4096 and gpu.distill.lr == 2e-4
+    assert gpu.generate.backend == "tgi" and gpu.generate.temperature == 0.8
+    assert gpu.label.rerank_depth == 100 and gpu.prepare.sample_size == 100_000
+    local = config_from_text(local_config_text(profile="local"))
+    assert local.distill.mode == "query"
+    own = tmp_path / "mine.yaml"
+    own.write_text("distill: {epochs: 2}\n")
+    assert config_from_text(local_config_text(profile=str(own))).distill.epochs == 2
+    with pytest.raises(ConfigError, match="neither a packaged profile"):
+        profile_text("nope")

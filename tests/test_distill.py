@@ -127,3 +127,31 @@ def test_infonce_only_mode_runs(tiny_st, tmp_path):
     labels = _labels(tmp_path / "labels.jsonl")
     m = distill(_cfg(tiny_st, tmp_path, "distill.loss=infonce", "distill.epochs=1"), labels, tmp_path / "n")
     assert m.extra["loss"] == "infonce" and m.extra["best_dev_loss"] > 0
+
+
+def test_base_weight_interpolates_every_weight_with_the_base(tiny_st, tmp_path):
+    """WiSE-FT: base_weight w saves w x base + (1 - w) x tuned, weight by weight."""
+    from kadet.distill import interpolated
+    from kadet.errors import KadetError
+
+    labels = _labels(tmp_path / "labels.jsonl")
+    cfg = _cfg(tiny_st, tmp_path, "distill.epochs=1", "distill.patience=5")
+    trainer = Distiller(cfg, labels, tmp_path / "o")
+    trainer.train()
+    tuned = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    base = _weights(tiny_st)
+    half = interpolated(trainer.model, trainer.base_path, 0.25).state_dict()
+    name = next(k for k, v in tuned.items() if v.is_floating_point() and not torch.equal(v, base[k]))
+    torch.testing.assert_close(half[name], 0.25 * base[name] + 0.75 * tuned[name])
+    assert all(torch.equal(v, base[k]) for k, v in interpolated(trainer.model, trainer.base_path, 1.0).state_dict().items())
+    with pytest.raises(KadetError, match="base_weight"):
+        interpolated(trainer.model, trainer.base_path, 1.5)
+    # the saved model (query side) carries the interpolated query tower
+    cfg_w = _cfg(tiny_st, tmp_path, "distill.epochs=1", "distill.mode=query", "distill.base_weight=1.0")
+    distill(cfg_w, labels, tmp_path / "w1")
+    from sentence_transformers import SentenceTransformer
+
+    saved = SentenceTransformer(str(tmp_path / "w1" / "model"), device="cpu")
+    plain = SentenceTransformer(str(tiny_st), device="cpu")
+    np.testing.assert_allclose(saved.encode_query(["what about aspirin 0"]), plain.encode(["what about aspirin 0"]),
+                               atol=1e-5)

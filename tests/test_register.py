@@ -46,6 +46,33 @@ def test_every_failing_gate_is_reported():
     assert not d.promote and len(d.reasons) == 3
 
 
+def test_non_finite_metrics_or_settings_never_promote():
+    nan = float("nan")
+    assert not decide(m(nan), m(0.6), GATE).promote                   # NaN >= x is False: was promoted
+    assert not decide(m(0.7), m(nan), GATE, "champion v2").promote
+    assert not decide(m(0.7, recall=float("inf")), None, GATE).promote
+    bad = load_config(None, ["register.min_delta=.nan"]).register
+    d = decide(m(0.7), m(0.6), bad)
+    assert not d.promote and "register.min_delta" in d.reason
+
+
+def test_a_gain_within_noise_is_not_a_gain():
+    from kadet.evaluate import paired_bootstrap
+
+    base = {f"q{i}": 0.5 for i in range(300)}
+    noisy = {q: v + (0.3 if i % 2 else -0.28) for i, (q, v) in enumerate(base.items())}   # mean +0.01, huge spread
+    steady = {q: v + 0.02 + 0.01 * (i % 3 - 1) for i, (q, v) in enumerate(base.items())}  # +0.02, small spread
+    g_noisy, g_steady = paired_bootstrap(base, noisy, seed=1), paired_bootstrap(base, steady, seed=1)
+    assert g_noisy["ci_low"] < 0 < g_noisy["ci_high"] and g_noisy["mean"] == pytest.approx(0.01)
+    assert 0 < g_steady["ci_low"] < 0.02 < g_steady["ci_high"] and g_steady["p_ahead"] == 1.0
+    gate = load_config(None, ["register.confidence=0.9"]).register
+    d = decide(m(0.51), m(0.50), gate, "base model", g_noisy)
+    assert not d.promote and "within noise" in d.reason and "[-" in d.reason
+    assert decide(m(0.52), m(0.50), gate, "base model", g_steady).promote
+    off = load_config(None, ["register.confidence=0"]).register
+    assert decide(m(0.51), m(0.50), off, "base model", g_noisy).promote
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     with mlflow_server(tmp_path_factory.mktemp("mlflow")) as uri:
