@@ -56,6 +56,25 @@ RECIPES: dict[str, tuple[str, list[str], list[float]]] = {
                          "label.ensemble={dense: 1.0, bm25: 0.5, ql: 0.0}", "label.rerank_depth=30",
                          "distill.epochs=3", "distill.lr=1e-5", *QUERY_SIDE], [0.0, 0.3, 0.5]),
     "llm-1200-lr3e-5": ("labels:llm-1200", ["distill.epochs=3", "distill.lr=3e-5", *QUERY_SIDE], [0.0, 0.3, 0.5]),
+    "llm-1200-st0.1": ("labels:llm-1200", ["distill.student_temp=0.1", "distill.epochs=3", "distill.lr=1e-5", *QUERY_SIDE],
+                       [0.0, 0.5]),
+    "llm-1200-tt0.1": ("labels:llm-1200", ["distill.teacher_temp=0.1", "distill.epochs=3", "distill.lr=1e-5", *QUERY_SIDE],
+                       [0.0, 0.5]),
+    "llm-1200-tt0.05": ("labels:llm-1200", ["distill.teacher_temp=0.05", "distill.epochs=3", "distill.lr=1e-5",
+                                            *QUERY_SIDE], [0.0, 0.5]),
+    "llm-1200-tt0.1-lr3e-5": ("labels:llm-1200", ["distill.teacher_temp=0.1", "distill.epochs=3", "distill.lr=3e-5",
+                                                  *QUERY_SIDE], [0.0, 0.5]),
+    "llm-1200-tt0.1-lr1e-4": ("labels:llm-1200", ["distill.teacher_temp=0.1", "distill.epochs=3", "distill.lr=1e-4",
+                                                  *QUERY_SIDE], [0.0, 0.5]),
+    "sentence-tt0.1-lr3e-5": ("labels:sentence-ict", ["distill.teacher_temp=0.1", "distill.epochs=3", "distill.lr=3e-5",
+                                                      *QUERY_SIDE], [0.0, 0.5]),
+    "llm-1200-auto-lr3e-5": ("labels:llm-1200", ["distill.auto_teacher_temp=true", "distill.epochs=3",
+                                                 "distill.lr=3e-5", *QUERY_SIDE], [0.0, 0.5]),
+    "sentence-tt0.1-lr1e-4": ("labels:sentence-ict", ["distill.teacher_temp=0.1", "distill.epochs=3", "distill.lr=1e-4",
+                                                      *QUERY_SIDE], [0.0, 0.5]),
+    # labels of llm-1200 and sentence-ict concatenated (same prepare exclusions, same teacher)
+    "mix-tt0.1-lr1e-4": ("labels:mix-llm1200-sentence", ["distill.teacher_temp=0.1", "distill.epochs=3",
+                                                         "distill.lr=1e-4", *QUERY_SIDE], [0.0, 0.5]),
     "llm-1200-e6": ("labels:llm-1200", ["distill.epochs=6", "distill.lr=1e-5", *QUERY_SIDE], [0.0, 0.5]),
     "llm-1200-infonce": ("labels:llm-1200", ["distill.loss=infonce", "distill.epochs=3", "distill.lr=1e-5",
                                              *QUERY_SIDE], [0.0, 0.5]),
@@ -65,6 +84,7 @@ RECIPES: dict[str, tuple[str, list[str], list[float]]] = {
                                               "distill.progress=false"], [0.0, 0.5]),
     "gold-infonce": ("gold", ["label.ensemble={dense: 1.0, bm25: 0.5, ql: 0.0}", "label.rerank_depth=30",
                               "distill.loss=infonce", "distill.epochs=3", "distill.lr=1e-5", *QUERY_SIDE], [0.0]),
+    "gold-listwise": ("labels:gold-infonce", ["distill.epochs=3", "distill.lr=1e-5", *QUERY_SIDE], [0.0]),
 }
 
 
@@ -73,8 +93,8 @@ def machine() -> str:
 
 
 def sentence_queries(passages_path: Path, seed: int) -> list[dict]:
-    from kadet.generate import extract_queries
     from kadet.data import read_corpus
+    from kadet.generate import extract_queries
 
     return extract_queries(list(read_corpus(passages_path).values()), "sentence", seed)
 
@@ -163,6 +183,7 @@ def train_and_score(name, source, overrides, weights, cfg, labels_dir: Path, out
             "recipe": name, "source": source, "base_weight": w, "overrides": overrides,
             "queries": mm.counts.get("queries") if mm else "(same)", "kept_mine": mm.counts.get("kept") if mm else "",
             "labelled_train": len(trainer.train_rows), "steps": trainer.state["step"],
+            "teacher_temp": round(trainer.teacher_temp, 4),
             "seconds": {**t, "evaluate": round(time.perf_counter() - t0, 1)},
             "dev": sc["train"] if source != "gold" else None, "test": sc["test"], "machine": machine(),
         })

@@ -235,6 +235,11 @@ class DistillConfig:
     nce_weight: float = 0.1
     student_temp: float = 0.05
     teacher_temp: float = 0.3
+    #: Set ``teacher_temp`` from the data: the value (on a log grid) at which the teacher's target
+    #: distributions are closest (mean KL) to the *base* student's own on the training lists, so
+    #: the loss asks for a better order, not a flatter or sharper list. METHOD.md's 0.3 suits
+    #: bge-base, whose cosines lie close together; MiniLM's spread more, and 0.3 flattened them.
+    auto_teacher_temp: bool = False
     nce_temp: float = 0.01
     #: Hard negatives scoring above this x the query's top teacher score are masked.
     fn_threshold: float = 0.6

@@ -42,7 +42,7 @@ from kadet.config import KadetConfig
 from kadet.data import read_records
 from kadet.errors import KadetError
 from kadet.gradcache import grad_cache_step
-from kadet.losses import distill_loss
+from kadet.losses import cosine_scores, distill_loss
 from kadet.manifest import Manifest
 from kadet.models import resolve_model_path
 
@@ -103,6 +103,9 @@ class Distiller:
             emb = enc.encode([self.doc_text[d] for d in doc_ids], kind="document")
             self.doc_emb = torch.from_numpy(emb).to(self.device)
             del enc
+        self.teacher_temp = self.d.teacher_temp
+        if self.d.auto_teacher_temp:
+            self.teacher_temp = self.calibrate_teacher_temp()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=self.d.lr, weight_decay=self.d.weight_decay)
         self.steps_per_epoch = math.ceil(len(self.train_rows) / self.d.batch_size)
@@ -113,6 +116,29 @@ class Distiller:
         self.state = {"epoch": 0, "step": 0, "best_dev": None, "best_epoch": None, "bad_epochs": 0,
                       "curves": {"step": [], "train_loss": [], "lr": [], "epoch": [], "dev_loss": [],
                                  "epoch_train_loss": []}}
+
+    @torch.no_grad()
+    def calibrate_teacher_temp(self, grid: int = 41) -> float:
+        """The teacher temperature (log grid 0.01 .. 1) that minimises the mean listwise KL
+        between the teacher's targets and the untrained student on the training lists."""
+        from kadet.losses import listwise_kl
+
+        self.model.eval()
+        rows = self.train_rows[:512]
+        kls = torch.zeros(grid, dtype=torch.float64)
+        temps = torch.logspace(-2, 0, grid, dtype=torch.float64)
+        for s in range(0, len(rows), self.d.batch_size):
+            chunk = rows[s : s + self.d.batch_size]
+            q_texts, docs, teacher, ids, lsize = self._batch(chunk)
+            q, p = (torch.cat([enc(c) for c in chunks]) for enc, chunks, *_ in self._towers(q_texts, docs))
+            cos = cosine_scores(q, p.view(len(chunk), lsize, -1))
+            for i, t in enumerate(temps):
+                kls[i] += float(listwise_kl(cos, teacher, self.d.student_temp, float(t))) * len(chunk)
+        best = float(temps[int(torch.argmin(kls))])
+        log.info("distill: teacher temperature %.3g (mean KL at start %.4f; at %.3g it was %.4f)", best,
+                 float(kls.min()) / len(rows), self.d.teacher_temp,
+                 float(listwise_kl_at(kls, temps, self.d.teacher_temp)) / len(rows))
+        return best
 
     # ------------------------------------------------------------------ encoding
     def _autocast(self):
@@ -142,7 +168,7 @@ class Distiller:
 
         def fn(q, p):
             return distill_loss(q, p.view(b, lsize, -1), teacher, ids, kl_weight=kl, nce_weight=nce,
-                                student_temp=d.student_temp, teacher_temp=d.teacher_temp, nce_temp=d.nce_temp,
+                                student_temp=d.student_temp, teacher_temp=self.teacher_temp, nce_temp=d.nce_temp,
                                 fn_threshold=d.fn_threshold)
 
         return fn
@@ -290,6 +316,11 @@ class Distiller:
         tmp.rename(path)
 
 
+def listwise_kl_at(kls: torch.Tensor, temps: torch.Tensor, temp: float) -> float:
+    """The summed KL of the grid point nearest to ``temp`` (for the log line)."""
+    return float(kls[int(torch.argmin((temps.log() - math.log(temp)).abs()))])
+
+
 def interpolated(model, base_path: Path, base_weight: float):
     """A copy of ``model`` with every floating-point weight ``w`` replaced by
     ``base_weight x w_base + (1 - base_weight) x w`` (WiSE-FT); ``base_path`` is the model the
@@ -337,6 +368,6 @@ def distill(cfg: KadetConfig, labels_path: str | Path, output_dir: str | Path,
     m.counts = {"train_queries": len(trainer.train_rows), "dev_queries": len(trainer.dev_rows),
                 "epochs": result["epochs"]}
     m.outputs = {"model": "model", "curves": "curves.json"}
-    m.extra = {**result, "mode": cfg.distill.mode, "loss": cfg.distill.loss, "base_model": cfg.retrieval.model}
+    m.extra = {**result, "teacher_temp": trainer.teacher_temp, "mode": cfg.distill.mode, "loss": cfg.distill.loss, "base_model": cfg.retrieval.model}
     m.write(out)
     return m

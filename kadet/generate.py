@@ -164,9 +164,10 @@ class Request:
 
 def plan_requests(passages: Sequence[Document], g: GenerateConfig, seed: int) -> list[Request]:
     """Every (passage, type, k) to generate, with seeded few-shot choices; sharded by passage."""
-    unknown = [t for t in g.types if t not in QUERY_TYPES]
+    unknown = [t for t in g.types if t not in QUERY_TYPES and t not in EXTRACTED_TYPES]
     if unknown:
-        raise ConfigError(f"generate.types: unknown query type(s) {unknown} (known: {sorted(QUERY_TYPES)})")
+        raise ConfigError(f"generate.types: unknown query type(s) {unknown} "
+                          f"(known: {sorted(QUERY_TYPES) + list(EXTRACTED_TYPES)})")
     requests = []
     for idx, doc in enumerate(passages):
         if idx % g.num_shards != g.shard_index:
@@ -174,6 +175,8 @@ def plan_requests(passages: Sequence[Document], g: GenerateConfig, seed: int) ->
         rng = random.Random(f"{seed}:{doc.doc_id}")
         text = doc.full_text()[: g.max_passage_chars]
         for qtype, weight in g.types.items():
+            if qtype in EXTRACTED_TYPES:
+                continue  # taken from the passage by finalise, no LLM
             # weight = queries per passage: the integer part always, the fraction with that probability
             n = int(math.floor(weight)) + (1 if rng.random() < weight - math.floor(weight) else 0)
             qt = QUERY_TYPES[qtype]
@@ -485,11 +488,13 @@ def run_generation(cfg: KadetConfig, passages: Sequence[Document], out: Path, ba
             append_jsonl(log_path, records)
             bar.update(len(chunk))
         bar.close()
-    return finalise(cfg, requests, out, failed, time.perf_counter() - t0)
+    return finalise(cfg, requests, out, failed, time.perf_counter() - t0, passages)
 
 
-def finalise(cfg: KadetConfig, requests: Sequence[Request], out: Path, failed: int, seconds: float) -> Manifest:
-    """Write ``queries.jsonl`` (kept, de-duplicated) and the manifest from the generation log."""
+def finalise(cfg: KadetConfig, requests: Sequence[Request], out: Path, failed: int, seconds: float,
+             passages: Sequence[Document] = ()) -> Manifest:
+    """Write ``queries.jsonl`` (kept, de-duplicated) and the manifest from the generation log,
+    then the extracted (``sentence``) queries of ``passages``."""
     done = read_log(out / LOG_NAME)
     m = Manifest(stage="generate", config_hash=cfg.hash())
     seen: set[str] = set()
@@ -517,13 +522,25 @@ def finalise(cfg: KadetConfig, requests: Sequence[Request], out: Path, failed: i
             "source_doc_id": rec["doc_id"], "backend": rec["backend"], "model": rec["model"],
             "prompt_id": rec["prompt_id"],
         })
+    llm_kept = len(rows)
+    g = cfg.generate
+    for kind in EXTRACTED_TYPES:
+        if g.types.get(kind, 0) > 0:
+            for row in extract_queries(passages, kind, cfg.seed, g.types[kind], (g.shard_index, g.num_shards)):
+                norm = normalise(row["text"])
+                if norm in seen:
+                    m.drop("duplicate")
+                    continue
+                seen.add(norm)
+                by_type[kind] += 1
+                rows.append(row)
     missing = sum(1 for r in requests if r.key not in done)
     write_jsonl(out / "queries.jsonl", rows)
     m.outputs = {"queries": "queries.jsonl", "log": LOG_NAME}
     m.counts = {"requests": len(requests), "finished": len(requests) - missing, "kept": len(rows),
                 "failed_this_run": failed, "missing": missing, **{f"kept_{t}": n for t, n in by_type.items()}}
     finished = len(requests) - missing
-    m.extra = {"usable_fraction": round(len(rows) / finished, 4) if finished else 0.0,
+    m.extra = {"usable_fraction": round(llm_kept / finished, 4) if finished else 0.0,
                "seconds_this_run": round(seconds, 1), "backend": cfg.generate.backend, "types": cfg.generate.types}
     m.write(out)
     if missing:
@@ -569,7 +586,7 @@ def merge_shards(cfg: KadetConfig, passages_path: str | Path, shard_dirs: Sequen
     whole = copy.deepcopy(cfg)
     whole.generate.shard_index, whole.generate.num_shards = 0, 1
     passages, local = load_passages(whole, passages_path)
-    m = finalise(whole, plan_requests(passages, whole.generate, whole.seed), out, 0, 0.0)
+    m = finalise(whole, plan_requests(passages, whole.generate, whole.seed), out, 0, 0.0, passages)
     m.add_input("passages", passages_path, local)
     m.counts["shards"] = len(shard_dirs)
     m.write(out)
@@ -579,28 +596,43 @@ def merge_shards(cfg: KadetConfig, passages_path: str | Path, shard_dirs: Sequen
 # --------------------------------------------------------------------------- extracted queries
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\[])")
-EXTRACTED_TYPES = ("sentence", "title")
+#: Query types taken from the passage itself, no LLM: ``sentence`` (Inverse Cloze Task style).
+EXTRACTED_TYPES = ("sentence",)
+SPAN_WORDS = 16
 
 
-def extract_queries(passages: Sequence[Document], kind: str, seed: int, min_words: int = 4,
-                    max_words: int = 40) -> list[dict]:
-    """Queries taken from the passages themselves, no LLM (ICT / title pseudo-queries).
+def extract_sentence(doc: Document, rng: random.Random, min_words: int = 4, max_words: int = 40) -> str | None:
+    """One sentence of the passage text; for text without sentence boundaries (or only one
+    sentence) a span of up to ``SPAN_WORDS`` words, at most half the passage. None if too short."""
+    sentences = [x.strip() for x in _SENTENCE_END.split(doc.text) if x.strip()]
+    usable = [x for x in sentences if min_words <= len(x.split()) <= max_words]
+    if len(sentences) >= 2 and usable:
+        return rng.choice(usable)
+    words = doc.text.split()
+    n = min(SPAN_WORDS, len(words) // 2)
+    if n < min_words:
+        return None
+    start = rng.randrange(0, len(words) - n + 1)
+    return " ".join(words[start : start + n])
 
-    ``sentence``: one sentence of the passage text, chosen with ``seed`` and the passage id
-    (Inverse Cloze Task style); ``title``: the passage title. A passage with no usable
-    sentence or title (``min_words`` .. ``max_words`` words) gets none."""
+
+def extract_queries(passages: Sequence[Document], kind: str, seed: int, weight: float = 1.0,
+                    shard: tuple[int, int] = (0, 1)) -> list[dict]:
+    """Queries taken from the passages themselves, in ``queries.jsonl`` form: with probability
+    ``weight`` per passage (seeded by passage id, so sharding changes nothing), one ``kind``
+    query per passage of this ``shard`` (index, count: passage i belongs to i mod count)."""
     if kind not in EXTRACTED_TYPES:
         raise ConfigError(f"extracted query type must be one of {EXTRACTED_TYPES}, got {kind!r}")
     rows = []
-    for doc in passages:
-        if kind == "title":
-            options = [doc.title.strip()]
-        else:
-            options = [s.strip() for s in _SENTENCE_END.split(doc.text)]
-        options = [s for s in options if min_words <= len(s.split()) <= max_words]
-        if not options:
+    for idx, doc in enumerate(passages):
+        if idx % shard[1] != shard[0]:
             continue
-        text = random.Random(f"{seed}|{doc.doc_id}|{kind}").choice(options)
+        rng = random.Random(f"{seed}|{doc.doc_id}|{kind}")
+        if rng.random() >= weight:
+            continue
+        text = extract_sentence(doc, rng)
+        if text is None:
+            continue
         rows.append({"qid": f"{kind}-{doc.doc_id}", "text": text, "type": kind, "source_doc_id": doc.doc_id,
                      "backend": "extract", "model": "", "prompt_id": ""})
     return rows

@@ -155,3 +155,25 @@ def test_base_weight_interpolates_every_weight_with_the_base(tiny_st, tmp_path):
     plain = SentenceTransformer(str(tiny_st), device="cpu")
     np.testing.assert_allclose(saved.encode_query(["what about aspirin 0"]), plain.encode(["what about aspirin 0"]),
                                atol=1e-5)
+
+
+def test_auto_teacher_temp_matches_the_students_own_sharpness(tiny_st, tmp_path):
+    """Teacher scores = 2 x the base student's cosines: softmax(t / T) equals the student's
+    softmax(cos / 0.05) exactly at T = 0.1, so calibration must land there (grid step 12%)."""
+    from sentence_transformers import SentenceTransformer
+
+    path = _labels(tmp_path / "raw.jsonl")
+    rows = [json.loads(l) for l in path.read_text().splitlines()]
+    st = SentenceTransformer(str(tiny_st), device="cpu")
+    for r in rows:
+        q = st.encode([r["query"]], normalize_embeddings=True)
+        p = st.encode([x["text"] for x in r["passages"]], normalize_embeddings=True)
+        for x, c in zip(r["passages"], (p @ q[0]).tolist()):
+            x["score"] = 2 * c
+    write_jsonl(tmp_path / "labels.jsonl", rows)
+    cfg = _cfg(tiny_st, tmp_path, "distill.auto_teacher_temp=true", "distill.student_temp=0.05",
+               "distill.mode=query", "distill.query_max_len=128", "distill.passage_max_len=128")
+    trainer = Distiller(cfg, tmp_path / "labels.jsonl", tmp_path / "o")
+    assert trainer.teacher_temp == pytest.approx(0.1, rel=0.07)
+    assert Distiller(_cfg(tiny_st, tmp_path, "distill.mode=query"), tmp_path / "labels.jsonl",
+                     tmp_path / "o2").teacher_temp == 0.3          # off: the configured value

@@ -273,3 +273,41 @@ def test_local_backend_generates_usable_queries(tmp_path, scifact, shared_work):
     assert m.counts["kept"] >= 9, m.dropped
     rows = [json.loads(l) for l in (tmp_path / "out" / "queries.jsonl").read_text().splitlines()]
     assert {r["backend"] for r in rows} == {"local"} and {r["type"] for r in rows} == {"question", "msmarco"}
+
+
+def test_sentence_queries_need_no_llm_and_follow_weight_and_shards(tmp_path):
+    from kadet.generate import extract_queries, extract_sentence
+
+    docs = [Document(f"d{i}", title=f"Title {i}", text=f"First finding of study {i} was clear. Second result "
+                                                          f"number {i} followed from the cohort data. Tiny.")
+            for i in range(40)]
+    cfg = load_config(None, ["generate.types={sentence: 1.0}", "generate.progress=false"])
+    idle = ScriptedBackend()
+    m = run_generation(cfg, docs, tmp_path, idle)
+    rows = [json.loads(l) for l in (tmp_path / "queries.jsonl").read_text().splitlines()]
+    assert idle.calls == 0 and len(rows) == 40 == m.counts["kept_sentence"]
+    for r in rows:   # a whole sentence of its own passage, never the 1-word one
+        doc = docs[int(r["source_doc_id"][1:])]
+        assert r["type"] == "sentence" and r["text"] in doc.text and len(r["text"].split()) >= 4
+    # a fraction is a probability per passage; shards split passages and add up to the whole
+    half = extract_queries(docs, "sentence", 42, weight=0.5)
+    assert 10 <= len(half) <= 30
+    parts = [q for i in range(3) for q in extract_queries(docs, "sentence", 42, 0.5, (i, 3))]
+    assert sorted(q["qid"] for q in parts) == sorted(q["qid"] for q in half)
+    # no punctuation (NPL-like text): a span of the passage, never the whole passage
+    flat = Document("n1", " ".join(f"word{i}" for i in range(50)))
+    span = extract_sentence(flat, __import__("random").Random(0))
+    assert span in flat.text and len(span.split()) == 16
+    assert extract_sentence(Document("n2", "too short text"), __import__("random").Random(0)) is None
+
+
+def test_llm_and_sentence_types_mix(tmp_path):
+    cfg = load_config(None, ["generate.types={question: 1, sentence: 1}", "generate.progress=false"])
+    docs = [Document(f"d{i}", f"Finding {i} about aspirin and the heart. Another statement {i} on blood clots.")
+            for i in range(6)]
+    backend = ScriptedBackend()
+    m = run_generation(cfg, docs, tmp_path, backend)
+    assert len(backend.seen) == 6 and {r.split("|")[1] for r in backend.seen} == {"question"}
+    assert m.counts["kept_sentence"] == 6 and m.counts["requests"] == 6
+    with pytest.raises(ConfigError, match="sentence"):
+        run_generation(load_config(None, ["generate.types={sentences: 1}"]), docs, tmp_path / "x", ScriptedBackend())
