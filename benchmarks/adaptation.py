@@ -75,6 +75,8 @@ RECIPES: dict[str, tuple[str, list[str], list[float]]] = {
     # labels of llm-1200 and sentence-ict concatenated (same prepare exclusions, same teacher)
     "mix-tt0.1-lr1e-4": ("labels:mix-llm1200-sentence", ["distill.teacher_temp=0.1", "distill.epochs=3",
                                                          "distill.lr=1e-4", *QUERY_SIDE], [0.0, 0.5]),
+    "sentence-tt0.1-lr2e-4": ("labels:sentence-ict", ["distill.teacher_temp=0.1", "distill.epochs=3", "distill.lr=2e-4",
+                                                      *QUERY_SIDE], [0.0, 0.3]),
     "llm-1200-e6": ("labels:llm-1200", ["distill.epochs=6", "distill.lr=1e-5", *QUERY_SIDE], [0.0, 0.5]),
     "llm-1200-infonce": ("labels:llm-1200", ["distill.loss=infonce", "distill.epochs=3", "distill.lr=1e-5",
                                              *QUERY_SIDE], [0.0, 0.5]),
