@@ -37,8 +37,8 @@ def make_pipeline(base_image: str | None = None, platform: Platform | None = Non
     def kadet_pipeline(
         data_uri: str,
         eval_qrels_uri: str = "",
-        sample_size: int = 200,
-        query_types: dict = {"question": 1.0, "claim": 1.0, "msmarco": 1.0},
+        sample_size: int = 5000,
+        query_types: dict = {"sentence": 1.0},
         generate_shards: int = 2,
         teacher: str = "ensemble",
         list_size: int = 20,
