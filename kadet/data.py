@@ -18,13 +18,17 @@ Formats
 from __future__ import annotations
 
 import json
+import logging
 import os
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kadet.errors import DataError
 from kadet.storage import localize
+
+log = logging.getLogger(__name__)
 
 ID_FIELDS = ("_id", "id", "doc_id")
 
@@ -249,13 +253,17 @@ def write_jsonl(path: str | os.PathLike, rows: list[dict] | Iterator[dict]) -> i
     """Write rows as UTF-8 JSONL atomically (temp file + rename); returns the row count."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    # a unique hidden temp name in the same folder: two writers never share it, readers never match it
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     n = 0
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-            n += 1
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                n += 1
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return n
 
 
@@ -268,24 +276,29 @@ def append_jsonl(path: str | os.PathLike, records: list[dict]) -> None:
 
 
 def read_log(path: str | os.PathLike) -> dict[str, dict]:
-    """Records of an append-only JSONL log by their ``key``; a torn last line (a crash in the
-    middle of a write) is cut off the file so the next append starts clean."""
+    """Records of an append-only JSONL log by their ``key``. A torn last line (a crash in the
+    middle of a write: no newline at the end) is cut off the file so the next append starts
+    clean; any other unreadable line is reported as ``file:line`` and skipped, never deleted
+    with the good records after it."""
     path = Path(path)
     done: dict[str, dict] = {}
     if not path.exists():
         return done
-    good = 0
+    end = 0
     with open(path, "rb") as fh:
-        for raw in fh:
+        for lineno, raw in enumerate(fh, start=1):
             if not raw.endswith(b"\n"):
+                log.warning("%s:%d: torn last line (interrupted write) cut off", path, lineno)
                 break
+            end += len(raw)
             try:
                 rec = json.loads(raw)
-            except json.JSONDecodeError:
-                break
-            done[rec["key"]] = rec
-            good += len(raw)
-    if good != path.stat().st_size:
+                key = rec["key"]
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+                log.warning("%s:%d: unreadable log record skipped (%s)", path, lineno, exc)
+                continue
+            done[key] = rec
+    if end != path.stat().st_size:
         with open(path, "r+b") as fh:
-            fh.truncate(good)
+            fh.truncate(end)
     return done

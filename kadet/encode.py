@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import uuid
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -87,8 +88,12 @@ class EmbeddingCache:
             self._index = {}
             if self.dir.exists():
                 for part in sorted(self.dir.glob("part-*.npz")):
-                    with np.load(part) as z:
-                        keys, emb = z["keys"], z["emb"]
+                    try:
+                        with np.load(part) as z:
+                            keys, emb = z["keys"], z["emb"]
+                    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+                        log.warning("embedding cache: skipping unreadable %s (%s); it will be recomputed", part, exc)
+                        continue
                     self._add(keys, emb)
         return self._index
 
@@ -119,7 +124,7 @@ class EmbeddingCache:
         karr = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), -1)
         emb = np.ascontiguousarray(emb, dtype=np.float32)
         name = self.dir / f"part-{uuid.uuid4().hex}.npz"
-        tmp = name.with_name(name.stem + ".tmp.npz")
+        tmp = self.dir / f".tmp-{name.name}"  # never matches the readers' part-*.npz
         np.savez(tmp, keys=karr, emb=emb)
         os.replace(tmp, name)
         self._add(karr, emb)
