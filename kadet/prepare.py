@@ -108,8 +108,9 @@ def prepare(cfg: KadetConfig, output_dir: str | Path) -> Manifest:
         corpus = ds.corpus
         m.add_input("corpus", src, ds.files["corpus"])
         root = ds.files["corpus"].parent
-        qrels_files = [root / "qrels" / f"{s}.tsv" for s in cfg.prepare.exclude_splits
-                       if (root / "qrels" / f"{s}.tsv").exists()]
+        # the evaluation split's judgements are always excluded, whatever exclude_splits says
+        splits = list(dict.fromkeys([*cfg.prepare.exclude_splits, cfg.data.split]))
+        qrels_files = [root / "qrels" / f"{s}.tsv" for s in splits if (root / "qrels" / f"{s}.tsv").exists()]
         qrels_files += [Path(q) for q in cfg.prepare.exclude_qrels]
         if cfg.data.qrels:
             qrels_files.append(ds.files["qrels"])

@@ -67,3 +67,15 @@ def test_two_writers_of_one_file_never_mix_rows(tmp_path):
     rows = [json.loads(l) for l in out.read_text().splitlines()]
     assert not errors and len(rows) == 300 and len({r["qid"][0] for r in rows}) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["queries.jsonl"]   # no temp file left behind
+
+
+def test_the_evaluation_splits_positives_never_reach_training(tiny_beir, tmp_path):
+    """Evaluating on ``dev`` with the default exclude_splits=[test] kept dev positives in training."""
+    from kadet.config import load_config
+    from kadet.prepare import prepare
+
+    (tiny_beir / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\nq3\td3\t1\n")
+    cfg = load_config(None, [f"data.data_dir={tiny_beir}", "data.split=dev", "prepare.min_chars=5"])
+    prepare(cfg, tmp_path / "p")
+    kept = {json.loads(l)["_id"] for l in (tmp_path / "p" / "corpus.jsonl").read_text().splitlines()}
+    assert "d3" not in kept and "d1" not in kept and "d4" in kept   # dev and test positives both out
