@@ -69,13 +69,18 @@ def test_two_writers_of_one_file_never_mix_rows(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["queries.jsonl"]   # no temp file left behind
 
 
-def test_the_evaluation_splits_positives_never_reach_training(tiny_beir, tmp_path):
+def test_the_evaluation_splits_positives_never_reach_training(tmp_path):
     """Evaluating on ``dev`` with the default exclude_splits=[test] kept dev positives in training."""
     from kadet.config import load_config
     from kadet.prepare import prepare
+    from tests.conftest import write_beir
 
-    (tiny_beir / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\nq3\td3\t1\n")
-    cfg = load_config(None, [f"data.data_dir={tiny_beir}", "data.split=dev", "prepare.min_chars=5"])
+    docs = [{"_id": f"d{i}", "title": "", "text": f"Passage number {i} about topic {i} and its findings."}
+            for i in range(5)]
+    root = write_beir(tmp_path / "b", docs, [{"_id": "q1", "text": "topic 1"}, {"_id": "q2", "text": "topic 2"}],
+                      [("q1", "d1", 1)])
+    (root / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\nq2\td2\t1\n")
+    cfg = load_config(None, [f"data.data_dir={root}", "data.split=dev"])
     prepare(cfg, tmp_path / "p")
     kept = {json.loads(l)["_id"] for l in (tmp_path / "p" / "corpus.jsonl").read_text().splitlines()}
-    assert "d3" not in kept and "d1" not in kept and "d4" in kept   # dev and test positives both out
+    assert kept == {"d0", "d3", "d4"}   # dev (d2) and test (d1) positives both out
