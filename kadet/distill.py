@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import pickle
 import random
 import shutil
 import time
@@ -220,7 +221,7 @@ class Distiller:
         tmp.mkdir(parents=True)
         torch.save({"model": self.model.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
                     "state": self.state, "rng": torch.get_rng_state(), "py_rng": random.getstate(),
-                    "np_rng": np.random.get_state(),
+                    "np_rng": _np_state_to_safe(np.random.get_state()),
                     "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
                    tmp / "trainer.pt")
         shutil.rmtree(path, ignore_errors=True)
@@ -238,14 +239,18 @@ class Distiller:
                        key=lambda p: int(p.name.split("-")[1]))
         if not ckpts:
             return False
-        blob = torch.load(ckpts[-1] / "trainer.pt", map_location=self.device, weights_only=False)
+        try:  # tensors and plain containers only: a checkpoint from a shared bucket cannot run code
+            blob = torch.load(ckpts[-1] / "trainer.pt", map_location=self.device, weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise KadetError(f"{ckpts[-1] / 'trainer.pt'}: not a plain kadet checkpoint, refusing to load it "
+                             f"({str(exc).splitlines()[0]}); delete the checkpoints folder to start over") from None
         self.model.load_state_dict(blob["model"])
         self.opt.load_state_dict(blob["opt"])
         self.sched.load_state_dict(blob["sched"])
         self.state = blob["state"]
         torch.set_rng_state(blob["rng"])
         random.setstate(blob["py_rng"])
-        np.random.set_state(blob["np_rng"])
+        np.random.set_state(_np_state_from_safe(blob["np_rng"]))
         if blob["cuda_rng"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(blob["cuda_rng"])
         log.info("resumed from %s", ckpts[-1])
@@ -314,6 +319,17 @@ class Distiller:
             save_query_side_model(model, self.base_path, tmp, self.d.query_max_len)
         shutil.rmtree(path, ignore_errors=True)
         tmp.rename(path)
+
+
+def _np_state_to_safe(state: tuple) -> tuple:
+    """NumPy's legacy RNG state with its key array as a tensor (``torch.load(weights_only=True)``)."""
+    name, keys, pos, has_gauss, cached = state
+    return (name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached))
+
+
+def _np_state_from_safe(state: tuple) -> tuple:
+    name, keys, pos, has_gauss, cached = state
+    return (name, keys.cpu().numpy().astype(np.uint32), pos, has_gauss, cached)
 
 
 def listwise_kl_at(kls: torch.Tensor, temps: torch.Tensor, temp: float) -> float:

@@ -84,3 +84,36 @@ def test_the_evaluation_splits_positives_never_reach_training(tmp_path):
     prepare(cfg, tmp_path / "p")
     kept = {json.loads(l)["_id"] for l in (tmp_path / "p" / "corpus.jsonl").read_text().splitlines()}
     assert kept == {"d0", "d3", "d4"}   # dev (d2) and test (d1) positives both out
+
+
+class _Payload:
+    """A FAKE malicious checkpoint object: unpickling it would call os.system."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch /tmp/kadet-pwned-by-checkpoint",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tiny_st, tmp_path):
+    import os
+
+    import pytest
+    import torch
+
+    from kadet.config import load_config
+    from kadet.distill import Distiller
+    from kadet.errors import KadetError
+    from tests.test_distill import _labels
+
+    labels = _labels(tmp_path / "labels.jsonl")
+    cfg = load_config(None, [f"retrieval.model={tiny_st}", f"work_dir={tmp_path / 'w'}", "distill.batch_size=8",
+                             "distill.epochs=1", "distill.progress=false", "distill.passage_max_len=32"])
+    ckpt = tmp_path / "out" / "checkpoints" / "epoch-1"
+    ckpt.mkdir(parents=True)
+    torch.save({"model": _Payload()}, ckpt / "trainer.pt")   # what a writer of the bucket could plant
+    if os.path.exists("/tmp/kadet-pwned-by-checkpoint"):
+        os.remove("/tmp/kadet-pwned-by-checkpoint")
+    with pytest.raises(KadetError, match="refusing to load"):
+        Distiller(cfg, labels, tmp_path / "out").resume()
+    assert not os.path.exists("/tmp/kadet-pwned-by-checkpoint")
