@@ -104,6 +104,7 @@ class Distiller:
             emb = enc.encode([self.doc_text[d] for d in doc_ids], kind="document")
             self.doc_emb = torch.from_numpy(emb).to(self.device)
             del enc
+        self.run_key = self._run_key(cfg, labels_path)
         self.teacher_temp = self.d.teacher_temp
         if self.d.auto_teacher_temp:
             self.teacher_temp = self.calibrate_teacher_temp()
@@ -117,6 +118,19 @@ class Distiller:
         self.state = {"epoch": 0, "step": 0, "best_dev": None, "best_epoch": None, "bad_epochs": 0,
                       "curves": {"step": [], "train_loss": [], "lr": [], "epoch": [], "dev_loss": [],
                                  "epoch_train_loss": []}}
+
+    @staticmethod
+    def _run_key(cfg: KadetConfig, labels_path) -> str:
+        """What a checkpoint depends on: the training settings, base model, seed and labels."""
+        import dataclasses
+        import hashlib
+
+        from kadet.manifest import fingerprint
+
+        d = {k: v for k, v in dataclasses.asdict(cfg.distill).items() if k not in ("progress", "device")}
+        blob = json.dumps({"distill": d, "model": cfg.retrieval.model, "seed": cfg.seed,
+                           "labels": fingerprint(labels_path)}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     @torch.no_grad()
     def calibrate_teacher_temp(self, grid: int = 41) -> float:
@@ -219,7 +233,7 @@ class Distiller:
         tmp = path.with_name(path.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        torch.save({"model": self.model.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
+        torch.save({"run_key": self.run_key, "model": self.model.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
                     "state": self.state, "rng": torch.get_rng_state(), "py_rng": random.getstate(),
                     "np_rng": _np_state_to_safe(np.random.get_state()),
                     "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
@@ -244,6 +258,11 @@ class Distiller:
         except pickle.UnpicklingError as exc:
             raise KadetError(f"{ckpts[-1] / 'trainer.pt'}: not a plain kadet checkpoint, refusing to load it "
                              f"({str(exc).splitlines()[0]}); delete the checkpoints folder to start over") from None
+        if blob.get("run_key") != self.run_key:
+            log.warning("distill: %s was made with other settings or labels (key %s, now %s): starting over",
+                        ckpts[-1], blob.get("run_key"), self.run_key)
+            shutil.rmtree(self.out / "checkpoints", ignore_errors=True)
+            return False
         self.model.load_state_dict(blob["model"])
         self.opt.load_state_dict(blob["opt"])
         self.sched.load_state_dict(blob["sched"])

@@ -117,3 +117,24 @@ def test_a_checkpoint_that_would_run_code_is_refused(tiny_st, tmp_path):
     with pytest.raises(KadetError, match="refusing to load"):
         Distiller(cfg, labels, tmp_path / "out").resume()
     assert not os.path.exists("/tmp/kadet-pwned-by-checkpoint")
+
+
+def test_distill_never_resumes_from_checkpoints_of_other_labels_or_settings(tiny_st, tmp_path, caplog):
+    """Was: a rerun with new labels / loss / lr said "resumed from epoch-1" and trained 0 s."""
+    from kadet.config import load_config
+    from kadet.distill import distill
+    from tests.test_distill import _labels
+
+    base = [f"retrieval.model={tiny_st}", f"work_dir={tmp_path / 'w'}", "distill.batch_size=8", "distill.epochs=1",
+            "distill.progress=false", "distill.passage_max_len=32", "distill.patience=5"]
+    a = _labels(tmp_path / "a.jsonl", seed=0)
+    first = distill(load_config(None, base), a, tmp_path / "out")
+    assert not first.extra["resumed"]
+    again = distill(load_config(None, base), a, tmp_path / "out")          # same everything: resumes
+    assert again.extra["resumed"]
+    b = _labels(tmp_path / "b.jsonl", seed=1)
+    with caplog.at_level("WARNING"):
+        new_labels = distill(load_config(None, base), b, tmp_path / "out")
+    assert not new_labels.extra["resumed"] and "starting over" in caplog.text
+    other_lr = distill(load_config(None, [*base, "distill.lr=1e-3"]), b, tmp_path / "out")
+    assert not other_lr.extra["resumed"] and other_lr.extra["seconds_this_run"] > 0
