@@ -77,6 +77,23 @@ RECIPES: dict[str, tuple[str, list[str], list[float]]] = {
                                                          "distill.lr=1e-4", *QUERY_SIDE], [0.0, 0.5]),
     "sentence-tt0.1-lr2e-4": ("labels:sentence-ict", ["distill.teacher_temp=0.1", "distill.epochs=3", "distill.lr=2e-4",
                                                       *QUERY_SIDE], [0.0, 0.3]),
+    # the chosen recipe (local profile) against InfoNCE alone, on the same labels
+    "sentence-infonce-lr1e-4": ("labels:sentence-ict", ["distill.loss=infonce", "distill.epochs=3", "distill.lr=1e-4",
+                                                        *QUERY_SIDE], [0.0]),
+    # query side vs full tuning on the same 320 training queries (lists of 8, passages cut to 128 tokens)
+    "sentence-sub320-query": ("labels:sentence-ict", ["distill.teacher_temp=0.1", "distill.max_train_queries=320",
+                                                      "distill.list_size=8", "distill.epochs=1", "distill.lr=1e-4",
+                                                      *QUERY_SIDE, "distill.batch_size=32"], [0.0]),
+    "sentence-sub320-full": ("labels:sentence-ict", ["distill.teacher_temp=0.1", "distill.max_train_queries=320",
+                                                     "distill.list_size=8", "distill.epochs=1", "distill.lr=2e-5",
+                                                     "distill.batch_size=32", "distill.chunk_size=32",
+                                                     "distill.passage_max_len=128", "distill.mode=full",
+                                                     "distill.progress=false"], [0.0]),
+    # the curve: the chosen recipe on the first N training queries
+    "sentence-first1000": ("labels:sentence-ict", ["distill.teacher_temp=0.1", "distill.max_train_queries=1000",
+                                                   "distill.epochs=3", "distill.lr=1e-4", *QUERY_SIDE], [0.0]),
+    "sentence-first2000": ("labels:sentence-ict", ["distill.teacher_temp=0.1", "distill.max_train_queries=2000",
+                                                   "distill.epochs=3", "distill.lr=1e-4", *QUERY_SIDE], [0.0]),
     "llm-1200-e6": ("labels:llm-1200", ["distill.epochs=6", "distill.lr=1e-5", *QUERY_SIDE], [0.0, 0.5]),
     "llm-1200-infonce": ("labels:llm-1200", ["distill.loss=infonce", "distill.epochs=3", "distill.lr=1e-5",
                                              *QUERY_SIDE], [0.0, 0.5]),
