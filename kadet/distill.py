@@ -26,6 +26,8 @@ stopping on dev loss (patience 2), bf16 autocast on CUDA, seeded. Outputs::
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -44,7 +46,7 @@ from kadet.data import read_records
 from kadet.errors import KadetError
 from kadet.gradcache import grad_cache_step
 from kadet.losses import cosine_scores, distill_loss
-from kadet.manifest import Manifest
+from kadet.manifest import Manifest, fingerprint
 from kadet.models import resolve_model_path
 
 log = logging.getLogger(__name__)
@@ -122,11 +124,6 @@ class Distiller:
     @staticmethod
     def _run_key(cfg: KadetConfig, labels_path) -> str:
         """What a checkpoint depends on: the training settings, base model, seed and labels."""
-        import dataclasses
-        import hashlib
-
-        from kadet.manifest import fingerprint
-
         d = {k: v for k, v in dataclasses.asdict(cfg.distill).items() if k not in ("progress", "device")}
         blob = json.dumps({"distill": d, "model": cfg.retrieval.model, "seed": cfg.seed,
                            "labels": fingerprint(labels_path)}, sort_keys=True, default=str)

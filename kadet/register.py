@@ -22,6 +22,7 @@ registering a duplicate, and a version that already is champion stays champion.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,8 +58,6 @@ def decide(candidate: Mapping[str, float], incumbent: Mapping[str, float] | None
            incumbent_name: str = "incumbent", gain: Mapping[str, float] | None = None) -> Decision:
     """Apply the gates; ``incumbent`` = metrics on the same test data, or None; ``gain`` = the
     paired bootstrap of the candidate's nDCG@10 over the base model (``kadet.evaluate.paired_bootstrap``)."""
-    import math
-
     reasons = []
     nd, rc = candidate[NDCG], candidate[RECALL]
     numbers = {"candidate nDCG@10": nd, "candidate Recall@100": rc, "register.ndcg_floor": gate.ndcg_floor,
