@@ -16,9 +16,26 @@ from pathlib import Path
 from kadet import __version__
 from kadet.config import KadetConfig, dump_config, load_config
 from kadet.errors import KadetError
-from kadet.storage import output_dir
+from kadet.storage import output_dir, work_dir_lock
 
 log = logging.getLogger("kadet")
+
+
+def _count(low: int):
+    """An argparse type: an integer >= ``low`` (a clear usage error otherwise, never a traceback)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} must be >= {low}")
+        return value
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+POSITIVE, NON_NEGATIVE = _count(1), _count(0)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -57,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--retriever", choices=["dense", "bm25", "hybrid"],
                     help="dense, bm25 (bm25s, stemmed) or hybrid (RRF of both) (config: retrieval.retriever)")
     ev.add_argument("--split", help="qrels split, i.e. qrels/<split>.tsv (config: data.split; default test)")
-    ev.add_argument("--top-k", type=int, help="documents retrieved per query (config: retrieval.top_k)")
-    ev.add_argument("--max-queries", type=int, help="evaluate only the first N judged queries")
+    ev.add_argument("--top-k", type=POSITIVE, help="documents retrieved per query (config: retrieval.top_k)")
+    ev.add_argument("--max-queries", type=POSITIVE, help="evaluate only the first N judged queries")
     ev.add_argument("--output", help="output folder (default <work_dir>/evaluate/<retriever>)")
     ev.add_argument("--json", action="store_true", help="print metrics as JSON instead of a table")
     _common(ev)
@@ -74,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     pr.add_argument("--data", help="BEIR folder, corpus file or s3:// URI (config: data.data_dir)")
-    pr.add_argument("--sample-size", type=int, help="passages to keep (config: prepare.sample_size)")
+    pr.add_argument("--sample-size", type=NON_NEGATIVE, help="passages to keep (config: prepare.sample_size)")
     pr.add_argument("--exclude-qrels", action="append", default=[], metavar="TSV",
                     help="extra qrels file whose relevant passages are excluded (repeatable)")
     pr.add_argument("--output", help="output folder (default <work_dir>/prepare)")
@@ -93,10 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--backend", choices=["local", "tgi"], help="config: generate.backend (default local)")
     gen.add_argument("--types", help="comma-separated query types, one query per passage each "
                                      "(question,claim,keywords,title,web,msmarco); config: generate.types")
-    gen.add_argument("--max-passages", type=int, help="use only the first N passages (config: generate.max_passages)")
+    gen.add_argument("--max-passages", type=NON_NEGATIVE, help="use only the first N passages (config: generate.max_passages)")
     gen.add_argument("--model", help="local: smollm2, a .gguf or a causal-LM folder; tgi: model name")
     gen.add_argument("--tgi-url", help="endpoint for --backend tgi (config: generate.tgi_url)")
-    gen.add_argument("--concurrency", type=int, help="tgi: requests in flight (config: generate.concurrency)")
+    gen.add_argument("--concurrency", type=POSITIVE, help="tgi: requests in flight (config: generate.concurrency)")
     gen.add_argument("--output", help="output folder (default <work_dir>/generate)")
     _common(gen)
 
@@ -137,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--labels", help="labels.jsonl (default <work_dir>/label/labels.jsonl)")
     di.add_argument("--mode", choices=["full", "query"], help="config: distill.mode")
     di.add_argument("--loss", choices=["listwise", "infonce"], help="config: distill.loss")
-    di.add_argument("--epochs", type=int, help="config: distill.epochs")
+    di.add_argument("--epochs", type=POSITIVE, help="config: distill.epochs")
     di.add_argument("--output", help="output folder (default <work_dir>/distill)")
     _common(di)
 
@@ -153,8 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="dense, bm25, ql, cross-encoder:PATH, monot5:PATH, rankt5:PATH or ensemble (repeatable; "
                          "default: dense, bm25, ql, ensemble)")
     tr.add_argument("--split", default="test")
-    tr.add_argument("--depth", type=int, default=20, help="rerank this many base results")
-    tr.add_argument("--max-queries", type=int, help="only the first N judged queries")
+    tr.add_argument("--depth", type=POSITIVE, default=20, help="rerank this many base results")
+    tr.add_argument("--max-queries", type=POSITIVE, help="only the first N judged queries")
     tr.add_argument("--grid", action="append", default=[], metavar="NAME=W1,W2",
                     help="ensemble member weights to try (repeatable)")
     _common(tr)
@@ -171,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     ru.add_argument("--data", required=True, help="BEIR folder or s3:// URI (corpus, queries, qrels)")
-    ru.add_argument("--shards", type=int, default=1, help="generation and labelling shards (ParallelFor)")
+    ru.add_argument("--shards", type=POSITIVE, default=1, help="generation and labelling shards (ParallelFor)")
     ru.add_argument("--profile", default="local",
                     help="settings under --config/--set: local (CPU, the default), gpu (METHOD.md's scale: "
                          "full tuning, GradCache batch 4096, an LLM server for generation) or a YAML file")
@@ -399,6 +416,8 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Commands that do not write to the work dir, so they take no lock on it.
+UNLOCKED = ("config", "submit", "schedule")
 COMMANDS = {
     "evaluate": cmd_evaluate, "prepare": cmd_prepare, "generate": cmd_generate, "mine": cmd_mine,
     "label": cmd_label, "distill": cmd_distill, "teacher-report": cmd_teacher_report, "config": cmd_config, "run": cmd_run,
@@ -418,9 +437,21 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "urllib3", "sentence_transformers", "bm25s", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        return COMMANDS[args.command](args)
+        if args.command in UNLOCKED:
+            return COMMANDS[args.command](args)
+        work_dir = args.work_dir or load_config(args.config, args.overrides).work_dir
+        with work_dir_lock(work_dir, f"kadet {args.command}"):
+            return COMMANDS[args.command](args)
     except KadetError as exc:
         print(f"kadet: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kadet: interrupted; finished work is kept, rerun the same command to resume", file=sys.stderr)
+        return 130
+    except OSError as exc:  # a file that is a folder, a full disk, no permission: the message names the path
+        if args.verbose:
+            raise
+        print(f"kadet: error: {exc} (-v shows the traceback)", file=sys.stderr)
         return 2
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -295,6 +296,9 @@ class RegisterConfig:
     #: queries) of its nDCG@10 gain over the base model must lie above 0 at this level: a gain
     #: within noise is not a gain. 0 turns the test off.
     confidence: float = 0.9
+    #: Seconds a promotion waits before reading the champion alias back (compare-and-set; see
+    #: kadet/register.py ``promote``): longer than a concurrent run's read-to-write window.
+    promote_settle_s: float = 2.0
 
 
 @dataclass
@@ -330,6 +334,82 @@ class KadetConfig:
         """A stable short hash of every setting, for manifests and cache keys."""
         blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+#: Allowed values of the settings that are a choice (checked by ``validate``).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "retrieval.retriever": ("dense", "bm25", "hybrid"),
+    "retrieval.bm25_method": ("lucene", "robertson", "atire", "bm25l", "bm25+"),
+    "generate.backend": ("local", "tgi"),
+    "generate.tgi_api": ("chat", "text_generation"),
+    "mine.round_trip": ("any", "all", "off"),
+    "distill.mode": ("full", "query"),
+    "distill.loss": ("listwise", "infonce"),
+}
+#: ``key: (low, high, low_inclusive)``: numbers must lie in the range (high None = unbounded).
+RANGES: dict[str, tuple[float, float | None, bool]] = {
+    **{k: (1, None, True) for k in (
+        "retrieval.top_k", "retrieval.batch_size", "retrieval.rrf_k", "retrieval.rrf_depth", "evaluation.ndcg_k",
+        "evaluation.recall_k", "evaluation.mrr_k", "generate.max_new_tokens", "generate.max_passage_chars",
+        "generate.batch_size", "generate.concurrency", "generate.flush_every", "generate.num_shards",
+        "generate.max_retries", "mine.top_k", "mine.round_trip_depth", "mine.max_candidates", "label.batch_size",
+        "label.rerank_depth", "label.max_passage_tokens", "label.num_shards", "label.flush_every",
+        "distill.epochs", "distill.patience", "distill.batch_size", "distill.chunk_size", "distill.query_max_len",
+        "distill.passage_max_len")},
+    **{k: (0, None, True) for k in (
+        "prepare.sample_size", "prepare.min_chars", "generate.max_passages", "generate.shard_index",
+        "label.shard_index", "mine.min_candidates", "distill.max_train_queries", "distill.kl_weight",
+        "distill.nce_weight", "distill.weight_decay", "distill.warmup_epochs", "distill.final_lr_ratio",
+        "distill.grad_clip", "generate.temperature", "generate.timeout_s", "generate.backoff_s",
+        "generate.backoff_max_s", "tracking.sample_queries", "register.min_delta", "register.max_recall_drop",
+        "retrieval.bm25_k1", "retrieval.bm25_b", "generate.repetition_penalty", "register.promote_settle_s")},
+    **{k: (0, None, False) for k in ("distill.lr", "distill.student_temp", "distill.teacher_temp", "distill.nce_temp")},
+    **{k: (0, 100, True) for k in ("label.min_top_percentile", "label.norm_low_percentile",
+                                   "label.norm_high_percentile")},
+    **{k: (0, 1, True) for k in ("distill.base_weight", "register.ndcg_floor", "generate.top_p",
+                                 "label.dev_fraction")},
+    "label.list_size": (2, None, True),
+    "distill.list_size": (2, None, True),
+    "register.confidence": (0, 1, True),   # 0 = no paired test
+}
+
+
+def validate(cfg: "KadetConfig", source: str = "config") -> "KadetConfig":
+    """Check ranges, choices and the settings that depend on each other; one ConfigError naming
+    the key. ``load_config`` and ``config_from_text`` call it on every config they build."""
+    def get(key: str):
+        section, name = key.split(".")
+        return getattr(getattr(cfg, section), name)
+
+    for key, allowed in CHOICES.items():
+        if get(key) not in allowed:
+            raise ConfigError(f"{source}: '{key}' = {get(key)!r} must be one of {', '.join(allowed)}")
+    for key, (low, high, inclusive) in RANGES.items():
+        v = get(key)
+        if v is None:
+            continue
+        if not math.isfinite(v) or (v < low if inclusive else v <= low) or (high is not None and v > high):
+            bound = f">= {low}" if inclusive else f"> {low}"
+            raise ConfigError(f"{source}: '{key}' = {v!r} must be {bound}" + (f" and <= {high}" if high is not None else ""))
+    for section in ("generate", "label"):
+        c = getattr(cfg, section)
+        if c.shard_index >= c.num_shards:
+            raise ConfigError(f"{source}: '{section}.shard_index' = {c.shard_index} must be < "
+                              f"{section}.num_shards ({c.num_shards})")
+    unknown = [r for r in cfg.mine.retrievers if r.partition(":")[0] not in ("dense", "bm25")]
+    if unknown or not cfg.mine.retrievers:
+        raise ConfigError(f"{source}: 'mine.retrievers' = {cfg.mine.retrievers!r}: each must be dense, "
+                          "dense:MODEL or bm25, and at least one")
+    known = (*ALL_QUERY_TYPES, "sentence")
+    unknown = [t for t in cfg.generate.types if t not in known]
+    if unknown:
+        raise ConfigError(f"{source}: 'generate.types': unknown query type(s) {unknown} (known: {', '.join(known)})")
+    if not all(math.isfinite(w) and w >= 0 for w in cfg.generate.types.values()) or \
+            not any(w > 0 for w in cfg.generate.types.values()):
+        raise ConfigError(f"{source}: 'generate.types' = {cfg.generate.types!r}: weights must be >= 0, at least one > 0")
+    if cfg.label.norm_low_percentile >= cfg.label.norm_high_percentile:
+        raise ConfigError(f"{source}: 'label.norm_low_percentile' must be below 'label.norm_high_percentile'")
+    return cfg
 
 
 def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
@@ -383,6 +463,9 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     if tp is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{source}: '{key}' = {value!r} must be a string")
+        if isinstance(value, bool):  # YAML 1.1 reads on/off/yes/no unquoted as booleans
+            raise ConfigError(f"{source}: '{key}' = {value!r} must be a string; YAML read a boolean "
+                              f"(on/off/yes/no), so quote it, e.g. \"off\"")
         return str(value)
     return value
 
@@ -409,7 +492,13 @@ def apply_overrides(cfg: KadetConfig, overrides: list[str], source: str = "--set
         if "=" not in item:
             raise ConfigError(f"{source}: expected key=value, got {item!r}")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: {item!r}: the value is not valid YAML "
+                              f"({getattr(exc, 'problem', None) or exc}); quote it") from None
+        if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
+            value = raw.strip()  # on/off/yes/no: a bool setting still reads it, a string keeps the word
         nested: dict[str, Any] = {}
         cursor = nested
         parts = key.strip().split(".")
@@ -439,7 +528,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         _apply(cfg, data, str(p))
     if overrides:
         apply_overrides(cfg, overrides)
-    return cfg
+    return validate(cfg, str(path) if path else "config")
 
 
 def config_from_text(text: str, overrides: list[str] | None = None, source: str = "config") -> KadetConfig:
@@ -454,7 +543,7 @@ def config_from_text(text: str, overrides: list[str] | None = None, source: str 
     _apply(cfg, data, source)
     if overrides:
         apply_overrides(cfg, overrides)
-    return cfg
+    return validate(cfg, source)
 
 
 def dump_config(cfg: KadetConfig) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -70,6 +71,8 @@ class Dataset:
     qrels: Qrels
     source: str = ""
     files: dict[str, Path] = field(default_factory=dict)
+    #: documents skipped for empty text and title (their judgements were dropped)
+    empty_doc_ids: list[str] = field(default_factory=list)
 
     def eval_queries(self) -> dict[str, Query]:
         """The queries that have at least one judgement in this split."""
@@ -141,11 +144,17 @@ def _rows(path: Path) -> Iterator[tuple[int, dict]]:
         yield from _iter_jsonl(path)
 
 
-def _records(path: str | os.PathLike, id_fields: tuple[str, ...] = ID_FIELDS) -> Iterator[tuple[Path, int, str, dict]]:
-    """``(local_path, line, id, object)`` per record; raises on a missing file or a duplicate id."""
-    path = localize(path)
+def _readable_file(path: Path) -> Path:
     if not path.exists():
         raise DataError(path, "file not found")
+    if path.is_dir():
+        raise DataError(path, "is a folder, expected a file")
+    return path
+
+
+def _records(path: str | os.PathLike, id_fields: tuple[str, ...] = ID_FIELDS) -> Iterator[tuple[Path, int, str, dict]]:
+    """``(local_path, line, id, object)`` per record; raises on a missing file or a duplicate id."""
+    path = _readable_file(localize(path))
     first_line: dict[str, int] = {}
     for lineno, obj in _rows(path):
         rid = _get_id(obj, path, lineno, id_fields)
@@ -156,17 +165,30 @@ def _records(path: str | os.PathLike, id_fields: tuple[str, ...] = ID_FIELDS) ->
         yield path, lineno, rid, obj
 
 
-def read_corpus(path: str | os.PathLike) -> dict[str, Document]:
-    """Read a corpus from JSONL or Parquet (local path or ``s3://`` URI)."""
+def read_corpus(path: str | os.PathLike, empty_ids: list[str] | None = None) -> dict[str, Document]:
+    """Read a corpus from JSONL or Parquet (local path or ``s3://`` URI).
+
+    Documents whose text and title are both empty or whitespace are skipped with a warning
+    (real collections have a few); their ids are appended to ``empty_ids`` when it is given.
+    """
     docs: dict[str, Document] = {}
+    empty: list[str] = []
     for local, lineno, doc_id, obj in _records(path):
         text = _get_text(obj, "text", local, lineno)
         title = _get_text(obj, "title", local, lineno, required=False)
         if not text.strip() and not title.strip():
-            raise DataError(local, "empty text and title", lineno, "text")
+            if not empty:
+                log.warning("%s:%d: field 'text': empty text and title: document %r skipped", local, lineno, doc_id)
+            empty.append(doc_id)
+            continue
         docs[doc_id] = Document(doc_id=doc_id, text=text, title=title)
+    if len(empty) > 1:
+        log.warning("%s: %d documents with empty text and title skipped in all", localize(path), len(empty))
+    if empty_ids is not None:
+        empty_ids.extend(empty)
     if not docs:
-        raise DataError(localize(path), "empty corpus: no documents found")
+        raise DataError(localize(path), "empty corpus: no documents found" + (
+            f" ({len(empty)} with empty text and title)" if empty else ""))
     return docs
 
 
@@ -186,6 +208,9 @@ def read_records(path: str | os.PathLike, id_field: str, fields: dict[str, type]
 
     ``fields`` maps required field names to their type (``str``, ``list``, ``dict``, ``float``).
     """
+    from kadet.manifest import require_complete
+
+    require_complete(localize(path))
     rows = []
     for local, lineno, rid, obj in _records(path, (id_field,)):
         for name, tp in fields.items():
@@ -204,11 +229,13 @@ def read_qrels(
     path: str | os.PathLike,
     corpus_ids: set[str] | dict | None = None,
     query_ids: set[str] | dict | None = None,
+    skipped_doc_ids: set[str] | list[str] = (),
 ) -> Qrels:
-    """Read a BEIR qrels TSV; unknown query or corpus ids are errors when the sets are given."""
-    path = localize(path)
-    if not path.exists():
-        raise DataError(path, "file not found")
+    """Read a BEIR qrels TSV; unknown query or corpus ids are errors when the sets are given.
+    Judgements of ``skipped_doc_ids`` (documents read_corpus skipped as empty) are dropped with
+    a warning."""
+    skipped, dropped = set(skipped_doc_ids), 0
+    path = _readable_file(localize(path))
     qrels: Qrels = {}
     for lineno, line in _text_lines(path):
         cols = line.split("\t")
@@ -219,13 +246,18 @@ def read_qrels(
         qid, did, score = (c.strip() for c in cols)
         try:
             value = int(float(score))
-        except ValueError:
-            raise DataError(path, f"not a number: {score!r}", lineno, "score") from None
+        except (ValueError, OverflowError):  # OverflowError: inf
+            raise DataError(path, f"not a finite number: {score!r}", lineno, "score") from None
         if query_ids is not None and qid not in query_ids:
             raise DataError(path, f"unknown query id {qid!r}", lineno, "query-id")
+        if did in skipped:
+            dropped += 1
+            continue
         if corpus_ids is not None and did not in corpus_ids:
             raise DataError(path, f"unknown document id {did!r}", lineno, "corpus-id")
         qrels.setdefault(qid, {})[did] = value
+    if dropped:
+        log.warning("%s: %d judgements of empty (skipped) documents dropped", path, dropped)
     return qrels
 
 
@@ -243,10 +275,13 @@ def load_beir(data_dir: str | os.PathLike, split: str = "test", qrels: str | os.
     for name, p in files.items():
         if not p.exists():
             raise DataError(p, f"missing {name} file in BEIR folder {data_dir}")
-    corpus = read_corpus(files["corpus"])
+    empty: list[str] = []
+    corpus = read_corpus(files["corpus"], empty)
     queries = read_queries(files["queries"])
-    judged = read_qrels(files["qrels"], corpus_ids=corpus, query_ids=queries)
-    return Dataset(corpus=corpus, queries=queries, qrels=judged, source=str(data_dir), files=files)
+    judged = read_qrels(files["qrels"], corpus_ids=corpus, query_ids=queries, skipped_doc_ids=empty)
+    if not judged:
+        raise DataError(files["qrels"], "no judgements (a header only?): nothing to evaluate on")
+    return Dataset(corpus=corpus, queries=queries, qrels=judged, source=str(data_dir), files=files, empty_doc_ids=empty)
 
 
 def write_jsonl(path: str | os.PathLike, rows: list[dict] | Iterator[dict]) -> int:
@@ -265,6 +300,57 @@ def write_jsonl(path: str | os.PathLike, rows: list[dict] | Iterator[dict]) -> i
     finally:
         tmp.unlink(missing_ok=True)
     return n
+
+
+def resume_log(path: str | os.PathLike, depends: dict) -> dict[str, dict]:
+    """``read_log`` for a log whose records hold only for the settings and inputs ``depends``.
+
+    ``<log>.depends.json`` records them. When it is missing (a log of an older kadet) or differs,
+    the old log is moved aside to ``<stem>.stale-<time>.jsonl`` (kept, never deleted), the
+    change is logged and the run starts over; otherwise the finished records are returned.
+    """
+    path = Path(path)
+    want = json_roundtrip(depends)
+    if path.exists():
+        have = log_depends(path)
+        if have != want:
+            aside = path.with_name(f"{path.stem}.stale-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.jsonl")
+            changed = sorted(k for k in set(want) | set(have or {}) if (have or {}).get(k) != want.get(k))
+            log.warning("%s was written for other settings or inputs (%s changed): starting over; "
+                        "the old records are kept in %s", path, ", ".join(changed) or "unknown", aside.name)
+            os.replace(path, aside)
+    if not path.exists():
+        write_json(_depends_file(path), want)
+    return read_log(path)
+
+
+def _depends_file(log_path: Path) -> Path:
+    return log_path.with_name(log_path.name + ".depends.json")
+
+
+def log_depends(path: str | os.PathLike) -> dict | None:
+    """What the log at ``path`` was written for (see ``resume_log``); None if unknown."""
+    try:
+        return json.loads(_depends_file(Path(path)).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def json_roundtrip(obj) -> dict:
+    """``obj`` as it reads back from JSON (tuples become lists), for comparisons with stored JSON."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    """Write ``obj`` as indented JSON atomically (unique temp name in the same folder + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def append_jsonl(path: str | os.PathLike, records: list[dict]) -> None:

@@ -27,6 +27,7 @@ cleaning rules applies without generating again.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import os
@@ -34,12 +35,13 @@ import random
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from kadet.config import GenerateConfig, KadetConfig
-from kadet.data import Document, append_jsonl, read_corpus, read_log, write_jsonl
+from kadet.data import (Document, append_jsonl, json_roundtrip, log_depends, read_corpus, read_log, resume_log,
+                        write_jsonl)
 from kadet.errors import ConfigError, KadetError
 from kadet.manifest import Manifest
 from kadet.prepare import normalise
@@ -160,6 +162,12 @@ class Request:
 
     def chat_messages(self) -> list[dict[str, str]]:
         return self.query_type.chat_messages(self.passage, list(self.examples))
+
+    @property
+    def prompt_sha(self) -> str:
+        """Digest of the exact prompt (passage text, shots, template): a logged output is reused
+        only for the same prompt."""
+        return hashlib.sha1(self.raw_prompt().encode()).hexdigest()[:16]
 
 
 def plan_requests(passages: Sequence[Document], g: GenerateConfig, seed: int) -> list[Request]:
@@ -452,6 +460,24 @@ def make_backend(cfg: KadetConfig):
 # --------------------------------------------------------------------------- the stage
 
 LOG_NAME = "generations.jsonl"
+#: The settings a logged generation depends on (with the prompt, checked per record).
+GENERATION_SETTINGS = ("backend", "model", "max_new_tokens", "passage_bias", "no_repeat_ngram_size",
+                       "repetition_penalty", "max_copy_tokens", "temperature", "top_p", "tgi_api")
+
+
+def generation_depends(cfg: KadetConfig) -> dict:
+    """What ``generations.jsonl`` records depend on; a change starts the log over."""
+    g = cfg.generate
+    d = {k: getattr(g, k) for k in GENERATION_SETTINGS} | {"seed": cfg.seed}
+    if g.backend == "tgi":
+        d["tgi_url"] = g.tgi_url
+    return d
+
+
+def logged_output(done: Mapping[str, dict], req: Request) -> dict | None:
+    """The logged record of ``req`` if it was generated from this very prompt."""
+    rec = done.get(req.key)
+    return rec if rec is not None and rec.get("prompt_sha") == req.prompt_sha else None
 
 
 def run_generation(cfg: KadetConfig, passages: Sequence[Document], out: Path, backend=None) -> Manifest:
@@ -460,8 +486,8 @@ def run_generation(cfg: KadetConfig, passages: Sequence[Document], out: Path, ba
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / LOG_NAME
     requests = plan_requests(passages, g, cfg.seed)
-    done = read_log(log_path)
-    todo = [r for r in requests if r.key not in done]
+    done = resume_log(log_path, generation_depends(cfg))
+    todo = [r for r in requests if logged_output(done, r) is None]
     log.info("generate: %d requests, %d already done, %d to do", len(requests), len(requests) - len(todo), len(todo))
     rules = g
     failed = 0
@@ -482,7 +508,7 @@ def run_generation(cfg: KadetConfig, passages: Sequence[Document], out: Path, ba
                 text, reason = clean_output(raw, req.qtype, req.passage, rules)
                 records.append({
                     "key": req.key, "doc_id": req.doc_id, "type": req.qtype, "k": req.k, "raw": raw,
-                    "text": text, "status": reason, "prompt_id": req.prompt_id,
+                    "text": text, "status": reason, "prompt_id": req.prompt_id, "prompt_sha": req.prompt_sha,
                     "backend": backend.name, "model": backend.model_name,
                 })
             append_jsonl(log_path, records)
@@ -502,7 +528,7 @@ def finalise(cfg: KadetConfig, requests: Sequence[Request], out: Path, failed: i
     by_type: Counter[str] = Counter()
     rules = cfg.generate
     for req in requests:  # plan order: stable output whatever the completion order was
-        rec = done.get(req.key)
+        rec = logged_output(done, req)
         if rec is None:
             continue
         # clean again from the raw output: cleaning rules may have changed since generation
@@ -534,9 +560,14 @@ def finalise(cfg: KadetConfig, requests: Sequence[Request], out: Path, failed: i
                 seen.add(norm)
                 by_type[kind] += 1
                 rows.append(row)
-    missing = sum(1 for r in requests if r.key not in done)
-    write_jsonl(out / "queries.jsonl", rows)
-    m.outputs = {"queries": "queries.jsonl", "log": LOG_NAME}
+    missing = sum(1 for r in requests if logged_output(done, r) is None)
+    if missing:  # never a partial queries.jsonl under the final name: the log keeps the finished work
+        (out / "queries.jsonl").unlink(missing_ok=True)
+        m.complete = False
+        m.outputs = {"log": LOG_NAME}
+    else:
+        write_jsonl(out / "queries.jsonl", rows)
+        m.outputs = {"queries": "queries.jsonl", "log": LOG_NAME}
     m.counts = {"requests": len(requests), "finished": len(requests) - missing, "kept": len(rows),
                 "failed_this_run": failed, "missing": missing, **{f"kept_{t}": n for t, n in by_type.items()}}
     finished = len(requests) - missing
@@ -577,9 +608,14 @@ def merge_shards(cfg: KadetConfig, passages_path: str | Path, shard_dirs: Sequen
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    merged: dict[str, dict] = read_log(out / LOG_NAME)
+    depends = generation_depends(cfg)
+    merged: dict[str, dict] = resume_log(out / LOG_NAME, depends)
     for d in shard_dirs:
-        for key, rec in read_log(Path(d) / LOG_NAME).items():
+        shard_log = Path(d) / LOG_NAME
+        if log_depends(shard_log) != json_roundtrip(depends):
+            raise KadetError(f"generate merge: {shard_log} was generated with other settings than this "
+                             f"merge's ({depends}); rerun the shards with the same configuration")
+        for key, rec in read_log(shard_log).items():
             merged.setdefault(key, rec)
     (out / LOG_NAME).unlink(missing_ok=True)
     append_jsonl(out / LOG_NAME, list(merged.values()))

@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from kadet.config import KadetConfig, LabelConfig
-from kadet.data import Document, append_jsonl, read_corpus, read_log, read_records, write_jsonl
+from kadet.data import (Document, append_jsonl, json_roundtrip, log_depends, read_corpus, read_log, read_records,
+                        resume_log, write_jsonl)
 from kadet.errors import KadetError
 from kadet.manifest import Manifest
 from kadet.teachers import build_teacher
@@ -51,15 +52,37 @@ def shard_file(out: Path, index: int, shards: int) -> Path:
     return out / f"scores.shard-{index}-of-{shards}.jsonl"
 
 
+def teacher_depends(cfg: KadetConfig, corpus_fingerprint: str) -> dict:
+    """What a scores log depends on besides each list (checked per record): the teacher's
+    settings, its models and the corpus text; a change starts the log over."""
+    lab, r = cfg.label, cfg.retrieval
+    return {"teacher": lab.teacher, "ensemble": lab.ensemble if lab.teacher == "ensemble" else None,
+            "llm_model": lab.llm_model, "max_passage_tokens": lab.max_passage_tokens, "model": r.model,
+            "max_seq_length": r.max_seq_length, "prompts": [r.query_prompt, r.passage_prompt],
+            "bm25": [r.bm25_method, r.bm25_k1, r.bm25_b, r.bm25_stemmer, r.bm25_stopwords],
+            "title_separator": cfg.data.title_separator, "corpus": corpus_fingerprint}
+
+
+def rerank_list(row: dict, lab: LabelConfig) -> list[str]:
+    return [c["doc_id"] for c in row["candidates"][: lab.rerank_depth]]
+
+
+def scored(done: Mapping[str, dict], row: dict, lab: LabelConfig) -> dict | None:
+    """The logged scores of ``row`` if they are for this query text and candidate list."""
+    rec = done.get(row["qid"])
+    ok = rec is not None and rec.get("query") == row["query"] and rec.get("doc_ids") == rerank_list(row, lab)
+    return rec if ok else None
+
+
 def score_shard(cfg: KadetConfig, rows: Sequence[dict], corpus: Mapping[str, Document], out: Path,
-                teacher=None) -> int:
+                teacher=None, corpus_fingerprint: str = "") -> int:
     """Score this worker's shard of ``rows``; returns how many queries were scored now."""
     lab = cfg.label
     out.mkdir(parents=True, exist_ok=True)
     path = shard_file(out, lab.shard_index, lab.num_shards)
-    done = read_log(path)
+    done = resume_log(path, teacher_depends(cfg, corpus_fingerprint))
     mine = [rows[i] for i in shard_range(len(rows), lab.shard_index, lab.num_shards)]
-    todo = [r for r in mine if r["qid"] not in done]
+    todo = [r for r in mine if scored(done, r, lab) is None]
     log.info("label shard %d/%d: %d queries, %d to score", lab.shard_index, lab.num_shards, len(mine), len(todo))
     if not todo:
         return 0
@@ -68,9 +91,9 @@ def score_shard(cfg: KadetConfig, rows: Sequence[dict], corpus: Mapping[str, Doc
 
     for s in tqdm(range(0, len(todo), lab.flush_every), desc=f"label {teacher.name}", leave=False):
         chunk = todo[s : s + lab.flush_every]
-        lists = [[c["doc_id"] for c in r["candidates"][: lab.rerank_depth]] for r in chunk]
+        lists = [rerank_list(r, lab) for r in chunk]
         scores = teacher.score([r["query"] for r in chunk], lists)
-        recs = [{"key": r["qid"], "doc_ids": lst, "scores": [round(float(x), 6) for x in sc]}
+        recs = [{"key": r["qid"], "query": r["query"], "doc_ids": lst, "scores": [round(float(x), 6) for x in sc]}
                 for r, lst, sc in zip(chunk, lists, scores)]
         append_jsonl(path, recs)
     return len(todo)
@@ -116,16 +139,21 @@ def apply_filters(items: list[dict], lab: LabelConfig, seed: int, m: Manifest) -
 
 
 def finalise(cfg: KadetConfig, rows: Sequence[dict], corpus: Mapping[str, Document], out: Path,
-             m: Manifest) -> Manifest:
+             m: Manifest, corpus_fingerprint: str = "") -> Manifest:
     """Merge every shard's scores, filter, normalise, split; write ``labels.jsonl``."""
     lab = cfg.label
     scores: dict[str, dict] = {}
+    depends = json_roundtrip(teacher_depends(cfg, corpus_fingerprint))
     for i in range(lab.num_shards):
-        scores.update(read_log(shard_file(out, i, lab.num_shards)))
-    missing = [r["qid"] for r in rows if r["qid"] not in scores]
+        path = shard_file(out, i, lab.num_shards)
+        if path.exists() and log_depends(path) != depends:
+            raise KadetError(f"label: {path} was scored for other teacher settings or another corpus than "
+                             f"this merge's; rerun shard {i} with the same configuration")
+        scores.update(read_log(path))
+    missing = [r["qid"] for r in rows if scored(scores, r, lab) is None]
     if missing:
-        raise KadetError(f"label: {len(missing)} queries have no scores yet (e.g. {missing[0]!r}); "
-                         f"run every shard 0..{lab.num_shards - 1} first")
+        raise KadetError(f"label: {len(missing)} queries have no scores for their current candidate list yet "
+                         f"(e.g. {missing[0]!r}); run every shard 0..{lab.num_shards - 1} first")
     items = [{"qid": r["qid"], "query": r["query"], "type": r["type"], "source_doc_id": r["source_doc_id"],
               "doc_ids": scores[r["qid"]]["doc_ids"], "scores": scores[r["qid"]]["scores"]} for r in rows]
     labelled = apply_filters(items, lab, cfg.seed, m)
@@ -153,10 +181,11 @@ def label(cfg: KadetConfig, candidates_path: str | Path, corpus_path: str | Path
     m.add_input("corpus", corpus_path)
     rows = read_records(candidates_path, "qid", CANDIDATE_FIELDS)
     corpus = read_corpus(corpus_path)
+    corpus_fp = m.inputs["corpus"]["fingerprint"]
     if score:
-        m.counts["scored_now"] = score_shard(cfg, rows, corpus, out, teacher)
+        m.counts["scored_now"] = score_shard(cfg, rows, corpus, out, teacher, corpus_fp)
     if merge:
-        finalise(cfg, rows, corpus, out, m)
+        finalise(cfg, rows, corpus, out, m, corpus_fp)
     return m
 
 
@@ -170,6 +199,9 @@ def merge_shards(cfg: KadetConfig, candidates_path: str | Path, corpus_path: str
     out.mkdir(parents=True, exist_ok=True)
     n = cfg.label.num_shards
     for d in shard_dirs:
-        for f in Path(d).glob(f"scores.shard-*-of-{n}.jsonl"):
-            shutil.copyfile(f, out / f.name)
+        for i in range(n):
+            f = shard_file(Path(d), i, n)
+            for part in (f, f.with_name(f.name + ".depends.json")):
+                if part.exists():
+                    shutil.copyfile(part, out / part.name)
     return label(cfg, candidates_path, corpus_path, out, score=False, merge=True)

@@ -22,12 +22,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from kadet import __version__
+from kadet.errors import KadetError
 
 MANIFEST_NAME = "manifest.json"
 
@@ -58,6 +60,8 @@ class Manifest:
     counts: dict[str, int] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: False while the stage's outputs are partial (e.g. generation requests still failing).
+    complete: bool = True
     kadet_version: str = __version__
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
@@ -74,12 +78,34 @@ class Manifest:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         path = out / MANIFEST_NAME
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2, sort_keys=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        tmp = out / f".{MANIFEST_NAME}.{uuid.uuid4().hex}.tmp"  # unique: concurrent writers never share it
+        try:
+            tmp.write_text(json.dumps(asdict(self), indent=2, sort_keys=False) + "\n", encoding="utf-8")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
     @classmethod
     def read(cls, out_dir: str | os.PathLike) -> "Manifest":
         data = json.loads((Path(out_dir) / MANIFEST_NAME).read_text(encoding="utf-8"))
         return cls(**data)
+
+
+def require_complete(input_path: str | os.PathLike) -> None:
+    """Refuse to read an upstream output whose folder's manifest says it is partial.
+
+    ``input_path`` is a file a stage reads (``queries.jsonl``, ``candidates.jsonl``, ...); its
+    folder's ``manifest.json``, when there is one, must not say ``"complete": false``.
+    """
+    folder = Path(input_path).parent
+    path = folder / MANIFEST_NAME
+    if not path.exists():
+        return
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise KadetError(f"{path}: unreadable manifest ({exc}); rerun the stage that wrote {folder}") from exc
+    if data.get("complete", True) is False:
+        raise KadetError(f"{input_path}: partial output: {path} says the {data.get('stage', 'upstream')} stage "
+                         f"did not finish (counts {data.get('counts')}); rerun that stage first")

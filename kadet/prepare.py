@@ -7,7 +7,8 @@ document judged relevant in the given qrels is removed before sampling::
 
 Writes ``corpus.jsonl`` (the clean corpus that mining searches: no evaluation positives, no
 duplicates), ``passages.jsonl`` (the sample queries are generated for; both
-``{"_id", "title", "text"}``) and ``manifest.json`` whose ``dropped`` counts ``too_short``, ``exact_duplicate``, ``near_duplicate``, ``eval_relevant``
+``{"_id", "title", "text"}``) and ``manifest.json`` whose ``dropped`` counts ``empty_text`` (documents with no text or title, skipped
+with their judgements), ``too_short``, ``exact_duplicate``, ``near_duplicate``, ``eval_relevant``
 and ``not_sampled``.
 """
 
@@ -85,11 +86,12 @@ def sample_passages(docs: list[Document], n: int, seed: int, m: Manifest) -> lis
     return docs
 
 
-def excluded_from_qrels(qrels_paths: Iterable[str | Path], corpus: Mapping[str, Document]) -> set[str]:
+def excluded_from_qrels(qrels_paths: Iterable[str | Path], corpus: Mapping[str, Document],
+                        skipped_doc_ids: Iterable[str] = ()) -> set[str]:
     """Documents judged relevant (score > 0) in any of the given qrels files."""
     ids: set[str] = set()
     for p in qrels_paths:
-        for rels in read_qrels(p, corpus_ids=corpus).values():
+        for rels in read_qrels(p, corpus_ids=corpus, skipped_doc_ids=set(skipped_doc_ids)).values():
             ids.update(d for d, s in rels.items() if s > 0)
     return ids
 
@@ -99,13 +101,14 @@ def prepare(cfg: KadetConfig, output_dir: str | Path) -> Manifest:
     out = Path(output_dir)
     src = cfg.data.data_dir
     m = Manifest(stage="prepare", config_hash=cfg.hash())
+    empty: list[str] = []
     if Path(src).suffix in (".jsonl", ".parquet"):
-        corpus = read_corpus(src)
+        corpus = read_corpus(src, empty)
         m.add_input("corpus", src)
         qrels_files = [Path(q) for q in cfg.prepare.exclude_qrels]
     else:
         ds = load_beir(src, cfg.data.split, cfg.data.qrels or None)
-        corpus = ds.corpus
+        corpus, empty = ds.corpus, ds.empty_doc_ids
         m.add_input("corpus", src, ds.files["corpus"])
         root = ds.files["corpus"].parent
         # the evaluation split's judgements are always excluded, whatever exclude_splits says
@@ -116,7 +119,10 @@ def prepare(cfg: KadetConfig, output_dir: str | Path) -> Manifest:
             qrels_files.append(ds.files["qrels"])
     for i, q in enumerate(qrels_files):
         m.add_input(f"exclude_qrels_{i}", q)
-    excluded = excluded_from_qrels(qrels_files, corpus)
+    if empty:
+        m.drop("empty_text", len(empty))
+        m.extra["empty_doc_ids"] = empty[:100]
+    excluded = excluded_from_qrels(qrels_files, corpus, empty)
     clean = clean_corpus(corpus, excluded, cfg.prepare, m, cfg.data.title_separator)
     passages = sample_passages(clean, cfg.prepare.sample_size, cfg.seed, m)
     write_jsonl(out / "corpus.jsonl", (d.to_json() for d in clean))

@@ -39,6 +39,8 @@ NDCG_TAG, RECALL_TAG = "kadet.ndcg_at_10", "kadet.recall_at_100"
 FINGERPRINT_TAG = "kadet.model_fingerprint"
 EVAL_TAG = "kadet.eval_data"
 FAILURE_TAG = "kadet.gate_failure"
+#: The champion version the register step decided against ("" = none, the base model).
+DECIDED_TAG = "kadet.decided_against"
 #: Metrics that tie to float precision count as equal.
 EPS = 1e-9
 
@@ -188,6 +190,8 @@ def register_candidate(cfg: KadetConfig, model_dir: str | Path, comparison: Mapp
     for k, v in tags.items():
         c.set_model_version_tag(reg.model_name, version, k, v)
     champ = champion_version(c, reg.model_name, reg.champion_alias)
+    # whom this decision is against: promote() decides again if the champion moves meanwhile
+    c.set_model_version_tag(reg.model_name, version, DECIDED_TAG, str(champ.version) if champ else "")
     if champ is not None and str(champ.version) == version:  # rerun of the promoted candidate
         decision = Decision(True, [], incumbent=f"champion v{version} (itself)")
         return Registration(reg.model_name, version, decision, cand, cand, reused=existing is not None)
@@ -204,18 +208,81 @@ def register_candidate(cfg: KadetConfig, model_dir: str | Path, comparison: Mapp
     return Registration(reg.model_name, version, decision, cand, inc, reused=existing is not None)
 
 
-def promote(cfg: KadetConfig, version: str) -> None:
-    """Point the champion alias at ``version``; clear its failure tag and challenger alias."""
+def _before_set_alias() -> None:
+    """A no-op hook between reading the champion and moving the alias (tests inject a pause here
+    to force two promotions to interleave: fault injection, not a fake)."""
+
+
+def version_metrics(version) -> dict[str, float] | None:
+    """The nDCG@10 / Recall@100 a version was registered with (its tags), or None."""
+    tags = version.tags or {}
+    if NDCG_TAG not in tags or RECALL_TAG not in tags:
+        return None
+    return {NDCG: float(tags[NDCG_TAG]), RECALL: float(tags[RECALL_TAG])}
+
+
+def promote(cfg: KadetConfig, version: str, attempts: int = 5) -> Decision:
+    """Point the champion alias at ``version`` as a compare-and-set; returns the final decision.
+
+    The register step decided against the champion of its time (tag ``kadet.decided_against``);
+    another run may have moved the alias since. So: re-read the champion; if it is another
+    version than the one decided against, decide again against it (its tagged metrics on the
+    same test data; other test data: refuse, a rerun re-evaluates it); set the alias; wait
+    ``register.promote_settle_s`` and read it back. If a concurrent run moved it meanwhile,
+    repeat against that run's version. Each promoter keeps the better of the two, so two runs
+    racing converge on the better model whatever the interleaving.
+    """
+    import time
+
+    from mlflow.exceptions import MlflowException
+
     from kadet.tracking import client as get_client
 
     reg, c = cfg.register, get_client(cfg)
-    c.set_registered_model_alias(reg.model_name, reg.champion_alias, version)
+    mv = c.get_model_version(reg.model_name, version)
+    mine = version_metrics(mv)
+    decided_against = (mv.tags or {}).get(DECIDED_TAG, "")
+    for _ in range(attempts):
+        champ = champion_version(c, reg.model_name, reg.champion_alias)
+        if champ is None or str(champ.version) != version:
+            if champ is not None and str(champ.version) != decided_against:
+                theirs = version_metrics(champ)
+                same_data = (champ.tags or {}).get(EVAL_TAG) == (mv.tags or {}).get(EVAL_TAG)
+                if theirs is None or mine is None or not same_data:
+                    d = Decision(False, [f"champion moved to v{champ.version} during this run and was measured on "
+                                         "other test data; rerun the register step to compare on the same data"],
+                                 f"champion v{champ.version}")
+                else:
+                    d = decide(mine, theirs, reg, f"champion v{champ.version}")
+                if not d.promote:
+                    log.info("promote v%s: champion is now v%s, better or as good: %s", version, champ.version, d.reason)
+                    mark_challenger(cfg, version, d.reason)
+                    return d
+                decided_against = str(champ.version)
+            _before_set_alias()
+            try:
+                c.set_registered_model_alias(reg.model_name, reg.champion_alias, version)
+            except MlflowException as exc:  # a concurrent write of the same alias (the store's unique key)
+                log.info("promote v%s: the champion alias was being written by another run (%s): re-reading",
+                         version, str(exc).splitlines()[0][:200])
+                time.sleep(reg.promote_settle_s)
+                continue
+        time.sleep(reg.promote_settle_s)
+        now = champion_version(c, reg.model_name, reg.champion_alias)
+        if now is not None and str(now.version) == version:
+            break
+        log.info("promote v%s: the champion alias moved to v%s meanwhile: deciding again", version,
+                 now.version if now else None)
+    else:
+        raise KadetError(f"register: the champion alias of {reg.model_name} kept moving; v{version} not promoted "
+                         f"after {attempts} tries (are many runs promoting at once?)")
     c.set_model_version_tag(reg.model_name, version, "kadet.gate", "passed")
     if FAILURE_TAG in (c.get_model_version(reg.model_name, version).tags or {}):
         c.delete_model_version_tag(reg.model_name, version, FAILURE_TAG)
     chall = champion_version(c, reg.model_name, reg.challenger_alias)
     if chall is not None and str(chall.version) == version:
         c.delete_registered_model_alias(reg.model_name, reg.challenger_alias)
+    return Decision(True, [], f"champion v{decided_against}" if decided_against else "base model")
 
 
 def mark_challenger(cfg: KadetConfig, version: str, reason: str) -> None:
@@ -228,8 +295,10 @@ def mark_challenger(cfg: KadetConfig, version: str, reason: str) -> None:
     c.set_model_version_tag(reg.model_name, version, FAILURE_TAG, reason)
 
 
-def apply_decision(cfg: KadetConfig, r: Registration) -> None:
+def apply_decision(cfg: KadetConfig, r: Registration) -> Decision:
+    """Set the aliases for the register step's decision; a promotion re-checks the champion
+    (``promote``), so the returned decision may be a refusal after all."""
     if r.decision.promote:
-        promote(cfg, r.version)
-    else:
-        mark_challenger(cfg, r.version, r.decision.reason)
+        return promote(cfg, r.version)
+    mark_challenger(cfg, r.version, r.decision.reason)
+    return r.decision

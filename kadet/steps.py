@@ -188,9 +188,13 @@ def register_step(cfg: KadetConfig, model_dir: str, comparison_dir: str, pipelin
 
 
 def promote_step(cfg: KadetConfig, version: str, pipeline_run: str) -> None:
+    """Promote (a compare-and-set: the champion may have moved since the register step); a
+    refusal at this point is recorded on the pipeline's parent run as ``kadet.gate``."""
     from kadet.register import promote
 
-    promote(cfg, version)
+    d = promote(cfg, version)
+    if not d.promote:
+        tracking.client(cfg).set_tag(tracking.parent_run_id(cfg, pipeline_run), "kadet.gate", d.reason)
 
 
 def challenger_step(cfg: KadetConfig, version: str, reason: str, pipeline_run: str) -> None:

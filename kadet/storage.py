@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,13 +56,29 @@ def s3_client():
         or "https://s3.amazonaws.com"
     )
     parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+    keys = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    provider = None
+    if not all(keys.values()):
+        if os.environ.get("AWS_WEB_IDENTITY_TOKEN_FILE") or os.environ.get("AWS_CONTAINER_CREDENTIALS_FULL_URI"):
+            from minio.credentials import IamAwsProvider
+
+            provider = IamAwsProvider()  # a pod's IAM role (EKS IRSA / ECS): no keys in the environment
+        else:
+            missing = " and ".join(k for k, v in keys.items() if not v)
+            hint = "" if endpoint_set() else " (and KADET_S3_ENDPOINT or AWS_ENDPOINT_URL for a server other than AWS)"
+            raise KadetError(f"S3: no credentials: set {missing}{hint}")
     return Minio(
         parsed.netloc,
-        access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
-        secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
+        access_key=keys["AWS_ACCESS_KEY_ID"] if provider is None else None,
+        secret_key=keys["AWS_SECRET_ACCESS_KEY"] if provider is None else None,
         region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
         secure=parsed.scheme == "https",
+        credentials=provider,
     )
+
+
+def endpoint_set() -> bool:
+    return any(os.environ.get(k) for k in ("KADET_S3_ENDPOINT", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL"))
 
 
 def _s3_cache_root() -> Path:
@@ -88,6 +105,13 @@ def localize(uri: str | os.PathLike, cache_root: Path | None = None) -> Path:
     ]
     if not objects:
         raise KadetError(f"{uri}: no such object or prefix")
+    local_prefix = dest_root / prefix
+    if local_prefix.is_dir():  # mirror: a file deleted from the bucket must not live on in the cache
+        keep = {dest_root / o.object_name for o in objects}
+        for f in [f for f in local_prefix.rglob("*") if f.is_file()]:
+            if f.with_name(f.name.removesuffix(".etag")) not in keep:
+                log.info("%s: no longer in the bucket, removed from the local copy", f)
+                f.unlink()
     for obj in objects:
         target = dest_root / obj.object_name
         stamp = target.with_name(target.name + ".etag")
@@ -144,11 +168,47 @@ def output_dir(uri: str | os.PathLike) -> Iterator[Path]:
     bucket, key = split_s3(str(uri))
     try:
         local = localize(uri)
-    except KadetError:
+    except KadetError as exc:
+        if "no such object or prefix" not in str(exc):
+            raise
+        # nothing under the prefix (new, or deleted on purpose): start from an empty folder, never
+        # from what an older run left in the local cache
         local = _s3_cache_root() / bucket / key.rstrip("/")
+        shutil.rmtree(local, ignore_errors=True)
         local.mkdir(parents=True, exist_ok=True)
     try:
         yield local
     finally:
         if local.is_dir() and any(local.iterdir()):
             publish(local, uri)
+
+
+@contextlib.contextmanager
+def work_dir_lock(work_dir: str | os.PathLike, what: str = "kadet") -> Iterator[None]:
+    """Hold ``<work_dir>/.kadet.lock`` for the block: one kadet process per work dir.
+
+    The lock is an ``flock`` on the file, so a crashed process never leaves it taken. A second
+    process gets a KadetError naming the holder (pid, command, start time).
+    """
+    import fcntl
+    import time
+
+    folder = Path(work_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ".kadet.lock"
+    fh = open(path, "a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise KadetError(f"work dir {folder} is in use by {holder}; wait for it to finish or pass "
+                             "another --work-dir") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} ({what}, since {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+        fh.flush()
+        yield
+    finally:
+        fh.close()  # releases the flock

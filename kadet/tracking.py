@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 PIPELINE_TAG = "kadet.pipeline_run"
 STAGE_TAG = "kadet.stage"
 EVAL_DATA_TAG = "kadet.eval_data"
+#: On a failed stage run: the error on one line, and the path of the stage's full log.
+ERROR_TAG = "kadet.error"
+LOG_TAG = "kadet.log"
 #: Config sections logged as params on each stage's run (plus ``data`` and ``retrieval``).
 STAGE_SECTIONS = {
     "prepare": ["prepare"], "generate": ["generate"], "mine": ["mine"], "label": ["label"],
@@ -118,16 +121,51 @@ def stage_run(cfg: KadetConfig, stage: str, pipeline_run: str, shard: str | None
     name = stage if shard is None else f"{stage}-{shard}"
     run = c.create_run(experiment_id(cfg), run_name=name,
                        tags={"mlflow.parentRunId": parent, PIPELINE_TAG: pipeline_run, STAGE_TAG: stage})
-    with mlflow.start_run(run_id=run.info.run_id) as active:
-        mlflow.log_params(flat_params(cfg, STAGE_SECTIONS.get(stage, [])))
-        mlflow.set_tag("kadet.config_hash", cfg.hash())
-        yield active
-        if cfg.artifact_uri and out is not None:
-            from kadet.storage import publish
+    log_path = stage_log_path(cfg, pipeline_run, name)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log_path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+    try:
+        with mlflow.start_run(run_id=run.info.run_id) as active:
+            mlflow.log_params(flat_params(cfg, STAGE_SECTIONS.get(stage, [])))
+            mlflow.set_tags({"kadet.config_hash": cfg.hash(), LOG_TAG: str(log_path)})
+            try:
+                yield active
+                if cfg.artifact_uri and out is not None:
+                    from kadet.storage import publish
 
-            uri = f"{cfg.artifact_uri.rstrip('/')}/{pipeline_run}/{name}"
-            publish(Path(out), uri)
-            mlflow.set_tag("kadet.artifact_uri", uri)
+                    uri = f"{cfg.artifact_uri.rstrip('/')}/{pipeline_run}/{name}"
+                    publish(Path(out), uri)
+                    mlflow.set_tag("kadet.artifact_uri", uri)
+            except BaseException as exc:
+                # one line for whoever looks at the run (``kadet run`` prints it), the traceback in the log
+                log.error("stage %s failed", name, exc_info=True)
+                mlflow.set_tag(ERROR_TAG, one_line(exc))
+                with contextlib.suppress(Exception):
+                    mlflow.log_artifact(str(log_path))
+                raise
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def stage_log_path(cfg: KadetConfig, pipeline_run: str, name: str) -> Path:
+    """Where a stage's full log goes: ``<work_dir>/logs/<pipeline run>/<stage run name>.log``."""
+    return Path(cfg.work_dir).resolve() / "logs" / pipeline_run / f"{name}.log"
+
+
+def one_line(exc: BaseException, limit: int = 500) -> str:
+    """``Type: message`` on one line (kadet's own errors without the type), at most ``limit`` chars."""
+    from kadet.errors import KadetError
+
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if not isinstance(exc, KadetError):
+        text = f"{type(exc).__name__}: {text}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def finish_parent(cfg: KadetConfig, pipeline_run: str, status: str = "FINISHED") -> None:

@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 from kadet.config import config_from_text, dump_config, load_config
-from kadet.errors import ConfigError
+from kadet.errors import ConfigError, KadetError
 
 
 PROFILES = ("local", "gpu")
@@ -66,9 +66,39 @@ def run_local(data: str, work_dir: str = ".kadet", config: str | None = None, ov
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(work / "kfp"),
                enable_caching=caching, raise_on_error=True)
     t0 = time.perf_counter()
-    make_pipeline()(**{**ui_params(cfg), **params}, data_uri=str(Path(data).resolve()) if "://" not in data else data,
-                    config_yaml=text, work_dir=str(work), generate_shards=shards, label_shards=shards)
+    started = int(time.time() * 1000)
+    try:
+        make_pipeline()(**{**ui_params(cfg), **params},
+                        data_uri=str(Path(data).resolve()) if "://" not in data else data,
+                        config_yaml=text, work_dir=str(work), generate_shards=shards, label_shards=shards)
+    except RuntimeError as exc:
+        if "finished with status" not in str(exc):
+            raise
+        raise KadetError(failure_line(cfg, str(exc), started)) from None
     return summarise(cfg, time.perf_counter() - t0)
+
+
+def failure_line(cfg, kfp_message: str, since_ms: int) -> str:
+    """One line for a failed local run: the failed stage, its error and where its full log is
+    (from the stage's MLflow run), else the task KFP names."""
+    import re
+
+    from kadet import tracking
+
+    task = re.search(r"Inner task failed: \W*'?([\w-]+)", re.sub(r"\x1b\[[0-9;]*m", "", kfp_message))
+    task_name = task.group(1) if task else "a task"
+    try:
+        c = tracking.client(cfg)
+        failed = c.search_runs([tracking.experiment_id(cfg)],
+                               filter_string=f"attributes.status = 'FAILED' and attributes.start_time >= {since_ms}",
+                               order_by=["attributes.start_time DESC"], max_results=20)
+    except Exception:  # the tracking store itself may be what failed
+        failed = []
+    for r in failed:
+        error = r.data.tags.get(tracking.ERROR_TAG)
+        if error:
+            return (f"stage {r.info.run_name} failed: {error} (full log: {r.data.tags.get(tracking.LOG_TAG, '?')})")
+    return f"task {task_name} failed before it could record why; its log is printed above"
 
 
 def _prefixed(run, prefix: str) -> dict[str, float]:
@@ -102,7 +132,8 @@ def summarise(cfg, seconds: float) -> dict:
         "gain_ci": ([reg.data.metrics[k] for k in ("gate.gain_ci_low", "gate.gain_ci_high")]
                     if reg and "gate.gain_ci_low" in reg.data.metrics else None),
         "version": reg.data.tags.get("kadet.model_version") if reg else None,
-        "gate": reg.data.tags.get("kadet.gate") if reg else None,
+        # a promotion refused at the last moment (the champion moved meanwhile) is on the parent
+        "gate": parent.data.tags.get("kadet.gate") or (reg.data.tags.get("kadet.gate") if reg else None),
         "champion": champ.version if champ else None,
         "tracking_uri": tracking.tracking_uri(cfg),
     }

@@ -38,7 +38,6 @@ def test_reads_good_corpus(tmp_path):
         (json.dumps({"_id": "b", "title": "no text"}), 2, "text", "missing"),
         (json.dumps({"_id": "b", "text": 5}), 2, "text", "must be a string"),
         (json.dumps({"_id": "", "text": "x"}), 2, "_id", "non-empty"),
-        (json.dumps({"_id": "b", "text": "  ", "title": ""}), 2, "text", "empty text"),
         (json.dumps(["not", "an", "object"]), 2, None, "expected a JSON object"),
         (GOOD, 2, "_id", "duplicate id 'a' (first seen on line 1)"),
     ],
@@ -90,7 +89,7 @@ def test_qrels_unknown_ids_and_bad_rows(tmp_path):
     with pytest.raises(DataError, match=r"test\.tsv:2: field 'query-id': unknown query id 'q7'"):
         read_qrels(p, corpus_ids={"d1"}, query_ids={"q1"})
     p = _lines(tmp_path / "test.tsv", [head, "q1\td1\thigh"])
-    with pytest.raises(DataError, match=r"test\.tsv:2: field 'score': not a number"):
+    with pytest.raises(DataError, match=r"test\.tsv:2: field 'score': not a finite number"):
         read_qrels(p)
     p = _lines(tmp_path / "test.tsv", [head, "q1 d1 1"])
     with pytest.raises(DataError, match=r"test\.tsv:2: expected 3 tab-separated columns, got 1"):

@@ -138,3 +138,228 @@ def test_distill_never_resumes_from_checkpoints_of_other_labels_or_settings(tiny
     assert not new_labels.extra["resumed"] and "starting over" in caplog.text
     other_lr = distill(load_config(None, [*base, "distill.lr=1e-3"]), b, tmp_path / "out")
     assert not other_lr.extra["resumed"] and other_lr.extra["seconds_this_run"] > 0
+
+
+# ---------------------------------------------------------------- stale resumable work (rows 1-2)
+
+
+def test_generate_rerun_with_other_settings_or_passages_starts_over(tmp_path, caplog):
+    """Was: "3 already done, 0 to do" and the old model's rows kept under a new manifest."""
+    from kadet.config import load_config
+    from kadet.data import Document
+    from kadet.generate import LOG_NAME, run_generation
+    from tests.test_generate import ScriptedBackend
+
+    docs = [Document(f"d{i}", f"The properties of topic d{i}: enzyme {i} binds its substrate.") for i in range(3)]
+    base = ["generate.types={question: 1}", "generate.progress=false"]
+    run_generation(load_config(None, base), docs, tmp_path, ScriptedBackend())
+    same = ScriptedBackend()
+    run_generation(load_config(None, base), docs, tmp_path, same)
+    assert same.calls == 0                                              # same settings: resumed, nothing to do
+    warmer = ScriptedBackend()
+    with caplog.at_level("WARNING"):
+        m = run_generation(load_config(None, [*base, "generate.temperature=0.7"]), docs, tmp_path, warmer)
+    assert sorted(warmer.seen) == ["d0|question|0", "d1|question|0", "d2|question|0"]
+    assert "temperature" in caplog.text and "starting over" in caplog.text
+    assert len(list(tmp_path.glob("generations.stale-*.jsonl"))) == 1   # the old records are kept aside
+    assert m.counts["kept"] == 3
+    # one passage's text changed: only its request is generated again
+    docs[1] = Document("d1", "Other properties of topic d1: ion channels in neurons.")
+    edited = ScriptedBackend()
+    run_generation(load_config(None, [*base, "generate.temperature=0.7"]), docs, tmp_path, edited)
+    assert edited.seen == ["d1|question|0"]
+    assert len(read_log(tmp_path / LOG_NAME)) == 3
+
+
+def test_label_rerun_after_the_candidates_or_teacher_changed_scores_again(tmp_path, tiny_st, caplog):
+    """Was: "0 to score" and 180 of 200 labelled lists not in the current candidates."""
+    from kadet.config import load_config
+    from kadet.label import label
+
+    corpus = tmp_path / "corpus.jsonl"
+    write_jsonl(corpus, [{"_id": f"d{i}", "title": "", "text": f"document {i} on topic {i % 3} with words {i}"}
+                         for i in range(8)])
+
+    def candidates(shift):
+        rows = [{"qid": f"q{j}", "query": f"topic {j} words {j}", "type": "question", "source_doc_id": f"d{j}",
+                 "candidates": [{"doc_id": f"d{(j + k + (shift if j == 0 else 0)) % 8}"} for k in range(4)]}
+                for j in range(3)]
+        return write_jsonl(tmp_path / "candidates.jsonl", rows)
+
+    opts = ["label.rerank_depth=4", "label.list_size=4", "label.consistency=false", "label.min_top_percentile=0",
+            "label.dev_fraction=0", f"retrieval.model={tiny_st}", f"work_dir={tmp_path / 'w'}"]
+    candidates(0)
+    first = label(load_config(None, ["label.teacher=bm25", *opts]), tmp_path / "candidates.jsonl", corpus, tmp_path / "out")
+    assert first.counts["scored_now"] == 3
+    candidates(2)                                                       # q0's list changed
+    second = label(load_config(None, ["label.teacher=bm25", *opts]), tmp_path / "candidates.jsonl", corpus, tmp_path / "out")
+    assert second.counts["scored_now"] == 1
+    with caplog.at_level("WARNING"):
+        third = label(load_config(None, ["label.teacher=dense", *opts]), tmp_path / "candidates.jsonl", corpus,
+                      tmp_path / "out")
+    assert third.counts["scored_now"] == 3 and "teacher" in caplog.text   # another teacher: all scored again
+    rows = [json.loads(x) for x in (tmp_path / "out" / "labels.jsonl").read_text().splitlines()]
+    q0 = next(r for r in rows if r["qid"] == "q0")
+    assert {p["doc_id"] for p in q0["passages"]} == {"d2", "d3", "d4", "d5"}   # the current list, not the old one
+
+
+# ---------------------------------------------------------------- partial outputs (row "generate fails")
+
+
+def test_a_partial_generation_is_never_published_and_mine_refuses_it(tmp_path):
+    import pytest
+
+    from kadet.config import load_config
+    from kadet.data import Document, read_records
+    from kadet.errors import KadetError
+    from kadet.generate import run_generation
+    from kadet.manifest import Manifest
+    from tests.test_generate import ScriptedBackend
+
+    class HalfDown(ScriptedBackend):
+        """FAKE endpoint failure: every other request raises."""
+
+        def generate(self, requests):
+            out = super().generate(requests)
+            return [RuntimeError("503") if i % 2 else o for i, o in enumerate(out)]
+
+    docs = [Document(f"d{i}", f"The properties of topic d{i}: enzyme {i} binds its substrate.") for i in range(6)]
+    cfg = load_config(None, ["generate.types={question: 1}", "generate.progress=false"])
+    (tmp_path / "queries.jsonl").write_text('{"qid": "old"}\n')          # an older complete output
+    with pytest.raises(KadetError, match="3 of 6 requests failed"):
+        run_generation(cfg, docs, tmp_path, HalfDown())
+    assert not (tmp_path / "queries.jsonl").exists() and Manifest.read(tmp_path).complete is False
+    (tmp_path / "queries.jsonl").write_text('{"qid": "x", "text": "t", "type": "question", "source_doc_id": "d0"}\n')
+    with pytest.raises(KadetError, match="did not finish"):             # a downstream reader checks the manifest
+        read_records(tmp_path / "queries.jsonl", "qid", {"text": str})
+    run_generation(cfg, docs, tmp_path, ScriptedBackend())               # the rerun finishes the other half
+    assert Manifest.read(tmp_path).complete and len(read_records(tmp_path / "queries.jsonl", "qid", {"text": str})) == 6
+
+
+# ---------------------------------------------------------------- messy corpora and bad input
+
+
+def test_empty_documents_are_dropped_and_counted_and_the_run_goes_on(tmp_path, caplog):
+    from kadet.config import load_config
+    from kadet.data import load_beir
+    from kadet.prepare import prepare
+    from tests.conftest import write_beir
+
+    docs = [{"_id": f"d{i}", "title": "", "text": f"Passage number {i} about topic {i} and its findings."}
+            for i in range(5)] + [{"_id": "e1", "title": "", "text": "   "}, {"_id": "e2", "title": " ", "text": ""}]
+    root = write_beir(tmp_path / "b", docs, [{"_id": "q1", "text": "topic 1"}, {"_id": "q2", "text": "topic 2"}],
+                      [("q1", "d1", 1), ("q2", "e1", 1), ("q2", "d2", 1)])
+    with caplog.at_level("WARNING"):
+        m = prepare(load_config(None, [f"data.data_dir={root}"]), tmp_path / "p")
+    assert m.dropped["empty_text"] == 2 and m.counts["corpus"] == 5
+    assert "corpus.jsonl:6: field 'text': empty text and title" in caplog.text
+    assert "1 judgements of empty (skipped) documents dropped" in caplog.text
+    assert load_beir(root).qrels == {"q1": {"d1": 1}, "q2": {"d2": 1}}
+
+
+def _cli(*args, env=None):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "kadet.cli", *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+def test_user_errors_are_one_line_never_a_traceback(tmp_path, tiny_beir):
+    """The bad-input rows that gave tracebacks or exit 0: each is now exit 2 and one clear line."""
+    import shutil
+
+    from tests.conftest import write_beir
+
+    as_dir = tmp_path / "as_dir"
+    shutil.copytree(tiny_beir, as_dir)
+    (as_dir / "corpus.jsonl").unlink()
+    (as_dir / "corpus.jsonl").mkdir()
+    inf = shutil.copytree(tiny_beir, tmp_path / "inf")
+    (inf / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\tinf\n")
+    header = write_beir(tmp_path / "header", [{"_id": "d1", "text": "a passage"}], [{"_id": "q1", "text": "q"}], [])
+    w = ["--work-dir", str(tmp_path / "w")]
+    cases = {
+        "is a folder, expected a file": ["evaluate", "--data", str(as_dir), "--retriever", "bm25", *w],
+        "test.tsv:2: field 'score': not a finite number: 'inf'": ["evaluate", "--data", str(inf), "--retriever", "bm25", *w],
+        "no judgements": ["evaluate", "--data", str(header), "--retriever", "bm25", *w],
+        "'retrieval.retriever' = 'bm52' must be one of dense, bm25, hybrid":
+            ["evaluate", "--data", str(tiny_beir), "--set", "retrieval.retriever=bm52", *w],
+        "not valid YAML": ["config", "--set", "x=[oops"],
+        "argument --top-k: -5 must be >= 1": ["evaluate", "--data", str(tiny_beir), "--top-k", "-5", *w],
+        "argument --sample-size: -1 must be >= 0": ["prepare", "--data", str(tiny_beir), "--sample-size", "-1", *w],
+        "'generate.num_shards' = 0 must be >= 1": ["config", "--set", "generate.num_shards=0"],
+        "S3: no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY":
+            ["evaluate", "--data", "s3://bucket/scifact", "--retriever", "bm25", *w],
+    }
+    no_creds = {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "KADET_S3_ENDPOINT": "http://127.0.0.1:9"}
+    for expected, args in cases.items():
+        r = _cli(*args, env=no_creds)
+        assert r.returncode == 2, (args, r.returncode, r.stderr[-2000:])
+        assert expected in r.stderr and "Traceback" not in r.stderr, (args, r.stderr[-2000:])
+
+
+def test_yaml_off_stays_a_word_for_a_string_setting(tmp_path):
+    import pytest
+
+    from kadet.config import load_config
+    from kadet.errors import ConfigError
+
+    assert load_config(None, ["mine.round_trip=off"]).mine.round_trip == "off"
+    assert load_config(None, ["distill.bf16=off"]).distill.bf16 is False
+    (tmp_path / "c.yaml").write_text("mine: {round_trip: off}\n")
+    with pytest.raises(ConfigError, match="quote it"):
+        load_config(tmp_path / "c.yaml")
+
+
+# ---------------------------------------------------------------- one work dir, one process
+
+
+def test_two_kadet_processes_on_one_work_dir(tmp_path, tiny_beir, tiny_st):
+    """The second process is refused with a message naming the first; the first finishes."""
+    import subprocess
+    import sys
+    import time
+
+    work = tmp_path / "w"
+    first = subprocess.Popen([sys.executable, "-m", "kadet.cli", "evaluate", "--data", str(tiny_beir), "--model",
+                              str(tiny_st), "--work-dir", str(work), "--set", "retrieval.embedding_cache=false"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lock = work / ".kadet.lock"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (lock.exists() and "kadet evaluate" in lock.read_text()):
+        time.sleep(0.05)
+    second = _cli("prepare", "--data", str(tiny_beir), "--work-dir", str(work))
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-2000:]
+    assert second.returncode == 2 and f"work dir {work} is in use by pid {first.pid} (kadet evaluate" in second.stderr
+    assert not (work / "prepare").exists()
+    again = _cli("prepare", "--data", str(tiny_beir), "--work-dir", str(work))   # free again once the first ended
+    assert again.returncode == 0, again.stderr[-2000:]
+
+
+# ---------------------------------------------------------------- S3
+
+
+def test_a_deleted_s3_prefix_is_not_resurrected_from_the_local_staging_copy(tmp_path, monkeypatch):
+    from kadet.storage import output_dir, s3_client
+    from tests.s3server import rclone_s3, s3_env
+
+    with rclone_s3(tmp_path / "s3") as endpoint:
+        for k, v in s3_env(endpoint).items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.setenv("KADET_S3_CACHE", str(tmp_path / "cache"))
+        with output_dir("s3://kadet/runs/label") as local:
+            (local / "scores.jsonl").write_text('{"key": "old"}\n')
+            (local / "keep.jsonl").write_text('{"key": "k"}\n')
+        s3 = s3_client()
+        s3.remove_object("kadet", "runs/label/scores.jsonl")             # deleted in the bucket on purpose
+        with output_dir("s3://kadet/runs/label") as local:
+            assert sorted(p.name for p in local.iterdir() if p.suffix != ".etag") == ["keep.jsonl"]
+        s3.remove_object("kadet", "runs/label/keep.jsonl")               # the whole prefix gone
+        with output_dir("s3://kadet/runs/label") as local:
+            assert not any(local.iterdir())
+            (local / "new.jsonl").write_text("{}\n")
+        names = sorted(o.object_name for o in s3.list_objects("kadet", "runs/", recursive=True))
+        assert names == ["runs/label/new.jsonl"]

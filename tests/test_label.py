@@ -123,7 +123,7 @@ def test_sharded_resumable_scoring_equals_single_run(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         label(cfg1, cand, corp, sharded, merge=False, teacher=Overlap(corpus, crash_on=2))
     assert len(shard_file(sharded, 1, 2).read_text().splitlines()) == 2
-    with pytest.raises(KadetError, match="have no scores yet"):
+    with pytest.raises(KadetError, match="have no scores for their current candidate list yet"):
         label(cfg1, cand, corp, sharded, score=False)
     again = Overlap(corpus)
     m = label(cfg1, cand, corp, sharded, teacher=again)

@@ -4,10 +4,12 @@ DAG runs locally (kfp.local.SubprocessRunner) on a SciFact slice, tracked by a r
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import yaml
 
+from kadet.errors import KadetError
 from pipelines.compile import DEFAULT_OUTPUT, stale_diff
 from tests.conftest import scifact_slice
 from tests.mlflowserver import mlflow_server
@@ -190,8 +192,14 @@ def test_a_failed_run_closes_its_mlflow_parent_as_failed(tmp_path):
     (bad / "corpus.jsonl").write_text('{"_id": "d1", "text": "fine"}\n{"title": "no id here", "text": "x"}\n')
     (bad / "queries.jsonl").write_text('{"_id": "q1", "text": "a query"}\n')
     (bad / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
-    with pytest.raises(RuntimeError, match="FAILURE"):
+    with pytest.raises(KadetError) as failed:
         run_local(str(bad), str(tmp_path / "work"))
+    # one line: the stage, the cause with file:line:field, and where the whole log is
+    line = str(failed.value)
+    assert "\n" not in line and line.startswith("stage prepare failed: ")
+    assert "corpus.jsonl:2: field '_id': missing id" in line
+    log_file = Path(line.split("full log: ")[1].rstrip(")"))
+    assert log_file.is_file() and "Traceback" in log_file.read_text()
     c = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
     exp = c.get_experiment_by_name("kadet")
     runs = c.search_runs([exp.experiment_id])

@@ -3,10 +3,14 @@ idempotence against a real ``mlflow server`` on 127.0.0.1 (tiny random models: p
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
+
 import mlflow
 import pytest
 
 from kadet.config import load_config
+from kadet.errors import ConfigError
 from kadet.evaluate import compare, evaluate
 from kadet.register import (
     FAILURE_TAG, NDCG, RECALL, apply_decision, decide, register_candidate,
@@ -51,7 +55,10 @@ def test_non_finite_metrics_or_settings_never_promote():
     assert not decide(m(nan), m(0.6), GATE).promote                   # NaN >= x is False: was promoted
     assert not decide(m(0.7), m(nan), GATE, "champion v2").promote
     assert not decide(m(0.7, recall=float("inf")), None, GATE).promote
-    bad = load_config(None, ["register.min_delta=.nan"]).register
+    with pytest.raises(ConfigError, match="'register.min_delta' = nan must be >= 0"):   # refused at load
+        load_config(None, ["register.min_delta=.nan"])
+    bad = load_config(None).register
+    bad.min_delta = float("nan")                                      # and by the gate, if set in code
     d = decide(m(0.7), m(0.6), bad)
     assert not d.promote and "register.min_delta" in d.reason
 
@@ -160,7 +167,57 @@ def test_stage_runs_nest_under_one_parent_on_the_server(server, tmp_path, tiny_b
     parent = tracking.parent_run_id(cfg, "p1")
     runs = c.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'", order_by=["attributes.start_time ASC"])
     assert [(r.info.run_name, r.info.status) for r in runs] == [("evaluate", "FINISHED"), ("register", "FAILED")]
+    assert runs[1].data.tags["kadet.error"] == "RuntimeError: boom"        # why, on one line
+    assert "stage register failed" in Path(runs[1].data.tags["kadet.log"]).read_text()
     ev = runs[0]
     assert ev.data.params["data.data_dir"] == str(tiny_beir) and "count.queries" in ev.data.metrics
     assert {d.dataset.name for d in ev.inputs.dataset_inputs} == {"corpus", "queries", "qrels"}
     assert [a.path for a in c.list_artifacts(ev.info.run_id)] == ["manifest.json"]
+
+
+def test_two_registrations_racing_leave_the_better_model_champion(server, models, tmp_path, monkeypatch):
+    """Two pipeline runs register (both decide against "no champion") and then promote at the same
+    moment: a pause injected between reading the champion and moving the alias (fault injection)
+    makes both read "none" before either writes. Was: both promoted, the last writer (the worse
+    v2) stayed champion. Now the compare-and-set converges on the better v1, in either order."""
+    import kadet.register as register
+
+    for order in ("better-first", "worse-first"):
+        name = f"race-{order}"
+        cfg = load_config(None, [f"tracking.tracking_uri={server}", f"work_dir={tmp_path}", f"register.model_name={name}",
+                                 "register.promote_settle_s=0.5", "register.confidence=0"])
+        metrics = [m(0.70), m(0.66)] if order == "better-first" else [m(0.66), m(0.70)]
+        with tracking.stage_run(cfg, "register", pipeline_run=name):
+            regs = [register_candidate(cfg, models[i], comparison(metrics[i]), name) for i in range(2)]
+        assert all(r.decision.promote for r in regs)          # each decided against "no champion"
+        both_read = threading.Barrier(2, timeout=30)
+        waited = set()
+
+        def pause_once():
+            if threading.get_ident() not in waited:            # only the first read-then-write of each run
+                waited.add(threading.get_ident())
+                both_read.wait()
+
+        monkeypatch.setattr(register, "_before_set_alias", pause_once)
+        results, errors = {}, []
+
+        def promote(r):
+            try:
+                results[r.version] = apply_decision(cfg, r)
+            except Exception as exc:  # pragma: no cover - surfaced by the assert below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=promote, args=(r,)) for r in regs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors and len(waited) == 2
+        c = tracking.client(cfg)
+        better = regs[0].version if order == "better-first" else regs[1].version
+        worse = regs[1].version if order == "better-first" else regs[0].version
+        assert c.get_model_version_by_alias(name, "champion").version == better, order
+        assert results[better].promote
+        if not results[worse].promote:                        # it noticed; else it was overtaken after it looked
+            assert "below champion v" in results[worse].reason
+            assert c.get_model_version_by_alias(name, "challenger").version == worse
