@@ -103,9 +103,11 @@ def test_compiled_yaml_carries_the_platform_settings(spec, compiled):
     assert spec["root"]["inputDefinitions"]["parameters"]["work_dir"]["defaultValue"] == plat.cache_mount
 
 
+# The default query type (sentence, no LLM: the same queries on any CPU); the LLM backends have
+# their own tests in test_generate.py.
 TINY = """
-prepare: {sample_size: 6}
-generate: {types: {question: 1.0, msmarco: 1.0}, max_new_tokens: 32}
+prepare: {sample_size: 12}
+generate: {types: {sentence: 1.0}}
 label: {rerank_depth: 10, list_size: 8, min_top_percentile: 0}
 distill: {epochs: 2, batch_size: 8, chunk_size: 16, passage_max_len: 128, lr: 1.0e-5}
 register: {model_name: kadet-ci}
