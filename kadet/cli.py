@@ -372,6 +372,7 @@ def cmd_teacher_report(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from kadet.register import display
     from pipelines.local import run_local
 
     summary = run_local(args.data, args.work_dir or ".kadet", args.config, args.overrides, shards=args.shards,
@@ -384,11 +385,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     for name, sec in summary["stages"]:
         print(f"  {name:<22} {sec:8.1f} s")
     b, c = summary["base"], summary["candidate"]
+    nd, rc = summary["metrics"]
     if b and c:
         ci = summary.get("gain_ci")
-        ci_text = f" (gain {c['ndcg@10'] - b['ndcg@10']:+.4f}, paired bootstrap CI [{ci[0]:+.4f}, {ci[1]:+.4f}])" if ci else ""
-        print(f"nDCG@10 base {b['ndcg@10']:.4f} -> candidate {c['ndcg@10']:.4f}{ci_text}; "
-              f"Recall@100 {b['recall@100']:.4f} -> {c['recall@100']:.4f}")
+        ci_text = f" (gain {c[nd] - b[nd]:+.4f}, paired bootstrap CI [{ci[0]:+.4f}, {ci[1]:+.4f}])" if ci else ""
+        print(f"{display(nd)} base {b[nd]:.4f} -> candidate {c[nd]:.4f}{ci_text}; "
+              f"{display(rc)} {b[rc]:.4f} -> {c[rc]:.4f}")
     print(f"registered version {summary['version']}: {summary['gate']}; champion is version {summary['champion']}")
     return 0
 

@@ -89,6 +89,19 @@ class EvaluationConfig:
     #: Drop a retrieved document whose id equals the query id (BEIR's default).
     ignore_identical_ids: bool = True
 
+    # the one place metric names are spelled (metrics.json, comparison.json, the gate, MLflow)
+    @property
+    def ndcg(self) -> str:
+        return f"ndcg@{self.ndcg_k}"
+
+    @property
+    def recall(self) -> str:
+        return f"recall@{self.recall_k}"
+
+    @property
+    def mrr(self) -> str:
+        return f"mrr@{self.mrr_k}"
+
 
 @dataclass
 class PrepareConfig:
@@ -531,9 +544,37 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return validate(cfg, str(path) if path else "config")
 
 
-def config_from_text(text: str, overrides: list[str] | None = None, source: str = "config") -> KadetConfig:
-    """Defaults, then a YAML document given as text (e.g. a pipeline parameter), then overrides."""
-    cfg = KadetConfig()
+#: Packaged profiles (``kadet/profiles/<name>.yaml``): ``local`` (CPU, ``kadet run``'s default)
+#: and ``gpu`` (METHOD.md's scale; the cluster pipeline's default).
+PROFILES = ("local", "gpu")
+
+
+def profile_text(profile: str = "local") -> tuple[str, str]:
+    """``(yaml text, source name)`` of a packaged profile or of a YAML file."""
+    from importlib import resources
+
+    if profile in PROFILES:
+        return (resources.files("kadet").joinpath(f"profiles/{profile}.yaml").read_text(encoding="utf-8"),
+                f"kadet/profiles/{profile}.yaml")
+    path = Path(profile)
+    if not path.is_file():
+        raise ConfigError(f"profile {profile!r} is neither a packaged profile ({', '.join(PROFILES)}) nor a file")
+    return path.read_text(encoding="utf-8"), str(path)
+
+
+def profile_config(profile: str = "") -> KadetConfig:
+    """The defaults with a profile applied (no profile: the defaults)."""
+    if not profile:
+        return KadetConfig()
+    text, source = profile_text(profile)
+    return config_from_text(text, source=source)
+
+
+def config_from_text(text: str, overrides: list[str] | None = None, source: str = "config",
+                     base: KadetConfig | None = None) -> KadetConfig:
+    """Defaults (or ``base``), then a YAML document given as text (e.g. a pipeline parameter),
+    then overrides."""
+    cfg = base if base is not None else KadetConfig()
     try:
         data = yaml.safe_load(text or "") or {}
     except yaml.YAMLError as exc:

@@ -219,7 +219,7 @@ def compare(cfg: KadetConfig, candidate: str, output_dir: str | Path, labels_pat
     for name, model in systems.items():
         per_query[name] = scored_run(cfg, ds, texts, qrels, "dense", model)[1]
         report[name] = aggregate(per_query[name])
-    ndcg = f"ndcg@{cfg.evaluation.ndcg_k}"
+    ndcg = cfg.evaluation.ndcg
     report["delta"] = {ndcg: paired_bootstrap({q: v[ndcg] for q, v in per_query["base"].items()},
                                               {q: v[ndcg] for q, v in per_query["candidate"].items()},
                                               confidence=cfg.register.confidence or 0.95, seed=cfg.seed)}
@@ -227,7 +227,7 @@ def compare(cfg: KadetConfig, candidate: str, output_dir: str | Path, labels_pat
         dev_texts, dev_types, dev_qrels = synthetic_dev_qrels(labels_path)
         by_type: dict[str, dict[str, float]] = {}
         if dev_texts:
-            ndcg = f"ndcg@{cfg.evaluation.ndcg_k}"
+            ndcg = cfg.evaluation.ndcg
             for name, model in systems.items():
                 for qid, m in scored_run(cfg, ds, dev_texts, dev_qrels, "dense", model)[1].items():
                     row = by_type.setdefault(dev_types[qid], {"queries": 0})

@@ -27,15 +27,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kadet.config import KadetConfig, RegisterConfig
+from kadet.config import EvaluationConfig, KadetConfig, RegisterConfig
 from kadet.errors import KadetError
 from kadet.models import model_fingerprint
 
 log = logging.getLogger(__name__)
 
-NDCG, RECALL = "ndcg@10", "recall@100"
-#: Version tags holding the candidate's metrics on the data named by EVAL_TAG.
-NDCG_TAG, RECALL_TAG = "kadet.ndcg_at_10", "kadet.recall_at_100"
+#: The gate's two metrics are named by ``evaluation.ndcg_k`` / ``recall_k`` (``EvaluationConfig.ndcg``,
+#: ``.recall``: "ndcg@10", "recall@100" by default); a version keeps its values in the tags
+#: ``metric_tag(name)`` ("kadet.ndcg_at_10"), measured on the data named by EVAL_TAG.
+DEFAULT_METRICS = EvaluationConfig()
 FINGERPRINT_TAG = "kadet.model_fingerprint"
 EVAL_TAG = "kadet.eval_data"
 FAILURE_TAG = "kadet.gate_failure"
@@ -56,34 +57,49 @@ class Decision:
         return "; ".join(self.reasons) if self.reasons else "passed"
 
 
+def metric_tag(name: str) -> str:
+    """The model-version tag holding metric ``name``: "ndcg@10" -> "kadet.ndcg_at_10"."""
+    return "kadet." + name.replace("@", "_at_")
+
+
+def display(name: str) -> str:
+    """"ndcg@10" -> "nDCG@10", "recall@100" -> "Recall@100"."""
+    kind, _, k = name.partition("@")
+    return {"ndcg": "nDCG", "recall": "Recall", "mrr": "MRR"}.get(kind, kind) + "@" + k
+
+
 def decide(candidate: Mapping[str, float], incumbent: Mapping[str, float] | None, gate: RegisterConfig,
-           incumbent_name: str = "incumbent", gain: Mapping[str, float] | None = None) -> Decision:
+           incumbent_name: str = "incumbent", gain: Mapping[str, float] | None = None,
+           metrics: EvaluationConfig = DEFAULT_METRICS) -> Decision:
     """Apply the gates; ``incumbent`` = metrics on the same test data, or None; ``gain`` = the
-    paired bootstrap of the candidate's nDCG@10 over the base model (``kadet.evaluate.paired_bootstrap``)."""
+    paired bootstrap of the candidate's nDCG over the base model (``kadet.evaluate.paired_bootstrap``);
+    ``metrics`` names the two gate metrics (``evaluation.ndcg_k`` / ``recall_k``)."""
     reasons = []
+    NDCG, RECALL = metrics.ndcg, metrics.recall
+    N, R = display(NDCG), display(RECALL)
     nd, rc = candidate[NDCG], candidate[RECALL]
-    numbers = {"candidate nDCG@10": nd, "candidate Recall@100": rc, "register.ndcg_floor": gate.ndcg_floor,
+    numbers = {f"candidate {N}": nd, f"candidate {R}": rc, "register.ndcg_floor": gate.ndcg_floor,
                "register.min_delta": gate.min_delta, "register.max_recall_drop": gate.max_recall_drop}
     if incumbent is not None:
-        numbers |= {f"{incumbent_name} nDCG@10": incumbent[NDCG], f"{incumbent_name} Recall@100": incumbent[RECALL]}
+        numbers |= {f"{incumbent_name} {N}": incumbent[NDCG], f"{incumbent_name} {R}": incumbent[RECALL]}
     bad = [k for k, v in numbers.items() if not math.isfinite(float(v))]
     if bad:  # NaN compares False with everything: never let it through
         return Decision(promote=False, reasons=[f"not a finite number: {', '.join(bad)}"],
                         incumbent=incumbent_name if incumbent else "none")
     if nd < gate.ndcg_floor - EPS:
-        reasons.append(f"nDCG@10 {nd:.4f} below the floor {gate.ndcg_floor:.4f}")
+        reasons.append(f"{N} {nd:.4f} below the floor {gate.ndcg_floor:.4f}")
     if incumbent is not None:
         need = incumbent[NDCG] + gate.min_delta
         if nd < need - EPS:
-            reasons.append(f"nDCG@10 {nd:.4f} below {incumbent_name}'s {incumbent[NDCG]:.4f} + {gate.min_delta:g}")
+            reasons.append(f"{N} {nd:.4f} below {incumbent_name}'s {incumbent[NDCG]:.4f} + {gate.min_delta:g}")
         floor = incumbent[RECALL] - gate.max_recall_drop
         if rc < floor - EPS:
-            reasons.append(f"Recall@100 {rc:.4f} dropped more than {gate.max_recall_drop:g} "
+            reasons.append(f"{R} {rc:.4f} dropped more than {gate.max_recall_drop:g} "
                            f"below {incumbent_name}'s {incumbent[RECALL]:.4f}")
     if gate.confidence and gain is not None:
         low = float(gain["ci_low"])
         if not math.isfinite(low) or low <= 0.0:
-            reasons.append(f"nDCG@10 gain over the base model {gain['mean']:+.4f} is within noise: its "
+            reasons.append(f"{N} gain over the base model {gain['mean']:+.4f} is within noise: its "
                            f"{gate.confidence:.0%} paired bootstrap interval over {gain['queries']} queries is "
                            f"[{low:+.4f}, {gain['ci_high']:+.4f}]")
     return Decision(promote=not reasons, reasons=reasons, incumbent=incumbent_name if incumbent else "none")
@@ -152,12 +168,13 @@ def incumbent_metrics(cfg: KadetConfig, client, comparison: Mapping,
     champ = champion_version(client, reg.model_name, reg.champion_alias)
     if champ is None:
         return dict(comparison["base"]), "base model"
-    tags = champ.tags or {}
-    if tags.get(EVAL_TAG) == comparison["eval_data"] and NDCG_TAG in tags and RECALL_TAG in tags:
-        return {NDCG: float(tags[NDCG_TAG]), RECALL: float(tags[RECALL_TAG])}, f"champion v{champ.version}"
+    tagged = version_metrics(champ, cfg.evaluation)
+    if (champ.tags or {}).get(EVAL_TAG) == comparison["eval_data"] and tagged is not None:
+        return tagged, f"champion v{champ.version}"
     log.info("champion v%s was measured on other test data: evaluating it on this data", champ.version)
     metrics = evaluate_fn(cfg, local_model_dir(f"models:/{reg.model_name}/{champ.version}"))
-    return {NDCG: metrics[NDCG], RECALL: metrics[RECALL]}, f"champion v{champ.version} (re-evaluated)"
+    e = cfg.evaluation
+    return {e.ndcg: metrics[e.ndcg], e.recall: metrics[e.recall]}, f"champion v{champ.version} (re-evaluated)"
 
 
 def register_candidate(cfg: KadetConfig, model_dir: str | Path, comparison: Mapping, pipeline_run: str = "",
@@ -167,10 +184,10 @@ def register_candidate(cfg: KadetConfig, model_dir: str | Path, comparison: Mapp
 
     from kadet.tracking import client as get_client, metric_name
 
-    reg = cfg.register
+    reg, e = cfg.register, cfg.evaluation
     c = get_client(cfg)
     fp = model_fingerprint(model_dir)
-    cand = {NDCG: float(comparison["candidate"][NDCG]), RECALL: float(comparison["candidate"][RECALL])}
+    cand = {e.ndcg: float(comparison["candidate"][e.ndcg]), e.recall: float(comparison["candidate"][e.recall])}
     existing = find_version(c, reg.model_name, fp)
     if existing is None:
         from sentence_transformers import SentenceTransformer
@@ -182,9 +199,9 @@ def register_candidate(cfg: KadetConfig, model_dir: str | Path, comparison: Mapp
     else:
         version = str(existing.version)
         log.info("model folder already registered as %s v%s: reusing it", reg.model_name, version)
-    tags = {FINGERPRINT_TAG: fp, EVAL_TAG: comparison["eval_data"], NDCG_TAG: f"{cand[NDCG]:.6f}",
-            RECALL_TAG: f"{cand[RECALL]:.6f}", "kadet.base_model": str(comparison["models"]["base"]),
-            "kadet.base_ndcg_at_10": f"{comparison['base'][NDCG]:.6f}"}
+    tags = {FINGERPRINT_TAG: fp, EVAL_TAG: comparison["eval_data"], **{metric_tag(k): f"{v:.6f}" for k, v in cand.items()},
+            "kadet.base_model": str(comparison["models"]["base"]),
+            metric_tag(f"base_{e.ndcg}"): f"{comparison['base'][e.ndcg]:.6f}"}
     if pipeline_run:
         tags["kadet.pipeline_run"] = pipeline_run
     for k, v in tags.items():
@@ -196,10 +213,10 @@ def register_candidate(cfg: KadetConfig, model_dir: str | Path, comparison: Mapp
         decision = Decision(True, [], incumbent=f"champion v{version} (itself)")
         return Registration(reg.model_name, version, decision, cand, cand, reused=existing is not None)
     inc, inc_name = incumbent_metrics(cfg, c, comparison, evaluate_fn)
-    gain = (comparison.get("delta") or {}).get(NDCG)
-    decision = decide(cand, inc, reg, inc_name, gain)
+    gain = (comparison.get("delta") or {}).get(e.ndcg)
+    decision = decide(cand, inc, reg, inc_name, gain, e)
     if gain is not None:
-        mlflow.log_metrics({"gate.gain_ndcg_at_10": gain["mean"], "gate.gain_ci_low": gain["ci_low"],
+        mlflow.log_metrics({metric_name(f"gate.gain_{e.ndcg}"): gain["mean"], "gate.gain_ci_low": gain["ci_low"],
                             "gate.gain_ci_high": gain["ci_high"]})
     mlflow.log_metrics({metric_name(f"gate.candidate_{k}"): v for k, v in cand.items()}
                        | {metric_name(f"gate.incumbent_{k}"): v for k, v in inc.items()}
@@ -213,12 +230,13 @@ def _before_set_alias() -> None:
     to force two promotions to interleave: fault injection, not a fake)."""
 
 
-def version_metrics(version) -> dict[str, float] | None:
-    """The nDCG@10 / Recall@100 a version was registered with (its tags), or None."""
+def version_metrics(version, metrics: EvaluationConfig = DEFAULT_METRICS) -> dict[str, float] | None:
+    """The gate metrics a version was registered with (its tags), or None."""
     tags = version.tags or {}
-    if NDCG_TAG not in tags or RECALL_TAG not in tags:
+    names = (metrics.ndcg, metrics.recall)
+    if not all(metric_tag(n) in tags for n in names):
         return None
-    return {NDCG: float(tags[NDCG_TAG]), RECALL: float(tags[RECALL_TAG])}
+    return {n: float(tags[metric_tag(n)]) for n in names}
 
 
 def promote(cfg: KadetConfig, version: str, attempts: int = 5) -> Decision:
@@ -240,20 +258,20 @@ def promote(cfg: KadetConfig, version: str, attempts: int = 5) -> Decision:
 
     reg, c = cfg.register, get_client(cfg)
     mv = c.get_model_version(reg.model_name, version)
-    mine = version_metrics(mv)
+    mine = version_metrics(mv, cfg.evaluation)
     decided_against = (mv.tags or {}).get(DECIDED_TAG, "")
     for _ in range(attempts):
         champ = champion_version(c, reg.model_name, reg.champion_alias)
         if champ is None or str(champ.version) != version:
             if champ is not None and str(champ.version) != decided_against:
-                theirs = version_metrics(champ)
+                theirs = version_metrics(champ, cfg.evaluation)
                 same_data = (champ.tags or {}).get(EVAL_TAG) == (mv.tags or {}).get(EVAL_TAG)
                 if theirs is None or mine is None or not same_data:
                     d = Decision(False, [f"champion moved to v{champ.version} during this run and was measured on "
                                          "other test data; rerun the register step to compare on the same data"],
                                  f"champion v{champ.version}")
                 else:
-                    d = decide(mine, theirs, reg, f"champion v{champ.version}")
+                    d = decide(mine, theirs, reg, f"champion v{champ.version}", metrics=cfg.evaluation)
                 if not d.promote:
                     log.info("promote v%s: champion is now v%s, better or as good: %s", version, champ.version, d.reason)
                     mark_challenger(cfg, version, d.reason)

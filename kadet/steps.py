@@ -21,17 +21,29 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kadet import tracking
-from kadet.config import KadetConfig, config_from_text
+from kadet.config import KadetConfig, config_from_text, profile_config
 from kadet.manifest import Manifest
 
 
-def step_config(config_yaml: str = "", overrides: Sequence[str] = (), work_dir: str = "", **keys) -> KadetConfig:
-    """The pipeline's config: defaults, its YAML text, ``overrides``, then ``keys`` given as
-    ``section__key=value`` (a UI parameter; an empty string leaves the key alone)."""
+#: A UI parameter left at its default: the profile and ``config_yaml`` decide that setting.
+NOT_SET = -1
+
+
+def is_set(value) -> bool:
+    """False for a UI parameter's "not set" default: None, "", {}, [] or -1."""
+    if value is None or (isinstance(value, (str, dict, list)) and not value):
+        return False
+    return not (isinstance(value, (int, float)) and not isinstance(value, bool) and value == NOT_SET)
+
+
+def step_config(config_yaml: str = "", overrides: Sequence[str] = (), work_dir: str = "", profile: str = "",
+                **keys) -> KadetConfig:
+    """The pipeline's config: the ``profile`` (none: the defaults), its ``config_yaml`` text,
+    ``overrides``, then ``keys`` given as ``section__key=value`` (UI parameters; one left at its
+    "not set" default, see :func:`is_set`, leaves the key to the profile and config_yaml)."""
     # JSON is YAML: a string stays a string whatever it holds (a URI with ": ", "true", "1e-5")
-    sets = [f"{name.replace('__', '.', 1)}={json.dumps(value)}"
-            for name, value in keys.items() if value is not None and value != ""]
-    cfg = config_from_text(config_yaml, [*overrides, *sets], source="pipeline config")
+    sets = [f"{name.replace('__', '.', 1)}={json.dumps(value)}" for name, value in keys.items() if is_set(value)]
+    cfg = config_from_text(config_yaml, [*overrides, *sets], source="pipeline config", base=profile_config(profile))
     if work_dir:
         cfg.work_dir = work_dir
     return cfg
@@ -160,18 +172,19 @@ def evaluate_step(cfg: KadetConfig, model_dir: str, labels: str | None, out: str
         rep = compare(cfg, model_dir, out, labels_path=labels)
         for who in ("base", "candidate"):
             mlflow.log_metrics({tracking.metric_name(f"{who}_{k}"): v for k, v in rep[who].items()})
-        mlflow.log_metric("delta_ndcg_at_10", rep["candidate"]["ndcg@10"] - rep["base"]["ndcg@10"])
+        nd = cfg.evaluation.ndcg
+        mlflow.log_metric(tracking.metric_name(f"delta_{nd}"), rep["candidate"][nd] - rep["base"][nd])
         mlflow.set_tag(tracking.EVAL_DATA_TAG, rep["eval_data"])
         tracking.log_manifest(Manifest.read(out), out)
         mlflow.log_artifact(str(Path(out) / "comparison.json"))
         if rep.get("by_type"):
-            table = {"columns": ["type", "queries", "base_ndcg@10", "candidate_ndcg@10"],
+            table = {"columns": ["type", "queries", f"base_{nd}", f"candidate_{nd}"],
                      "data": [[t, r["queries"], round(r["base"], 4), round(r["candidate"], 4)]
                               for t, r in rep["by_type"].items()]}
             mlflow.log_dict(table, "ndcg_by_query_type.json")
             with tempfile.TemporaryDirectory() as tmp:
                 plot = {t: {"base": r["base"], "candidate": r["candidate"]} for t, r in rep["by_type"].items()}
-                tracking.plot_by_type(plot, Path(tmp) / "ndcg_by_query_type.png")
+                tracking.plot_by_type(plot, Path(tmp) / "ndcg_by_query_type.png", nd)
                 mlflow.log_artifact(str(Path(tmp) / "ndcg_by_query_type.png"))
     return rep
 

@@ -42,7 +42,7 @@ def _ndcg(qrels, qids, lists, scores, cfg: KadetConfig) -> float:
     run = {q: {d: float(s) for d, s in zip(lst, sc)} for q, lst, sc in zip(qids, lists, scores)}
     if cfg.evaluation.ignore_identical_ids:
         run = drop_identical_ids(run)
-    return aggregate(per_query_metrics(qrels, run, cfg.evaluation.ndcg_k))[f"ndcg@{cfg.evaluation.ndcg_k}"]
+    return aggregate(per_query_metrics(qrels, run, cfg.evaluation.ndcg_k))[cfg.evaluation.ndcg]
 
 
 def teacher_report(cfg: KadetConfig, teachers: list[str], split: str = "test", depth: int = 20,
@@ -61,7 +61,7 @@ def teacher_report(cfg: KadetConfig, teachers: list[str], split: str = "test", d
     lists = [ranked(base[q])[:depth] for q in qids]
     queries = [eval_q[q].text for q in qids]
     rows = [{"system": f"base dense top-{depth} ({cfg.retrieval.model})",
-             "ndcg@10": _ndcg(qrels, qids, lists, [[-i for i in range(len(l))] for l in lists], cfg)}]
+             "ndcg": _ndcg(qrels, qids, lists, [[-i for i in range(len(l))] for l in lists], cfg)}]
     members = sorted({t for t in teachers if t != "ensemble"} | ({k for k, w in cfg.label.ensemble.items() if w}
                                                                  if "ensemble" in teachers or grid else set())
                      | set(grid or {}))
@@ -72,11 +72,11 @@ def teacher_report(cfg: KadetConfig, teachers: list[str], split: str = "test", d
         scores[name] = build_teacher(name, cfg, ds.corpus, cache).score(queries, lists)
         seconds = time.perf_counter() - t0
         if name in teachers:
-            rows.append({"system": name, "ndcg@10": _ndcg(qrels, qids, lists, scores[name], cfg),
+            rows.append({"system": name, "ndcg": _ndcg(qrels, qids, lists, scores[name], cfg),
                          "seconds": round(seconds, 1)})
     if "ensemble" in teachers:
         ens = EnsembleTeacher({k: Precomputed(k, scores[k]) for k in scores}, cfg.label.ensemble)
-        rows.append({"system": ens.name, "ndcg@10": _ndcg(qrels, qids, lists, ens.score(queries, lists), cfg)})
+        rows.append({"system": ens.name, "ndcg": _ndcg(qrels, qids, lists, ens.score(queries, lists), cfg)})
     grid_rows = []
     if grid:
         names = sorted(set(cfg.label.ensemble) | set(grid))
@@ -86,9 +86,10 @@ def teacher_report(cfg: KadetConfig, teachers: list[str], split: str = "test", d
             if not any(weights.values()):
                 continue
             ens = EnsembleTeacher({k: Precomputed(k, scores[k]) for k in names if weights[k]}, weights)
-            grid_rows.append({"weights": weights, "ndcg@10": _ndcg(qrels, qids, lists, ens.score(queries, lists), cfg)})
-        grid_rows.sort(key=lambda r: -r["ndcg@10"])
-    report = {"split": split, "queries": len(qids), "depth": depth, "rows": rows, "grid": grid_rows}
+            grid_rows.append({"weights": weights, "ndcg": _ndcg(qrels, qids, lists, ens.score(queries, lists), cfg)})
+        grid_rows.sort(key=lambda r: -r["ndcg"])
+    report = {"split": split, "queries": len(qids), "depth": depth, "metric": cfg.evaluation.ndcg, "rows": rows,
+              "grid": grid_rows}
     if output:
         output.mkdir(parents=True, exist_ok=True)
         (output / f"teacher-report-{split}.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -96,9 +97,11 @@ def teacher_report(cfg: KadetConfig, teachers: list[str], split: str = "test", d
 
 
 def format_report(report: dict) -> str:
+    from kadet.register import display
+
     width = max(len(r["system"]) for r in report["rows"])
     lines = [f"{report['queries']} {report['split']} queries, reranking the base top-{report['depth']}",
-             f"{'system':<{width}}  {'nDCG@10':>8}", "-" * (width + 10)]
+             f"{'system':<{width}}  {display(report['metric']):>8}", "-" * (width + 10)]
     lines += [f"{r['system']:<{width}}  {r['ndcg@10']:>8.4f}" for r in report["rows"]]
     if report["grid"]:
         lines += ["", "ensemble weight grid (best first):"]

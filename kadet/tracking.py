@@ -225,7 +225,7 @@ def plot_curves(curves: Mapping[str, list], path: str | Path) -> Path:
     return Path(path)
 
 
-def plot_by_type(table: Mapping[str, Mapping[str, float]], path: str | Path, metric: str = "ndcg@10") -> Path:
+def plot_by_type(table: Mapping[str, Mapping[str, float]], path: str | Path, metric: str) -> Path:
     """Grouped bars: ``table[type][system]`` (e.g. base vs candidate nDCG@10 per query type)."""
     import matplotlib
 

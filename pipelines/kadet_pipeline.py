@@ -6,6 +6,10 @@ Compile it (the committed ``pipelines/kadet_pipeline.yaml`` must equal this outp
     python -m pipelines.compile                 # writes pipelines/kadet_pipeline.yaml
     python -m pipelines.compile --check         # exit 1 if the committed YAML is stale
 
+Settings: the ``profile`` (packaged ``gpu`` by default; ``local``; "" = kadet's defaults), then
+``config_yaml`` (any kadet YAML), then the UI parameters that are set: each defaults to "not set"
+(-1, "" or {}), which leaves its key to the profile and config_yaml.
+
 Every task gets the pipeline run's id, so MLflow can nest each stage's run under one parent run.
 Caching is on for the data stages (prepare ... evaluate); the registry steps never cache.
 """
@@ -14,6 +18,7 @@ Caching is on for the data stages (prepare ... evaluate); the registry steps nev
 from kfp import dsl
 
 import components
+from kadet.steps import NOT_SET
 from pipelines.platform import Platform
 
 PIPELINE_NAME = "kadet"
@@ -37,22 +42,23 @@ def make_pipeline(base_image: str | None = None, platform: Platform | None = Non
     def kadet_pipeline(
         data_uri: str,
         eval_qrels_uri: str = "",
-        sample_size: int = 5000,
-        query_types: dict = {"sentence": 1.0},
-        generate_shards: int = 2,
-        teacher: str = "ensemble",
-        list_size: int = 20,
-        label_shards: int = 2,
-        training_mode: str = "query",
-        ndcg_floor: float = 0.1,
-        min_delta: float = 0.0,
-        max_recall_drop: float = 0.01,
-        model_name: str = "kadet-embedding",
+        profile: str = "gpu",
         config_yaml: str = "",
+        sample_size: int = NOT_SET,
+        query_types: dict = {},
+        generate_shards: int = 2,
+        teacher: str = "",
+        list_size: int = NOT_SET,
+        label_shards: int = 2,
+        training_mode: str = "",
+        ndcg_floor: float = NOT_SET,
+        min_delta: float = NOT_SET,
+        max_recall_drop: float = NOT_SET,
+        model_name: str = "",
         work_dir: str = "/var/cache/kadet",
     ):
         run = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-        common = dict(config_yaml=config_yaml, work_dir=work_dir, pipeline_run=run)
+        common = dict(config_yaml=config_yaml, profile=profile, work_dir=work_dir, pipeline_run=run)
 
         # closes the MLflow parent run FINISHED or FAILED, whatever happens inside
         closer = c.finish(**common).set_caching_options(False)

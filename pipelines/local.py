@@ -12,41 +12,15 @@ from __future__ import annotations
 
 import os
 import time
-from importlib import resources
 from pathlib import Path
 
-from kadet.config import config_from_text, dump_config, load_config
-from kadet.errors import ConfigError, KadetError
-
-
-PROFILES = ("local", "gpu")
-
-
-def profile_text(profile: str = "local") -> tuple[str, str]:
-    """``(yaml text, source name)`` of a packaged profile (``local``, ``gpu``) or a YAML file."""
-    if profile in PROFILES:
-        return (resources.files("kadet").joinpath(f"profiles/{profile}.yaml").read_text(encoding="utf-8"),
-                f"kadet/profiles/{profile}.yaml")
-    path = Path(profile)
-    if not path.is_file():
-        raise ConfigError(f"--profile: {profile!r} is neither a packaged profile ({', '.join(PROFILES)}) nor a file")
-    return path.read_text(encoding="utf-8"), str(path)
+from kadet.config import config_from_text, dump_config, load_config, profile_config
+from kadet.errors import KadetError
 
 
 def local_config_text(config: str | None = None, overrides: list[str] | None = None, profile: str = "local") -> str:
-    """The profile, then ``config`` (a YAML file), then ``overrides``, as YAML text."""
-    text, source = profile_text(profile)
-    cfg = config_from_text(text, source=source)
-    return dump_config(load_config(config, overrides, base=cfg))
-
-
-def ui_params(cfg) -> dict:
-    """The pipeline's UI parameters as ``cfg`` sets them (they override config_yaml in each task)."""
-    return {"eval_qrels_uri": cfg.data.qrels, "sample_size": cfg.prepare.sample_size,
-            "query_types": dict(cfg.generate.types), "teacher": cfg.label.teacher, "list_size": cfg.label.list_size,
-            "training_mode": cfg.distill.mode, "ndcg_floor": cfg.register.ndcg_floor,
-            "min_delta": cfg.register.min_delta, "max_recall_drop": cfg.register.max_recall_drop,
-            "model_name": cfg.register.model_name}
+    """The profile, then ``config`` (a YAML file), then ``overrides``, as one YAML text."""
+    return dump_config(load_config(config, overrides, base=profile_config(profile)))
 
 
 def run_local(data: str, work_dir: str = ".kadet", config: str | None = None, overrides: list[str] | None = None,
@@ -68,9 +42,10 @@ def run_local(data: str, work_dir: str = ".kadet", config: str | None = None, ov
     t0 = time.perf_counter()
     started = int(time.time() * 1000)
     try:
-        make_pipeline()(**{**ui_params(cfg), **params},
-                        data_uri=str(Path(data).resolve()) if "://" not in data else data,
-                        config_yaml=text, work_dir=str(work), generate_shards=shards, label_shards=shards)
+        # config_yaml is the whole merged config, so no profile on top and no UI parameter set
+        make_pipeline()(**params, data_uri=str(Path(data).resolve()) if "://" not in data else data,
+                        config_yaml=text, profile="", work_dir=str(work), generate_shards=shards,
+                        label_shards=shards)
     except RuntimeError as exc:
         if "finished with status" not in str(exc):
             raise
@@ -136,4 +111,5 @@ def summarise(cfg, seconds: float) -> dict:
         "gate": parent.data.tags.get("kadet.gate") or (reg.data.tags.get("kadet.gate") if reg else None),
         "champion": champ.version if champ else None,
         "tracking_uri": tracking.tracking_uri(cfg),
+        "metrics": [cfg.evaluation.ndcg, cfg.evaluation.recall],
     }

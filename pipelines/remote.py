@@ -6,7 +6,7 @@
 Both use ``kfp.Client`` with the committed ``pipelines/kadet_pipeline.yaml`` (or ``--package``).
 A recurring run has ``max_concurrency=1`` (a retraining never overlaps the previous one) and
 no catch-up (missed intervals are skipped, not replayed). Authentication follows ``kfp.Client``:
-``--token``/``$KFP_TOKEN`` (bearer), ``--cookies``, or the in-cluster service account token.
+``--token``/``$KFP_TOKEN`` (bearer), or the in-cluster service account token.
 """
 
 from __future__ import annotations

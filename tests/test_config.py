@@ -62,9 +62,9 @@ def test_hash_changes_with_settings_and_dump_round_trips(tmp_path):
 
 
 def test_packaged_profiles_load_and_gpu_is_paper_scale(tmp_path):
-    from pipelines.local import local_config_text, profile_text
+    from pipelines.local import local_config_text
 
-    from kadet.config import config_from_text
+    from kadet.config import config_from_text, profile_text
     from kadet.errors import ConfigError
 
     gpu = config_from_text(local_config_text(profile="gpu"))

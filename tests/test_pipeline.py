@@ -16,7 +16,8 @@ from tests.mlflowserver import mlflow_server
 from tests.s3server import ACCESS_KEY, SECRET_KEY, rclone_s3, s3_env
 
 UI_PARAMETERS = {"data_uri", "eval_qrels_uri", "query_types", "sample_size", "teacher", "list_size", "training_mode",
-                 "ndcg_floor", "min_delta", "max_recall_drop", "model_name", "generate_shards", "label_shards"}
+                 "ndcg_floor", "min_delta", "max_recall_drop", "model_name", "generate_shards", "label_shards",
+                 "profile"}
 
 
 def test_compiled_yaml_is_current():
@@ -26,7 +27,7 @@ def test_compiled_yaml_is_current():
 
 def test_stale_yaml_is_detected(tmp_path):
     old = tmp_path / "old.yaml"
-    old.write_text(DEFAULT_OUTPUT.read_text().replace("kadet-embedding", "other-name"))
+    old.write_text(DEFAULT_OUTPUT.read_text().replace("/var/cache/kadet", "other-name"))
     assert any("other-name" in line for line in stale_diff(old))
 
 
@@ -34,6 +35,27 @@ def test_stale_yaml_is_detected(tmp_path):
 def compiled():
     """The committed YAML: the pipeline spec, then the kubernetes platform spec."""
     return list(yaml.safe_load_all(DEFAULT_OUTPUT.read_text()))
+
+
+def test_ui_parameters_left_at_their_defaults_leave_the_settings_to_profile_and_config_yaml(compiled):
+    """Was: every UI parameter had a CPU-profile default, so it always overrode config_yaml
+    (``config_yaml: "distill: {mode: full}"`` trained query-side, a cluster run started from
+    sample_size 200)."""
+    from kadet.steps import step_config
+
+    root = compiled[0]["root"]["inputDefinitions"]["parameters"]
+    d = {name: p.get("defaultValue") for name, p in root.items()}
+    assert d["profile"] == "gpu"
+    cfg = step_config("distill: {mode: full}\nregister: {ndcg_floor: 0.3}", profile=d["profile"],
+                      prepare__sample_size=d["sample_size"], generate__types=d["query_types"],
+                      label__teacher=d["teacher"], label__list_size=d["list_size"], distill__mode=d["training_mode"],
+                      register__model_name=d["model_name"], register__ndcg_floor=d["ndcg_floor"],
+                      register__min_delta=d["min_delta"], register__max_recall_drop=d["max_recall_drop"])
+    assert cfg.distill.mode == "full" and cfg.register.ndcg_floor == 0.3      # config_yaml decides
+    assert cfg.prepare.sample_size == 100_000 and cfg.generate.backend == "tgi"   # then the gpu profile
+    assert cfg.register.model_name == "kadet-embedding" and cfg.label.list_size == 20   # then kadet's defaults
+    set_in_ui = step_config("distill: {mode: full}", profile="gpu", distill__mode="query", prepare__sample_size=0)
+    assert set_in_ui.distill.mode == "query" and set_in_ui.prepare.sample_size == 0   # a set parameter wins
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,13 @@ from kadet.config import load_config
 from kadet.errors import ConfigError
 from kadet.evaluate import compare, evaluate
 from kadet.register import (
-    FAILURE_TAG, NDCG, RECALL, apply_decision, decide, register_candidate,
+    FAILURE_TAG, apply_decision, decide, register_candidate,
 )
 from kadet import tracking
 from tests.conftest import make_tiny_st
 from tests.mlflowserver import mlflow_server
 
+NDCG, RECALL = "ndcg@10", "recall@100"          # the default evaluation.ndcg_k / recall_k
 GATE = load_config(None, ["register.ndcg_floor=0.3", "register.min_delta=0.01", "register.max_recall_drop=0.02"]).register
 
 
@@ -221,3 +222,17 @@ def test_two_registrations_racing_leave_the_better_model_champion(server, models
         if not results[worse].promote:                        # it noticed; else it was overtaken after it looked
             assert "below champion v" in results[worse].reason
             assert c.get_model_version_by_alias(name, "challenger").version == worse
+
+
+def test_the_gate_follows_the_configured_metric_cutoffs(server, models, tmp_path):
+    """Was: ``evaluation.ndcg_k=5`` made the gate fail with KeyError 'ndcg@10'."""
+    cfg = load_config(None, [f"tracking.tracking_uri={server}", f"work_dir={tmp_path}", "register.model_name=at-5",
+                             "evaluation.ndcg_k=5", "evaluation.recall_k=20", "register.confidence=0"])
+    at5 = lambda nd, rc=0.9: {"ndcg@5": nd, "recall@20": rc}  # noqa: E731
+    comp = {"eval_data": "sha256:data-A", "candidate": at5(0.7), "base": at5(0.5), "models": {"base": "b"}}
+    r = gate_run(cfg, models[0], comp)
+    assert r.decision.promote and r.candidate == at5(0.7)
+    tags = tracking.client(cfg).get_model_version("at-5", r.version).tags
+    assert tags["kadet.ndcg_at_5"] == "0.700000" and tags["kadet.recall_at_20"] == "0.900000"
+    worse = gate_run(cfg, models[1], {**comp, "candidate": at5(0.6)})
+    assert not worse.decision.promote and "nDCG@5 0.6000 below champion v1's 0.7000" in worse.decision.reason
