@@ -37,7 +37,7 @@ def build_labels(path: Path, n_queries: int, list_size: int) -> None:
     from kadet.config import load_config
     from kadet.data import load_beir, write_jsonl
     from kadet.retrieval import BM25Retriever, ranked
-    from tests.conftest import find_scifact
+    from benchmarks.common import find_scifact
 
     ds = load_beir(find_scifact(), "train")
     queries = dict(list(ds.eval_queries().items())[:n_queries])

@@ -32,7 +32,7 @@ def main() -> None:
     from kadet.data import read_corpus
     from kadet.encode import Encoder
     from kadet.models import resolve_model_path
-    from tests.conftest import find_scifact
+    from benchmarks.common import find_scifact
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None, help="BEIR folder (default: ../shared/data/beir/scifact)")

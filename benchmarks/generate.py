@@ -28,7 +28,7 @@ def main() -> None:
     from kadet.data import read_corpus
     from kadet.generate import LocalBackend, TGIBackend, plan_requests
     from kadet.models import smollm2_gguf
-    from tests.conftest import find_scifact
+    from benchmarks.common import find_scifact
     from tests.servers import llama_server
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -58,7 +58,7 @@ def run_direct(data: str, work: Path, config_text: str, shards: int = 1) -> None
 
 def main() -> None:
     from pipelines.local import local_config_text, run_local
-    from tests.conftest import scifact_slice
+    from benchmarks.common import scifact_slice
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--docs", type=int, default=1000)

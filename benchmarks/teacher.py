@@ -32,7 +32,7 @@ def main() -> None:
     from kadet.evaluate import retrieve
     from kadet.retrieval import ranked
     from kadet.teachers import QueryLikelihoodTeacher
-    from tests.conftest import find_scifact
+    from benchmarks.common import find_scifact
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=2000)

@@ -222,7 +222,7 @@ class LabelConfig:
     rerank_depth: int = 100
     #: Keep a query only if the teacher ranks its source passage first.
     consistency: bool = True
-    #: Drop queries whose top teacher score is below this percentile of all top scores.
+    #: Drop queries whose top teacher score is below this percentile of all scores (METHOD.md).
     min_top_percentile: float = 25.0
     #: Min-max normalise scores with these percentiles of all scores, clamped to [0, 1].
     norm_low_percentile: float = 1.0

@@ -360,19 +360,34 @@ class RetryableError(Exception):
     """A call that may succeed if repeated (5xx, 429, timeout, connection, malformed reply)."""
 
 
+#: What a malformed reply raises while it is parsed (bad JSON, a missing field, a wrong type).
+MALFORMED = (ValueError, KeyError, TypeError, IndexError, AttributeError)
+
+
 def _classify(exc: BaseException) -> bool:
-    """True if ``exc`` is worth a retry."""
+    """True if ``exc`` is worth a retry: a transient fault of the server or the network.
+
+    A malformed reply reaches here as :class:`RetryableError` (``TGIBackend._call`` wraps only
+    the parsing of the reply), so a ``KeyError`` or ``AttributeError`` from a bug is never
+    mistaken for a network fault.
+    """
     from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError
 
-    if isinstance(exc, (asyncio.TimeoutError, TimeoutError, InferenceTimeoutError, ConnectionError)):
+    if isinstance(exc, (RetryableError, asyncio.TimeoutError, TimeoutError, InferenceTimeoutError, ConnectionError)):
         return True
     if isinstance(exc, HfHubHTTPError):
         status = getattr(getattr(exc, "response", None), "status_code", None)
         return status is None or status >= 500 or status == 429
-    if isinstance(exc, (ValueError, KeyError, TypeError, IndexError, AttributeError)):
-        return True  # malformed JSON or a reply of the wrong shape
     name = type(exc).__name__
     return any(s in name for s in ("Timeout", "Connect", "RemoteProtocol", "ReadError", "Transport", "Network"))
+
+
+def _request_error(exc: BaseException) -> bool:
+    """A failure of this one request that a retry will not fix (HTTP 4xx): it is counted as
+    failed (a rerun tries again); anything else that is not retryable is a bug and is raised."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    return isinstance(exc, (HfHubHTTPError, RetryableError, OSError))
 
 
 class TGIBackend:
@@ -395,15 +410,31 @@ class TGIBackend:
     async def _call(self, client, req: Request) -> str:
         g = self.g
         if g.tgi_api == "chat":
-            resp = await client.chat_completion(
-                req.chat_messages(), model=g.model if g.model != "smollm2" else None,
-                max_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p, stop=["\n"],
-            )
-            return resp.choices[0].message.content or ""
-        return await client.text_generation(
-            req.raw_prompt(), max_new_tokens=g.max_new_tokens, temperature=g.temperature or None,
-            top_p=g.top_p, stop=["\n"], do_sample=g.temperature > 0,
-        )
+            messages = req.chat_messages()
+
+            async def ask():
+                resp = await client.chat_completion(
+                    messages, model=g.model if g.model != "smollm2" else None,
+                    max_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p, stop=["\n"],
+                )
+                return resp.choices[0].message.content or ""
+        else:
+            prompt = req.raw_prompt()
+
+            async def ask():
+                return await client.text_generation(
+                    prompt, max_new_tokens=g.max_new_tokens, temperature=g.temperature or None,
+                    top_p=g.top_p, stop=["\n"], do_sample=g.temperature > 0,
+                )
+        try:
+            text = await ask()
+        except OSError:  # HTTP and transport errors (some also subclass ValueError): classified as they are
+            raise
+        except MALFORMED as exc:  # only the call and the parsing of its reply are in this block
+            raise RetryableError(f"malformed reply: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(text, str):
+            raise RetryableError(f"malformed reply: expected text, got {type(text).__name__}")
+        return text
 
     async def _one(self, client, sem: asyncio.Semaphore, req: Request) -> str | BaseException:
         async with sem:
@@ -412,9 +443,11 @@ class TGIBackend:
                 try:
                     self.stats["calls"] += 1
                     return await asyncio.wait_for(self._call(client, req), timeout=self.g.timeout_s)
-                except Exception as exc:  # classified below; anything else is re-raised
+                except Exception as exc:  # transient: retried; a request error: returned; a bug: raised
                     retry = _classify(exc)
                     self.stats[f"error_{type(exc).__name__}"] += 1
+                    if not retry and not _request_error(exc):
+                        raise
                     if not retry or attempt == self.g.max_retries:
                         log.warning("tgi request %s failed after %d attempt(s): %s", req.key, attempt + 1,
                                     type(exc).__name__)

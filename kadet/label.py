@@ -184,6 +184,10 @@ def label(cfg: KadetConfig, candidates_path: str | Path, corpus_path: str | Path
     corpus_fp = m.inputs["corpus"]["fingerprint"]
     if score:
         m.counts["scored_now"] = score_shard(cfg, rows, corpus, out, teacher, corpus_fp)
+        if not merge:  # a shard's own record (the merge writes the stage's)
+            m.outputs = {"scores": shard_file(out, cfg.label.shard_index, cfg.label.num_shards).name}
+            m.extra["shard"] = f"{cfg.label.shard_index}-of-{cfg.label.num_shards}"
+            m.write(out)
     if merge:
         finalise(cfg, rows, corpus, out, m, corpus_fp)
     return m

@@ -135,7 +135,8 @@ def find_version(client, name: str, fingerprint: str):
     return min(hits, key=lambda v: int(v.version)) if hits else None
 
 
-def champion_version(client, name: str, alias: str):
+def alias_version(client, name: str, alias: str):
+    """The version an alias (champion, challenger) of model ``name`` points at, or None."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -165,7 +166,7 @@ def incumbent_metrics(cfg: KadetConfig, client, comparison: Mapping,
                       evaluate_fn: Callable[[KadetConfig, Path], dict] = evaluate_model):
     """``(metrics on this test data, label)`` of the champion, or of the base model if none."""
     reg = cfg.register
-    champ = champion_version(client, reg.model_name, reg.champion_alias)
+    champ = alias_version(client, reg.model_name, reg.champion_alias)
     if champ is None:
         return dict(comparison["base"]), "base model"
     tagged = version_metrics(champ, cfg.evaluation)
@@ -206,7 +207,7 @@ def register_candidate(cfg: KadetConfig, model_dir: str | Path, comparison: Mapp
         tags["kadet.pipeline_run"] = pipeline_run
     for k, v in tags.items():
         c.set_model_version_tag(reg.model_name, version, k, v)
-    champ = champion_version(c, reg.model_name, reg.champion_alias)
+    champ = alias_version(c, reg.model_name, reg.champion_alias)
     # whom this decision is against: promote() decides again if the champion moves meanwhile
     c.set_model_version_tag(reg.model_name, version, DECIDED_TAG, str(champ.version) if champ else "")
     if champ is not None and str(champ.version) == version:  # rerun of the promoted candidate
@@ -261,7 +262,7 @@ def promote(cfg: KadetConfig, version: str, attempts: int = 5) -> Decision:
     mine = version_metrics(mv, cfg.evaluation)
     decided_against = (mv.tags or {}).get(DECIDED_TAG, "")
     for _ in range(attempts):
-        champ = champion_version(c, reg.model_name, reg.champion_alias)
+        champ = alias_version(c, reg.model_name, reg.champion_alias)
         if champ is None or str(champ.version) != version:
             if champ is not None and str(champ.version) != decided_against:
                 theirs = version_metrics(champ, cfg.evaluation)
@@ -286,7 +287,7 @@ def promote(cfg: KadetConfig, version: str, attempts: int = 5) -> Decision:
                 time.sleep(reg.promote_settle_s)
                 continue
         time.sleep(reg.promote_settle_s)
-        now = champion_version(c, reg.model_name, reg.champion_alias)
+        now = alias_version(c, reg.model_name, reg.champion_alias)
         if now is not None and str(now.version) == version:
             break
         log.info("promote v%s: the champion alias moved to v%s meanwhile: deciding again", version,
@@ -297,7 +298,7 @@ def promote(cfg: KadetConfig, version: str, attempts: int = 5) -> Decision:
     c.set_model_version_tag(reg.model_name, version, "kadet.gate", "passed")
     if FAILURE_TAG in (c.get_model_version(reg.model_name, version).tags or {}):
         c.delete_model_version_tag(reg.model_name, version, FAILURE_TAG)
-    chall = champion_version(c, reg.model_name, reg.challenger_alias)
+    chall = alias_version(c, reg.model_name, reg.challenger_alias)
     if chall is not None and str(chall.version) == version:
         c.delete_registered_model_alias(reg.model_name, reg.challenger_alias)
     return Decision(True, [], f"champion v{decided_against}" if decided_against else "base model")

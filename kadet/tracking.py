@@ -55,15 +55,28 @@ def tracking_uri(cfg: KadetConfig) -> str:
     return f"sqlite:///{Path(cfg.work_dir).resolve() / 'mlflow.db'}"
 
 
+def _registry_uri(uri: str) -> str | None:
+    """A local store is its own registry; a server's registry is the server (MLflow's default)."""
+    return uri if uri.startswith("sqlite:") or "://" not in uri else None
+
+
 def client(cfg: KadetConfig):
-    """An ``MlflowClient`` on the configured store (also made the process default)."""
+    """An ``MlflowClient`` on the configured store; the process-wide MLflow URIs are left alone."""
+    import mlflow
+
+    uri = tracking_uri(cfg)
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=_registry_uri(uri))
+
+
+def activate(cfg: KadetConfig) -> None:
+    """Make the configured store the process default, for MLflow's fluent API (``mlflow.log_*``,
+    ``log_model``, ``register_model``): what a stage run (:func:`stage_run`) needs."""
     import mlflow
 
     uri = tracking_uri(cfg)
     mlflow.set_tracking_uri(uri)
-    if uri.startswith("sqlite:") or "://" not in uri:
+    if _registry_uri(uri):
         mlflow.set_registry_uri(uri)
-    return mlflow.MlflowClient(tracking_uri=uri)
 
 
 def experiment_id(cfg: KadetConfig) -> str:
@@ -116,6 +129,7 @@ def stage_run(cfg: KadetConfig, stage: str, pipeline_run: str, shard: str | None
     """
     import mlflow
 
+    activate(cfg)
     c = client(cfg)
     parent = parent_run_id(cfg, pipeline_run)
     name = stage if shard is None else f"{stage}-{shard}"

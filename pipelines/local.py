@@ -86,7 +86,7 @@ def _prefixed(run, prefix: str) -> dict[str, float]:
 def summarise(cfg, seconds: float) -> dict:
     """The newest pipeline run in MLflow: stage wall times, metrics, registry outcome."""
     from kadet import tracking
-    from kadet.register import champion_version
+    from kadet.register import alias_version
 
     c = tracking.client(cfg)
     exp = tracking.experiment_id(cfg)
@@ -99,7 +99,7 @@ def summarise(cfg, seconds: float) -> dict:
               for r in children]
     ev = next((r for n, _, r in stages if n == "evaluate"), None)
     reg = next((r for n, _, r in stages if n == "register"), None)
-    champ = champion_version(c, cfg.register.model_name, cfg.register.champion_alias)
+    champ = alias_version(c, cfg.register.model_name, cfg.register.champion_alias)
     return {
         "seconds": round(seconds, 1), "parent_run": parent.info.run_id,
         "stages": [(n, round(s, 1)) for n, s, _ in stages],

@@ -207,6 +207,26 @@ def test_tgi_gives_up_then_resumes_without_loss(tmp_path):
     assert m.counts["kept"] == 12 and m.counts["failed_this_run"] == 0
 
 
+def test_a_bug_is_raised_not_retried_as_a_network_fault(tmp_path, monkeypatch):
+    """Was: ``_classify`` retried AttributeError/KeyError/TypeError as if the network failed, so a
+    typo became max_retries calls and a silently "failed" request."""
+    from kadet.generate import RetryableError, Request, _classify
+
+    assert not any(_classify(e) for e in (AttributeError("x"), KeyError("x"), TypeError("x"), ValueError("x")))
+    assert _classify(RetryableError("malformed reply")) and _classify(TimeoutError())
+    with FaultServer(["ok"]) as srv:
+        cfg = _tgi_cfg(srv.url, "generate.max_retries=3")
+        backend = TGIBackend(cfg.generate)
+
+        def typo(self):
+            return self.pasage  # the injected bug (fault injection)
+
+        monkeypatch.setattr(Request, "chat_messages", typo)
+        with pytest.raises(AttributeError, match="pasage"):
+            run_generation(cfg, _docs(1), tmp_path, backend)
+    assert backend.stats["retries"] == 0
+
+
 def test_tgi_does_not_retry_4xx(tmp_path):
     with FaultServer(["400", "400", "400"]) as srv:
         cfg = _tgi_cfg(srv.url, "generate.max_retries=3")

@@ -37,17 +37,27 @@ def test_gradcache_equals_uncached(chunk, dropout):
     def loss_fn(q, p):
         return distill_loss(q, p.view(b, l, -1), teacher)
 
-    torch.manual_seed(1)
-    ref = loss_fn(model(q_in), model(p_in))
-    ref.backward()
-    want = _grads(model)
+    q_chunks, p_chunks = list(q_in.split(chunk)), list(p_in.split(chunk))
+
+    def uncached(seed):
+        """The full-batch loss with a graph; dropout masks drawn chunk by chunk, queries first,
+        in the order GradCache's first pass draws them (so, with dropout, every chunk's replay
+        across the two passes is tested)."""
+        model.zero_grad()
+        torch.manual_seed(seed)
+        q = torch.cat([model(c) for c in q_chunks])
+        p = torch.cat([model(c) for c in p_chunks])
+        loss = loss_fn(q, p)
+        loss.backward()
+        return loss, _grads(model)
+
+    ref, want = uncached(1)
+    if dropout:
+        _, other = uncached(2)      # the masks matter: other masks give other gradients
+        assert not all(torch.allclose(a, b) for a, b in zip(want, other))
     model.zero_grad()
 
     torch.manual_seed(1)
-    q_chunks = list(q_in.split(chunk))
-    p_chunks = list(p_in.split(chunk))
-    if dropout:  # the uncached pass drew q's masks then p's masks in one call each: replay that order
-        q_chunks, p_chunks = [q_in], [p_in]
     loss = grad_cache_step([(model, q_chunks), (model, p_chunks)], loss_fn)
     assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
     for g, w in zip(_grads(model), want):

@@ -184,7 +184,7 @@ def test_local_kfp_run_of_the_real_dag_on_s3(tmp_path, monkeypatch):
                     continue
                 prefix = run.data.tags["kadet.artifact_uri"].removeprefix("s3://kadet/")
                 objects = {o.object_name.removeprefix(prefix + "/") for o in s3.list_objects("kadet", prefix + "/", recursive=True)}
-                assert objects and ("manifest.json" in objects or name.startswith("label-")), (name, objects)
+                assert "manifest.json" in objects, (name, objects)
             model_files = [o.object_name for o in s3.list_objects("kadet", "runs/", recursive=True)
                            if "/distill/model/" in o.object_name]
             assert any(f.endswith("model.safetensors") for f in model_files) and not any("checkpoint" in f for f in model_files)
