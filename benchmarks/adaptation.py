@@ -176,7 +176,7 @@ def run_recipe(name: str, root: Path, data: Path, extra: list[str]) -> list[dict
                    *((out / "prepare" / "passages.jsonl", cfg.seed) if source == "sentence" else (data,)))
         write_jsonl(out / "generate" / "queries.jsonl", qs)
     mm = timed("mine", mine, cfg, out / "generate" / "queries.jsonl", out / "prepare" / "corpus.jsonl", out / "mine")
-    lm = timed("label", label, cfg, out / "mine" / "candidates.jsonl", out / "prepare" / "corpus.jsonl", out / "label")
+    timed("label", label, cfg, out / "mine" / "candidates.jsonl", out / "prepare" / "corpus.jsonl", out / "label")
     return train_and_score(name, source, overrides + extra, weights, cfg, out, out, data, t, mm)
 
 

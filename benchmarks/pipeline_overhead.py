@@ -74,7 +74,7 @@ def main() -> None:
 
     warm = tmp / "warm"
     from kadet.config import config_from_text
-    from kadet.generate import load_causal_lm
+    from kadet.llm import load_causal_lm
 
     load_causal_lm(config_from_text(text).generate.model, warm / "cache", "cpu")  # dequantise once
 

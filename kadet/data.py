@@ -20,7 +20,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
+import unicodedata
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -81,6 +83,16 @@ class Dataset:
     def relevant_doc_ids(self) -> set[str]:
         """Every document judged relevant (score > 0) for some query of this split."""
         return {d for rels in self.qrels.values() for d, s in rels.items() if s > 0}
+
+
+_SPACE = re.compile(r"\s+")
+_PUNCT = re.compile(r"[^\w\s]")
+
+
+def normalise(text: str) -> str:
+    """NFKC, lower case, punctuation removed, whitespace collapsed: the key for duplicate checks."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    return _SPACE.sub(" ", _PUNCT.sub(" ", text)).strip()
 
 
 def _text_lines(path: Path) -> Iterator[tuple[int, str]]:

@@ -47,7 +47,7 @@ from kadet.errors import KadetError
 from kadet.gradcache import grad_cache_step
 from kadet.losses import cosine_scores, distill_loss
 from kadet.manifest import Manifest, fingerprint
-from kadet.models import resolve_model_path
+from kadet.models import resolve_device, resolve_model_path
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class Distiller:
         if self.d.loss not in ("listwise", "infonce"):
             raise KadetError(f"distill.loss must be listwise or infonce, got {self.d.loss!r}")
         self.labels_path = labels_path
-        self.device = self.d.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = resolve_device(self.d.device)
         torch.manual_seed(cfg.seed)
         self.base_path = resolve_model_path(cfg.retrieval.model)
         self.model = SentenceTransformer(str(self.base_path), device=self.device, local_files_only=True)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from kadet.models import resolve_model_path
+from kadet.models import resolve_device, resolve_model_path
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ class Encoder:
         from sentence_transformers import SentenceTransformer
 
         self.path = resolve_model_path(model)
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = resolve_device(device)
         self.model = SentenceTransformer(str(self.path), device=self.device, local_files_only=True)
         self.model.eval()
         if max_seq_length:

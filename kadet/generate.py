@@ -40,11 +40,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kadet.config import GenerateConfig, KadetConfig
-from kadet.data import (Document, append_jsonl, json_roundtrip, log_depends, read_corpus, read_log, resume_log,
-                        write_jsonl)
+from kadet.data import (Document, append_jsonl, json_roundtrip, log_depends, normalise, read_corpus, read_log,
+                        resume_log, write_jsonl)
+from kadet.models import resolve_device
 from kadet.errors import ConfigError, KadetError
 from kadet.manifest import Manifest
-from kadet.prepare import normalise
 from kadet.prompts import EXAMPLE_PASSAGES, QUERY_TYPES, QueryType
 
 log = logging.getLogger(__name__)
@@ -208,8 +208,10 @@ class LocalBackend:
 
         self.g = g
         self.seed = seed
-        self.device = g.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = resolve_device(g.device)
         self.model_name = g.model
+        from kadet.llm import load_causal_lm
+
         self.model, self.tok = load_causal_lm(g.model, cache_dir, self.device)
         self.tok.padding_side = "left"
         if self.tok.pad_token is None:
@@ -221,75 +223,10 @@ class LocalBackend:
 
     def generate(self, requests: Sequence[Request], batch_size: int | None = None) -> list[str]:
         import torch
-        from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
-
-        newline_ids = self.newline_ids
-
-        class StopAtNewline(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                return torch.isin(input_ids[:, -1], newline_ids)
-
-        tok = self.tok
-        bias_value = self.g.passage_bias
-
-        class PassageBias(LogitsProcessor):
-            """Add ``passage_bias`` to the logits of tokens that occur in each row's passage."""
-
-            def __init__(self, passages: list[str], device):
-                vocab = len(tok)
-                self.bias = torch.zeros((len(passages), vocab), device=device)
-                for r, p in enumerate(passages):
-                    ids = torch.tensor(sorted(set(tok.encode(" " + p, add_special_tokens=False))), device=device)
-                    self.bias[r, ids[ids < vocab]] = bias_value
-                # ending the line must not become relatively less likely
-                self.bias[:, newline_ids[newline_ids < vocab]] = bias_value
-
-            def __call__(self, input_ids, scores):
-                return scores + self.bias[:, : scores.shape[1]]
-
-        class NoRepeatInOutput(LogitsProcessor):
-            """Forbid repeating an n-gram of the *generated* text (the prompt may be quoted)."""
-
-            def __init__(self, n: int, prompt_len: int):
-                self.n, self.start = n, prompt_len
-
-            def __call__(self, input_ids, scores):
-                gen = input_ids[:, self.start :].tolist()
-                for r, seq in enumerate(gen):
-                    if len(seq) < self.n:
-                        continue
-                    prefix = tuple(seq[len(seq) - self.n + 1 :])
-                    banned = [seq[i + self.n - 1] for i in range(len(seq) - self.n + 1)
-                              if tuple(seq[i : i + self.n - 1]) == prefix]
-                    if banned:
-                        scores[r, banned] = -float("inf")
-                return scores
-
-        class NoLongCopy(LogitsProcessor):
-            """Forbid the token that would make the output copy ``n`` passage tokens in a row."""
-
-            def __init__(self, n: int, passages: list[str], prompt_len: int):
-                self.n, self.start = n, prompt_len
-                self.next: list[dict[tuple, set[int]]] = []
-                for p in passages:
-                    ids = tok.encode(" " + p, add_special_tokens=False)
-                    table: dict[tuple, set[int]] = {}
-                    for i in range(len(ids) - n + 1):
-                        table.setdefault(tuple(ids[i : i + n - 1]), set()).add(ids[i + n - 1])
-                    self.next.append(table)
-
-            def __call__(self, input_ids, scores):
-                gen = input_ids[:, self.start :].tolist()
-                for r, seq in enumerate(gen):
-                    if len(seq) >= self.n - 1:
-                        banned = self.next[r].get(tuple(seq[len(seq) - self.n + 1 :]))
-                        if banned:
-                            scores[r, list(banned)] = -float("inf")
-                return scores
 
         prompts = [r.raw_prompt() for r in requests]
         bs = batch_size or self.g.batch_size
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths share a batch
         out: list[str] = [""] * len(prompts)
         for start in range(0, len(order), bs):
             idx = order[start : start + bs]
@@ -297,63 +234,33 @@ class LocalBackend:
             torch.manual_seed(self.seed + self._calls)
             self._calls += 1
             with torch.inference_mode():
-                gen = self.model.generate(
-                    **enc,
-                    max_new_tokens=self.g.max_new_tokens,
-                    do_sample=self.g.temperature > 0,
-                    temperature=self.g.temperature if self.g.temperature > 0 else None,
-                    top_p=self.g.top_p if self.g.temperature > 0 else None,
-                    pad_token_id=self.tok.pad_token_id,
-                    repetition_penalty=self.g.repetition_penalty if self.g.repetition_penalty != 1.0 else None,
-                    stopping_criteria=StoppingCriteriaList([StopAtNewline()]),
-                    logits_processor=LogitsProcessorList(
-                        ([PassageBias([requests[i].passage for i in idx], self.device)] if bias_value else [])
-                        + ([NoRepeatInOutput(self.g.no_repeat_ngram_size, enc["input_ids"].shape[1])]
-                           if self.g.no_repeat_ngram_size else [])
-                        + ([NoLongCopy(self.g.max_copy_tokens, [requests[i].passage for i in idx],
-                                       enc["input_ids"].shape[1])] if self.g.max_copy_tokens else [])
-                    ),
-                )
+                gen = self.model.generate(**enc, **self._decoding([requests[i].passage for i in idx],
+                                                                  enc["input_ids"].shape[1]))
             for row, i in enumerate(idx):
                 out[i] = self.tok.decode(gen[row, enc["input_ids"].shape[1] :], skip_special_tokens=True)
         return out
 
+    def _decoding(self, passages: list[str], prompt_len: int) -> dict:
+        """``generate()`` keyword arguments: sampling settings, stop at a newline, and the three
+        controls that keep a small model on its passage (see ``kadet/llm.py``)."""
+        from transformers import LogitsProcessorList, StoppingCriteriaList
 
-def load_causal_lm(name: str, cache_dir: Path, device: str):
-    """Load a causal LM folder, a ``.gguf`` file, or ``smollm2`` (packaged GGUF).
+        from kadet.llm import NoLongCopy, NoRepeatInOutput, PassageBias, StopAtNewline
 
-    A GGUF is dequantised by transformers once and saved as safetensors in
-    ``<cache_dir>/models/<name>-<size>`` so later loads take a second, not ~45 s.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from kadet.models import smollm2_gguf
-
-    path = smollm2_gguf() if name in ("smollm2", "SmolLM2-135M-Instruct") else Path(name)
-    if not path.exists():
-        raise KadetError(f"generate.model {name!r}: no such file or folder; kadet never downloads models")
-    if path.suffix == ".gguf":
-        cached = Path(cache_dir) / "models" / f"{path.stem}-{path.stat().st_size}"
-        if not (cached / "config.json").exists():
-            log.info("dequantising %s (one time)", path.name)
-            tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
-            model.hf_quantizer = None
-            if hasattr(model.config, "quantization_config"):
-                del model.config.quantization_config
-            tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
-            model.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
-            if cached.exists():
-                import shutil
-
-                shutil.rmtree(tmp)
-            else:
-                os.replace(tmp, cached)
-        path = cached
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
-    return model, tok
+        g, sampling = self.g, self.g.temperature > 0
+        processors = []
+        if g.passage_bias:
+            processors.append(PassageBias(self.tok, passages, g.passage_bias, self.newline_ids, self.device))
+        if g.no_repeat_ngram_size:
+            processors.append(NoRepeatInOutput(g.no_repeat_ngram_size, prompt_len))
+        if g.max_copy_tokens:
+            processors.append(NoLongCopy(self.tok, g.max_copy_tokens, passages, prompt_len))
+        return {"max_new_tokens": g.max_new_tokens, "do_sample": sampling,
+                "temperature": g.temperature if sampling else None, "top_p": g.top_p if sampling else None,
+                "pad_token_id": self.tok.pad_token_id,
+                "repetition_penalty": g.repetition_penalty if g.repetition_penalty != 1.0 else None,
+                "stopping_criteria": StoppingCriteriaList([StopAtNewline(self.newline_ids)]),
+                "logits_processor": LogitsProcessorList(processors)}
 
 
 class RetryableError(Exception):

@@ -77,3 +77,13 @@ def model_fingerprint(path: str | os.PathLike) -> str:
     files = sorted(p for p in root.rglob("*") if p.is_file())
     stamp = tuple((p.as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
     return _fingerprint_cached(str(root), stamp)
+
+
+def resolve_device(device: str | None) -> str:
+    """``device`` as configured (``cuda``, ``cuda:1``, ``cpu``, ``mps``), else ``cuda`` when a GPU
+    is visible, else ``cpu``: the one place kadet picks a device."""
+    if device:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -15,23 +15,13 @@ and ``not_sampled``.
 from __future__ import annotations
 
 import random
-import re
-import unicodedata
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from kadet.config import KadetConfig, PrepareConfig
-from kadet.data import Document, load_beir, read_corpus, read_qrels, write_jsonl
+from kadet.data import Document, load_beir, normalise, read_corpus, read_qrels, write_jsonl
 from kadet.manifest import Manifest
 
-_SPACE = re.compile(r"\s+")
-_PUNCT = re.compile(r"[^\w\s]")
-
-
-def normalise(text: str) -> str:
-    """NFKC, lower case, punctuation removed, whitespace collapsed: the key for duplicate checks."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    return _SPACE.sub(" ", _PUNCT.sub(" ", text)).strip()
 
 
 def select_passages(

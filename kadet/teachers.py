@@ -32,6 +32,7 @@ import torch
 
 from kadet.data import Document
 from kadet.errors import ConfigError, KadetError
+from kadet.models import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ class CrossEncoderTeacher(_PairTeacher):
 
         super().__init__(corpus, batch_size, title_separator)
         self.name = f"cross-encoder:{path}"
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = resolve_device(device)
         self.tok = AutoTokenizer.from_pretrained(path)
         self.model = AutoModelForSequenceClassification.from_pretrained(path).to(self.device).eval()
         self.max_length = max_length
@@ -133,7 +134,7 @@ class T5Teacher(_PairTeacher):
             raise ConfigError(f"T5 teacher variant must be monot5 or rankt5, got {variant!r}")
         self.name = f"{variant}:{path}"
         self.variant = variant
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = resolve_device(device)
         self.tok = AutoTokenizer.from_pretrained(path)
         self.model = T5ForConditionalGeneration.from_pretrained(path).to(self.device).eval()
         self.max_length = max_length
@@ -185,11 +186,11 @@ class QueryLikelihoodTeacher(_PairTeacher):
     def __init__(self, model: str, corpus, cache_dir: str | Path, batch_size: int = 32,
                  max_passage_tokens: int = 256, device: str | None = None, template: str = QL_TEMPLATE,
                  title_separator: str = " ", prefix_batch: int = 8):
-        from kadet.generate import load_causal_lm
+        from kadet.llm import load_causal_lm
 
         super().__init__(corpus, batch_size, title_separator)
         self.name = "ql"
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = resolve_device(device)
         self.model, self.tok = load_causal_lm(model, Path(cache_dir), self.device)
         self.template = template
         self.max_passage_tokens = max_passage_tokens

@@ -7,7 +7,8 @@ import json
 from kadet.config import PrepareConfig, load_config
 from kadet.data import Document, load_beir
 from kadet.manifest import Manifest
-from kadet.prepare import normalise, prepare, select_passages
+from kadet.data import normalise
+from kadet.prepare import prepare, select_passages
 
 
 def test_normalise():
