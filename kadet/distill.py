@@ -44,7 +44,7 @@ import torch
 from kadet.config import KadetConfig
 from kadet.data import read_records
 from kadet.errors import KadetError
-from kadet.gradcache import grad_cache_step
+from kadet.gradcache import Tower, grad_cache_step
 from kadet.losses import cosine_scores, distill_loss
 from kadet.manifest import Manifest, fingerprint
 from kadet.models import resolve_device, resolve_model_path
@@ -142,7 +142,7 @@ class Distiller:
         for s in range(0, len(rows), self.d.batch_size):
             chunk = rows[s : s + self.d.batch_size]
             q_texts, docs, teacher, ids, lsize = self._batch(chunk)
-            q, p = (torch.cat([enc(c) for c in chunks]) for enc, chunks, *_ in self._towers(q_texts, docs))
+            q, p = (t.encode_all() for t in self._towers(q_texts, docs))
             cos = cosine_scores(q, p.view(len(chunk), lsize, -1))
             for i, t in enumerate(temps):
                 kls[i] += float(listwise_kl(cos, teacher, self.d.student_temp, float(t))) * len(chunk)
@@ -188,14 +188,14 @@ class Distiller:
     def _towers(self, q_texts, docs):
         c = self.d.chunk_size
         q_chunks = [q_texts[i : i + c] for i in range(0, len(q_texts), c)]
-        query = (lambda chunk: self._encode(chunk, self.d.query_max_len), q_chunks)
+        query = Tower(lambda chunk: self._encode(chunk, self.d.query_max_len), q_chunks)
         flat = [d for lst in docs for d in lst]
-        if self.d.mode == "query":
+        if self.d.mode == "query":  # frozen document tower: cached base-model embeddings
             idx = torch.tensor([self.doc_index[d] for d in flat], device=self.device)
-            return [query, (lambda i: self.doc_emb[i], [idx], False)]
+            return [query, Tower(lambda i: self.doc_emb[i], [idx], trainable=False)]
         texts = [self.doc_text[d] for d in flat]
         p_chunks = [texts[i : i + c] for i in range(0, len(texts), c)]
-        return [query, (lambda chunk: self._encode(chunk, self.d.passage_max_len), p_chunks)]
+        return [query, Tower(lambda chunk: self._encode(chunk, self.d.passage_max_len), p_chunks)]
 
     def train_step(self, rows: list[dict]) -> float:
         self.model.train()
@@ -216,7 +216,7 @@ class Distiller:
         for s in range(0, len(self.dev_rows), self.d.batch_size):
             rows = self.dev_rows[s : s + self.d.batch_size]
             q_texts, docs, teacher, ids, lsize = self._batch(rows)
-            reps = [torch.cat([enc(c) for c in chunks]) for enc, chunks, *_ in self._towers(q_texts, docs)]
+            reps = [t.encode_all() for t in self._towers(q_texts, docs)]
             total += float(self._loss_fn(teacher, ids, len(rows), lsize)(*reps)) * len(rows)
             n += len(rows)
         return total / n

@@ -13,7 +13,7 @@ Peak activation memory is that of one chunk; the gradients equal the uncached co
 saved per chunk in step 1 and restored in step 3, so both passes see the same masks::
 
     loss = grad_cache_step(
-        [(encode_q, query_batches), (encode_p, passage_batches)],
+        [Tower(encode_q, query_batches), Tower(encode_p, passage_batches)],
         lambda q, p: distill_loss(q, p.view(B, L, -1), teacher),
     )  # parameter .grad fields are filled; call optimizer.step() next
 """
@@ -21,8 +21,27 @@ saved per chunk in step 1 and restored in step 3, so both passes see the same ma
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
+
+
+@dataclass
+class Tower:
+    """One input kind of a GradCache step: ``encode(chunk) -> (n, d)`` over ``chunks``.
+
+    ``trainable=False`` (a frozen document tower) is encoded once without a graph and gets no
+    second pass.
+    """
+
+    encode: Callable[[Any], torch.Tensor]
+    chunks: Sequence[Any]
+    trainable: bool = True
+
+    def encode_all(self) -> torch.Tensor:
+        """Every chunk encoded and concatenated (no caching: for evaluation under no_grad)."""
+        return torch.cat([self.encode(c) for c in self.chunks])
 
 
 class _RandState:
@@ -38,23 +57,15 @@ class _RandState:
             torch.cuda.set_rng_state_all(self.cuda)
 
 
-def grad_cache_step(
-    towers: Sequence[tuple],
-    loss_fn: Callable[..., torch.Tensor],
-) -> torch.Tensor:
-    """One GradCache forward/backward.
+def grad_cache_step(towers: Sequence[Tower], loss_fn: Callable[..., torch.Tensor]) -> torch.Tensor:
+    """One GradCache forward/backward over ``towers`` (one per input kind: queries, passages).
 
-    ``towers``: for each input kind (queries, passages, ...), ``(encode, chunks)`` or
-    ``(encode, chunks, trainable)`` where ``encode(chunk) -> (n, d)``. A tower with
-    ``trainable=False`` (a frozen document tower) is encoded once without a graph and gets no
-    second pass.
     ``loss_fn`` receives one concatenated embedding tensor per tower. Returns the loss
     (detached); parameter gradients are accumulated into ``.grad``.
     """
     cached: list[torch.Tensor] = []
     states: list[list[_RandState]] = []
-    towers = [(t[0], t[1], t[2] if len(t) > 2 else True) for t in towers]
-    for encode, chunks, _ in towers:
+    for encode, chunks in ((t.encode, t.chunks) for t in towers):
         reps, st = [], []
         with torch.no_grad():
             for chunk in chunks:
@@ -62,12 +73,13 @@ def grad_cache_step(
                 reps.append(encode(chunk))
         cached.append(torch.cat(reps).detach())
         states.append(st)
-    leaves = [c.requires_grad_(trainable) for c, (_, _, trainable) in zip(cached, towers)]
+    leaves = [c.requires_grad_(t.trainable) for c, t in zip(cached, towers)]
     loss = loss_fn(*leaves)
     loss.backward()
-    for (encode, chunks, trainable), leaf, st in zip(towers, leaves, states):
-        if not trainable:
+    for tower, leaf, st in zip(towers, leaves, states):
+        if not tower.trainable:
             continue
+        encode, chunks = tower.encode, tower.chunks
         grads = leaf.grad
         start = 0
         for chunk, state in zip(chunks, st):

@@ -102,13 +102,20 @@ class BM25Retriever:
         return cls(corpus, r.bm25_method, r.bm25_k1, r.bm25_b, r.bm25_stemmer, r.bm25_stopwords,
                    cfg.data.title_separator)
 
+    def _tokenize(self, texts: list[str], ids: bool = True):
+        return self._bm25s.tokenize(texts, stopwords=self.stopwords, stemmer=self.stemmer, return_ids=ids,
+                                    show_progress=False)
+
+    def score_all(self, query: str) -> np.ndarray:
+        """The BM25 score of ``query`` against every document, in ``doc_ids`` order."""
+        (tokens,) = self._tokenize([query], ids=False)
+        return self.index.get_scores(tokens) if tokens else np.zeros(len(self.doc_ids))
+
     def search(self, queries: Mapping[str, str], top_k: int) -> Run:
         qids = list(queries)
         if not qids:
             return {}
-        tokens = self._bm25s.tokenize(
-            [queries[q] for q in qids], stopwords=self.stopwords, stemmer=self.stemmer, show_progress=False
-        )
+        tokens = self._tokenize([queries[q] for q in qids])
         k = min(top_k, len(self.doc_ids))
         idx, scores = self.index.retrieve(tokens, k=k, show_progress=False, n_threads=0)
         run: Run = {}

@@ -26,6 +26,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -35,6 +36,16 @@ from kadet.errors import ConfigError, KadetError
 from kadet.models import resolve_device
 
 log = logging.getLogger(__name__)
+
+
+class Teacher(Protocol):
+    """What every teacher implements (see the module table); ``build_teacher`` makes one by name."""
+
+    name: str
+
+    def score(self, queries: Sequence[str], doc_lists: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        """One score per document of each list; higher is more relevant."""
+        ...
 
 
 def znorm(scores: np.ndarray) -> np.ndarray:
@@ -66,11 +77,9 @@ class BM25Teacher:
         self.pos = {d: i for i, d in enumerate(retriever.doc_ids)}
 
     def score(self, queries: Sequence[str], doc_lists: Sequence[Sequence[str]]) -> list[np.ndarray]:
-        toks = self.r._bm25s.tokenize(list(queries), stopwords=self.r.stopwords, stemmer=self.r.stemmer,
-                                      return_ids=False, show_progress=False)
         out = []
-        for t, lst in zip(toks, doc_lists):
-            full = self.r.index.get_scores(t) if t else np.zeros(len(self.pos))
+        for q, lst in zip(queries, doc_lists):
+            full = self.r.score_all(q)
             out.append(np.asarray([full[self.pos[d]] for d in lst], dtype=np.float64))
         return out
 
@@ -285,7 +294,7 @@ class QueryLikelihoodTeacher(_PairTeacher):
 class EnsembleTeacher:
     """Weighted sum of per-query z-normalised member scores."""
 
-    def __init__(self, members: Mapping[str, object], weights: Mapping[str, float]):
+    def __init__(self, members: Mapping[str, Teacher], weights: Mapping[str, float]):
         self.members, self.weights = dict(members), dict(weights)
         self.name = "ensemble(" + ",".join(f"{k}={v:g}" for k, v in self.weights.items()) + ")"
 
@@ -300,7 +309,7 @@ class EnsembleTeacher:
         return total
 
 
-def build_teacher(spec: str, cfg, corpus: Mapping[str, Document], cache: dict | None = None):
+def build_teacher(spec: str, cfg, corpus: Mapping[str, Document], cache: dict | None = None) -> Teacher:
     """A teacher from its name (see the module table); ``cache`` shares built members."""
     cache = {} if cache is None else cache
     if spec in cache:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kadet.gradcache import grad_cache_step
+from kadet.gradcache import Tower as GCTower, grad_cache_step
 from kadet.losses import distill_loss
 
 
@@ -58,7 +58,7 @@ def test_gradcache_equals_uncached(chunk, dropout):
     model.zero_grad()
 
     torch.manual_seed(1)
-    loss = grad_cache_step([(model, q_chunks), (model, p_chunks)], loss_fn)
+    loss = grad_cache_step([GCTower(model, q_chunks), GCTower(model, p_chunks)], loss_fn)
     assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
     for g, w in zip(_grads(model), want):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
@@ -77,7 +77,7 @@ def test_frozen_tower_gets_no_second_pass():
 
     q_in, p_in = torch.randn(4, 12), torch.randn(12, 12)
     teacher = torch.tensor([[1.0, 0.5, 0.1]] * 4)
-    grad_cache_step([(q_model, list(q_in.split(2))), (enc_d, list(p_in.split(4)), False)],
+    grad_cache_step([GCTower(q_model, list(q_in.split(2))), GCTower(enc_d, list(p_in.split(4)), trainable=False)],
                     lambda q, p: distill_loss(q, p.view(4, 3, -1), teacher))
     assert len(calls) == 3  # each chunk of the frozen tower encoded once
     assert all(p.grad is None for p in d_model.parameters())
