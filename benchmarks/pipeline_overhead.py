@@ -27,25 +27,25 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def run_direct(data: str, work: Path, config_text: str, shards: int = 1) -> None:
     """The DAG's steps in one process, in the DAG's order, on the same folders layout."""
     from kadet import steps
+    from kadet.stages import output_path
 
     run = f"direct-{int(time.time())}"
     sc = lambda **kw: steps.step_config(config_text, work_dir=str(work), **kw)  # noqa: E731
     out = work / "direct"
     steps.prepare_step(sc(data__data_dir=data), str(out / "prepare"), run)
-    passages = str(out / "prepare" / "passages.jsonl")
-    corpus = str(out / "prepare" / "corpus.jsonl")
+    passages, corpus = output_path(out, "prepare", "passages"), output_path(out, "prepare", "corpus")
     for i in range(shards):
         steps.generate_step(sc(generate__shard_index=i, generate__num_shards=shards), passages,
                             str(out / f"generate-{i}"), run)
     steps.generate_merge_step(sc(generate__num_shards=shards), passages,
                               [str(out / f"generate-{i}") for i in range(shards)], str(out / "generate"), run)
-    steps.mine_step(sc(), str(out / "generate" / "queries.jsonl"), corpus, str(out / "mine"), run)
-    cands = str(out / "mine" / "candidates.jsonl")
+    steps.mine_step(sc(), output_path(out, "generate", "queries"), corpus, str(out / "mine"), run)
+    cands = output_path(out, "mine", "candidates")
     for i in range(shards):
         steps.label_step(sc(label__shard_index=i, label__num_shards=shards), cands, corpus, str(out / f"label-{i}"), run)
     steps.label_merge_step(sc(label__num_shards=shards), cands, corpus, [str(out / f"label-{i}") for i in range(shards)],
                            str(out / "label"), run)
-    labels = str(out / "label" / "labels.jsonl")
+    labels = output_path(out, "label", "labels")
     steps.distill_step(sc(), labels, str(out / "distill"), run)
     model = str(steps.model_folder(out / "distill"))
     steps.evaluate_step(sc(data__data_dir=data), model, labels, str(out / "evaluate"), run)

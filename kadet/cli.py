@@ -16,6 +16,7 @@ from pathlib import Path
 from kadet import __version__
 from kadet.config import KadetConfig, dump_config, load_config
 from kadet.errors import KadetError
+from kadet.stages import input_path
 from kadet.storage import output_dir, work_dir_lock
 
 log = logging.getLogger("kadet")
@@ -291,7 +292,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         g.tgi_url = args.tgi_url
     if args.concurrency:
         g.concurrency = args.concurrency
-    passages = args.passages or str(Path(cfg.work_dir) / "prepare" / "passages.jsonl")
+    passages = args.passages or input_path(cfg.work_dir, "generate", "passages")
     out = args.output or str(Path(cfg.work_dir) / "generate")
     with output_dir(out) as local:
         m = generate(cfg, passages, local)
@@ -307,7 +308,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
     work = Path(cfg.work_dir)
     out = args.output or str(work / "mine")
     with output_dir(out) as local:
-        m = mine(cfg, args.queries or work / "generate" / "queries.jsonl", args.corpus or work / "prepare" / "corpus.jsonl",
+        m = mine(cfg, args.queries or input_path(work, "mine", "queries"), args.corpus or input_path(work, "mine", "corpus"),
                  local)
     print(f"mine: kept {m.counts['kept']} of {m.counts['queries']} queries; dropped {m.dropped}; "
           f"round-trip hits {m.extra['round_trip_hits']}; wrote {out}/candidates.jsonl")
@@ -323,8 +324,8 @@ def cmd_label(args: argparse.Namespace) -> int:
     work = Path(cfg.work_dir)
     out = args.output or str(work / "label")
     with output_dir(out) as local:
-        m = label(cfg, args.candidates or work / "mine" / "candidates.jsonl",
-                  args.corpus or work / "prepare" / "corpus.jsonl", local, score=not args.merge_only,
+        m = label(cfg, args.candidates or input_path(work, "label", "candidates"),
+                  args.corpus or input_path(work, "label", "corpus"), local, score=not args.merge_only,
                   merge=not args.score_only)
     if args.score_only:
         print(f"label: scored {m.counts.get('scored_now', 0)} queries in shard {cfg.label.shard_index}/{cfg.label.num_shards}")
@@ -344,7 +345,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     work = Path(cfg.work_dir)
     out = args.output or str(work / "distill")
     with output_dir(out) as local:
-        m = distill(cfg, args.labels or work / "label" / "labels.jsonl", local)
+        m = distill(cfg, args.labels or input_path(work, "distill", "labels"), local)
     print(f"distill: {m.counts['epochs']} epochs, best epoch {m.extra['best_epoch']} "
           f"(dev loss {m.extra['best_dev_loss']}); wrote {out}/model")
     return 0

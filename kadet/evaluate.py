@@ -23,6 +23,7 @@ from kadet.data import Dataset, Qrels, load_beir
 from kadet.encode import Encoder
 from kadet.manifest import Manifest
 from kadet.retrieval import BM25Retriever, DenseRetriever, Run, reciprocal_rank_fusion, top_k
+from kadet.stages import STAGES, file_in
 
 log = logging.getLogger(__name__)
 
@@ -239,14 +240,14 @@ def compare(cfg: KadetConfig, candidate: str, output_dir: str | Path, labels_pat
                     row[name] = row.get(name, 0.0) / max(1, row["queries"])
         report["by_type"] = dict(sorted(by_type.items()))
     report["seconds"] = round(time.perf_counter() - start, 1)
-    (out / "comparison.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (out / "per_query.json").write_text(json.dumps(per_query, indent=1) + "\n", encoding="utf-8")
+    Path(file_in(out, "evaluate", "comparison")).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    Path(file_in(out, "evaluate", "per_query")).write_text(json.dumps(per_query, indent=1) + "\n", encoding="utf-8")
     m = Manifest(stage="evaluate", config_hash=cfg.hash())
     for name, path in ds.files.items():
         m.add_input(name, path)
     if labels_path is not None:
         m.add_input("labels", labels_path)
-    m.outputs = {"comparison": "comparison.json", "per_query": "per_query.json"}
+    m.outputs = dict(STAGES["evaluate"].outputs)
     m.counts = {"queries": len(qrels), "documents": len(ds.corpus)}
     m.extra = {"base": report["base"], "candidate": report["candidate"], "eval_data": report["eval_data"]}
     m.write(out)

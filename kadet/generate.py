@@ -46,6 +46,7 @@ from kadet.models import resolve_device
 from kadet.errors import ConfigError, KadetError
 from kadet.manifest import Manifest
 from kadet.prompts import EXAMPLE_PASSAGES, QUERY_TYPES, QueryType
+from kadet.stages import STAGES, file_in
 
 log = logging.getLogger(__name__)
 
@@ -399,7 +400,7 @@ def make_backend(cfg: KadetConfig):
 
 # --------------------------------------------------------------------------- the stage
 
-LOG_NAME = "generations.jsonl"
+LOG_NAME = STAGES["generate"].outputs["log"]
 #: The settings a logged generation depends on (with the prompt, checked per record).
 GENERATION_SETTINGS = ("backend", "model", "max_new_tokens", "passage_bias", "no_repeat_ngram_size",
                        "repetition_penalty", "max_copy_tokens", "temperature", "top_p", "tgi_api")
@@ -502,12 +503,12 @@ def finalise(cfg: KadetConfig, requests: Sequence[Request], out: Path, failed: i
                 rows.append(row)
     missing = sum(1 for r in requests if logged_output(done, r) is None)
     if missing:  # never a partial queries.jsonl under the final name: the log keeps the finished work
-        (out / "queries.jsonl").unlink(missing_ok=True)
+        Path(file_in(out, "generate", "queries")).unlink(missing_ok=True)
         m.complete = False
         m.outputs = {"log": LOG_NAME}
     else:
-        write_jsonl(out / "queries.jsonl", rows)
-        m.outputs = {"queries": "queries.jsonl", "log": LOG_NAME}
+        m.outputs = dict(STAGES["generate"].outputs)
+        write_jsonl(file_in(out, "generate", "queries"), rows)
     m.counts = {"requests": len(requests), "finished": len(requests) - missing, "kept": len(rows),
                 "failed_this_run": failed, "missing": missing, **{f"kept_{t}": n for t, n in by_type.items()}}
     finished = len(requests) - missing

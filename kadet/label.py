@@ -35,6 +35,7 @@ from kadet.data import (Document, append_jsonl, json_roundtrip, log_depends, rea
 from kadet.errors import KadetError
 from kadet.manifest import Manifest
 from kadet.teachers import build_teacher
+from kadet.stages import STAGES, file_in
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ def finalise(cfg: KadetConfig, rows: Sequence[dict], corpus: Mapping[str, Docume
     items = [{"qid": r["qid"], "query": r["query"], "type": r["type"], "source_doc_id": r["source_doc_id"],
               "doc_ids": scores[r["qid"]]["doc_ids"], "scores": scores[r["qid"]]["scores"]} for r in rows]
     labelled = apply_filters(items, lab, cfg.seed, m)
-    write_jsonl(out / "labels.jsonl", (
+    write_jsonl(file_in(out, "label", "labels"), (
         {"qid": it["qid"], "query": it["query"], "type": it["type"], "source_doc_id": it["source_doc_id"],
          "split": it["split"],
          "passages": [{"doc_id": d, "text": corpus[d].full_text(cfg.data.title_separator), "score": round(s, 6)}
@@ -165,7 +166,7 @@ def finalise(cfg: KadetConfig, rows: Sequence[dict], corpus: Mapping[str, Docume
         for it in labelled))
     m.counts.update({"queries": len(rows), "labelled": len(labelled),
                      **{f"labelled_{t}": n for t, n in sorted(Counter(it["type"] for it in labelled).items())}})
-    m.outputs = {"labels": "labels.jsonl"}
+    m.outputs = dict(STAGES["label"].outputs)
     m.extra["teacher"] = lab.teacher
     m.extra["ensemble"] = lab.ensemble if lab.teacher == "ensemble" else None
     m.write(out)

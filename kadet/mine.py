@@ -32,6 +32,7 @@ from kadet.encode import Encoder
 from kadet.errors import ConfigError
 from kadet.manifest import Manifest
 from kadet.retrieval import BM25Retriever, DenseRetriever, Run, ranked, reciprocal_rank_fusion
+from kadet.stages import STAGES, file_in
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +110,11 @@ def mine(cfg: KadetConfig, queries_path: str | Path, corpus_path: str | Path, ou
     corpus = read_corpus(corpus_path)
     retrievers = build_retrievers(cfg, corpus)
     rows = mine_candidates(cfg, queries, corpus, retrievers, m)
-    write_jsonl(out / "candidates.jsonl", rows)
+    write_jsonl(file_in(out, "mine", "candidates"), rows)
     by_type = Counter(r["type"] for r in rows)
     m.counts = {"queries": len(queries), "kept": len(rows), "corpus": len(corpus),
                 **{f"kept_{t}": n for t, n in sorted(by_type.items())}}
-    m.outputs = {"candidates": "candidates.jsonl"}
+    m.outputs = dict(STAGES["mine"].outputs)
     m.write(out)
     log.info("mine: kept %d of %d queries; dropped %s", len(rows), len(queries), m.dropped)
     return m

@@ -21,6 +21,7 @@ from pathlib import Path
 from kadet.config import KadetConfig, PrepareConfig
 from kadet.data import Document, load_beir, normalise, read_corpus, read_qrels, write_jsonl
 from kadet.manifest import Manifest
+from kadet.stages import STAGES
 
 
 
@@ -115,8 +116,8 @@ def prepare(cfg: KadetConfig, output_dir: str | Path) -> Manifest:
     excluded = excluded_from_qrels(qrels_files, corpus, empty)
     clean = clean_corpus(corpus, excluded, cfg.prepare, m, cfg.data.title_separator)
     passages = sample_passages(clean, cfg.prepare.sample_size, cfg.seed, m)
-    write_jsonl(out / "corpus.jsonl", (d.to_json() for d in clean))
-    write_jsonl(out / "passages.jsonl", (d.to_json() for d in passages))
-    m.outputs = {"passages": "passages.jsonl", "corpus": "corpus.jsonl"}
+    m.outputs = dict(STAGES["prepare"].outputs)
+    write_jsonl(out / m.outputs["corpus"], (d.to_json() for d in clean))
+    write_jsonl(out / m.outputs["passages"], (d.to_json() for d in passages))
     m.write(out)
     return m

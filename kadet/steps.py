@@ -23,6 +23,7 @@ from pathlib import Path
 from kadet import tracking
 from kadet.config import KadetConfig, config_from_text, profile_config
 from kadet.manifest import Manifest
+from kadet.stages import file_in
 
 
 #: A UI parameter left at its default: the profile and ``config_yaml`` decide that setting.
@@ -82,7 +83,7 @@ def generate_merge_step(cfg: KadetConfig, passages: str, shard_dirs: Sequence[st
         import mlflow
 
         mlflow.log_metric("usable_fraction", m.extra["usable_fraction"])
-        rows = read_records(Path(out) / "queries.jsonl", "qid", {"text": str, "type": str})
+        rows = read_records(file_in(out, "generate", "queries"), "qid", {"text": str, "type": str})
         sample = rows[: cfg.tracking.sample_queries]
         mlflow.log_dict({"columns": ["qid", "type", "text", "source_doc_id"],
                            "data": [[r["qid"], r["type"], r["text"], r.get("source_doc_id", "")] for r in sample]},
@@ -120,7 +121,7 @@ def label_merge_step(cfg: KadetConfig, candidates: str, corpus: str, shard_dirs:
     with tracking.stage_run(cfg, "label", pipeline_run, shard="merge", out=out):
         m = merge_shards(cfg, candidates, corpus, shard_dirs, out)
         tracking.log_manifest(m, out)
-        mlflow.log_dict(label_statistics(Path(out) / "labels.jsonl", m), "label_statistics.json")
+        mlflow.log_dict(label_statistics(Path(file_in(out, "label", "labels")), m), "label_statistics.json")
     return m.counts
 
 
@@ -176,7 +177,7 @@ def evaluate_step(cfg: KadetConfig, model_dir: str, labels: str | None, out: str
         mlflow.log_metric(tracking.metric_name(f"delta_{nd}"), rep["candidate"][nd] - rep["base"][nd])
         mlflow.set_tag(tracking.EVAL_DATA_TAG, rep["eval_data"])
         tracking.log_manifest(Manifest.read(out), out)
-        mlflow.log_artifact(str(Path(out) / "comparison.json"))
+        mlflow.log_artifact(file_in(out, "evaluate", "comparison"))
         if rep.get("by_type"):
             table = {"columns": ["type", "queries", f"base_{nd}", f"candidate_{nd}"],
                      "data": [[t, r["queries"], round(r["base"], 4), round(r["candidate"], 4)]
@@ -193,7 +194,7 @@ def register_step(cfg: KadetConfig, model_dir: str, comparison_dir: str, pipelin
     """Log and register the candidate, decide the gate (aliases are set by the next step)."""
     from kadet.register import register_candidate
 
-    comparison = json.loads((Path(comparison_dir) / "comparison.json").read_text())
+    comparison = json.loads(Path(file_in(comparison_dir, "evaluate", "comparison")).read_text())
     with tracking.stage_run(cfg, "register", pipeline_run):
         r = register_candidate(cfg, model_dir, comparison, pipeline_run)
     return {"version": r.version, "promote": r.decision.promote, "reason": r.decision.reason,
