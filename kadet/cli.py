@@ -11,12 +11,16 @@ import json
 import logging
 import os
 import sys
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kadet import __version__
-from kadet.config import KadetConfig, dump_config, load_config
+from kadet.config import CHOICES, RANGES, KadetConfig, dump_config, field_docs, load_config, validate
 from kadet.errors import KadetError
-from kadet.stages import input_path
+from kadet.stages import STAGES, input_path
 from kadet.storage import output_dir, work_dir_lock
 
 log = logging.getLogger("kadet")
@@ -39,210 +43,167 @@ def _count(low: int):
 POSITIVE, NON_NEGATIVE = _count(1), _count(0)
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE", help="YAML config file (defaults are in kadet/config.py)")
-    p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override one config key, e.g. --set retrieval.top_k=200 (repeatable)",
-    )
-    p.add_argument("--work-dir", help="working folder for outputs and caches (config: work_dir; default .kadet)")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+@dataclass(frozen=True)
+class Opt:
+    """One flag of a subcommand. With ``key`` it is a shortcut for that config setting: its type,
+    choices and help come from :mod:`kadet.config` (the one typed source) and ``_load`` applies it;
+    ``to`` converts the text first (e.g. ``--types a,b`` to a mapping). Without ``key`` it is the
+    command's own option (``kw`` goes to argparse as is)."""
+
+    flag: str
+    key: str | None = None
+    help: str = ""
+    to: Callable[[str], Any] | None = None
+    kw: dict = field(default_factory=dict)
+
+    def add_to(self, p: argparse.ArgumentParser) -> None:
+        if self.key is None:
+            p.add_argument(self.flag, help=self.help, **self.kw)
+            return
+        section, name = self.key.split(".")
+        tp = typing.get_type_hints(type(getattr(KadetConfig(), section)))[name]
+        kind = {int: NON_NEGATIVE if RANGES.get(self.key, (1,))[0] == 0 else POSITIVE}.get(tp, None)
+        choices = CHOICES.get(self.key)
+        p.add_argument(self.flag, dest=self.key, type=self.to or kind or str, choices=choices,
+                       metavar=None if choices else self.flag.lstrip("-").upper().replace("-", "_"),
+                       help=f"{self.help or field_docs().get(self.key, '')} (config: {self.key})".strip())
+
+
+def _inputs(stage: str) -> list[Opt]:
+    """``--<input> FILE`` for each input of ``stage`` (kadet/stages.py), default the upstream output."""
+    return [Opt(f"--{name}", help=f"{STAGES[up].outputs[out]} (default <work_dir>/{up}/{STAGES[up].outputs[out]})")
+            for name, (up, out) in STAGES[stage].inputs.items()]
+
+
+def _output(default: str) -> Opt:
+    return Opt("--output", help=f"output folder, local or s3:// (default <work_dir>/{default})")
+
+
+def _types(text: str) -> dict[str, float]:
+    return {t.strip(): 1.0 for t in text.split(",") if t.strip()}
+
+
+DATA = Opt("--data", "data.data_dir")
+#: name -> (help, description, options). Every subcommand also takes --config, --set, --work-dir, -v.
+SUBCOMMANDS: dict[str, tuple[str, str, list[Opt]]] = {
+    "evaluate": ("nDCG@10 / Recall@100 / MRR@10 of a retriever on a BEIR folder",
+                 "Retrieve for the judged queries of one split and score the run with trec_eval (pytrec_eval). "
+                 "Prints a table and writes metrics.json, per_query.json, run.tsv and manifest.json to --output.",
+                 [DATA, Opt("--model", "retrieval.model"), Opt("--retriever", "retrieval.retriever"),
+                  Opt("--split", "data.split"), Opt("--top-k", "retrieval.top_k", "documents retrieved per query"),
+                  Opt("--max-queries", help="evaluate only the first N judged queries", kw={"type": POSITIVE}),
+                  _output("evaluate/<retriever>"),
+                  Opt("--json", help="print metrics as JSON instead of a table", kw={"action": "store_true"})]),
+    "prepare": ("select passages: clean, dedupe, exclude evaluation positives, sample",
+                "Reads a BEIR folder (or a corpus .jsonl/.parquet), drops empty and short passages, exact and "
+                "near-duplicates, and every passage judged relevant in the evaluation qrels, then samples "
+                "prepare.sample_size passages (seeded). Writes passages.jsonl, corpus.jsonl and manifest.json.",
+                [DATA, Opt("--sample-size", "prepare.sample_size"),
+                 Opt("--exclude-qrels", help="extra qrels file whose relevant passages are excluded (repeatable)",
+                     kw={"action": "append", "default": [], "metavar": "TSV"}),
+                 _output("prepare")]),
+    "generate": ("synthetic queries of several types per passage (local model or TGI endpoint)",
+                 "Generates generate.types queries per passage, cleans them and writes queries.jsonl + "
+                 "manifest.json. Resumable: rerun the same command after a crash and it continues.",
+                 [*_inputs("generate"), Opt("--backend", "generate.backend"),
+                  Opt("--types", "generate.types", "comma-separated query types, one query per passage each", _types),
+                  Opt("--max-passages", "generate.max_passages"), Opt("--model", "generate.model"),
+                  Opt("--tgi-url", "generate.tgi_url", "endpoint for --backend tgi"),
+                  Opt("--concurrency", "generate.concurrency", "tgi: requests in flight"), _output("generate")]),
+    "mine": ("candidate lists per synthetic query: dense + BM25, round-trip filter, RRF",
+             "Retrieves per retriever over the clean corpus, keeps a query only if its source passage comes "
+             "back (mine.round_trip), fuses with RRF and writes candidates.jsonl + manifest.json.",
+             [*_inputs("mine"), _output("mine")]),
+    "label": ("teacher scores for each candidate list, then consistency/percentile/normalise/top-L/split",
+              "Scores the candidate lists with label.teacher (sharded by query range with label.shard_index / "
+              "label.num_shards, resumable), then merges the shards and writes labels.jsonl + manifest.json. "
+              "--score-only / --merge-only split the two steps.",
+              [*_inputs("label"), Opt("--teacher", "label.teacher"),
+               Opt("--score-only", help="score this shard, do not merge", kw={"action": "store_true"}),
+               Opt("--merge-only", help="merge the shards' scores and filter", kw={"action": "store_true"}),
+               _output("label")]),
+    "distill": ("train the embedding model on labels.jsonl (listwise KL + InfoNCE, GradCache)",
+                "Trains retrieval.model on the labels: distill.loss listwise or infonce, distill.mode full or "
+                "query. Checkpoints every epoch; rerunning resumes. Writes model/, curves.json, manifest.json.",
+                [*_inputs("distill"), Opt("--mode", "distill.mode"), Opt("--loss", "distill.loss"),
+                 Opt("--epochs", "distill.epochs"), _output("distill")]),
+    "teacher-report": ("nDCG@10 of each teacher reranking the base model's top-k for human queries",
+                       "Reranks the base dense model's top --depth for the judged queries of --split with each "
+                       "--teacher and prints nDCG@10; --grid name=w1,w2 scores ensemble weights (choose them on "
+                       "a split other than test).",
+                       [DATA, Opt("--teacher", help="a teacher (repeatable; default dense, bm25, ql, ensemble)",
+                                  kw={"action": "append", "default": []}),
+                        Opt("--split", help="qrels split (default test)", kw={"default": "test"}),
+                        Opt("--depth", help="rerank this many base results", kw={"type": POSITIVE, "default": 20}),
+                        Opt("--max-queries", help="only the first N judged queries", kw={"type": POSITIVE}),
+                        Opt("--grid", help="ensemble member weights to try (repeatable)",
+                            kw={"action": "append", "default": [], "metavar": "NAME=W1,W2"})]),
+    "run": ("run the whole pipeline locally (KFP SubprocessRunner, MLflow in <work_dir>)",
+            "Runs the kadet DAG (the one compiled to pipelines/kadet_pipeline.yaml) on this machine with "
+            "kfp.local.SubprocessRunner. Defaults: kadet/profiles/local.yaml (a CPU profile), packaged models, "
+            "offline, MLflow under --work-dir (default .kadet). Prints the wall time per stage, base vs candidate "
+            "nDCG@10 and the registry outcome.",
+            [Opt("--data", help="BEIR folder or s3:// URI (corpus, queries, qrels)", kw={"required": True}),
+             Opt("--shards", help="generation and labelling shards (ParallelFor)", kw={"type": POSITIVE, "default": 1}),
+             Opt("--profile", help="settings under --config/--set: local (CPU, the default), gpu (METHOD.md's "
+                                   "scale) or a YAML file", kw={"default": "local"}),
+             Opt("--json", help="print the summary as JSON", kw={"action": "store_true"})]),
+    "config": ("print the effective configuration as YAML", "Print the defaults merged with --config and --set.", []),
+}
+_REMOTE = [Opt("--host", help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline", kw={"required": True}),
+           Opt("--data", help="corpus URI as the cluster sees it (pipeline parameter data_uri)"),
+           Opt("--param", help="pipeline parameter (repeatable), e.g. --param training_mode=full",
+               kw={"action": "append", "default": [], "metavar": "KEY=VALUE"}),
+           Opt("--experiment", help="KFP experiment (created if missing)", kw={"default": "kadet"}),
+           Opt("--package", help="compiled pipeline YAML (default pipelines/kadet_pipeline.yaml)"),
+           Opt("--namespace", help="Kubeflow profile namespace (multi-user installs)"),
+           Opt("--service-account", help="the pipeline pods' service account", kw={"default": "kadet-pipeline-runner"}),
+           Opt("--no-cache", help="disable KFP caching for this run", kw={"action": "store_true"}),
+           Opt("--token", help="bearer token (default $KFP_TOKEN)")]
+SUBCOMMANDS["submit"] = ("start one run of the compiled pipeline on a Kubeflow Pipelines endpoint",
+                         "Start one run with kfp.Client; see pipelines/remote.py.", [*_REMOTE, Opt("--run-name")])
+SUBCOMMANDS["schedule"] = ("create a recurring run (cron, max_concurrency=1, no catch-up)",
+                           "Create a recurring run with kfp.Client; see pipelines/remote.py.",
+                           [*_REMOTE, Opt("--cron", help='cron, e.g. "0 3 * * 1" (5 fields) or KFP\'s 6 fields',
+                                          kw={"required": True}),
+                            Opt("--name", help="recurring run name", kw={"default": "kadet-retrain"})])
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="kadet",
-        description=(
-            "kadet adapts a dense-retrieval embedding model to one corpus: synthetic queries, "
-            "mined negatives, teacher labels, listwise distillation, gated MLflow registration."
-        ),
-    )
+    parser = argparse.ArgumentParser(prog="kadet", description=(
+        "kadet adapts a dense-retrieval embedding model to one corpus: synthetic queries, mined negatives, "
+        "teacher labels, listwise distillation, gated MLflow registration."))
     parser.add_argument("--version", action="version", version=f"kadet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    ev = sub.add_parser(
-        "evaluate",
-        help="nDCG@10 / Recall@100 / MRR@10 of a retriever on a BEIR folder",
-        description=(
-            "Retrieve for the judged queries of one split and score the run with trec_eval "
-            "(pytrec_eval). Prints a table and writes metrics.json, per_query.json, run.tsv "
-            "and manifest.json to --output."
-        ),
-    )
-    ev.add_argument("--data", required=False, help="BEIR folder or s3:// URI (config: data.data_dir)")
-    ev.add_argument("--model", help="sentence-transformers folder, s3:// URI or packaged name "
-                                    "(config: retrieval.model; default all-MiniLM-L6-v2)")
-    ev.add_argument("--retriever", choices=["dense", "bm25", "hybrid"],
-                    help="dense, bm25 (bm25s, stemmed) or hybrid (RRF of both) (config: retrieval.retriever)")
-    ev.add_argument("--split", help="qrels split, i.e. qrels/<split>.tsv (config: data.split; default test)")
-    ev.add_argument("--top-k", type=POSITIVE, help="documents retrieved per query (config: retrieval.top_k)")
-    ev.add_argument("--max-queries", type=POSITIVE, help="evaluate only the first N judged queries")
-    ev.add_argument("--output", help="output folder (default <work_dir>/evaluate/<retriever>)")
-    ev.add_argument("--json", action="store_true", help="print metrics as JSON instead of a table")
-    _common(ev)
-
-    pr = sub.add_parser(
-        "prepare",
-        help="select passages: clean, dedupe, exclude evaluation positives, sample",
-        description=(
-            "Reads a BEIR folder (or a corpus .jsonl/.parquet), drops passages under "
-            "prepare.min_chars, exact and near-duplicates, and every passage judged relevant in "
-            "the qrels of prepare.exclude_splits / prepare.exclude_qrels, then samples "
-            "prepare.sample_size passages (seeded). Writes passages.jsonl and manifest.json."
-        ),
-    )
-    pr.add_argument("--data", help="BEIR folder, corpus file or s3:// URI (config: data.data_dir)")
-    pr.add_argument("--sample-size", type=NON_NEGATIVE, help="passages to keep (config: prepare.sample_size)")
-    pr.add_argument("--exclude-qrels", action="append", default=[], metavar="TSV",
-                    help="extra qrels file whose relevant passages are excluded (repeatable)")
-    pr.add_argument("--output", help="output folder (default <work_dir>/prepare)")
-    _common(pr)
-
-    gen = sub.add_parser(
-        "generate",
-        help="synthetic queries of several types per passage (local model or TGI endpoint)",
-        description=(
-            "Generates generate.types queries per passage with few-shot prompts, cleans them and "
-            "writes queries.jsonl + manifest.json. Resumable: rerun the same command after a "
-            "crash and it continues from generations.jsonl."
-        ),
-    )
-    gen.add_argument("--passages", help="passages.jsonl from prepare (default <work_dir>/prepare/passages.jsonl)")
-    gen.add_argument("--backend", choices=["local", "tgi"], help="config: generate.backend (default local)")
-    gen.add_argument("--types", help="comma-separated query types, one query per passage each "
-                                     "(question,claim,keywords,title,web,msmarco); config: generate.types")
-    gen.add_argument("--max-passages", type=NON_NEGATIVE, help="use only the first N passages (config: generate.max_passages)")
-    gen.add_argument("--model", help="local: smollm2, a .gguf or a causal-LM folder; tgi: model name")
-    gen.add_argument("--tgi-url", help="endpoint for --backend tgi (config: generate.tgi_url)")
-    gen.add_argument("--concurrency", type=POSITIVE, help="tgi: requests in flight (config: generate.concurrency)")
-    gen.add_argument("--output", help="output folder (default <work_dir>/generate)")
-    _common(gen)
-
-    mi = sub.add_parser(
-        "mine",
-        help="candidate lists per synthetic query: dense + BM25, round-trip filter, RRF",
-        description=("Retrieves mine.top_k per retriever over the prepare stage's clean corpus, keeps a query "
-                     "only if its source passage is in the top mine.round_trip_depth (any/all retrievers), "
-                     "fuses with RRF and writes candidates.jsonl + manifest.json."),
-    )
-    mi.add_argument("--queries", help="queries.jsonl (default <work_dir>/generate/queries.jsonl)")
-    mi.add_argument("--corpus", help="clean corpus.jsonl (default <work_dir>/prepare/corpus.jsonl)")
-    mi.add_argument("--output", help="output folder (default <work_dir>/mine)")
-    _common(mi)
-
-    la = sub.add_parser(
-        "label",
-        help="teacher scores for each candidate list, then consistency/percentile/normalise/top-L/split",
-        description=("Scores the candidate lists with label.teacher (sharded by query range with "
-                     "label.shard_index / label.num_shards, resumable), then merges the shards and writes "
-                     "labels.jsonl + manifest.json. --score-only / --merge-only split the two steps."),
-    )
-    la.add_argument("--candidates", help="candidates.jsonl (default <work_dir>/mine/candidates.jsonl)")
-    la.add_argument("--corpus", help="clean corpus.jsonl (default <work_dir>/prepare/corpus.jsonl)")
-    la.add_argument("--teacher", help="dense, bm25, ql, cross-encoder:PATH, monot5:PATH, rankt5:PATH, ensemble")
-    la.add_argument("--score-only", action="store_true", help="score this shard, do not merge")
-    la.add_argument("--merge-only", action="store_true", help="merge the shards' scores and filter")
-    la.add_argument("--output", help="output folder (default <work_dir>/label)")
-    _common(la)
-
-    di = sub.add_parser(
-        "distill",
-        help="train the embedding model on labels.jsonl (listwise KL + InfoNCE, GradCache)",
-        description=("Trains retrieval.model on the label stage's labels: distill.loss listwise (KL + "
-                     "0.1 x InfoNCE) or infonce, distill.mode full or query (frozen document tower). "
-                     "Checkpoints every epoch; rerunning resumes. Writes model/, curves.json, manifest.json."),
-    )
-    di.add_argument("--labels", help="labels.jsonl (default <work_dir>/label/labels.jsonl)")
-    di.add_argument("--mode", choices=["full", "query"], help="config: distill.mode")
-    di.add_argument("--loss", choices=["listwise", "infonce"], help="config: distill.loss")
-    di.add_argument("--epochs", type=POSITIVE, help="config: distill.epochs")
-    di.add_argument("--output", help="output folder (default <work_dir>/distill)")
-    _common(di)
-
-    tr = sub.add_parser(
-        "teacher-report",
-        help="nDCG@10 of each teacher reranking the base model's top-k for human queries",
-        description=("Reranks the base dense model's top --depth for the judged queries of --split with each "
-                     "--teacher and prints nDCG@10. --grid name=w1,w2 scores ensemble weight combinations "
-                     "(choose them on a split other than test)."),
-    )
-    tr.add_argument("--data", help="BEIR folder (config: data.data_dir)")
-    tr.add_argument("--teacher", action="append", default=[],
-                    help="dense, bm25, ql, cross-encoder:PATH, monot5:PATH, rankt5:PATH or ensemble (repeatable; "
-                         "default: dense, bm25, ql, ensemble)")
-    tr.add_argument("--split", default="test")
-    tr.add_argument("--depth", type=POSITIVE, default=20, help="rerank this many base results")
-    tr.add_argument("--max-queries", type=POSITIVE, help="only the first N judged queries")
-    tr.add_argument("--grid", action="append", default=[], metavar="NAME=W1,W2",
-                    help="ensemble member weights to try (repeatable)")
-    _common(tr)
-
-    ru = sub.add_parser(
-        "run",
-        help="run the whole pipeline locally (KFP SubprocessRunner, MLflow in <work_dir>)",
-        description=(
-            "Runs the kadet DAG (the one compiled to pipelines/kadet_pipeline.yaml) on this machine "
-            "with kfp.local.SubprocessRunner: prepare, generate, mine, label, distill, evaluate, "
-            "register. Defaults: kadet/profiles/local.yaml (a CPU profile), packaged models, offline, "
-            "MLflow sqlite store and artifacts under --work-dir (default .kadet). Prints the wall time "
-            "per stage, base vs candidate nDCG@10 and the registry outcome."
-        ),
-    )
-    ru.add_argument("--data", required=True, help="BEIR folder or s3:// URI (corpus, queries, qrels)")
-    ru.add_argument("--shards", type=POSITIVE, default=1, help="generation and labelling shards (ParallelFor)")
-    ru.add_argument("--profile", default="local",
-                    help="settings under --config/--set: local (CPU, the default), gpu (METHOD.md's scale: "
-                         "full tuning, GradCache batch 4096, an LLM server for generation) or a YAML file")
-    ru.add_argument("--json", action="store_true", help="print the summary as JSON")
-    _common(ru)
-
-    for name, helptext in (("submit", "start one run of the compiled pipeline on a Kubeflow Pipelines endpoint"),
-                           ("schedule", "create a recurring run (cron, max_concurrency=1, no catch-up)")):
-        rp = sub.add_parser(name, help=helptext, description=helptext + " with kfp.Client; see pipelines/remote.py.")
-        rp.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline")
-        rp.add_argument("--data", help="corpus URI as the cluster sees it (pipeline parameter data_uri)")
-        rp.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                        help="pipeline parameter (repeatable), e.g. --param training_mode=full")
-        rp.add_argument("--experiment", default="kadet", help="KFP experiment (created if missing)")
-        rp.add_argument("--package", help="compiled pipeline YAML (default pipelines/kadet_pipeline.yaml)")
-        rp.add_argument("--namespace", help="Kubeflow profile namespace (multi-user installs)")
-        rp.add_argument("--service-account", default="kadet-pipeline-runner")
-        rp.add_argument("--no-cache", action="store_true", help="disable KFP caching for this run")
-        rp.add_argument("--token", help="bearer token (default $KFP_TOKEN)")
-        if name == "submit":
-            rp.add_argument("--run-name")
-        else:
-            rp.add_argument("--cron", required=True, help='cron, e.g. "0 3 * * 1" (5 fields) or KFP\'s 6 fields')
-            rp.add_argument("--name", default="kadet-retrain", help="recurring run name")
-        _common(rp)
-
-    cfg = sub.add_parser("config", help="print the effective configuration as YAML",
-                         description="Print the defaults merged with --config and --set.")
-    _common(cfg)
+    for name, (help_text, description, options) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=description)
+        for opt in options:
+            opt.add_to(p)
+        p.add_argument("--config", metavar="FILE", help="YAML config file (defaults are in kadet/config.py)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one config key, e.g. --set retrieval.top_k=200 (repeatable)")
+        p.add_argument("--work-dir", help="working folder for outputs and caches (config: work_dir; default .kadet)")
+        p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
 
 def _load(args: argparse.Namespace) -> KadetConfig:
+    """``--config``, then ``--set``, then the command's config shortcuts (``Opt.key``), validated."""
     cfg = load_config(args.config, args.overrides)
+    for opt in SUBCOMMANDS[args.command][2]:
+        value = getattr(args, opt.key, None) if opt.key else None
+        if value is not None:
+            section, name = opt.key.split(".")
+            setattr(getattr(cfg, section), name, value)
     if getattr(args, "work_dir", None):
         cfg.work_dir = args.work_dir
-    return cfg
+    return validate(cfg, "command line")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from kadet.evaluate import evaluate, format_table
 
     cfg = _load(args)
-    if args.data:
-        cfg.data.data_dir = args.data
-    if args.split:
-        cfg.data.split = args.split
-    if args.model:
-        cfg.retrieval.model = args.model
-    if args.retriever:
-        cfg.retrieval.retriever = args.retriever
-    if args.top_k:
-        cfg.retrieval.top_k = args.top_k
     if not cfg.data.data_dir:
         raise KadetError("no data: pass --data DIR or set data.data_dir")
     out = args.output or str(Path(cfg.work_dir) / "evaluate" / cfg.retrieval.retriever)
@@ -261,10 +222,6 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from kadet.prepare import prepare
 
     cfg = _load(args)
-    if args.data:
-        cfg.data.data_dir = args.data
-    if args.sample_size is not None:
-        cfg.prepare.sample_size = args.sample_size
     cfg.prepare.exclude_qrels += args.exclude_qrels
     if not cfg.data.data_dir:
         raise KadetError("no data: pass --data DIR or set data.data_dir")
@@ -279,19 +236,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from kadet.generate import generate
 
     cfg = _load(args)
-    g = cfg.generate
-    if args.backend:
-        g.backend = args.backend
-    if args.types:
-        g.types = {t.strip(): 1.0 for t in args.types.split(",") if t.strip()}
-    if args.max_passages is not None:
-        g.max_passages = args.max_passages
-    if args.model:
-        g.model = args.model
-    if args.tgi_url:
-        g.tgi_url = args.tgi_url
-    if args.concurrency:
-        g.concurrency = args.concurrency
     passages = args.passages or input_path(cfg.work_dir, "generate", "passages")
     out = args.output or str(Path(cfg.work_dir) / "generate")
     with output_dir(out) as local:
@@ -319,8 +263,6 @@ def cmd_label(args: argparse.Namespace) -> int:
     from kadet.label import label
 
     cfg = _load(args)
-    if args.teacher:
-        cfg.label.teacher = args.teacher
     work = Path(cfg.work_dir)
     out = args.output or str(work / "label")
     with output_dir(out) as local:
@@ -339,9 +281,6 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from kadet.distill import distill
 
     cfg = _load(args)
-    for key in ("mode", "loss", "epochs"):
-        if getattr(args, key) is not None:
-            setattr(cfg.distill, key, getattr(args, key))
     work = Path(cfg.work_dir)
     out = args.output or str(work / "distill")
     with output_dir(out) as local:
@@ -355,8 +294,6 @@ def cmd_teacher_report(args: argparse.Namespace) -> int:
     from kadet.teacher_report import format_report, teacher_report
 
     cfg = _load(args)
-    if args.data:
-        cfg.data.data_dir = args.data
     if not cfg.data.data_dir:
         raise KadetError("no data: pass --data DIR or set data.data_dir")
     grid = {}

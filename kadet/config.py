@@ -13,9 +13,11 @@ the key and where it came from.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -347,6 +349,28 @@ class KadetConfig:
         """A stable short hash of every setting, for manifests and cache keys."""
         blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=1)
+def field_docs() -> dict[str, str]:
+    """``{"section.key": doc}`` from the ``#:`` comments above each setting in this file: the
+    help text of the CLI's config flags, so a setting is described in one place."""
+    import inspect
+    import re
+
+    docs, section, pending = {}, None, []
+    for line in inspect.getsource(sys.modules[__name__]).splitlines():
+        if m := re.match(r"class (\w+)Config\b", line):
+            section, pending = m.group(1).lower(), []
+        elif m := re.match(r"    #: ?(.*)", line):
+            pending.append(m.group(1))
+        elif (m := re.match(r"    (\w+): [^=]+=", line)) and section:
+            if pending:
+                docs[f"{section}.{m.group(1)}"] = " ".join(pending).replace("``", "")
+            pending = []
+        elif not line.strip().startswith("#"):
+            pending = []
+    return docs
 
 
 #: Allowed values of the settings that are a choice (checked by ``validate``).

@@ -52,3 +52,24 @@ def test_bad_data_exits_2_with_file_and_line(tiny_beir, tmp_path):
 def test_config_command_prints_overrides(capsys):
     assert main(["config", "--set", "retrieval.top_k=5"]) == 0
     assert "top_k: 5" in capsys.readouterr().out
+
+
+def test_flags_are_config_shortcuts_derived_from_the_typed_config(capsys):
+    """One source: a flag's type, choices and help come from kadet/config.py, and _load applies it."""
+    from kadet.cli import _load
+    from kadet.config import CHOICES, field_docs
+
+    parser = build_parser()
+    cfg = _load(parser.parse_args(["distill", "--mode", "full", "--epochs", "3", "--set", "distill.lr=1e-3"]))
+    assert cfg.distill.mode == "full" and cfg.distill.epochs == 3 and cfg.distill.lr == 1e-3
+    cfg = _load(parser.parse_args(["generate", "--types", "question,claim", "--max-passages", "0"]))
+    assert cfg.generate.types == {"question": 1.0, "claim": 1.0} and cfg.generate.max_passages == 0
+    with pytest.raises(SystemExit):
+        parser.parse_args(["distill", "--mode", "half"])                 # choices from CHOICES
+    with pytest.raises(SystemExit):
+        parser.parse_args(["distill", "--epochs", "0"])                  # ranges from RANGES
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "{" + ",".join(CHOICES["retrieval.retriever"]) + "}" in out and "(config: retrieval.retriever)" in out
+    assert " ".join(field_docs()["data.split"].split()) in out
