@@ -56,8 +56,8 @@ def main() -> None:
     if not args.skip_tgi:
         with llama_server(str(smollm2_gguf()), n_ctx=4096) as url:
             for conc in (1, 8):
-                c = load_config(None, ["generate.backend=tgi", f"generate.tgi_url={url}", f"generate.concurrency={conc}",
-                                       "generate.temperature=0", "generate.timeout_s=300"])
+                c = load_config(None, ["generate.backend=tgi", f"generate.tgi.url={url}", f"generate.tgi.concurrency={conc}",
+                                       "generate.temperature=0", "generate.tgi.timeout_s=300"])
                 backend = TGIBackend(c.generate)
                 backend.generate(reqs[:1])  # warm-up
                 t0 = time.perf_counter()

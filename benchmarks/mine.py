@@ -74,10 +74,10 @@ def main() -> None:
         sec = time.perf_counter() - t0
         peer = ""
         if n <= args.peer_max:
-            runs = {name: r.search({q["qid"]: q["text"] for q in queries}, cfg.mine.top_k)
+            runs = {name: r.search({q["qid"]: q["text"] for q in queries}, cfg.mine.top_k or cfg.retrieval.top_k)
                     for name, r in retrievers.items()}
             t0 = time.perf_counter()
-            quadratic_fusion(queries, runs, cfg.mine.rrf_k)
+            quadratic_fusion(queries, runs, cfg.retrieval.rrf_k)
             psec = time.perf_counter() - t0
             peer = f"{psec:>15.1f}{psec / n * 1e6:>10.0f}"
         print(f"{n:>8}{sec:>14.1f}{sec / n * 1e6:>10.0f}{len(rows):>7}{peer}", flush=True)

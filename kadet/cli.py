@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from kadet import __version__
-from kadet.config import CHOICES, RANGES, KadetConfig, dump_config, field_docs, load_config, validate
+from kadet.config import (CHOICES, RANGES, KadetConfig, dump_config, field_docs, get_path, load_config, set_path,
+                          validate)
 from kadet.errors import KadetError
 from kadet.stages import STAGES, input_path
 from kadet.storage import output_dir, work_dir_lock
@@ -60,8 +61,8 @@ class Opt:
         if self.key is None:
             p.add_argument(self.flag, help=self.help, **self.kw)
             return
-        section, name = self.key.split(".")
-        tp = typing.get_type_hints(type(getattr(KadetConfig(), section)))[name]
+        *parents, name = self.key.split(".")
+        tp = typing.get_type_hints(type(get_path(KadetConfig(), ".".join(parents))))[name]
         kind = {int: NON_NEGATIVE if RANGES.get(self.key, (1,))[0] == 0 else POSITIVE}.get(tp, None)
         choices = CHOICES.get(self.key)
         p.add_argument(self.flag, dest=self.key, type=self.to or kind or str, choices=choices,
@@ -108,8 +109,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, list[Opt]]] = {
                  [*_inputs("generate"), Opt("--backend", "generate.backend"),
                   Opt("--types", "generate.types", "comma-separated query types, one query per passage each", _types),
                   Opt("--max-passages", "generate.max_passages"), Opt("--model", "generate.model"),
-                  Opt("--tgi-url", "generate.tgi_url", "endpoint for --backend tgi"),
-                  Opt("--concurrency", "generate.concurrency", "tgi: requests in flight"), _output("generate")]),
+                  Opt("--tgi-url", "generate.tgi.url", "endpoint for --backend tgi"),
+                  Opt("--concurrency", "generate.tgi.concurrency", "tgi: requests in flight"), _output("generate")]),
     "mine": ("candidate lists per synthetic query: dense + BM25, round-trip filter, RRF",
              "Retrieves per retriever over the clean corpus, keeps a query only if its source passage comes "
              "back (mine.round_trip), fuses with RRF and writes candidates.jsonl + manifest.json.",
@@ -193,8 +194,7 @@ def _load(args: argparse.Namespace) -> KadetConfig:
     for opt in SUBCOMMANDS[args.command][2]:
         value = getattr(args, opt.key, None) if opt.key else None
         if value is not None:
-            section, name = opt.key.split(".")
-            setattr(getattr(cfg, section), name, value)
+            set_path(cfg, opt.key, value)
     if getattr(args, "work_dir", None):
         cfg.work_dir = args.work_dir
     return validate(cfg, "command line")

@@ -22,7 +22,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -53,7 +53,7 @@ class RetrievalConfig:
     #: A sentence-transformers folder, or a packaged model name (``all-MiniLM-L6-v2``).
     model: str = DEFAULT_MODEL
     #: ``dense``, ``bm25`` or ``hybrid`` (reciprocal rank fusion of both).
-    retriever: str = "dense"
+    retriever: Literal["dense", "bm25", "hybrid"] = "dense"
     top_k: int = 100
     #: At most this many texts per forward pass when encoding.
     batch_size: int = 128
@@ -66,11 +66,11 @@ class RetrievalConfig:
     passage_prompt: str = ""
     #: ``cpu``, ``cuda``, ``cuda:1``...; ``None`` picks CUDA when available.
     device: str | None = None
-    #: Reciprocal rank fusion constant.
+    #: Reciprocal rank fusion constant (evaluation's hybrid retriever and mining's fusion).
     rrf_k: int = 60
     #: How many results per retriever go into the fusion.
     rrf_depth: int = 100
-    bm25_method: str = "lucene"
+    bm25_method: Literal["lucene", "robertson", "atire", "bm25l", "bm25+"] = "lucene"
     bm25_k1: float = 1.5
     bm25_b: float = 0.75
     #: Snowball stemmer language for BM25 (empty string disables stemming).
@@ -125,11 +125,48 @@ ALL_QUERY_TYPES = ("question", "claim", "keywords", "title", "web", "msmarco")
 
 
 @dataclass
+class TgiConfig:
+    """``generate.backend: tgi``: a text-generation-inference or OpenAI-compatible endpoint."""
+
+    #: Endpoint URL.
+    url: str = "http://127.0.0.1:8080"
+    #: ``chat`` (chat_completion) or ``text_generation`` (raw prompts).
+    api: Literal["chat", "text_generation"] = "chat"
+    #: Name of the environment variable holding the endpoint token (never logged).
+    token_env: str = "HF_TOKEN"
+    #: Requests in flight.
+    concurrency: int = 8
+    #: Seconds per request before it counts as a transient failure.
+    timeout_s: float = 60.0
+    #: Retries of a transient failure (5xx, 429, timeout, dropped connection, malformed reply),
+    #: with exponential backoff from backoff_s up to backoff_max_s.
+    max_retries: int = 4
+    backoff_s: float = 1.0
+    backoff_max_s: float = 30.0
+
+
+@dataclass
+class CleanConfig:
+    """Rules for each raw generation; re-applied when the stage finalises, so changing them
+    needs no new generation."""
+
+    #: Length bounds of a kept query (characters, words).
+    min_chars: int = 5
+    max_chars: int = 200
+    min_words: int = 2
+    max_words: int = 32
+    #: An n-gram of this many words shared with the passage marks a copy.
+    copy_ngram: int = 8
+    #: ``keywords`` queries keep at most this many keywords.
+    max_keywords: int = 5
+
+
+@dataclass
 class GenerateConfig:
     """Synthetic query generation (see kadet/generate.py and kadet/prompts.py)."""
 
     #: ``local`` (in-process transformers) or ``tgi`` (text-generation-inference client).
-    backend: str = "local"
+    backend: Literal["local", "tgi"] = "local"
     #: Queries per passage for each type; a fraction is a probability (0.5 = every other passage).
     #: ``web`` is zero-shot; the packaged 135M model cannot follow a bare instruction (1 usable
     #: output in 8 on SciFact), so it is off by default: turn it on with a real LLM behind tgi.
@@ -163,28 +200,15 @@ class GenerateConfig:
     #: Local backend: prompts per generate() call, and the device (None: CUDA if available).
     batch_size: int = 16
     device: str | None = None
-    #: tgi backend: endpoint, ``chat`` (chat_completion) or ``text_generation`` (raw prompts).
-    tgi_url: str = "http://127.0.0.1:8080"
-    tgi_api: str = "chat"
-    #: Name of the environment variable holding the endpoint token (never logged).
-    tgi_token_env: str = "HF_TOKEN"
-    concurrency: int = 8
-    timeout_s: float = 60.0
-    max_retries: int = 4
-    backoff_s: float = 1.0
-    backoff_max_s: float = 30.0
+    #: tgi backend: the endpoint and its transport (``generate.tgi.*``).
+    tgi: TgiConfig = field(default_factory=lambda: TgiConfig())
+    #: Cleaning rules for every raw output (``generate.clean.*``).
+    clean: CleanConfig = field(default_factory=lambda: CleanConfig())
     #: Outputs appended to the log (with fsync) after each group of this many requests.
     flush_every: int = 64
-    #: Shard by passage index (ParallelFor): this worker handles index % num_shards == shard_index.
+    #: Shard by contiguous passage ranges (ParallelFor; ``shard_range``, as labelling does).
     shard_index: int = 0
     num_shards: int = 1
-    #: Cleaning: length bounds, n-gram overlap that marks a copy of the passage, keywords cap.
-    min_chars: int = 5
-    max_chars: int = 200
-    min_words: int = 2
-    max_words: int = 32
-    copy_ngram: int = 8
-    max_keywords: int = 5
     progress: bool = True
 
 
@@ -194,12 +218,12 @@ class MineConfig:
 
     #: ``dense`` (retrieval.model), ``dense:PATH`` (another dense model), ``bm25``.
     retrievers: list[str] = field(default_factory=lambda: ["dense", "bm25"])
-    top_k: int = 100
+    #: Candidates retrieved per retriever; 0 = retrieval.top_k.
+    top_k: int = 0
     #: Keep a query only if its source passage is in this many top results ...
     round_trip_depth: int = 20
     #: ... of ``any`` retriever, of ``all`` of them, or ``off``.
-    round_trip: str = "any"
-    rrf_k: int = 60
+    round_trip: Literal["any", "all", "off"] = "any"
     #: A query needs at least this many fused candidates; lists are cut at max_candidates.
     min_candidates: int = 20
     max_candidates: int = 100
@@ -244,9 +268,9 @@ class DistillConfig:
     """Training (METHOD.md defaults; see kadet/distill.py)."""
 
     #: ``full`` fine-tuning or ``query``-side tuning (frozen document tower, index stays valid).
-    mode: str = "full"
+    mode: Literal["full", "query"] = "full"
     #: ``listwise`` (KL + nce_weight x InfoNCE) or ``infonce`` (InfoNCE only, the paper's contrast).
-    loss: str = "listwise"
+    loss: Literal["listwise", "infonce"] = "listwise"
     kl_weight: float = 1.0
     nce_weight: float = 0.1
     student_temp: float = 0.05
@@ -270,7 +294,9 @@ class DistillConfig:
     batch_size: int = 4096
     #: ... and texts per forward pass.
     chunk_size: int = 64
-    list_size: int = 20
+    #: Passages per query used in training, from the top of each labelled list; 0 = the whole
+    #: list as labelled (label.list_size). Fewer makes a full-tuning step cheaper.
+    list_size: int = 0
     query_max_len: int = 64
     passage_max_len: int = 512
     max_train_queries: int = 0
@@ -358,10 +384,12 @@ def field_docs() -> dict[str, str]:
     import inspect
     import re
 
+    paths = {type(get_path(KadetConfig(), k.rsplit(".", 1)[0])).__name__: k.rsplit(".", 1)[0]
+             for k, _ in _walk(KadetConfig()) if "." in k}
     docs, section, pending = {}, None, []
     for line in inspect.getsource(sys.modules[__name__]).splitlines():
-        if m := re.match(r"class (\w+)Config\b", line):
-            section, pending = m.group(1).lower(), []
+        if m := re.match(r"class (\w+Config)\b", line):
+            section, pending = paths.get(m.group(1)), []
         elif m := re.match(r"    #: ?(.*)", line):
             pending.append(m.group(1))
         elif (m := re.match(r"    (\w+): [^=]+=", line)) and section:
@@ -373,23 +401,52 @@ def field_docs() -> dict[str, str]:
     return docs
 
 
-#: Allowed values of the settings that are a choice (checked by ``validate``).
+def _walk(obj: Any, prefix: str = ""):
+    """``(dotted key, type hint)`` of every leaf setting under the dataclass ``obj``."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _walk(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", hints[f.name]
+
+
+def get_path(cfg: Any, key: str) -> Any:
+    """The setting at a dotted ``key`` (``generate.tgi.url``)."""
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def set_path(cfg: Any, key: str, value: Any) -> None:
+    *parents, name = key.split(".")
+    setattr(get_path(cfg, ".".join(parents)) if parents else cfg, name, value)
+
+
+#: Allowed values of the settings that are a choice: their ``Literal`` types (one source).
 CHOICES: dict[str, tuple[str, ...]] = {
-    "retrieval.retriever": ("dense", "bm25", "hybrid"),
-    "retrieval.bm25_method": ("lucene", "robertson", "atire", "bm25l", "bm25+"),
-    "generate.backend": ("local", "tgi"),
-    "generate.tgi_api": ("chat", "text_generation"),
-    "mine.round_trip": ("any", "all", "off"),
-    "distill.mode": ("full", "query"),
-    "distill.loss": ("listwise", "infonce"),
+    key: typing.get_args(tp) for key, tp in _walk(KadetConfig()) if typing.get_origin(tp) is Literal
 }
+#: Keys that moved: an old key still works (with a warning) and lands on the new one.
+RENAMED: dict[str, str] = {
+    **{f"generate.{old}": f"generate.tgi.{new}" for old, new in (
+        ("tgi_url", "url"), ("tgi_api", "api"), ("tgi_token_env", "token_env"), ("concurrency", "concurrency"),
+        ("timeout_s", "timeout_s"), ("max_retries", "max_retries"), ("backoff_s", "backoff_s"),
+        ("backoff_max_s", "backoff_max_s"))},
+    **{f"generate.{k}": f"generate.clean.{k}" for k in (
+        "min_chars", "max_chars", "min_words", "max_words", "copy_ngram", "max_keywords")},
+    "mine.rrf_k": "retrieval.rrf_k",
+}
+
+
 #: ``key: (low, high, low_inclusive)``: numbers must lie in the range (high None = unbounded).
 RANGES: dict[str, tuple[float, float | None, bool]] = {
     **{k: (1, None, True) for k in (
         "retrieval.top_k", "retrieval.batch_size", "retrieval.rrf_k", "retrieval.rrf_depth", "evaluation.ndcg_k",
         "evaluation.recall_k", "evaluation.mrr_k", "generate.max_new_tokens", "generate.max_passage_chars",
-        "generate.batch_size", "generate.concurrency", "generate.flush_every", "generate.num_shards",
-        "generate.max_retries", "mine.top_k", "mine.round_trip_depth", "mine.max_candidates", "label.batch_size",
+        "generate.batch_size", "generate.tgi.concurrency", "generate.flush_every", "generate.num_shards",
+        "generate.clean.copy_ngram", "generate.clean.max_keywords", "mine.round_trip_depth", "mine.max_candidates", "label.batch_size",
         "label.rerank_depth", "label.max_passage_tokens", "label.num_shards", "label.flush_every",
         "distill.epochs", "distill.patience", "distill.batch_size", "distill.chunk_size", "distill.query_max_len",
         "distill.passage_max_len")},
@@ -397,8 +454,10 @@ RANGES: dict[str, tuple[float, float | None, bool]] = {
         "prepare.sample_size", "prepare.min_chars", "generate.max_passages", "generate.shard_index",
         "label.shard_index", "mine.min_candidates", "distill.max_train_queries", "distill.kl_weight",
         "distill.nce_weight", "distill.weight_decay", "distill.warmup_epochs", "distill.final_lr_ratio",
-        "distill.grad_clip", "generate.temperature", "generate.timeout_s", "generate.backoff_s",
-        "generate.backoff_max_s", "tracking.sample_queries", "register.min_delta", "register.max_recall_drop",
+        "distill.grad_clip", "generate.temperature", "generate.tgi.timeout_s", "generate.tgi.backoff_s",
+        "generate.tgi.backoff_max_s", "generate.tgi.max_retries", "generate.clean.min_chars",
+        "generate.clean.max_chars", "generate.clean.min_words", "generate.clean.max_words", "mine.top_k",
+        "tracking.sample_queries", "register.min_delta", "register.max_recall_drop",
         "retrieval.bm25_k1", "retrieval.bm25_b", "generate.repetition_penalty", "register.promote_settle_s")},
     **{k: (0, None, False) for k in ("distill.lr", "distill.student_temp", "distill.teacher_temp", "distill.nce_temp")},
     **{k: (0, 100, True) for k in ("label.min_top_percentile", "label.norm_low_percentile",
@@ -406,7 +465,6 @@ RANGES: dict[str, tuple[float, float | None, bool]] = {
     **{k: (0, 1, True) for k in ("distill.base_weight", "register.ndcg_floor", "generate.top_p",
                                  "label.dev_fraction")},
     "label.list_size": (2, None, True),
-    "distill.list_size": (2, None, True),
     "register.confidence": (0, 1, True),   # 0 = no paired test
 }
 
@@ -415,8 +473,7 @@ def validate(cfg: "KadetConfig", source: str = "config") -> "KadetConfig":
     """Check ranges, choices and the settings that depend on each other; one ConfigError naming
     the key. ``load_config`` and ``config_from_text`` call it on every config they build."""
     def get(key: str):
-        section, name = key.split(".")
-        return getattr(getattr(cfg, section), name)
+        return get_path(cfg, key)
 
     for key, allowed in CHOICES.items():
         if get(key) not in allowed:
@@ -444,6 +501,8 @@ def validate(cfg: "KadetConfig", source: str = "config") -> "KadetConfig":
     if not all(math.isfinite(w) and w >= 0 for w in cfg.generate.types.values()) or \
             not any(w > 0 for w in cfg.generate.types.values()):
         raise ConfigError(f"{source}: 'generate.types' = {cfg.generate.types!r}: weights must be >= 0, at least one > 0")
+    if cfg.distill.list_size == 1:
+        raise ConfigError(f"{source}: 'distill.list_size' = 1: a list needs 2 passages or more (0 = as labelled)")
     if cfg.label.norm_low_percentile >= cfg.label.norm_high_percentile:
         raise ConfigError(f"{source}: 'label.norm_low_percentile' must be below 'label.norm_high_percentile'")
     return cfg
@@ -452,6 +511,12 @@ def validate(cfg: "KadetConfig", source: str = "config") -> "KadetConfig":
 def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     """Convert ``value`` to the annotated type ``tp`` or raise a ConfigError."""
     origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        text = _coerce(value, str, key, source)
+        if text not in choices:
+            raise ConfigError(f"{source}: '{key}' = {value!r} must be one of {', '.join(choices)}")
+        return text
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
@@ -507,7 +572,27 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     return value
 
 
+def _migrate(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """``data`` with the RENAMED keys moved to their new place (a warning names each)."""
+    import logging
+
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for old, new in RENAMED.items():
+        section, name = old.split(".")
+        if isinstance(out.get(section), dict) and name in out[section]:
+            value = out[section].pop(name)
+            logging.getLogger(__name__).warning("%s: '%s' is now '%s'", source, old, new)
+            cursor = out
+            *parents, last = new.split(".")
+            for part in parents:
+                cursor = cursor.setdefault(part, {})
+            cursor[last] = value
+    return out
+
+
 def _apply(obj: Any, data: dict[str, Any], source: str, prefix: str = "") -> None:
+    if not prefix:
+        data = _migrate(data, source)
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     for key, value in data.items():

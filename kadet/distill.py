@@ -83,10 +83,6 @@ class Distiller:
             self.train_rows = self.train_rows[: self.d.max_train_queries]
         if not self.train_rows:
             raise KadetError(f"{labels_path}: no training queries (split == 'train')")
-        if self.d.mode not in ("full", "query"):
-            raise KadetError(f"distill.mode must be full or query, got {self.d.mode!r}")
-        if self.d.loss not in ("listwise", "infonce"):
-            raise KadetError(f"distill.loss must be listwise or infonce, got {self.d.loss!r}")
         self.labels_path = labels_path
         self.device = resolve_device(self.d.device)
         torch.manual_seed(cfg.seed)
@@ -166,7 +162,8 @@ class Distiller:
             return self.model(features)["sentence_embedding"].float()
 
     def _batch(self, rows: list[dict]):
-        lsize = min(self.d.list_size, min(len(r["passages"]) for r in rows))
+        shortest = min(len(r["passages"]) for r in rows)
+        lsize = min(self.d.list_size, shortest) if self.d.list_size else shortest  # 0: as labelled
         q_texts = [r["query"] for r in rows]
         docs = [[p["doc_id"] for p in r["passages"][:lsize]] for r in rows]
         teacher = torch.tensor([[p["score"] for p in r["passages"][:lsize]] for r in rows], dtype=torch.float64,

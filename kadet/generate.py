@@ -10,7 +10,7 @@ Backends (``generate.backend``):
            ``text_generation`` for raw prompts; bounded concurrency, per-call timeout, retries
            with exponential backoff on 5xx, 429, timeouts, dropped connections and malformed
            replies. The token is read from the environment variable named by
-           ``generate.tgi_token_env`` and never logged.
+           ``generate.tgi.token_env`` and never logged.
 
 Resumable: every finished output (kept or dropped) is appended, in batches with fsync, to
 ``generations.jsonl`` keyed by ``(passage id, type, k)``. A rerun skips keys already there, so
@@ -39,14 +39,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kadet.config import GenerateConfig, KadetConfig
+from kadet.config import CleanConfig, GenerateConfig, KadetConfig
 from kadet.data import (Document, append_jsonl, json_roundtrip, log_depends, normalise, read_corpus, read_log,
                         resume_log, write_jsonl)
 from kadet.models import resolve_device
 from kadet.errors import ConfigError, KadetError
 from kadet.manifest import Manifest
 from kadet.prompts import EXAMPLE_PASSAGES, QUERY_TYPES, QueryType
-from kadet.stages import STAGES, file_in
+from kadet.stages import STAGES, file_in, shard_range
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +80,10 @@ def is_copy(query: str, passage: str, n: int) -> bool:
     return any(tuple(q[i : i + n]) in grams for i in range(len(q) - n + 1))
 
 
-def clean_output(raw: str, qtype: str, passage: str, rules: GenerateConfig | None = None) -> tuple[str | None, str]:
+def clean_output(raw: str, qtype: str, passage: str, rules: CleanConfig | None = None) -> tuple[str | None, str]:
     """``(query, "ok")`` or ``(None, reason)`` for one raw model output (rules: the cleaning fields
     of :class:`~kadet.config.GenerateConfig`)."""
-    rules = rules or GenerateConfig()
+    rules = rules or CleanConfig()
     if raw is None or not raw.strip():
         return None, "empty"
     line = next((ln for ln in raw.splitlines() if ln.strip()), "")
@@ -172,15 +172,10 @@ class Request:
 
 
 def plan_requests(passages: Sequence[Document], g: GenerateConfig, seed: int) -> list[Request]:
-    """Every (passage, type, k) to generate, with seeded few-shot choices; sharded by passage."""
-    unknown = [t for t in g.types if t not in QUERY_TYPES and t not in EXTRACTED_TYPES]
-    if unknown:
-        raise ConfigError(f"generate.types: unknown query type(s) {unknown} "
-                          f"(known: {sorted(QUERY_TYPES) + list(EXTRACTED_TYPES)})")
+    """Every (passage, type, k) to generate, with seeded few-shot choices; sharded by passage
+    range (``shard_range``). The types were checked when the config was loaded."""
     requests = []
-    for idx, doc in enumerate(passages):
-        if idx % g.num_shards != g.shard_index:
-            continue
+    for doc in (passages[i] for i in shard_range(len(passages), g.shard_index, g.num_shards)):
         rng = random.Random(f"{seed}:{doc.doc_id}")
         text = doc.full_text()[: g.max_passage_chars]
         for qtype, weight in g.types.items():
@@ -304,20 +299,18 @@ class TGIBackend:
     name = "tgi"
 
     def __init__(self, g: GenerateConfig, sleep: Callable[[float], object] | None = None):
-        if g.tgi_api not in ("chat", "text_generation"):
-            raise ConfigError(f"generate.tgi_api must be 'chat' or 'text_generation', got {g.tgi_api!r}")
         self.g = g
         self.model_name = g.model
-        self._token = os.environ.get(g.tgi_token_env) or None
+        self._token = os.environ.get(g.tgi.token_env) or None
         self._sleep = sleep or asyncio.sleep
         self.stats: Counter[str] = Counter()
 
     def __repr__(self) -> str:  # never show the token
-        return f"TGIBackend(url={self.g.tgi_url!r}, api={self.g.tgi_api!r}, token={'set' if self._token else 'unset'})"
+        return f"TGIBackend(url={self.g.tgi.url!r}, api={self.g.tgi.api!r}, token={'set' if self._token else 'unset'})"
 
     async def _call(self, client, req: Request) -> str:
         g = self.g
-        if g.tgi_api == "chat":
+        if g.tgi.api == "chat":
             messages = req.chat_messages()
 
             async def ask():
@@ -346,17 +339,17 @@ class TGIBackend:
 
     async def _one(self, client, sem: asyncio.Semaphore, req: Request) -> str | BaseException:
         async with sem:
-            delay = self.g.backoff_s
-            for attempt in range(self.g.max_retries + 1):
+            delay = self.g.tgi.backoff_s
+            for attempt in range(self.g.tgi.max_retries + 1):
                 try:
                     self.stats["calls"] += 1
-                    return await asyncio.wait_for(self._call(client, req), timeout=self.g.timeout_s)
+                    return await asyncio.wait_for(self._call(client, req), timeout=self.g.tgi.timeout_s)
                 except Exception as exc:  # transient: retried; a request error: returned; a bug: raised
                     retry = _classify(exc)
                     self.stats[f"error_{type(exc).__name__}"] += 1
                     if not retry and not _request_error(exc):
                         raise
-                    if not retry or attempt == self.g.max_retries:
+                    if not retry or attempt == self.g.tgi.max_retries:
                         log.warning("tgi request %s failed after %d attempt(s): %s", req.key, attempt + 1,
                                     type(exc).__name__)
                         return exc
@@ -364,13 +357,13 @@ class TGIBackend:
                     log.info("tgi request %s: %s, retry %d in %.1fs", req.key, type(exc).__name__,
                              attempt + 1, delay)
                     await self._sleep(delay * (0.5 + random.random()))
-                    delay = min(delay * 2, self.g.backoff_max_s)
+                    delay = min(delay * 2, self.g.tgi.backoff_max_s)
             raise AssertionError("unreachable")
 
     async def _run(self, requests: Sequence[Request]) -> list[str | BaseException]:
         from huggingface_hub import AsyncInferenceClient
 
-        client = AsyncInferenceClient(base_url=self.g.tgi_url, token=self._token, timeout=self.g.timeout_s)
+        client = AsyncInferenceClient(base_url=self.g.tgi.url, token=self._token, timeout=self.g.tgi.timeout_s)
         # HF_HUB_OFFLINE=1 (kadet's default: no model downloads) makes huggingface_hub's own HTTP
         # session refuse every request, including ones to our own TGI endpoint. Give this client
         # a plain session: same transport settings, without the Hub's offline hook.
@@ -379,7 +372,7 @@ class TGIBackend:
         client._async_client = await client.exit_stack.enter_async_context(
             httpx2.AsyncClient(follow_redirects=True, timeout=None)
         )
-        sem = asyncio.Semaphore(self.g.concurrency)
+        sem = asyncio.Semaphore(self.g.tgi.concurrency)
         try:
             return await asyncio.gather(*(self._one(client, sem, r) for r in requests))
         finally:
@@ -393,9 +386,7 @@ def make_backend(cfg: KadetConfig):
     g = cfg.generate
     if g.backend == "local":
         return LocalBackend(g, cfg.cache_dir, cfg.seed)
-    if g.backend == "tgi":
-        return TGIBackend(g)
-    raise ConfigError(f"generate.backend must be 'local' or 'tgi', got {g.backend!r}")
+    return TGIBackend(g)  # the only other choice of generate.backend (a Literal, checked at load)
 
 
 # --------------------------------------------------------------------------- the stage
@@ -403,7 +394,7 @@ def make_backend(cfg: KadetConfig):
 LOG_NAME = STAGES["generate"].outputs["log"]
 #: The settings a logged generation depends on (with the prompt, checked per record).
 GENERATION_SETTINGS = ("backend", "model", "max_new_tokens", "passage_bias", "no_repeat_ngram_size",
-                       "repetition_penalty", "max_copy_tokens", "temperature", "top_p", "tgi_api")
+                       "repetition_penalty", "max_copy_tokens", "temperature", "top_p")
 
 
 def generation_depends(cfg: KadetConfig) -> dict:
@@ -411,7 +402,7 @@ def generation_depends(cfg: KadetConfig) -> dict:
     g = cfg.generate
     d = {k: getattr(g, k) for k in GENERATION_SETTINGS} | {"seed": cfg.seed}
     if g.backend == "tgi":
-        d["tgi_url"] = g.tgi_url
+        d |= {"tgi_url": g.tgi.url, "tgi_api": g.tgi.api}
     return d
 
 
@@ -430,7 +421,7 @@ def run_generation(cfg: KadetConfig, passages: Sequence[Document], out: Path, ba
     done = resume_log(log_path, generation_depends(cfg))
     todo = [r for r in requests if logged_output(done, r) is None]
     log.info("generate: %d requests, %d already done, %d to do", len(requests), len(requests) - len(todo), len(todo))
-    rules = g
+    rules = g.clean
     failed = 0
     t0 = time.perf_counter()
     if todo:
@@ -467,7 +458,7 @@ def finalise(cfg: KadetConfig, requests: Sequence[Request], out: Path, failed: i
     seen: set[str] = set()
     rows = []
     by_type: Counter[str] = Counter()
-    rules = cfg.generate
+    rules = cfg.generate.clean
     for req in requests:  # plan order: stable output whatever the completion order was
         rec = logged_output(done, req)
         if rec is None:
@@ -597,13 +588,11 @@ def extract_queries(passages: Sequence[Document], kind: str, seed: int, weight: 
                     shard: tuple[int, int] = (0, 1)) -> list[dict]:
     """Queries taken from the passages themselves, in ``queries.jsonl`` form: with probability
     ``weight`` per passage (seeded by passage id, so sharding changes nothing), one ``kind``
-    query per passage of this ``shard`` (index, count: passage i belongs to i mod count)."""
+    query per passage of this ``shard`` (index, count: ``shard_range``, as ``plan_requests``)."""
     if kind not in EXTRACTED_TYPES:
         raise ConfigError(f"extracted query type must be one of {EXTRACTED_TYPES}, got {kind!r}")
     rows = []
-    for idx, doc in enumerate(passages):
-        if idx % shard[1] != shard[0]:
-            continue
+    for doc in (passages[i] for i in shard_range(len(passages), *shard)):
         rng = random.Random(f"{seed}|{doc.doc_id}|{kind}")
         if rng.random() >= weight:
             continue

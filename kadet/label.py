@@ -35,18 +35,11 @@ from kadet.data import (Document, append_jsonl, json_roundtrip, log_depends, rea
 from kadet.errors import KadetError
 from kadet.manifest import Manifest
 from kadet.teachers import build_teacher
-from kadet.stages import STAGES, file_in
+from kadet.stages import STAGES, file_in, shard_range
 
 log = logging.getLogger(__name__)
 
 CANDIDATE_FIELDS = {"query": str, "type": str, "source_doc_id": str, "candidates": list}
-
-
-def shard_range(n: int, index: int, shards: int) -> range:
-    """Contiguous query range ``[n*i/k, n*(i+1)/k)`` of shard ``i`` of ``k``."""
-    if not 0 <= index < shards:
-        raise KadetError(f"label: shard_index {index} outside 0..{shards - 1}")
-    return range(n * index // shards, n * (index + 1) // shards)
 
 
 def shard_file(out: Path, index: int, shards: int) -> Path:

@@ -2,9 +2,9 @@
 
 For each query of ``queries.jsonl`` every configured retriever (``mine.retrievers``: the base
 dense model ``dense``, ``bm25``, and optionally more dense models as ``dense:PATH``) returns its
-top ``mine.top_k``. The **round-trip filter** keeps a query only if its source passage is in
+top ``mine.top_k`` (0: ``retrieval.top_k``). The **round-trip filter** keeps a query only if its source passage is in
 the top ``mine.round_trip_depth`` of *any* retriever (or of *each*, ``mine.round_trip=all``;
-``off`` disables it). The rankings are fused with reciprocal rank fusion (K=60) and a query
+``off`` disables it). The rankings are fused with reciprocal rank fusion (K = ``retrieval.rrf_k``, 60) and a query
 needs at least ``mine.min_candidates`` fused candidates.
 
 Retrieval runs over the prepare stage's clean ``corpus.jsonl``, from which every evaluation
@@ -64,9 +64,7 @@ def round_trip_ok(source: str, runs: Mapping[str, Run], qid: str, depth: int, mo
         return True
     if mode == "any":
         return any(found)
-    if mode == "all":
-        return all(found)
-    raise ConfigError(f"mine.round_trip must be any, all or off, got {mode!r}")
+    return all(found)  # "all"; mine.round_trip is a Literal checked at load
 
 
 def mine_candidates(cfg: KadetConfig, queries: list[dict], corpus: Mapping[str, Document],
@@ -74,9 +72,9 @@ def mine_candidates(cfg: KadetConfig, queries: list[dict], corpus: Mapping[str, 
     """Retrieve, round-trip filter and fuse; returns the candidate records."""
     c = cfg.mine
     texts = {q["qid"]: q["text"] for q in queries}
-    runs = {name: r.search(texts, c.top_k) for name, r in retrievers.items()}
+    runs = {name: r.search(texts, c.top_k or cfg.retrieval.top_k) for name, r in retrievers.items()}
     # Fuse every query's rankings once: fusing inside the loop made the stage quadratic.
-    fused_runs = reciprocal_rank_fusion(list(runs.values()), k=c.rrf_k)
+    fused_runs = reciprocal_rank_fusion(list(runs.values()), k=cfg.retrieval.rrf_k)
     hits: Counter[str] = Counter()
     rows = []
     for q in queries:

@@ -16,6 +16,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kadet.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -50,3 +52,11 @@ def input_path(work_dir: str | os.PathLike, stage: str, input_name: str) -> str:
     """Where the CLI's ``stage`` reads ``input_name`` by default: the upstream stage's output."""
     upstream, output = STAGES[stage].inputs[input_name]
     return output_path(work_dir, upstream, output)
+
+
+def shard_range(n: int, index: int, shards: int) -> range:
+    """Items ``[n*i/k, n*(i+1)/k)`` of ``n``: shard ``i`` of ``k``. Generation (passages) and
+    labelling (queries) both shard this way: contiguous, sizes differing by at most one."""
+    if not 0 <= index < shards:
+        raise ConfigError(f"shard_index {index} outside 0..{shards - 1}")
+    return range(n * index // shards, n * (index + 1) // shards)

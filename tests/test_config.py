@@ -78,3 +78,19 @@ def test_packaged_profiles_load_and_gpu_is_paper_scale(tmp_path):
     assert config_from_text(local_config_text(profile=str(own))).distill.epochs == 2
     with pytest.raises(ConfigError, match="neither a packaged profile"):
         profile_text("nope")
+
+
+def test_moved_keys_still_work_and_say_where_they_went(tmp_path, caplog):
+    from kadet.config import CHOICES, load_config
+
+    with caplog.at_level("WARNING"):
+        cfg = load_config(None, ["generate.tgi_url=http://tgi:8080", "generate.min_words=3", "mine.rrf_k=30"])
+    assert cfg.generate.tgi.url == "http://tgi:8080" and cfg.generate.clean.min_words == 3 and cfg.retrieval.rrf_k == 30
+    assert "'generate.tgi_url' is now 'generate.tgi.url'" in caplog.text
+    (tmp_path / "c.yaml").write_text("generate: {tgi: {api: text_generation, concurrency: 4}}\n")
+    assert load_config(tmp_path / "c.yaml").generate.tgi.api == "text_generation"
+    assert CHOICES["generate.tgi.api"] == ("chat", "text_generation")      # from the Literal type
+    assert CHOICES["distill.mode"] == ("full", "query") and "mine.round_trip" in CHOICES
+    # one home for each default: mine and distill follow retrieval.top_k / the labelled lists unless set
+    cfg = load_config(None, ["retrieval.top_k=50"])
+    assert cfg.mine.top_k == 0 and cfg.distill.list_size == 0

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from kadet.config import GenerateConfig, load_config
+from kadet.config import CleanConfig, load_config
 from kadet.data import Document, read_corpus, read_log, write_jsonl
 from kadet.errors import ConfigError, KadetError
 from kadet.generate import (
@@ -81,7 +81,7 @@ def test_cleaning_rules(raw, expected, reason):
 def test_copy_detection_uses_ngrams():
     assert is_copy("expression in the immune and nervous systems of the myelin", PASSAGE, 8)
     assert not is_copy("expression in the immune system of mice", PASSAGE, 8)
-    assert clean_output("a b c d e f g h i j", "question", "x", GenerateConfig(max_words=5)) == (None, "too_long")
+    assert clean_output("a b c d e f g h i j", "question", "x", CleanConfig(max_words=5)) == (None, "too_long")
 
 
 def test_prompt_library():
@@ -176,8 +176,8 @@ def test_duplicates_and_drops_are_counted(tmp_path):
 # ------------------------------------------------------------------ tgi backend, FAKE fault server
 
 def _tgi_cfg(url: str, *extra: str):
-    return load_config(None, ["generate.backend=tgi", f"generate.tgi_url={url}", "generate.types={question: 1, claim: 1}",
-                              "generate.timeout_s=1", "generate.backoff_s=0.01", "generate.progress=false",
+    return load_config(None, ["generate.backend=tgi", f"generate.tgi.url={url}", "generate.types={question: 1, claim: 1}",
+                              "generate.tgi.timeout_s=1", "generate.tgi.backoff_s=0.01", "generate.progress=false",
                               "generate.flush_every=5", *extra])
 
 
@@ -185,7 +185,7 @@ def test_tgi_retries_5xx_hangs_and_malformed_json(tmp_path, monkeypatch, caplog)
     monkeypatch.setenv("HF_TOKEN", "hf_sekrit_token_value")
     caplog.set_level(logging.DEBUG)
     with FaultServer(["503", "hang", "badjson", "502", "ok"], hang_s=2.5) as srv:
-        cfg = _tgi_cfg(srv.url, "generate.max_retries=4", "generate.concurrency=4")
+        cfg = _tgi_cfg(srv.url, "generate.tgi.max_retries=4", "generate.tgi.concurrency=4")
         backend = TGIBackend(cfg.generate)
         m = run_generation(cfg, _docs(6), tmp_path, backend)
     assert m.counts["kept"] == 12 and m.counts["missing"] == 0
@@ -198,11 +198,11 @@ def test_tgi_retries_5xx_hangs_and_malformed_json(tmp_path, monkeypatch, caplog)
 def test_tgi_gives_up_then_resumes_without_loss(tmp_path):
     # every request fails its first 3 attempts; with 1 retry all fail, nothing is written
     with FaultServer(["500", "500", "500"]) as srv:
-        cfg = _tgi_cfg(srv.url, "generate.max_retries=1")
+        cfg = _tgi_cfg(srv.url, "generate.tgi.max_retries=1")
         with pytest.raises(KadetError, match=r"12 of 12 requests failed; rerun to resume"):
             run_generation(cfg, _docs(6), tmp_path, TGIBackend(cfg.generate))
         assert read_log(tmp_path / LOG_NAME) == {}
-        cfg = _tgi_cfg(srv.url, "generate.max_retries=2")
+        cfg = _tgi_cfg(srv.url, "generate.tgi.max_retries=2")
         m = run_generation(cfg, _docs(6), tmp_path, TGIBackend(cfg.generate))
     assert m.counts["kept"] == 12 and m.counts["failed_this_run"] == 0
 
@@ -215,7 +215,7 @@ def test_a_bug_is_raised_not_retried_as_a_network_fault(tmp_path, monkeypatch):
     assert not any(_classify(e) for e in (AttributeError("x"), KeyError("x"), TypeError("x"), ValueError("x")))
     assert _classify(RetryableError("malformed reply")) and _classify(TimeoutError())
     with FaultServer(["ok"]) as srv:
-        cfg = _tgi_cfg(srv.url, "generate.max_retries=3")
+        cfg = _tgi_cfg(srv.url, "generate.tgi.max_retries=3")
         backend = TGIBackend(cfg.generate)
 
         def typo(self):
@@ -229,7 +229,7 @@ def test_a_bug_is_raised_not_retried_as_a_network_fault(tmp_path, monkeypatch):
 
 def test_tgi_does_not_retry_4xx(tmp_path):
     with FaultServer(["400", "400", "400"]) as srv:
-        cfg = _tgi_cfg(srv.url, "generate.max_retries=3")
+        cfg = _tgi_cfg(srv.url, "generate.tgi.max_retries=3")
         backend = TGIBackend(cfg.generate)
         with pytest.raises(KadetError):
             run_generation(cfg, _docs(2), tmp_path, backend)
@@ -252,7 +252,7 @@ def test_tgi_backend_against_real_llama_cpp_server(tmp_path, llama_url, scifact)
     corpus = read_corpus(scifact / "corpus.jsonl")
     passages = list(corpus.values())[:4]
     write_jsonl(tmp_path / "passages.jsonl", ({"_id": d.doc_id, "title": d.title, "text": d.text} for d in passages))
-    cfg = _tgi_cfg(llama_url, "generate.timeout_s=120", "generate.concurrency=2", "generate.temperature=0.3",
+    cfg = _tgi_cfg(llama_url, "generate.tgi.timeout_s=120", "generate.tgi.concurrency=2", "generate.temperature=0.3",
                    "generate.types={question: 1, msmarco: 1}")
     m = generate(cfg, tmp_path / "passages.jsonl", tmp_path / "out")
     rows = [json.loads(l) for l in (tmp_path / "out" / "queries.jsonl").read_text().splitlines()]
@@ -272,7 +272,7 @@ def test_tgi_text_generation_api_request_shape(tmp_path):
     # llama.cpp serves only the OpenAI routes, so TGI's raw route is checked against the FAKE
     # server: a POST of {"inputs": <few-shot prompt>, "parameters": {...}} to the base URL.
     with FaultServer(["503"]) as srv:
-        cfg = _tgi_cfg(srv.url, "generate.tgi_api=text_generation", "generate.types={claim: 1}")
+        cfg = _tgi_cfg(srv.url, "generate.tgi.api=text_generation", "generate.types={claim: 1}")
         m = run_generation(cfg, _docs(3), tmp_path, TGIBackend(cfg.generate))
     assert m.counts["kept"] == 3
     assert set(srv.paths) == {"/"}

@@ -10,7 +10,8 @@ import pytest
 from kadet.config import LabelConfig, load_config
 from kadet.data import Document, write_jsonl
 from kadet.errors import KadetError
-from kadet.label import apply_filters, label, shard_file, shard_range
+from kadet.label import apply_filters, label, shard_file
+from kadet.stages import shard_range
 from kadet.manifest import Manifest
 
 
