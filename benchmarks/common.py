@@ -61,3 +61,23 @@ def scifact_slice(root: Path, n_queries: int = 20, n_docs: int = 300, seed: int 
     others = sorted(set(docs) - set(keep))
     keep += random.Random(seed).sample(others, max(0, n_docs - len(keep)))
     return write_beir(root, [docs[d] for d in keep], [queries[q] for q in qids], qrels)
+
+
+def make_tiny_st(root: Path, seed: int = 0) -> Path:
+    """A tiny randomly initialised sentence-transformers model (plumbing only), saved to ``root/st``."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import modules as models
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from kadet.models import resolve_model_path
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path("all-MiniLM-L6-v2"))
+    torch.manual_seed(seed)
+    BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(root / "bert")
+    tok.save_pretrained(root / "bert")
+    t = models.Transformer(str(root / "bert"), max_seq_length=64)
+    st = SentenceTransformer(modules=[t, models.Pooling(32, "mean"), models.Normalize()], device="cpu")
+    st.save(str(root / "st"))
+    return root / "st"

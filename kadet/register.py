@@ -30,6 +30,7 @@ from pathlib import Path
 from kadet.config import EvaluationConfig, KadetConfig, RegisterConfig
 from kadet.errors import KadetError
 from kadet.models import model_fingerprint
+from kadet.tracking import EVAL_DATA_TAG, GATE_TAG, MODEL_VERSION_TAG, PIPELINE_TAG
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 #: ``metric_tag(name)`` ("kadet.ndcg_at_10"), measured on the data named by EVAL_TAG.
 DEFAULT_METRICS = EvaluationConfig()
 FINGERPRINT_TAG = "kadet.model_fingerprint"
-EVAL_TAG = "kadet.eval_data"
+EVAL_TAG = EVAL_DATA_TAG
 FAILURE_TAG = "kadet.gate_failure"
 #: The champion version the register step decided against ("" = none, the base model).
 DECIDED_TAG = "kadet.decided_against"
@@ -204,7 +205,7 @@ def register_candidate(cfg: KadetConfig, model_dir: str | Path, comparison: Mapp
             "kadet.base_model": str(comparison["models"]["base"]),
             metric_tag(f"base_{e.ndcg}"): f"{comparison['base'][e.ndcg]:.6f}"}
     if pipeline_run:
-        tags["kadet.pipeline_run"] = pipeline_run
+        tags[PIPELINE_TAG] = pipeline_run
     for k, v in tags.items():
         c.set_model_version_tag(reg.model_name, version, k, v)
     champ = alias_version(c, reg.model_name, reg.champion_alias)
@@ -222,7 +223,7 @@ def register_candidate(cfg: KadetConfig, model_dir: str | Path, comparison: Mapp
     mlflow.log_metrics({metric_name(f"gate.candidate_{k}"): v for k, v in cand.items()}
                        | {metric_name(f"gate.incumbent_{k}"): v for k, v in inc.items()}
                        | {"gate.promote": float(decision.promote)})
-    mlflow.set_tags({"kadet.gate": decision.reason, "kadet.model_version": version})
+    mlflow.set_tags({GATE_TAG: decision.reason, MODEL_VERSION_TAG: version})
     return Registration(reg.model_name, version, decision, cand, inc, reused=existing is not None)
 
 
@@ -295,7 +296,7 @@ def promote(cfg: KadetConfig, version: str, attempts: int = 5) -> Decision:
     else:
         raise KadetError(f"register: the champion alias of {reg.model_name} kept moving; v{version} not promoted "
                          f"after {attempts} tries (are many runs promoting at once?)")
-    c.set_model_version_tag(reg.model_name, version, "kadet.gate", "passed")
+    c.set_model_version_tag(reg.model_name, version, GATE_TAG, "passed")
     if FAILURE_TAG in (c.get_model_version(reg.model_name, version).tags or {}):
         c.delete_model_version_tag(reg.model_name, version, FAILURE_TAG)
     chall = alias_version(c, reg.model_name, reg.challenger_alias)
@@ -310,7 +311,7 @@ def mark_challenger(cfg: KadetConfig, version: str, reason: str) -> None:
 
     reg, c = cfg.register, get_client(cfg)
     c.set_registered_model_alias(reg.model_name, reg.challenger_alias, version)
-    c.set_model_version_tag(reg.model_name, version, "kadet.gate", "failed")
+    c.set_model_version_tag(reg.model_name, version, GATE_TAG, "failed")
     c.set_model_version_tag(reg.model_name, version, FAILURE_TAG, reason)
 
 

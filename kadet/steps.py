@@ -208,7 +208,7 @@ def promote_step(cfg: KadetConfig, version: str, pipeline_run: str) -> None:
 
     d = promote(cfg, version)
     if not d.promote:
-        tracking.client(cfg).set_tag(tracking.parent_run_id(cfg, pipeline_run), "kadet.gate", d.reason)
+        tracking.client(cfg).set_tag(tracking.parent_run_id(cfg, pipeline_run), tracking.GATE_TAG, d.reason)
 
 
 def challenger_step(cfg: KadetConfig, version: str, reason: str, pipeline_run: str) -> None:
@@ -222,7 +222,7 @@ def finish_step(cfg: KadetConfig, pipeline_run: str, state: str, error: str | No
     else FAILED with the error as a tag (it runs whatever happened to the other tasks)."""
     status = "FINISHED" if state == "SUCCEEDED" else "FAILED"
     if error:
-        tracking.client(cfg).set_tag(tracking.parent_run_id(cfg, pipeline_run), "kadet.error", str(error)[:5000])
+        tracking.client(cfg).set_tag(tracking.parent_run_id(cfg, pipeline_run), tracking.ERROR_TAG, str(error)[:5000])
     tracking.finish_parent(cfg, pipeline_run, status)
 
 

@@ -35,6 +35,12 @@ EVAL_DATA_TAG = "kadet.eval_data"
 #: On a failed stage run: the error on one line, and the path of the stage's full log.
 ERROR_TAG = "kadet.error"
 LOG_TAG = "kadet.log"
+CONFIG_HASH_TAG = "kadet.config_hash"
+ARTIFACT_URI_TAG = "kadet.artifact_uri"
+#: The gate's outcome ("passed" or the reasons) and the model version, on the register run
+#: (and on the parent run if a promotion is refused at the last moment).
+GATE_TAG = "kadet.gate"
+MODEL_VERSION_TAG = "kadet.model_version"
 #: Config sections logged as params on each stage's run (plus ``data`` and ``retrieval``).
 STAGE_SECTIONS = {
     "prepare": ["prepare"], "generate": ["generate"], "mine": ["mine"], "label": ["label"],
@@ -146,7 +152,7 @@ def stage_run(cfg: KadetConfig, stage: str, pipeline_run: str, shard: str | None
     try:
         with mlflow.start_run(run_id=run.info.run_id) as active:
             mlflow.log_params(flat_params(cfg, STAGE_SECTIONS.get(stage, [])))
-            mlflow.set_tags({"kadet.config_hash": cfg.hash(), LOG_TAG: str(log_path)})
+            mlflow.set_tags({CONFIG_HASH_TAG: cfg.hash(), LOG_TAG: str(log_path)})
             try:
                 yield active
                 if cfg.artifact_uri and out is not None:
@@ -154,7 +160,7 @@ def stage_run(cfg: KadetConfig, stage: str, pipeline_run: str, shard: str | None
 
                     uri = f"{cfg.artifact_uri.rstrip('/')}/{pipeline_run}/{name}"
                     publish(Path(out), uri)
-                    mlflow.set_tag("kadet.artifact_uri", uri)
+                    mlflow.set_tag(ARTIFACT_URI_TAG, uri)
             except BaseException as exc:
                 # one line for whoever looks at the run (``kadet run`` prints it), the traceback in the log
                 log.error("stage %s failed", name, exc_info=True)

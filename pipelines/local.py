@@ -106,9 +106,9 @@ def summarise(cfg, seconds: float) -> dict:
         "base": _prefixed(ev, "base_"), "candidate": _prefixed(ev, "candidate_"),
         "gain_ci": ([reg.data.metrics[k] for k in ("gate.gain_ci_low", "gate.gain_ci_high")]
                     if reg and "gate.gain_ci_low" in reg.data.metrics else None),
-        "version": reg.data.tags.get("kadet.model_version") if reg else None,
+        "version": reg.data.tags.get(tracking.MODEL_VERSION_TAG) if reg else None,
         # a promotion refused at the last moment (the champion moved meanwhile) is on the parent
-        "gate": parent.data.tags.get("kadet.gate") or (reg.data.tags.get("kadet.gate") if reg else None),
+        "gate": parent.data.tags.get(tracking.GATE_TAG) or (reg.data.tags.get(tracking.GATE_TAG) if reg else None),
         "champion": champ.version if champ else None,
         "tracking_uri": tracking.tracking_uri(cfg),
         "metrics": [cfg.evaluation.ndcg, cfg.evaluation.recall],

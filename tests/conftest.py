@@ -13,7 +13,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 
-from benchmarks.common import find_scifact, find_shared_data, scifact_slice, write_beir  # noqa: E402,F401
+from benchmarks.common import (find_scifact, find_shared_data, make_tiny_st, scifact_slice,  # noqa: E402,F401
+                               write_beir)
 
 
 @pytest.fixture(scope="session")
@@ -45,26 +46,6 @@ def tiny_beir(tmp_path: Path) -> Path:
 def shared_work(tmp_path_factory) -> Path:
     """One work dir for the SciFact tests, so the embedding cache encodes the corpus once."""
     return tmp_path_factory.mktemp("scifact-work")
-
-
-def make_tiny_st(root: Path, seed: int = 0) -> Path:
-    """A tiny randomly initialised sentence-transformers model (plumbing only), saved to ``root/st``."""
-    import torch
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer import modules as models
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from kadet.models import resolve_model_path
-
-    tok = AutoTokenizer.from_pretrained(resolve_model_path("all-MiniLM-L6-v2"))
-    torch.manual_seed(seed)
-    BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(root / "bert")
-    tok.save_pretrained(root / "bert")
-    t = models.Transformer(str(root / "bert"), max_seq_length=64)
-    st = SentenceTransformer(modules=[t, models.Pooling(32, "mean"), models.Normalize()], device="cpu")
-    st.save(str(root / "st"))
-    return root / "st"
 
 
 @pytest.fixture(scope="session")
