@@ -11,243 +11,107 @@ from typing import List, NamedTuple
 from kfp.dsl import Dataset, Input, Metrics, Model, Output, PipelineTaskFinalStatus
 
 
-def prepare(
-    data_uri: str,
-    eval_qrels_uri: str,
-    sample_size: int,
-    config_yaml: str,
-    profile: str,
-    work_dir: str,
-    pipeline_run: str,
-    prepared: Output[Dataset],
-):
+def prepare(data_uri: str, eval_qrels_uri: str, sample_size: int, config_yaml: str, profile: str, work_dir: str,
+            pipeline_run: str, prepared: Output[Dataset]):
     from kadet.steps import prepare_step, step_config
 
-    cfg = step_config(
-        config_yaml,
-        profile=profile,
-        work_dir=work_dir,
-        data__data_dir=data_uri,
-        data__qrels=eval_qrels_uri,
-        prepare__sample_size=sample_size,
-    )
+    cfg = step_config(config_yaml, profile=profile, work_dir=work_dir, data__data_dir=data_uri,
+                      data__qrels=eval_qrels_uri, prepare__sample_size=sample_size)
     prepare_step(cfg, prepared.path, pipeline_run)
 
 
-def generate(
-    prepared: Input[Dataset],
-    query_types: dict,
-    shard_index: int,
-    num_shards: int,
-    config_yaml: str,
-    profile: str,
-    work_dir: str,
-    pipeline_run: str,
-    shard: Output[Dataset],
-):
+def generate(prepared: Input[Dataset], query_types: dict, shard_index: int, num_shards: int, config_yaml: str,
+             profile: str, work_dir: str, pipeline_run: str, shard: Output[Dataset]):
     from kadet.steps import generate_step, step_config
     from kadet.stages import file_in
 
-    cfg = step_config(
-        config_yaml,
-        profile=profile,
-        work_dir=work_dir,
-        generate__types=query_types,
-        generate__shard_index=int(shard_index),
-        generate__num_shards=int(num_shards),
-    )
+    cfg = step_config(config_yaml, profile=profile, work_dir=work_dir, generate__types=query_types,
+                      generate__shard_index=int(shard_index), generate__num_shards=int(num_shards))
     generate_step(cfg, file_in(prepared.path, "prepare", "passages"), shard.path, pipeline_run)
 
 
-def generate_merge(
-    prepared: Input[Dataset],
-    shards: Input[List[Dataset]],
-    query_types: dict,
-    num_shards: int,
-    config_yaml: str,
-    profile: str,
-    work_dir: str,
-    pipeline_run: str,
-    queries: Output[Dataset],
-):
+def generate_merge(prepared: Input[Dataset], shards: Input[List[Dataset]], query_types: dict, num_shards: int,
+                   config_yaml: str, profile: str, work_dir: str, pipeline_run: str, queries: Output[Dataset]):
     from kadet.steps import generate_merge_step, step_config
     from kadet.stages import file_in
 
-    cfg = step_config(
-        config_yaml,
-        profile=profile,
-        work_dir=work_dir,
-        generate__types=query_types,
-        generate__num_shards=int(num_shards),
-    )
-    generate_merge_step(
-        cfg, file_in(prepared.path, "prepare", "passages"), [s.path for s in shards], queries.path, pipeline_run
-    )
+    cfg = step_config(config_yaml, profile=profile, work_dir=work_dir, generate__types=query_types,
+                      generate__num_shards=int(num_shards))
+    generate_merge_step(cfg, file_in(prepared.path, "prepare", "passages"), [s.path for s in shards], queries.path,
+                        pipeline_run)
 
 
-def mine(
-    prepared: Input[Dataset],
-    queries: Input[Dataset],
-    config_yaml: str,
-    profile: str,
-    work_dir: str,
-    pipeline_run: str,
-    candidates: Output[Dataset],
-):
+def mine(prepared: Input[Dataset], queries: Input[Dataset], config_yaml: str, profile: str, work_dir: str,
+         pipeline_run: str, candidates: Output[Dataset]):
     from kadet.steps import mine_step, step_config
     from kadet.stages import file_in
 
     cfg = step_config(config_yaml, profile=profile, work_dir=work_dir)
-    mine_step(
-        cfg,
-        file_in(queries.path, "generate", "queries"),
-        file_in(prepared.path, "prepare", "corpus"),
-        candidates.path,
-        pipeline_run,
-    )
+    mine_step(cfg, file_in(queries.path, "generate", "queries"), file_in(prepared.path, "prepare", "corpus"),
+              candidates.path, pipeline_run)
 
 
-def label(
-    prepared: Input[Dataset],
-    candidates: Input[Dataset],
-    teacher: str,
-    list_size: int,
-    shard_index: int,
-    num_shards: int,
-    config_yaml: str,
-    profile: str,
-    work_dir: str,
-    pipeline_run: str,
-    scores: Output[Dataset],
-):
+def label(prepared: Input[Dataset], candidates: Input[Dataset], teacher: str, list_size: int, shard_index: int,
+          num_shards: int, config_yaml: str, profile: str, work_dir: str, pipeline_run: str, scores: Output[Dataset]):
     from kadet.steps import label_step, step_config
     from kadet.stages import file_in
 
-    cfg = step_config(
-        config_yaml,
-        profile=profile,
-        work_dir=work_dir,
-        label__teacher=teacher,
-        label__list_size=list_size,
-        label__shard_index=int(shard_index),
-        label__num_shards=int(num_shards),
-    )
-    label_step(
-        cfg,
-        file_in(candidates.path, "mine", "candidates"),
-        file_in(prepared.path, "prepare", "corpus"),
-        scores.path,
-        pipeline_run,
-    )
+    cfg = step_config(config_yaml, profile=profile, work_dir=work_dir, label__teacher=teacher,
+                      label__list_size=list_size, label__shard_index=int(shard_index),
+                      label__num_shards=int(num_shards))
+    label_step(cfg, file_in(candidates.path, "mine", "candidates"), file_in(prepared.path, "prepare", "corpus"),
+               scores.path, pipeline_run)
 
 
-def label_merge(
-    prepared: Input[Dataset],
-    candidates: Input[Dataset],
-    shards: Input[List[Dataset]],
-    teacher: str,
-    list_size: int,
-    num_shards: int,
-    config_yaml: str,
-    profile: str,
-    work_dir: str,
-    pipeline_run: str,
-    labels: Output[Dataset],
-):
+def label_merge(prepared: Input[Dataset], candidates: Input[Dataset], shards: Input[List[Dataset]], teacher: str,
+                list_size: int, num_shards: int, config_yaml: str, profile: str, work_dir: str, pipeline_run: str,
+                labels: Output[Dataset]):
     from kadet.steps import label_merge_step, step_config
     from kadet.stages import file_in
 
-    cfg = step_config(
-        config_yaml,
-        profile=profile,
-        work_dir=work_dir,
-        label__teacher=teacher,
-        label__list_size=list_size,
-        label__num_shards=int(num_shards),
-    )
-    label_merge_step(
-        cfg,
-        file_in(candidates.path, "mine", "candidates"),
-        file_in(prepared.path, "prepare", "corpus"),
-        [s.path for s in shards],
-        labels.path,
-        pipeline_run,
-    )
+    cfg = step_config(config_yaml, profile=profile, work_dir=work_dir, label__teacher=teacher,
+                      label__list_size=list_size, label__num_shards=int(num_shards))
+    label_merge_step(cfg, file_in(candidates.path, "mine", "candidates"), file_in(prepared.path, "prepare", "corpus"),
+                     [s.path for s in shards], labels.path, pipeline_run)
 
 
-def distill(
-    labels: Input[Dataset],
-    training_mode: str,
-    list_size: int,
-    config_yaml: str,
-    profile: str,
-    work_dir: str,
-    pipeline_run: str,
-    model: Output[Model],
-):
+def distill(labels: Input[Dataset], training_mode: str, list_size: int, config_yaml: str, profile: str, work_dir: str,
+            pipeline_run: str, model: Output[Model]):
     from kadet.steps import distill_step, step_config
     from kadet.stages import file_in
 
-    cfg = step_config(
-        config_yaml, profile=profile, work_dir=work_dir, distill__mode=training_mode, distill__list_size=list_size
-    )
+    cfg = step_config(config_yaml, profile=profile, work_dir=work_dir, distill__mode=training_mode,
+                      distill__list_size=list_size)
     distill_step(cfg, file_in(labels.path, "label", "labels"), model.path, pipeline_run)
     model.metadata["mode"] = training_mode
     model.metadata["framework"] = "sentence-transformers"
 
 
-def evaluate(
-    model: Input[Model],
-    labels: Input[Dataset],
-    data_uri: str,
-    eval_qrels_uri: str,
-    config_yaml: str,
-    profile: str,
-    work_dir: str,
-    pipeline_run: str,
-    metrics: Output[Metrics],
-    report: Output[Dataset],
-):
+def evaluate(model: Input[Model], labels: Input[Dataset], data_uri: str, eval_qrels_uri: str, config_yaml: str,
+             profile: str, work_dir: str, pipeline_run: str, metrics: Output[Metrics], report: Output[Dataset]):
     from kadet.steps import evaluate_step, model_folder, step_config
     from kadet.stages import file_in
     from kadet.tracking import metric_name
 
-    cfg = step_config(
-        config_yaml, profile=profile, work_dir=work_dir, data__data_dir=data_uri, data__qrels=eval_qrels_uri
-    )
-    rep = evaluate_step(
-        cfg, str(model_folder(model.path)), file_in(labels.path, "label", "labels"), report.path, pipeline_run
-    )
+    cfg = step_config(config_yaml, profile=profile, work_dir=work_dir, data__data_dir=data_uri,
+                      data__qrels=eval_qrels_uri)
+    rep = evaluate_step(cfg, str(model_folder(model.path)), file_in(labels.path, "label", "labels"), report.path,
+                        pipeline_run)
     for who in ("base", "candidate"):
         for name, value in rep[who].items():
             metrics.log_metric(metric_name(f"{who}_{name}"), round(value, 4))
 
 
-def register(
-    model: Input[Model],
-    report: Input[Dataset],
-    model_name: str,
-    ndcg_floor: float,
-    min_delta: float,
-    max_recall_drop: float,
-    config_yaml: str,
-    profile: str,
-    work_dir: str,
-    pipeline_run: str,
-) -> NamedTuple("Gate", [("decision", str), ("version", str), ("reason", str)]):
+def register(model: Input[Model], report: Input[Dataset], model_name: str, ndcg_floor: float, min_delta: float,
+             max_recall_drop: float, config_yaml: str, profile: str, work_dir: str, pipeline_run: str
+             ) -> NamedTuple("Gate", [("decision", str), ("version", str), ("reason", str)]):
     from collections import namedtuple
 
     from kadet.steps import model_folder, register_step, step_config
 
-    cfg = step_config(
-        config_yaml,
-        profile=profile,
-        work_dir=work_dir,
-        register__model_name=model_name,
-        register__ndcg_floor=ndcg_floor,
-        register__min_delta=min_delta,
-        register__max_recall_drop=max_recall_drop,
-    )
+    cfg = step_config(config_yaml, profile=profile, work_dir=work_dir, register__model_name=model_name,
+                      register__ndcg_floor=ndcg_floor, register__min_delta=min_delta,
+                      register__max_recall_drop=max_recall_drop)
     r = register_step(cfg, str(model_folder(model.path)), report.path, pipeline_run)
     gate = namedtuple("Gate", ["decision", "version", "reason"])
     return gate("promote" if r["promote"] else "reject", r["version"], r["reason"])
@@ -256,16 +120,12 @@ def register(
 def promote(version: str, model_name: str, config_yaml: str, profile: str, work_dir: str, pipeline_run: str):
     from kadet.steps import promote_step, step_config
 
-    promote_step(
-        step_config(config_yaml, profile=profile, work_dir=work_dir, register__model_name=model_name),
-        version,
-        pipeline_run,
-    )
+    promote_step(step_config(config_yaml, profile=profile, work_dir=work_dir, register__model_name=model_name),
+                 version, pipeline_run)
 
 
-def challenger(
-    version: str, reason: str, model_name: str, config_yaml: str, profile: str, work_dir: str, pipeline_run: str
-):
+def challenger(version: str, reason: str, model_name: str, config_yaml: str, profile: str, work_dir: str,
+               pipeline_run: str):
     from kadet.steps import challenger_step, step_config
 
     cfg = step_config(config_yaml, profile=profile, work_dir=work_dir, register__model_name=model_name)
@@ -275,9 +135,8 @@ def challenger(
 def finish(config_yaml: str, profile: str, work_dir: str, pipeline_run: str, status: PipelineTaskFinalStatus):
     from kadet.steps import finish_step, step_config
 
-    finish_step(
-        step_config(config_yaml, profile=profile, work_dir=work_dir), pipeline_run, status.state, status.error_message
-    )
+    finish_step(step_config(config_yaml, profile=profile, work_dir=work_dir), pipeline_run, status.state,
+                status.error_message)
 
 
 def shard_indices(num_shards: int) -> List[int]:
