@@ -383,6 +383,10 @@ def main(argv: list[str] | None = None) -> int:
         with work_dir_lock(work_dir, f"kadet {args.command}"):
             return COMMANDS[args.command](args)
     except KadetError as exc:
+        if args.verbose:  # -v: where it was raised, too
+            import traceback
+
+            traceback.print_exc()
         print(f"kadet: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
