@@ -332,7 +332,7 @@ def resume_log(path: str | os.PathLike, depends: dict) -> dict[str, dict]:
                         "the old records are kept in %s", path, ", ".join(changed) or "unknown", aside.name)
             os.replace(path, aside)
     if not path.exists():
-        write_json(_depends_file(path), want)
+        write_json(_depends_file(path), want, sort_keys=True)
     return read_log(path)
 
 
@@ -353,13 +353,13 @@ def json_roundtrip(obj) -> dict:
     return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 
-def write_json(path: str | os.PathLike, obj) -> None:
-    """Write ``obj`` as indented JSON atomically (unique temp name in the same folder + rename)."""
+def write_json(path: str | os.PathLike, obj, indent: int = 2, sort_keys: bool = False) -> None:
+    """Write ``obj`` as JSON atomically (unique temp name in the same folder + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+        tmp.write_text(json.dumps(obj, indent=indent, sort_keys=sort_keys, default=str) + "\n", encoding="utf-8")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

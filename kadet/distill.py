@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from kadet.config import KadetConfig
-from kadet.data import read_records
+from kadet.data import read_records, write_json
 from kadet.errors import KadetError
 from kadet.gradcache import Tower, grad_cache_step
 from kadet.losses import cosine_scores, distill_loss
@@ -310,7 +310,7 @@ class Distiller:
                      "n/a" if dev is None else f"{dev:.4f}", " (best)" if improved else "")
             self.save_checkpoint()
             run_epochs += 1
-        (self.out / "curves.json").write_text(json.dumps(self.state["curves"], indent=1) + "\n")
+        write_json(self.out / "curves.json", self.state["curves"], indent=1)
         return {"epochs": self.state["epoch"], "best_epoch": self.state["best_epoch"],
                 "best_dev_loss": self.state["best_dev"], "resumed": resumed,
                 "seconds_this_run": round(time.perf_counter() - t0, 1),

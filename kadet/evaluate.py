@@ -9,7 +9,6 @@ trec_eval's ``recip_rank`` on the run cut to its top k, as BEIR does.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Mapping
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytrec_eval
 
 from kadet.config import KadetConfig
-from kadet.data import Dataset, Qrels, load_beir
+from kadet.data import Dataset, Qrels, load_beir, write_json
 from kadet.encode import Encoder
 from kadet.manifest import Manifest
 from kadet.retrieval import BM25Retriever, DenseRetriever, Run, reciprocal_rank_fusion, top_k
@@ -127,8 +126,8 @@ def write_result(cfg: KadetConfig, ds: Dataset, result: EvalResult, out: Path, m
         "metrics": result.metrics,
         "seconds": round(result.seconds, 2),
     }
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    (out / "per_query.json").write_text(json.dumps(result.per_query, indent=1) + "\n", encoding="utf-8")
+    write_json(out / "metrics.json", summary)
+    write_json(out / "per_query.json", result.per_query, indent=1)
     with open(out / "run.tsv", "w", encoding="utf-8") as fh:
         for qid, scores in result.run.items():
             for rank, (d, s) in enumerate(sorted(scores.items(), key=lambda kv: (-kv[1], kv[0])), start=1):
@@ -240,8 +239,8 @@ def compare(cfg: KadetConfig, candidate: str, output_dir: str | Path, labels_pat
                     row[name] = row.get(name, 0.0) / max(1, row["queries"])
         report["by_type"] = dict(sorted(by_type.items()))
     report["seconds"] = round(time.perf_counter() - start, 1)
-    Path(file_in(out, "evaluate", "comparison")).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    Path(file_in(out, "evaluate", "per_query")).write_text(json.dumps(per_query, indent=1) + "\n", encoding="utf-8")
+    write_json(file_in(out, "evaluate", "comparison"), report)
+    write_json(file_in(out, "evaluate", "per_query"), per_query, indent=1)
     m = Manifest(stage="evaluate", config_hash=cfg.hash())
     for name, path in ds.files.items():
         m.add_input(name, path)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -77,13 +76,10 @@ class Manifest:
     def write(self, out_dir: str | os.PathLike) -> Path:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        from kadet.data import write_json
+
         path = out / MANIFEST_NAME
-        tmp = out / f".{MANIFEST_NAME}.{uuid.uuid4().hex}.tmp"  # unique: concurrent writers never share it
-        try:
-            tmp.write_text(json.dumps(asdict(self), indent=2, sort_keys=False) + "\n", encoding="utf-8")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_json(path, asdict(self))  # atomic, unique temp name: concurrent writers never share it
         return path
 
     @classmethod

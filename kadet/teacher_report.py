@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from kadet.config import KadetConfig
-from kadet.data import load_beir
+from kadet.data import load_beir, write_json
 from kadet.evaluate import aggregate, drop_identical_ids, per_query_metrics, retrieve
 from kadet.retrieval import ranked
 from kadet.teachers import EnsembleTeacher, build_teacher
@@ -92,7 +92,7 @@ def teacher_report(cfg: KadetConfig, teachers: list[str], split: str = "test", d
               "grid": grid_rows}
     if output:
         output.mkdir(parents=True, exist_ok=True)
-        (output / f"teacher-report-{split}.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_json(output / f"teacher-report-{split}.json", report)
     return report
 
 
