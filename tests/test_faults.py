@@ -316,22 +316,31 @@ def test_yaml_off_stays_a_word_for_a_string_setting(tmp_path):
 # ---------------------------------------------------------------- one work dir, one process
 
 
-def test_two_kadet_processes_on_one_work_dir(tmp_path, tiny_beir, tiny_st):
-    """The second process is refused with a message naming the first; the first finishes."""
+def test_two_kadet_processes_on_one_work_dir(tmp_path, tiny_beir):
+    """The second process is refused with a message naming the first; the first finishes.
+
+    The first is the real ``kadet`` entry point whose command is replaced by one that waits for a
+    release file (fault injection: a long-running command, so the overlap does not depend on
+    timing); the second is a real ``kadet prepare``."""
     import subprocess
     import sys
     import time
 
-    work = tmp_path / "w"
-    first = subprocess.Popen([sys.executable, "-m", "kadet.cli", "evaluate", "--data", str(tiny_beir), "--model",
-                              str(tiny_st), "--work-dir", str(work), "--set", "retrieval.embedding_cache=false"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    work, release = tmp_path / "w", tmp_path / "release"
+    holder = (f"import pathlib, time, sys, kadet.cli as c\n"
+              f"def slow(args):\n"
+              f"    while not pathlib.Path({str(release)!r}).exists(): time.sleep(0.05)\n"
+              f"    return 0\n"
+              f"c.COMMANDS['evaluate'] = slow\n"
+              f"sys.exit(c.main(['evaluate', '--work-dir', {str(work)!r}]))\n")
+    first = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lock = work / ".kadet.lock"
-    deadline = time.time() + 60
+    deadline = time.time() + 120
     while time.time() < deadline and not (lock.exists() and "kadet evaluate" in lock.read_text()):
         time.sleep(0.05)
     second = _cli("prepare", "--data", str(tiny_beir), "--work-dir", str(work))
-    out, err = first.communicate(timeout=300)
+    release.touch()
+    out, err = first.communicate(timeout=120)
     assert first.returncode == 0, err[-2000:]
     assert second.returncode == 2 and f"work dir {work} is in use by pid {first.pid} (kadet evaluate" in second.stderr
     assert not (work / "prepare").exists()
