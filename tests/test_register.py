@@ -186,7 +186,7 @@ def test_two_registrations_racing_leave_the_better_model_champion(server, models
     for order in ("better-first", "worse-first"):
         name = f"race-{order}"
         cfg = load_config(None, [f"tracking.tracking_uri={server}", f"work_dir={tmp_path}", f"register.model_name={name}",
-                                 "register.promote_settle_s=0.5", "register.confidence=0"])
+                                 "register.promote_settle_s=1", "register.confidence=0"])
         metrics = [m(0.70), m(0.66)] if order == "better-first" else [m(0.66), m(0.70)]
         with tracking.stage_run(cfg, "register", pipeline_run=name):
             regs = [register_candidate(cfg, models[i], comparison(metrics[i]), name) for i in range(2)]
