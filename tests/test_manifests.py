@@ -111,3 +111,51 @@ def test_the_gpu_workload_requests_a_gpu_on_the_gpu_pool():
                and d["kind"] == "Deployment")
     pod, (c,) = containers(tgi)
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "1" and pod["nodeSelector"] == {"kadet.io/pool": "gpu"}
+
+
+def _status(uri: str, path: str, host_header: str) -> int:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(uri + path, headers={"Host": host_header})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_mlflow_accepts_the_pipeline_pods_host_header(tmp_path):
+    """A real ``mlflow server`` bound to 0.0.0.0 and called as pipeline pods call it
+    (Host: mlflow.kadet.svc.cluster.local:5000, the platform's MLFLOW_TRACKING_URI): with the
+    manifest's ``--allowed-hosts`` the REST API answers; without it (was: the manifest set none)
+    MLflow >= 3.5 answers 403 while /health says 200, so readiness passed and every call failed."""
+    from urllib.parse import urlparse
+
+    from tests.mlflowserver import mlflow_server
+
+    docs = [d for d in yaml.safe_load_all(render("base")) if d]
+    mlflow = next(d for d in docs if d.get("kind") == "Deployment" and d["metadata"]["name"] == "mlflow")
+    args = mlflow["spec"]["template"]["spec"]["containers"][0]["args"]
+    allowed = [a for a in args if a.startswith("--allowed-hosts=")]
+    assert allowed, "the MLflow Deployment sets no --allowed-hosts"
+    platform = yaml.safe_load((REPO / "pipelines" / "platform.yaml").read_text())
+    tracking = next(v for k, v in _walk_items(platform) if k == "MLFLOW_TRACKING_URI")
+    cluster_host = urlparse(tracking).netloc                    # mlflow.kadet.svc.cluster.local:5000
+    api = "/api/2.0/mlflow/experiments/search?max_results=1"
+    with mlflow_server(tmp_path / "without", host="0.0.0.0") as uri:
+        assert _status(uri, "/health", cluster_host) == 200 and _status(uri, api, cluster_host) == 403
+    with mlflow_server(tmp_path / "with", host="0.0.0.0", extra_args=(allowed[0],)) as uri:
+        assert _status(uri, api, cluster_host) == 200
+        assert _status(uri, api, "localhost:5000") == 200          # kubectl port-forward
+        assert _status(uri, api, "evil.example.com") == 403        # still not any host
+
+
+def _walk_items(obj):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield k, v
+            yield from _walk_items(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _walk_items(v)
