@@ -55,6 +55,8 @@ def problems(docs: list[dict]) -> list[str]:
                 m = re.search(r"://[^:/@\s]+:([^@\s]+)@", str(arg))
                 if m and not m.group(1).startswith("$("):
                     out.append(f"{where}: a literal password in {arg!r}")
+                elif m:  # expanded by the kubelet into the process's arguments: visible to `ps`
+                    out.append(f"{where}: a password on the command line in {arg!r}")
             res = c.get("resources", {})
             for kind in ("requests", "limits"):
                 for r in ("cpu", "memory"):
@@ -98,9 +100,11 @@ def test_the_checker_catches_violations():
     bad = [{"kind": "Secret", "metadata": {"name": "s"}, "stringData": {"password": "hunter2"}},
            {"kind": "Deployment", "metadata": {"name": "d"}, "spec": {"template": {"spec": {"containers": [
                {"name": "c", "env": [{"name": "DB_PASSWORD", "value": "hunter2"}],
-                "args": ["--uri=postgresql://u:hunter2@db/x"], "resources": {"requests": {"cpu": "1"}}}]}}}}]
+                "args": ["--uri=postgresql://u:hunter2@db/x", "--db=postgresql://u:$(DB_PASSWORD)@db/x"],
+                "resources": {"requests": {"cpu": "1"}}}]}}}}]
     found = problems(bad)
     for expected in ("Secret with literal data", "env DB_PASSWORD has a literal value", "literal password",
+                     "password on the command line",
                      "no requests.memory", "no limits.cpu", "runAsNonRoot", "allowPrivilegeEscalation",
                      "capabilities"):
         assert any(expected in p for p in found), expected
