@@ -472,14 +472,11 @@ RANGES: dict[str, tuple[float, float | None, bool]] = {
 def validate(cfg: "KadetConfig", source: str = "config") -> "KadetConfig":
     """Check ranges, choices and the settings that depend on each other; one ConfigError naming
     the key. ``load_config`` and ``config_from_text`` call it on every config they build."""
-    def get(key: str):
-        return get_path(cfg, key)
-
     for key, allowed in CHOICES.items():
-        if get(key) not in allowed:
-            raise ConfigError(f"{source}: '{key}' = {get(key)!r} must be one of {', '.join(allowed)}")
+        if get_path(cfg, key) not in allowed:
+            raise ConfigError(f"{source}: '{key}' = {get_path(cfg, key)!r} must be one of {', '.join(allowed)}")
     for key, (low, high, inclusive) in RANGES.items():
-        v = get(key)
+        v = get_path(cfg, key)
         if v is None:
             continue
         if not math.isfinite(v) or (v < low if inclusive else v <= low) or (high is not None and v > high):

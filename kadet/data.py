@@ -348,6 +348,11 @@ def log_depends(path: str | os.PathLike) -> dict | None:
         return None
 
 
+def written_for(path: str | os.PathLike, depends: dict) -> bool:
+    """Was the log at ``path`` written for ``depends`` (see ``resume_log``)?"""
+    return log_depends(path) == json_roundtrip(depends)
+
+
 def json_roundtrip(obj) -> dict:
     """``obj`` as it reads back from JSON (tuples become lists), for comparisons with stored JSON."""
     return json.loads(json.dumps(obj, sort_keys=True, default=str))

@@ -40,8 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kadet.config import CleanConfig, GenerateConfig, KadetConfig
-from kadet.data import (Document, append_jsonl, json_roundtrip, log_depends, normalise, read_corpus, read_log,
-                        resume_log, write_jsonl)
+from kadet.data import (Document, append_jsonl, normalise, read_corpus, read_log, resume_log, write_jsonl,
+                        written_for)
 from kadet.models import resolve_device
 from kadet.errors import ConfigError, KadetError
 from kadet.manifest import Manifest
@@ -544,7 +544,7 @@ def merge_shards(cfg: KadetConfig, passages_path: str | Path, shard_dirs: Sequen
     merged: dict[str, dict] = resume_log(out / LOG_NAME, depends)
     for d in shard_dirs:
         shard_log = Path(d) / LOG_NAME
-        if log_depends(shard_log) != json_roundtrip(depends):
+        if not written_for(shard_log, depends):
             raise KadetError(f"generate merge: {shard_log} was generated with other settings than this "
                              f"merge's ({depends}); rerun the shards with the same configuration")
         for key, rec in read_log(shard_log).items():

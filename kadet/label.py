@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from kadet.config import KadetConfig, LabelConfig
-from kadet.data import (Document, append_jsonl, json_roundtrip, log_depends, read_corpus, read_log, read_records,
-                        resume_log, write_jsonl)
+from kadet.data import (Document, append_jsonl, read_corpus, read_log, read_records, resume_log, write_jsonl,
+                        written_for)
 from kadet.errors import KadetError
 from kadet.manifest import Manifest
 from kadet.teachers import build_teacher
@@ -137,10 +137,10 @@ def finalise(cfg: KadetConfig, rows: Sequence[dict], corpus: Mapping[str, Docume
     """Merge every shard's scores, filter, normalise, split; write ``labels.jsonl``."""
     lab = cfg.label
     scores: dict[str, dict] = {}
-    depends = json_roundtrip(teacher_depends(cfg, corpus_fingerprint))
+    depends = teacher_depends(cfg, corpus_fingerprint)
     for i in range(lab.num_shards):
         path = shard_file(out, i, lab.num_shards)
-        if path.exists() and log_depends(path) != depends:
+        if path.exists() and not written_for(path, depends):
             raise KadetError(f"label: {path} was scored for other teacher settings or another corpus than "
                              f"this merge's; rerun shard {i} with the same configuration")
         scores.update(read_log(path))

@@ -33,6 +33,15 @@ from kadet.errors import KadetError
 log = logging.getLogger(__name__)
 
 
+#: Where the S3 endpoint is read from, first set wins (default AWS).
+ENDPOINT_VARS = ("KADET_S3_ENDPOINT", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL")
+DEFAULT_ENDPOINT = "https://s3.amazonaws.com"
+
+
+class NoSuchPrefix(KadetError):
+    """Nothing in the bucket under an ``s3://`` URI."""
+
+
 def is_s3(uri: str | os.PathLike) -> bool:
     return str(uri).startswith("s3://")
 
@@ -49,12 +58,7 @@ def s3_client():
     """A ``minio.Minio`` client configured from the environment."""
     from minio import Minio
 
-    endpoint = (
-        os.environ.get("KADET_S3_ENDPOINT")
-        or os.environ.get("AWS_ENDPOINT_URL")
-        or os.environ.get("MLFLOW_S3_ENDPOINT_URL")
-        or "https://s3.amazonaws.com"
-    )
+    endpoint = next((os.environ[k] for k in ENDPOINT_VARS if os.environ.get(k)), DEFAULT_ENDPOINT)
     parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
     keys = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
     provider = None
@@ -65,7 +69,8 @@ def s3_client():
             provider = IamAwsProvider()  # a pod's IAM role (EKS IRSA / ECS): no keys in the environment
         else:
             missing = " and ".join(k for k, v in keys.items() if not v)
-            hint = "" if endpoint_set() else " (and KADET_S3_ENDPOINT or AWS_ENDPOINT_URL for a server other than AWS)"
+            hint = "" if endpoint != DEFAULT_ENDPOINT else \
+                " (and KADET_S3_ENDPOINT or AWS_ENDPOINT_URL for a server other than AWS)"
             raise KadetError(f"S3: no credentials: set {missing}{hint}")
     return Minio(
         parsed.netloc,
@@ -75,10 +80,6 @@ def s3_client():
         secure=parsed.scheme == "https",
         credentials=provider,
     )
-
-
-def endpoint_set() -> bool:
-    return any(os.environ.get(k) for k in ("KADET_S3_ENDPOINT", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL"))
 
 
 def _s3_cache_root() -> Path:
@@ -104,7 +105,7 @@ def localize(uri: str | os.PathLike, cache_root: Path | None = None) -> Path:
         if not o.is_dir and (o.object_name == prefix or o.object_name.startswith(prefix + "/"))
     ]
     if not objects:
-        raise KadetError(f"{uri}: no such object or prefix")
+        raise NoSuchPrefix(f"{uri}: no such object or prefix")
     local_prefix = dest_root / prefix
     if local_prefix.is_dir():  # mirror: a file deleted from the bucket must not live on in the cache
         keep = {dest_root / o.object_name for o in objects}
@@ -168,9 +169,7 @@ def output_dir(uri: str | os.PathLike) -> Iterator[Path]:
     bucket, key = split_s3(str(uri))
     try:
         local = localize(uri)
-    except KadetError as exc:
-        if "no such object or prefix" not in str(exc):
-            raise
+    except NoSuchPrefix:
         # nothing under the prefix (new, or deleted on purpose): start from an empty folder, never
         # from what an older run left in the local cache
         local = _s3_cache_root() / bucket / key.rstrip("/")

@@ -145,9 +145,9 @@ def stage_run(cfg: KadetConfig, stage: str, pipeline_run: str, shard: str | None
     log_path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(log_path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
+    root, level = logging.getLogger(), logging.getLogger().level
     root.addHandler(handler)
-    if root.level > logging.INFO or root.level == logging.NOTSET:
+    if level > logging.INFO or level == logging.NOTSET:
         root.setLevel(logging.INFO)
     try:
         with mlflow.start_run(run_id=run.info.run_id) as active:
@@ -170,6 +170,7 @@ def stage_run(cfg: KadetConfig, stage: str, pipeline_run: str, shard: str | None
                 raise
     finally:
         root.removeHandler(handler)
+        root.setLevel(level)
         handler.close()
 
 
