@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ ARTIFACT_URI_TAG = "kadet.artifact_uri"
 #: (and on the parent run if a promotion is refused at the last moment).
 GATE_TAG = "kadet.gate"
 MODEL_VERSION_TAG = "kadet.model_version"
+DATASET_ATTEMPTS = 3  # tries to log one input as an MLflow dataset (see log_inputs)
 #: Config sections logged as params on each stage's run (plus ``data`` and ``retrieval``).
 STAGE_SECTIONS = {
     "prepare": ["prepare"], "generate": ["generate"], "mine": ["mine"], "label": ["label"],
@@ -222,7 +224,19 @@ def log_inputs(inputs: Mapping[str, Mapping[str, str]]) -> None:
             log.warning("no MLflow dataset source for %s: %s", uri, exc)
             continue
         digest = str(info.get("fingerprint", "")).removeprefix("sha256:")[:16] or None
-        mlflow.log_input(MetaDataset(source=source, name=name, digest=digest), context=name)
+        dataset = MetaDataset(source=source, name=name, digest=digest)
+        # parallel shards log the same input at once; the tracking server creates a dataset by
+        # get-or-insert, so one of two racing inserts fails on its unique key. The retry finds the row
+        # the other one wrote. Lineage stays best effort: a server that still refuses never fails a stage.
+        for attempt in range(DATASET_ATTEMPTS):
+            try:
+                mlflow.log_input(dataset, context=name)
+                break
+            except Exception as exc:
+                if attempt + 1 == DATASET_ATTEMPTS:
+                    log.warning("input %s not logged as an MLflow dataset: %s", name, one_line(exc))
+                else:
+                    time.sleep(0.2 * (attempt + 1))
 
 
 def plot_curves(curves: Mapping[str, list], path: str | Path) -> Path:

@@ -4,6 +4,7 @@ idempotence against a real ``mlflow server`` on 127.0.0.1 (tiny random models: p
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import mlflow
@@ -236,3 +237,46 @@ def test_the_gate_follows_the_configured_metric_cutoffs(server, models, tmp_path
     assert tags["kadet.ndcg_at_5"] == "0.700000" and tags["kadet.recall_at_20"] == "0.900000"
     worse = gate_run(cfg, models[1], {**comp, "candidate": at5(0.6)})
     assert not worse.decision.promote and "nDCG@5 0.6000 below champion v1's 0.7000" in worse.decision.reason
+
+
+
+ROUNDS = 6
+
+
+def _log_like_a_shard(server: str, work: str, i: int, starts: list[float]) -> str:
+    """One label shard in its own process: one stage run that logs the shared ``candidates`` input
+    (a new digest each round) at the same instants as the other shards."""
+    cfg = load_config(None, [f"tracking.tracking_uri={server}", f"work_dir={work}", "tracking.experiment=shards"])
+    with tracking.stage_run(cfg, f"label-{i}", pipeline_run="shards") as run:
+        for r, t0 in enumerate(starts):
+            while time.time() < t0:
+                time.sleep(0.001)
+            tracking.log_inputs({"candidates": {"uri": f"{work}/candidates.jsonl", "fingerprint": f"sha256:{r:02d}" + "f" * 62}})
+        return run.info.run_id
+
+
+def test_parallel_shards_log_the_same_input_dataset(server, tmp_path, monkeypatch):
+    """Was: two label shards (processes) logging the same ``candidates`` file at once made the
+    server's get-or-insert of the dataset row fail on its unique key (sqlite IntegrityError) and
+    the shard failed (seen in CI). Now the loser retries and finds the row the other wrote."""
+    import multiprocessing
+
+    (tmp_path / "candidates.jsonl").write_text("{}\n")
+    n = 4
+    starts = [time.time() + 15 + 0.5 * r for r in range(ROUNDS)]     # after the workers have started
+    with multiprocessing.get_context("spawn").Pool(n) as pool:
+        run_ids = pool.starmap(_log_like_a_shard, [(server, str(tmp_path), i, starts) for i in range(n)])
+    c = tracking.client(load_config(None, [f"tracking.tracking_uri={server}"]))
+    for rid in run_ids:
+        logged = c.get_run(rid).inputs.dataset_inputs
+        assert sorted(d.dataset.digest for d in logged) == [f"{r:02d}" + "f" * 14 for r in range(ROUNDS)]
+
+    # lineage is best effort: a server that keeps refusing (fault injection) never fails the stage
+    def refuse(*a, **k):
+        raise mlflow.exceptions.MlflowException("BAD_REQUEST: refused")
+
+    monkeypatch.setattr(mlflow, "log_input", refuse)
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    cfg = load_config(None, [f"tracking.tracking_uri={server}", f"work_dir={tmp_path}", "tracking.experiment=shards"])
+    with tracking.stage_run(cfg, "label-again", pipeline_run="shards"):
+        tracking.log_inputs({"candidates": {"uri": str(tmp_path / "candidates.jsonl")}})
