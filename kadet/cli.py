@@ -313,15 +313,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from kadet.register import display
     from pipelines.local import run_local
 
+    print(f"kadet run: {args.data} (profile {args.profile}, work dir {args.work_dir or '.kadet'})", flush=True)
     summary = run_local(args.data, args.work_dir or ".kadet", args.config, args.overrides, shards=args.shards,
-                        profile=args.profile)
+                        profile=args.profile, verbose=args.verbose)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
-    print(f"\nkadet run: {summary['seconds'] / 60:.1f} min; MLflow {summary['tracking_uri']} "
+    print(f"kadet run: {summary['seconds'] / 60:.1f} min; MLflow {summary['tracking_uri']} "
           f"(parent run {summary['parent_run']})")
-    for name, sec in summary["stages"]:
-        print(f"  {name:<22} {sec:8.1f} s")
     b, c = summary["base"], summary["candidate"]
     nd, rc = summary["metrics"]
     if b and c:
@@ -330,6 +329,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{display(nd)} base {b[nd]:.4f} -> candidate {c[nd]:.4f}{ci_text}; "
               f"{display(rc)} {b[rc]:.4f} -> {c[rc]:.4f}")
     print(f"registered version {summary['version']}: {summary['gate']}; champion is version {summary['champion']}")
+    print(f"full output (KFP, warnings): {summary['log']}")
     return 0
 
 

@@ -36,11 +36,13 @@ import random
 import shutil
 import time
 from contextlib import nullcontext
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from kadet import card
 from kadet.config import KadetConfig
 from kadet.data import read_records, write_json
 from kadet.errors import KadetError
@@ -271,7 +273,7 @@ class Distiller:
 
     # ------------------------------------------------------------------ loop
     def train(self, max_epochs_this_run: int | None = None) -> dict:
-        from tqdm.auto import tqdm
+        from kadet.progress import bar as progress_bar
 
         resumed = self.resume()
         run_epochs = 0
@@ -283,8 +285,8 @@ class Distiller:
             order = list(range(len(self.train_rows)))
             random.Random(self.cfg.seed + epoch).shuffle(order)
             losses = []
-            bar = tqdm(range(0, len(order), self.d.batch_size), desc=f"distill epoch {epoch + 1}",
-                       disable=not self.d.progress, leave=False)
+            bar = progress_bar(desc=f"distill epoch {epoch + 1}/{self.d.epochs}", show=self.d.progress,
+                               iterable=range(0, len(order), self.d.batch_size))
             for s in bar:
                 loss = self.train_step([self.train_rows[i] for i in order[s : s + self.d.batch_size]])
                 losses.append(loss)
@@ -398,5 +400,27 @@ def distill(cfg: KadetConfig, labels_path: str | Path, output_dir: str | Path,
                 "epochs": result["epochs"]}
     m.outputs = {"model": "model", "curves": "curves.json"}
     m.extra = {**result, "teacher_temp": trainer.teacher_temp, "mode": cfg.distill.mode, "loss": cfg.distill.loss, "base_model": cfg.retrieval.model}
+    if (out / "model").is_dir():
+        card.update(out / "model", **training_facts(cfg, trainer, result))
     m.write(out)
     return m
+
+
+def training_facts(cfg: KadetConfig, trainer: Distiller, result: Mapping) -> dict:
+    """What the model card says about training (see :mod:`kadet.card`)."""
+    from collections import Counter
+
+    labels = Manifest.read(Path(trainer.labels_path).parent) if (Path(trainer.labels_path).parent
+                                                                  / "manifest.json").exists() else None
+    corpus = (labels.inputs.get("corpus") or {}) if labels else {}
+    teacher = labels.extra.get("teacher", cfg.label.teacher) if labels else cfg.label.teacher
+    ensemble = labels.extra.get("ensemble") if labels else None
+    hp = {k: v for k, v in dataclasses.asdict(cfg.distill).items() if k not in ("progress", "device")}
+    return {"base_model": cfg.retrieval.model, "model_name": cfg.register.model_name, "mode": cfg.distill.mode,
+            "corpus_fingerprint": corpus.get("fingerprint", "?"),
+            "train_queries_by_type": dict(Counter(r["type"] for r in trainer.train_rows)),
+            "dev_queries": len(trainer.dev_rows), "teacher": teacher,
+            "teacher_detail": json.dumps(ensemble) if ensemble else "",
+            "loss": f"{cfg.distill.loss} (listwise KL, teacher temperature {trainer.teacher_temp:g})",
+            "best_epoch": result.get("best_epoch"), "best_dev_loss": result.get("best_dev_loss"),
+            "hyperparameters": hp}

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from kadet.models import resolve_device, resolve_model_path
+from kadet.progress import bar as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,9 @@ def route_fingerprint(model, kind: str) -> str:
             h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:20]
 
+
+#: Encodes of at least this many texts report progress (a corpus, not a batch of queries).
+PROGRESS_FROM = 2000
 
 class EmbeddingCache:
     """Append-only store of ``text hash -> embedding`` for one model setting.
@@ -243,7 +246,10 @@ class Encoder:
         else:  # generic path (Router, multimodal, prompt excluded from pooling): let ST preprocess
             lengths = [len(t) // 4 + 2 for t in texts]
         with torch.inference_mode():
-            for batch in tqdm(self._batches(lengths), desc="encode", disable=not self.show_progress, leave=False):
+            batches = self._batches(lengths)
+            if self.show_progress or len(texts) >= PROGRESS_FROM:  # a corpus, not a handful of queries
+                batches = progress_bar(desc=f"encode {len(texts):,} texts", show=self.show_progress, iterable=batches)
+            for batch in batches:
                 if fast:
                     features = dict(tok.pad({k: [v[i] for i in batch] for k, v in enc.items()}, return_tensors="pt"))
                     features["modality"] = "text"

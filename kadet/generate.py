@@ -426,9 +426,9 @@ def run_generation(cfg: KadetConfig, passages: Sequence[Document], out: Path, ba
     t0 = time.perf_counter()
     if todo:
         backend = backend or make_backend(cfg)
-        from tqdm.auto import tqdm
+        from kadet.progress import bar as progress_bar
 
-        bar = tqdm(total=len(todo), desc="generate", disable=not g.progress)
+        bar = progress_bar(len(todo), "generate", show=g.progress)
         for start in range(0, len(todo), g.flush_every):
             chunk = todo[start : start + g.flush_every]
             outputs = backend.generate(chunk)

@@ -81,15 +81,18 @@ def score_shard(cfg: KadetConfig, rows: Sequence[dict], corpus: Mapping[str, Doc
     if not todo:
         return 0
     teacher = teacher or build_teacher(lab.teacher, cfg, corpus)
-    from tqdm.auto import tqdm
+    from kadet.progress import bar
 
-    for s in tqdm(range(0, len(todo), lab.flush_every), desc=f"label {teacher.name}", leave=False):
+    progress = bar(len(todo), f"label {teacher.name}")
+    for s in range(0, len(todo), lab.flush_every):
         chunk = todo[s : s + lab.flush_every]
         lists = [rerank_list(r, lab) for r in chunk]
         scores = teacher.score([r["query"] for r in chunk], lists)
         recs = [{"key": r["qid"], "query": r["query"], "doc_ids": lst, "scores": [round(float(x), 6) for x in sc]}
                 for r, lst, sc in zip(chunk, lists, scores)]
         append_jsonl(path, recs)
+        progress.update(len(chunk))
+    progress.close()
     return len(todo)
 
 

@@ -224,7 +224,48 @@ def register_candidate(cfg: KadetConfig, model_dir: str | Path, comparison: Mapp
                        | {metric_name(f"gate.incumbent_{k}"): v for k, v in inc.items()}
                        | {"gate.promote": float(decision.promote)})
     mlflow.set_tags({GATE_TAG: decision.reason, MODEL_VERSION_TAG: version})
+    if existing is None:
+        attach_card(cfg, c, model_dir, comparison, version, decision, info.model_id)
     return Registration(reg.model_name, version, decision, cand, inc, reused=existing is not None)
+
+
+def card_facts(cfg: KadetConfig, comparison: Mapping, version: str, decision: Decision) -> dict:
+    """The evaluation and registry part of the model card (:mod:`kadet.card`)."""
+    e = cfg.evaluation
+    names = (e.ndcg, e.recall, e.mrr)
+    gain = (comparison.get("delta") or {}).get(e.ndcg)
+    return {"model_name": cfg.register.model_name,
+            "evaluation": {"kind": comparison.get("kind", "gold"), "queries": comparison.get("queries"),
+                           "data": comparison.get("eval_data", ""),
+                           **{who: {display(n): float(comparison[who][n]) for n in names if n in comparison[who]}
+                              for who in ("base", "candidate")},
+                           "gain_ci": {**gain, "metric": display(e.ndcg)} if gain else None},
+            "registry": {"name": cfg.register.model_name, "version": version,
+                         "gate": ("passed: " if decision.promote else "refused: ") + decision.reason}}
+
+
+def attach_card(cfg: KadetConfig, c, model_dir: str | Path, comparison: Mapping, version: str, decision: Decision,
+                model_id: str) -> None:
+    """The full card (training facts from the folder, evaluation, registry version) into the
+    logged model's sentence-transformers folder, the run's artifacts and the version's description."""
+    import shutil
+    import tempfile
+
+    import mlflow
+    from mlflow.sentence_transformers import SENTENCE_TRANSFORMERS_DATA_PATH
+
+    from kadet import card
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in (card.CARD, card.FACTS):
+            if (Path(model_dir) / name).exists():
+                shutil.copy(Path(model_dir) / name, Path(tmp) / name)
+        path = card.update(tmp, **card_facts(cfg, comparison, version, decision))
+        for name in (card.CARD, card.FACTS):
+            c.log_model_artifact(model_id, str(Path(tmp) / name), SENTENCE_TRANSFORMERS_DATA_PATH)
+        mlflow.log_artifact(str(path), "model_card")
+        text = path.read_text()
+        c.update_model_version(cfg.register.model_name, version, description=card.split_front_matter(text)[1][:5000])
 
 
 def _before_set_alias() -> None:

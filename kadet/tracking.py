@@ -25,6 +25,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from kadet import progress
 from kadet.config import KadetConfig
 from kadet.manifest import Manifest
 
@@ -151,6 +152,10 @@ def stage_run(cfg: KadetConfig, stage: str, pipeline_run: str, shard: str | None
     root.addHandler(handler)
     if level > logging.INFO or level == logging.NOTSET:
         root.setLevel(logging.INFO)
+    progress.current_stage = name
+    progress.event("start", log=str(log_path))
+    t0 = time.perf_counter()
+    status = "failed"
     try:
         with mlflow.start_run(run_id=run.info.run_id) as active:
             mlflow.log_params(flat_params(cfg, STAGE_SECTIONS.get(stage, [])))
@@ -163,6 +168,7 @@ def stage_run(cfg: KadetConfig, stage: str, pipeline_run: str, shard: str | None
                     uri = f"{cfg.artifact_uri.rstrip('/')}/{pipeline_run}/{name}"
                     publish(Path(out), uri)
                     mlflow.set_tag(ARTIFACT_URI_TAG, uri)
+                status = "ok"
             except BaseException as exc:
                 # one line for whoever looks at the run (``kadet run`` prints it), the traceback in the log
                 log.error("stage %s failed", name, exc_info=True)
@@ -171,6 +177,7 @@ def stage_run(cfg: KadetConfig, stage: str, pipeline_run: str, shard: str | None
                     mlflow.log_artifact(str(log_path))
                 raise
     finally:
+        progress.event("end", seconds=round(time.perf_counter() - t0, 1), status=status, log=str(log_path))
         root.removeHandler(handler)
         root.setLevel(level)
         handler.close()
@@ -203,6 +210,7 @@ def log_manifest(m: Manifest, out_dir: str | Path | None = None) -> None:
     metrics.update({f"dropped.{k}": float(v) for k, v in m.dropped.items()})
     if metrics:
         mlflow.log_metrics(metrics)
+    progress.event("counts", counts=m.counts, dropped=m.dropped)
     log_inputs(m.inputs)
     if out_dir is not None and (Path(out_dir) / "manifest.json").exists():
         mlflow.log_artifact(str(Path(out_dir) / "manifest.json"))

@@ -24,10 +24,15 @@ def local_config_text(config: str | None = None, overrides: list[str] | None = N
 
 
 def run_local(data: str, work_dir: str = ".kadet", config: str | None = None, overrides: list[str] | None = None,
-              shards: int = 1, caching: bool = False, profile: str = "local", **params) -> dict:
-    """Run the whole DAG locally; returns the registry outcome and per-stage wall times."""
+              shards: int = 1, caching: bool = False, profile: str = "local", verbose: bool = False, **params) -> dict:
+    """Run the whole DAG locally; returns the registry outcome and per-stage wall times.
+
+    The console shows one line per stage as it starts and ends, and live bars; everything KFP
+    and the libraries print goes to ``<work_dir>/logs/kadet-run-<time>.log`` (``verbose``: to
+    the console too, as it comes)."""
     from kfp import local
 
+    from kadet.console import session
     from pipelines.kadet_pipeline import make_pipeline
 
     work = Path(work_dir).resolve()
@@ -41,16 +46,19 @@ def run_local(data: str, work_dir: str = ".kadet", config: str | None = None, ov
                enable_caching=caching, raise_on_error=True)
     t0 = time.perf_counter()
     started = int(time.time() * 1000)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    log_file = work / "logs" / f"kadet-run-{stamp}.log"
     try:
-        # config_yaml is the whole merged config, so no profile on top and no UI parameter set
-        make_pipeline()(**params, data_uri=str(Path(data).resolve()) if "://" not in data else data,
-                        config_yaml=text, profile="", work_dir=str(work), generate_shards=shards,
-                        label_shards=shards)
+        with session(log_file, work / "logs" / f"kadet-run-{stamp}.events.jsonl", quiet=not verbose):
+            # config_yaml is the whole merged config, so no profile on top and no UI parameter set
+            make_pipeline()(**params, data_uri=str(Path(data).resolve()) if "://" not in data else data,
+                            config_yaml=text, profile="", work_dir=str(work), generate_shards=shards,
+                            label_shards=shards)
     except RuntimeError as exc:
         if "finished with status" not in str(exc):
             raise
-        raise KadetError(failure_line(cfg, str(exc), started)) from None
-    return summarise(cfg, time.perf_counter() - t0)
+        raise KadetError(f"{failure_line(cfg, str(exc), started)}; KFP's output: {log_file}") from None
+    return {**summarise(cfg, time.perf_counter() - t0), "log": str(log_file)}
 
 
 def failure_line(cfg, kfp_message: str, since_ms: int) -> str:
@@ -73,7 +81,7 @@ def failure_line(cfg, kfp_message: str, since_ms: int) -> str:
         error = r.data.tags.get(tracking.ERROR_TAG)
         if error:
             return (f"stage {r.info.run_name} failed: {error} (full log: {r.data.tags.get(tracking.LOG_TAG, '?')})")
-    return f"task {task_name} failed before it could record why; its log is printed above"
+    return f"task {task_name} failed before it could record why"
 
 
 def _prefixed(run, prefix: str) -> dict[str, float]:

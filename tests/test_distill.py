@@ -177,3 +177,28 @@ def test_auto_teacher_temp_matches_the_students_own_sharpness(tiny_st, tmp_path)
     assert trainer.teacher_temp == pytest.approx(0.1, rel=0.07)
     assert Distiller(_cfg(tiny_st, tmp_path, "distill.mode=query"), tmp_path / "labels.jsonl",
                      tmp_path / "o2").teacher_temp == 0.3          # off: the configured value
+
+
+def test_the_model_folder_carries_a_model_card(tiny_st, tmp_path):
+    """sentence-transformers' card, with kadet's front matter and section: base model, towers,
+    corpus fingerprint, training queries by type, teacher, loss and hyperparameters."""
+    from kadet import card
+
+    labels = _labels(tmp_path / "labels.jsonl")
+    distill(_cfg(tiny_st, tmp_path, "distill.mode=query", "distill.epochs=1"), labels, tmp_path / "q")
+    text = (tmp_path / "q" / "model" / "README.md").read_text()
+    meta, body = card.split_front_matter(text)
+    assert meta["library_name"] == "sentence-transformers" and "kadet" in meta["tags"]
+    assert body.count(card.START) == 1 and "### Full Model Architecture" in body         # ST's card kept
+    assert f"**{tiny_st}**" in body and "query tower" in body and "encode_query" in body
+    facts = card.read_facts(tmp_path / "q" / "model")
+    n_train = sum(1 for line in open(labels) if '"split": "train"' in line)
+    assert sum(facts["train_queries_by_type"].values()) == n_train and f"| **all** | {n_train} |" in body
+    assert "| lr | `" in body and "Loss: listwise (listwise KL, teacher temperature" in body
+    # register adds evaluation and version; rendering again replaces kadet's section, never duplicates it
+    again = card.update(tmp_path / "q" / "model", evaluation={"kind": "silver", "queries": 7,
+                        "base": {"nDCG@10": 0.5}, "candidate": {"nDCG@10": 0.6}}, registry={"name": "m", "version": "3"})
+    text2 = again.read_text()
+    assert text2.count(card.START) == 1 and "version **3**" in text2 and "**silver**" in text2
+    assert card.split_front_matter(text2)[0]["model-index"][0]["results"][0]["metrics"][0]["value"] == 0.6
+    assert card.render(card.read_facts(again.parent), text2) == text2

@@ -3,6 +3,7 @@ DAG runs locally (kfp.local.SubprocessRunner) on a SciFact slice, tracked by a r
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -137,7 +138,7 @@ register: {model_name: kadet-ci}
 
 
 @pytest.mark.slow
-def test_local_kfp_run_of_the_real_dag_on_s3(tmp_path, monkeypatch):
+def test_local_kfp_run_of_the_real_dag_on_s3(tmp_path, monkeypatch, capfd):
     """prepare -> generate (2 shards) -> mine -> label (2 shards) -> distill -> evaluate ->
     register -> promote/challenger on 300 SciFact documents and 20 test queries, with the corpus
     and every step's outputs on a real S3 server (rclone) and MLflow (a real ``mlflow server``)
@@ -161,6 +162,13 @@ def test_local_kfp_run_of_the_real_dag_on_s3(tmp_path, monkeypatch):
             summary = run_local("s3://kadet/corpora/scifact-slice", str(tmp_path / "work"), str(tmp_path / "tiny.yaml"),
                                 [f"tracking.tracking_uri={uri}", "artifact_uri=s3://kadet/runs"], shards=2)
             seconds = time.perf_counter() - t0
+            # the console: a start and an end line per stage, nothing of KFP's (that is in the log)
+            shown = capfd.readouterr().out
+            for stage in ("prepare", "generate-1-of-2", "mine", "label-merge", "distill", "evaluate", "register"):
+                assert re.search(rf"^  {stage} +started$", shown, re.M), (stage, shown)
+                assert re.search(rf"^  {stage} +done  [0-9.]+ s", shown, re.M), (stage, shown)
+            assert re.search(r"^  mine +done .* queries \d+", shown, re.M)
+            assert "KFP Executor" not in shown and "KFP Executor" in Path(summary["log"]).read_text()
             c = mlflow.MlflowClient(uri)
             exp = c.get_experiment_by_name("kadet")
             children = c.search_runs([exp.experiment_id],
@@ -205,7 +213,7 @@ def test_local_kfp_run_of_the_real_dag_on_s3(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_failed_run_closes_its_mlflow_parent_as_failed(tmp_path):
+def test_a_failed_run_closes_its_mlflow_parent_as_failed(tmp_path, capfd):
     """The ExitHandler's task runs after a failure: the parent run ends FAILED with the error."""
     import mlflow
 
@@ -222,8 +230,14 @@ def test_a_failed_run_closes_its_mlflow_parent_as_failed(tmp_path):
     line = str(failed.value)
     assert "\n" not in line and line.startswith("stage prepare failed: ")
     assert "corpus.jsonl:2: field '_id': missing id" in line
-    log_file = Path(line.split("full log: ")[1].rstrip(")"))
+    log_file = Path(re.search(r"full log: (\S+)\)", line).group(1))
     assert log_file.is_file() and "Traceback" in log_file.read_text()
+    # the console said which stage failed and where its log is; KFP's own output went to a file
+    shown = capfd.readouterr().out
+    assert "prepare        started" in shown and f"prepare        FAILED after" in shown and str(log_file) in shown
+    assert "KFP Executor" not in shown
+    kfp_output = Path(line.split("KFP's output: ")[1])
+    assert "KFP Executor" in kfp_output.read_text()
     c = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
     exp = c.get_experiment_by_name("kadet")
     runs = c.search_runs([exp.experiment_id])

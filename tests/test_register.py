@@ -280,3 +280,31 @@ def test_parallel_shards_log_the_same_input_dataset(server, tmp_path, monkeypatc
     cfg = load_config(None, [f"tracking.tracking_uri={server}", f"work_dir={tmp_path}", "tracking.experiment=shards"])
     with tracking.stage_run(cfg, "label-again", pipeline_run="shards"):
         tracking.log_inputs({"candidates": {"uri": str(tmp_path / "candidates.jsonl")}})
+
+
+def test_the_registered_model_carries_the_full_model_card(server, models, tmp_path):
+    """The card in the registered model's folder has the training facts distill wrote plus the
+    evaluation and the registry version it became; the version's description is the card."""
+    import shutil
+
+    from sentence_transformers import SentenceTransformer
+
+    from kadet import card
+
+    folder = tmp_path / "candidate"
+    shutil.copytree(models[2], folder)
+    card.update(folder, base_model="all-MiniLM-L6-v2", train_queries_by_type={"question": 5, "claim": 3},
+                teacher="ensemble", mode="query")
+    cfg = load_config(None, [f"tracking.tracking_uri={server}", f"work_dir={tmp_path}", "register.model_name=carded",
+                             "register.confidence=0"])
+    comp = {**comparison(m(0.7)), "kind": "silver", "queries": 50}
+    r = gate_run(cfg, folder, comp)
+    c = tracking.client(cfg)
+    mlflow.set_tracking_uri(server)
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/carded/{r.version}", dst_path=str(tmp_path / "dl")))
+    st_dir = next(p.parent for p in local.rglob("README.md"))
+    text = (st_dir / "README.md").read_text()
+    assert f"version **{r.version}**" in text and "**silver**" in text and "| **all** | 8 |" in text
+    assert "| candidate | 0.7000 |" in text and ("gate: passed" in text) == r.decision.promote
+    assert SentenceTransformer(str(st_dir), device="cpu").encode(["x"]).shape[1] > 0   # still a model folder
+    assert f"version **{r.version}**" in c.get_model_version("carded", r.version).description
