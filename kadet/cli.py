@@ -326,7 +326,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if b and c:
         ci = summary.get("gain_ci")
         ci_text = f" (gain {c[nd] - b[nd]:+.4f}, paired bootstrap CI [{ci[0]:+.4f}, {ci[1]:+.4f}])" if ci else ""
-        print(f"{display(nd)} base {b[nd]:.4f} -> candidate {c[nd]:.4f}{ci_text}; "
+        print(f"{display(nd)} ({summary['eval_kind']}) base {b[nd]:.4f} -> candidate {c[nd]:.4f}{ci_text}; "
               f"{display(rc)} {b[rc]:.4f} -> {c[rc]:.4f}")
     print(f"registered version {summary['version']}: {summary['gate']}; champion is version {summary['champion']}")
     print(f"full output (KFP, warnings): {summary['log']}")

@@ -90,6 +90,9 @@ class EvaluationConfig:
     mrr_k: int = 10
     #: Drop a retrieved document whose id equals the query id (BEIR's default).
     ignore_identical_ids: bool = True
+    #: gold: the corpus's judged queries (``qrels/<split>.tsv`` or ``data.qrels``); silver: held-out
+    #: synthetic queries judged by the teacher (``label.silver_queries``); auto: gold where judged.
+    kind: Literal["auto", "gold", "silver"] = "auto"
 
     # the one place metric names are spelled (metrics.json, comparison.json, the gate, MLflow)
     @property
@@ -256,6 +259,11 @@ class LabelConfig:
     #: Passages kept per query, in teacher order.
     list_size: int = 20
     dev_fraction: float = 0.1
+    #: With silver evaluation: synthetic queries held out of training (at most a fifth of them),
+    #: judged by the teacher: the source passage is relevant (2), and so is (1) any candidate
+    #: whose normalised teacher score reaches ``silver_min_score``.
+    silver_queries: int = 300
+    silver_min_score: float = 0.9
     #: Scoring is sharded by query range: this worker scores shard shard_index of num_shards.
     shard_index: int = 0
     num_shards: int = 1
@@ -457,13 +465,13 @@ RANGES: dict[str, tuple[float, float | None, bool]] = {
         "distill.grad_clip", "generate.temperature", "generate.tgi.timeout_s", "generate.tgi.backoff_s",
         "generate.tgi.backoff_max_s", "generate.tgi.max_retries", "generate.clean.min_chars",
         "generate.clean.max_chars", "generate.clean.min_words", "generate.clean.max_words", "mine.top_k",
-        "tracking.sample_queries", "register.min_delta", "register.max_recall_drop",
+        "tracking.sample_queries", "label.silver_queries", "register.min_delta", "register.max_recall_drop",
         "retrieval.bm25_k1", "retrieval.bm25_b", "generate.repetition_penalty", "register.promote_settle_s")},
     **{k: (0, None, False) for k in ("distill.lr", "distill.student_temp", "distill.teacher_temp", "distill.nce_temp")},
     **{k: (0, 100, True) for k in ("label.min_top_percentile", "label.norm_low_percentile",
                                    "label.norm_high_percentile")},
     **{k: (0, 1, True) for k in ("distill.base_weight", "register.ndcg_floor", "generate.top_p",
-                                 "label.dev_fraction")},
+                                 "label.dev_fraction", "label.silver_min_score")},
     "label.list_size": (2, None, True),
     "register.confidence": (0, 1, True),   # 0 = no paired test
 }

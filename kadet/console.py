@@ -32,7 +32,7 @@ WIDTH = 14  # stage name column
 
 #: The counts worth a glance, per stage (a stage not named here shows its first few counts).
 HEADLINE = {"prepare": ("corpus", "passages"), "generate": ("kept", "failed_this_run"),
-            "mine": ("queries", "kept"), "label": ("scored_now", "labelled", "train", "dev"),
+            "mine": ("queries", "kept"), "label": ("scored_now", "labelled", "train", "dev", "silver"),
             "distill": ("train_queries", "dev_queries", "epochs"), "evaluate": ("queries", "documents")}
 
 
@@ -141,15 +141,20 @@ def session(log_file: Path, events: Path, quiet: bool = True) -> Iterator[Consol
     saved = [os.dup(1), os.dup(2)] if quiet else []
     out = os.fdopen(os.dup(saved[0]), "w", buffering=1) if quiet else sys.stdout
     console = Console(events, out, bars=None if quiet else False)
+    streams = sys.stdout, sys.stderr
+    log = open(log_file, "a", encoding="utf-8", buffering=1) if quiet else None
     try:
-        if quiet:
-            with open(log_file, "ab") as log:
-                os.dup2(log.fileno(), 1)
-                os.dup2(log.fileno(), 2)
+        if log is not None:
+            os.dup2(log.fileno(), 1)          # subprocesses, C libraries
+            os.dup2(log.fileno(), 2)
+            sys.stdout = sys.stderr = log     # Python code holding no earlier reference to the streams
         console.start()
         yield console
     finally:
         console.stop()
+        if log is not None:
+            sys.stdout, sys.stderr = streams
+            log.close()
         sys.stdout.flush()
         sys.stderr.flush()
         if quiet:

@@ -273,6 +273,32 @@ def read_qrels(
     return qrels
 
 
+def corpus_file(data_dir: str | os.PathLike) -> Path:
+    """The corpus of a BEIR folder (``corpus.jsonl`` or ``corpus.parquet``), or ``data_dir`` itself
+    when it is a corpus file; local or ``s3://``."""
+    root = localize(data_dir)
+    if root.is_file():
+        return root
+    for name in ("corpus.jsonl", "corpus.parquet"):
+        if (root / name).exists():
+            return root / name
+    raise DataError(root / "corpus.jsonl", f"missing corpus file in {data_dir}")
+
+
+def eval_kind(data_dir: str | os.PathLike, split: str, qrels: str | os.PathLike | None, kind: str = "auto") -> str:
+    """``gold`` when the evaluation has judged queries (``qrels`` given, or ``queries.jsonl`` and
+    ``qrels/<split>.tsv`` in the folder), else ``silver``; ``kind`` other than auto is checked."""
+    if kind == "silver":
+        return "silver"
+    root = localize(data_dir)
+    judged = bool(qrels) or (root.is_dir() and (root / "queries.jsonl").exists()
+                             and (root / "qrels" / f"{split}.tsv").exists())
+    if kind == "gold" and not judged:
+        raise DataError(root / "qrels" / f"{split}.tsv", "evaluation.kind is gold but there are no judged queries "
+                        f"for split {split!r} (queries.jsonl and this qrels file); use evaluation.kind=auto or silver")
+    return "gold" if judged else "silver"
+
+
 def load_beir(data_dir: str | os.PathLike, split: str = "test", qrels: str | os.PathLike | None = None) -> Dataset:
     """Load and cross-check a BEIR folder (local or ``s3://``); ``qrels`` (a file, local or
     ``s3://``) replaces the folder's ``qrels/<split>.tsv``."""

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytrec_eval
 
 from kadet.config import KadetConfig
-from kadet.data import Dataset, Qrels, load_beir, write_json
+from kadet.data import Dataset, Qrels, eval_kind, load_beir, write_json
+from kadet.errors import DataError, KadetError
 from kadet.encode import Encoder
 from kadet.manifest import Manifest
 from kadet.retrieval import BM25Retriever, DenseRetriever, Run, reciprocal_rank_fusion, top_k
@@ -177,6 +178,33 @@ def synthetic_dev_qrels(labels_path: str | Path) -> tuple[dict[str, str], dict[s
             {r["qid"]: {r["source_doc_id"]: 1} for r in dev})
 
 
+SILVER_DIR = "silver"
+
+
+def write_silver_set(cfg: KadetConfig, labels_path: str | Path, out: Path) -> tuple[Path, dict[str, str]]:
+    """The held-out synthetic queries of ``labels.jsonl`` (split ``silver``, judged by the
+    teacher) as a BEIR folder over the whole corpus; returns it and each query's type."""
+    import shutil
+
+    from kadet.data import corpus_file, read_records, write_jsonl
+
+    rows = [r for r in read_records(labels_path, "qid", {"query": str, "type": str}) if r.get("split") == "silver"]
+    if not rows:
+        raise DataError(labels_path, "no held-out silver queries (split 'silver'): the label step held none out; "
+                        "was it run for a corpus with judged queries? Rerun label, or set evaluation.kind=gold")
+    src = corpus_file(cfg.data.data_dir)
+    (out / "qrels").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, out / f"corpus{src.suffix}")
+    write_jsonl(out / "queries.jsonl", ({"_id": r["qid"], "text": r["query"], "metadata": {"type": r["type"]}}
+                                        for r in rows))
+    with open(out / "qrels" / "test.tsv", "w", encoding="utf-8") as fh:
+        fh.write("query-id\tcorpus-id\tscore\n")
+        for r in rows:
+            for doc, grade in sorted((r.get("silver_qrels") or {r["source_doc_id"]: 2}).items()):
+                fh.write(f"{r['qid']}\t{doc}\t{int(grade)}\n")
+    return out, {r["qid"]: r["type"] for r in rows}
+
+
 def paired_bootstrap(base: Mapping[str, float], candidate: Mapping[str, float], resamples: int = 10_000,
                      confidence: float = 0.95, seed: int = 0) -> dict[str, float]:
     """Paired bootstrap over queries of the mean difference ``candidate - base`` of one
@@ -207,14 +235,24 @@ def compare(cfg: KadetConfig, candidate: str, output_dir: str | Path, labels_pat
     start = time.perf_counter()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ds = load_beir(cfg.data.data_dir, cfg.data.split, cfg.data.qrels or None)
+    kind = eval_kind(cfg.data.data_dir, cfg.data.split, cfg.data.qrels, cfg.evaluation.kind)
+    silver_types: dict[str, str] = {}
+    if kind == "silver":
+        if labels_path is None:
+            raise KadetError("silver evaluation (no judged queries for this corpus) needs the label step's labels.jsonl")
+        silver_dir, silver_types = write_silver_set(cfg, labels_path, out / SILVER_DIR)
+        ds = load_beir(silver_dir, "test")
+    else:
+        ds = load_beir(cfg.data.data_dir, cfg.data.split, cfg.data.qrels or None)
     base = base or cfg.retrieval.model
     eval_q = ds.eval_queries()
     qrels = {q: ds.qrels[q] for q in eval_q}
     texts = {q: v.text for q, v in eval_q.items()}
     systems = {"base": base, "candidate": candidate}
     report: dict = {"eval_data": eval_data_fingerprint(ds, cfg.data.split), "data_dir": str(cfg.data.data_dir),
-                    "split": cfg.data.split, "queries": len(qrels), "models": systems}
+                    "split": cfg.data.split, "queries": len(qrels), "models": systems, "kind": kind}
+    if kind == "silver":
+        report["silver_dir"] = SILVER_DIR   # relative to this folder: the register step re-evaluates on it
     per_query = {}
     for name, model in systems.items():
         per_query[name] = scored_run(cfg, ds, texts, qrels, "dense", model)[1]
@@ -223,7 +261,18 @@ def compare(cfg: KadetConfig, candidate: str, output_dir: str | Path, labels_pat
     report["delta"] = {ndcg: paired_bootstrap({q: v[ndcg] for q, v in per_query["base"].items()},
                                               {q: v[ndcg] for q, v in per_query["candidate"].items()},
                                               confidence=cfg.register.confidence or 0.95, seed=cfg.seed)}
-    if labels_path is not None:
+    if silver_types:   # the held-out synthetic queries have types: nDCG per type from the run above
+        by_type = {}
+        for qid, t in silver_types.items():
+            row = by_type.setdefault(t, {"queries": 0, "base": 0.0, "candidate": 0.0})
+            row["queries"] += 1
+            for name in systems:
+                row[name] += per_query[name].get(qid, {}).get(ndcg, 0.0)
+        for row in by_type.values():
+            for name in systems:
+                row[name] /= max(1, row["queries"])
+        report["by_type"] = dict(sorted(by_type.items()))
+    elif labels_path is not None:
         dev_texts, dev_types, dev_qrels = synthetic_dev_qrels(labels_path)
         by_type: dict[str, dict[str, float]] = {}
         if dev_texts:

@@ -96,8 +96,10 @@ def score_shard(cfg: KadetConfig, rows: Sequence[dict], corpus: Mapping[str, Doc
     return len(todo)
 
 
-def apply_filters(items: list[dict], lab: LabelConfig, seed: int, m: Manifest) -> list[dict]:
-    """The five filters on ``[{qid, source_doc_id, doc_ids, scores, ...}]``; see the module docs."""
+def apply_filters(items: list[dict], lab: LabelConfig, seed: int, m: Manifest, silver: bool = False) -> list[dict]:
+    """The five filters on ``[{qid, source_doc_id, doc_ids, scores, ...}]``; see the module docs.
+    With ``silver``, up to ``lab.silver_queries`` kept queries (a fifth at most) become split
+    ``silver``, each with ``silver_qrels`` from the teacher's scores of its whole list."""
     kept = []
     for it in items:
         s = np.asarray(it["scores"], dtype=np.float64)
@@ -122,21 +124,53 @@ def apply_filters(items: list[dict], lab: LabelConfig, seed: int, m: Manifest) -
     m.extra["normalisation"] = {"low": float(lo), "high": float(hi)}
     qids = sorted(it["qid"] for it in kept)
     random.Random(seed).shuffle(qids)
-    n_dev = int(round(len(qids) * lab.dev_fraction))
-    dev = set(qids[:n_dev])
+    held = silver_holdout(kept, min(lab.silver_queries, len(qids) // 5), seed) if silver else set()
+    rest = [q for q in qids if q not in held]
+    dev = set(rest[: int(round(len(rest) * lab.dev_fraction))])
     out = []
     for it in kept:
         s = np.clip((np.asarray(it["scores"]) - lo) / span, 0.0, 1.0)
         order = sorted(range(len(s)), key=lambda i: (-it["scores"][i], it["doc_ids"][i]))[: lab.list_size]
-        out.append({**it, "split": "dev" if it["qid"] in dev else "train",
-                    "doc_ids": [it["doc_ids"][i] for i in order], "norm": [float(s[i]) for i in order]})
-    m.counts["train"] = sum(o["split"] == "train" for o in out)
-    m.counts["dev"] = len(out) - m.counts["train"]
+        row = {**it, "split": "silver" if it["qid"] in held else "dev" if it["qid"] in dev else "train",
+               "doc_ids": [it["doc_ids"][i] for i in order], "norm": [float(s[i]) for i in order]}
+        if it["qid"] in held:
+            row["silver_qrels"] = {d: 1 for d, x in zip(it["doc_ids"], s) if x >= lab.silver_min_score}
+            row["silver_qrels"][it["source_doc_id"]] = 2
+        out.append(row)
+    for split in ("train", "dev", "silver"):
+        m.counts[split] = sum(o["split"] == split for o in out)
+    if not silver:
+        del m.counts["silver"]
     return out
 
 
+def silver_holdout(items: Sequence[dict], n: int, seed: int) -> set[str]:
+    """About ``n`` query ids, whole source passages at a time (no passage has queries on both
+    sides of the split), chosen at random."""
+    by_source: dict[str, list[str]] = {}
+    for it in sorted(items, key=lambda it: it["qid"]):
+        by_source.setdefault(it["source_doc_id"], []).append(it["qid"])
+    sources = sorted(by_source)
+    random.Random(seed + 1).shuffle(sources)
+    held: set[str] = set()
+    for src in sources:
+        if len(held) >= n:
+            break
+        held.update(by_source[src])
+    return held
+
+
+def prepared_eval_kind(cfg: KadetConfig, corpus_path: str | Path) -> str:
+    """``silver`` or ``gold``: what the prepare step that wrote ``corpus_path`` found (its
+    manifest), unless ``evaluation.kind`` says silver."""
+    if cfg.evaluation.kind == "silver":
+        return "silver"
+    manifest = Path(corpus_path).parent / "manifest.json"
+    return Manifest.read(manifest.parent).extra.get("eval_kind", "gold") if manifest.exists() else "gold"
+
+
 def finalise(cfg: KadetConfig, rows: Sequence[dict], corpus: Mapping[str, Document], out: Path,
-             m: Manifest, corpus_fingerprint: str = "") -> Manifest:
+             m: Manifest, corpus_fingerprint: str = "", silver: bool = False) -> Manifest:
     """Merge every shard's scores, filter, normalise, split; write ``labels.jsonl``."""
     lab = cfg.label
     scores: dict[str, dict] = {}
@@ -153,12 +187,14 @@ def finalise(cfg: KadetConfig, rows: Sequence[dict], corpus: Mapping[str, Docume
                          f"(e.g. {missing[0]!r}); run every shard 0..{lab.num_shards - 1} first")
     items = [{"qid": r["qid"], "query": r["query"], "type": r["type"], "source_doc_id": r["source_doc_id"],
               "doc_ids": scores[r["qid"]]["doc_ids"], "scores": scores[r["qid"]]["scores"]} for r in rows]
-    labelled = apply_filters(items, lab, cfg.seed, m)
+    labelled = apply_filters(items, lab, cfg.seed, m, silver=silver)
+    m.extra["eval_kind"] = "silver" if silver else "gold"
     write_jsonl(file_in(out, "label", "labels"), (
         {"qid": it["qid"], "query": it["query"], "type": it["type"], "source_doc_id": it["source_doc_id"],
          "split": it["split"],
          "passages": [{"doc_id": d, "text": corpus[d].full_text(cfg.data.title_separator), "score": round(s, 6)}
-                      for d, s in zip(it["doc_ids"], it["norm"])]}
+                      for d, s in zip(it["doc_ids"], it["norm"])],
+         **({"silver_qrels": it["silver_qrels"]} if "silver_qrels" in it else {})}
         for it in labelled))
     m.counts.update({"queries": len(rows), "labelled": len(labelled),
                      **{f"labelled_{t}": n for t, n in sorted(Counter(it["type"] for it in labelled).items())}})
@@ -186,7 +222,7 @@ def label(cfg: KadetConfig, candidates_path: str | Path, corpus_path: str | Path
             m.extra["shard"] = f"{cfg.label.shard_index}-of-{cfg.label.num_shards}"
             m.write(out)
     if merge:
-        finalise(cfg, rows, corpus, out, m, corpus_fp)
+        finalise(cfg, rows, corpus, out, m, corpus_fp, silver=prepared_eval_kind(cfg, corpus_path) == "silver")
     return m
 
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from kadet.config import KadetConfig, PrepareConfig
-from kadet.data import Document, load_beir, normalise, read_corpus, read_qrels, write_jsonl
+from kadet.data import Document, corpus_file, eval_kind, load_beir, normalise, read_corpus, read_qrels, write_jsonl
 from kadet.manifest import Manifest
 from kadet.stages import STAGES
 
@@ -93,10 +93,13 @@ def prepare(cfg: KadetConfig, output_dir: str | Path) -> Manifest:
     src = cfg.data.data_dir
     m = Manifest(stage="prepare", config_hash=cfg.hash())
     empty: list[str] = []
-    if Path(src).suffix in (".jsonl", ".parquet"):
-        corpus = read_corpus(src, empty)
-        m.add_input("corpus", src)
-        qrels_files = [Path(q) for q in cfg.prepare.exclude_qrels]
+    # silver: the label step holds synthetic queries out for evaluation (read from this manifest)
+    m.extra["eval_kind"] = eval_kind(src, cfg.data.split, cfg.data.qrels, cfg.evaluation.kind)
+    if Path(src).suffix in (".jsonl", ".parquet") or eval_kind(src, cfg.data.split, cfg.data.qrels) == "silver":
+        path = corpus_file(src)                         # a corpus alone: no judged queries to keep apart
+        corpus = read_corpus(path, empty)
+        m.add_input("corpus", src, path)
+        qrels_files = [Path(q) for q in [*cfg.prepare.exclude_qrels, *([cfg.data.qrels] if cfg.data.qrels else [])]]
     else:
         ds = load_beir(src, cfg.data.split, cfg.data.qrels or None)
         corpus, empty = ds.corpus, ds.empty_doc_ids

@@ -30,7 +30,7 @@ from pathlib import Path
 from kadet.config import EvaluationConfig, KadetConfig, RegisterConfig
 from kadet.errors import KadetError
 from kadet.models import model_fingerprint
-from kadet.tracking import EVAL_DATA_TAG, GATE_TAG, MODEL_VERSION_TAG, PIPELINE_TAG
+from kadet.tracking import EVAL_DATA_TAG, EVAL_KIND_TAG, GATE_TAG, MODEL_VERSION_TAG, PIPELINE_TAG
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ def incumbent_metrics(cfg: KadetConfig, client, comparison: Mapping,
 
 
 def register_candidate(cfg: KadetConfig, model_dir: str | Path, comparison: Mapping, pipeline_run: str = "",
-                       evaluate_fn: Callable[[KadetConfig, Path], dict] = evaluate_model) -> Registration:
+                       evaluate_fn: Callable[[KadetConfig, Path], dict] | None = None) -> Registration:
     """Make the candidate a model version (or find it) and decide the gate. Needs an active run."""
     import mlflow
 
@@ -214,7 +214,7 @@ def register_candidate(cfg: KadetConfig, model_dir: str | Path, comparison: Mapp
     if champ is not None and str(champ.version) == version:  # rerun of the promoted candidate
         decision = Decision(True, [], incumbent=f"champion v{version} (itself)")
         return Registration(reg.model_name, version, decision, cand, cand, reused=existing is not None)
-    inc, inc_name = incumbent_metrics(cfg, c, comparison, evaluate_fn)
+    inc, inc_name = incumbent_metrics(cfg, c, comparison, evaluate_fn or evaluate_model)
     gain = (comparison.get("delta") or {}).get(e.ndcg)
     decision = decide(cand, inc, reg, inc_name, gain, e)
     if gain is not None:
@@ -223,10 +223,19 @@ def register_candidate(cfg: KadetConfig, model_dir: str | Path, comparison: Mapp
     mlflow.log_metrics({metric_name(f"gate.candidate_{k}"): v for k, v in cand.items()}
                        | {metric_name(f"gate.incumbent_{k}"): v for k, v in inc.items()}
                        | {"gate.promote": float(decision.promote)})
-    mlflow.set_tags({GATE_TAG: decision.reason, MODEL_VERSION_TAG: version})
+    kind = comparison.get("kind", "gold")
+    c.set_model_version_tag(reg.model_name, version, EVAL_KIND_TAG, kind)
+    mlflow.set_tags({GATE_TAG: gate_text(decision, kind), MODEL_VERSION_TAG: version, EVAL_KIND_TAG: kind})
     if existing is None:
         attach_card(cfg, c, model_dir, comparison, version, decision, info.model_id)
     return Registration(reg.model_name, version, decision, cand, inc, reused=existing is not None)
+
+
+def gate_text(decision: Decision, kind: str) -> str:
+    """The gate's outcome as people read it, with the kind of evaluation it rests on."""
+    what = ("gold: judged queries" if kind == "gold" else
+            "silver: held-out synthetic queries judged by the teacher; add judged queries for a firmer answer")
+    return f"{decision.reason} ({what})"
 
 
 def card_facts(cfg: KadetConfig, comparison: Mapping, version: str, decision: Decision) -> dict:
@@ -241,7 +250,8 @@ def card_facts(cfg: KadetConfig, comparison: Mapping, version: str, decision: De
                               for who in ("base", "candidate")},
                            "gain_ci": {**gain, "metric": display(e.ndcg)} if gain else None},
             "registry": {"name": cfg.register.model_name, "version": version,
-                         "gate": ("passed: " if decision.promote else "refused: ") + decision.reason}}
+                         "gate": ("passed: " if decision.promote else "refused: ")
+                         + gate_text(decision, comparison.get("kind", "gold"))}}
 
 
 def attach_card(cfg: KadetConfig, c, model_dir: str | Path, comparison: Mapping, version: str, decision: Decision,

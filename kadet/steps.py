@@ -175,7 +175,7 @@ def evaluate_step(cfg: KadetConfig, model_dir: str, labels: str | None, out: str
             mlflow.log_metrics({tracking.metric_name(f"{who}_{k}"): v for k, v in rep[who].items()})
         nd = cfg.evaluation.ndcg
         mlflow.log_metric(tracking.metric_name(f"delta_{nd}"), rep["candidate"][nd] - rep["base"][nd])
-        mlflow.set_tag(tracking.EVAL_DATA_TAG, rep["eval_data"])
+        mlflow.set_tags({tracking.EVAL_DATA_TAG: rep["eval_data"], tracking.EVAL_KIND_TAG: rep["kind"]})
         tracking.log_manifest(Manifest.read(out), out)
         mlflow.log_artifact(file_in(out, "evaluate", "comparison"))
         if rep.get("by_type"):
@@ -195,6 +195,8 @@ def register_step(cfg: KadetConfig, model_dir: str, comparison_dir: str, pipelin
     from kadet.register import register_candidate
 
     comparison = json.loads(Path(file_in(comparison_dir, "evaluate", "comparison")).read_text())
+    if comparison.get("silver_dir"):   # a champion is re-evaluated on the same held-out silver queries
+        cfg.data.data_dir, cfg.data.qrels, cfg.data.split = str(Path(comparison_dir) / comparison["silver_dir"]), "", "test"
     with tracking.stage_run(cfg, "register", pipeline_run):
         r = register_candidate(cfg, model_dir, comparison, pipeline_run)
     return {"version": r.version, "promote": r.decision.promote, "reason": r.decision.reason,

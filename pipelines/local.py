@@ -120,4 +120,5 @@ def summarise(cfg, seconds: float) -> dict:
         "champion": champ.version if champ else None,
         "tracking_uri": tracking.tracking_uri(cfg),
         "metrics": [cfg.evaluation.ndcg, cfg.evaluation.recall],
+        "eval_kind": ev.data.tags.get(tracking.EVAL_KIND_TAG, "gold") if ev else None,
     }

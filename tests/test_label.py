@@ -146,3 +146,24 @@ def test_labels_format(tmp_path):
     assert set(r["passages"][0]) == {"doc_id", "text", "score"} and r["passages"][0]["text"] == corpus[r["source_doc_id"]].text
     assert all(0 <= p["score"] <= 1 for p in r["passages"])
     assert Manifest.read(tmp_path / "out").counts["train"] == m.counts["train"] == 18
+
+
+def test_silver_holdout_takes_whole_source_passages_and_judges_with_the_teacher():
+    # 100 passages, two queries each; scores: the source first, one close second, the rest low
+    items = [_item(f"q{i:03d}-{k}", f"p{i}", [f"p{i}", f"x{i}", f"y{i}"], [3.0, 2.9, 0.0 + k * 0.01])
+             for i in range(100) for k in range(2)]
+    lab = LabelConfig(min_top_percentile=0, silver_queries=30, silver_min_score=0.9, norm_high_percentile=100,
+                      norm_low_percentile=0)
+    m = Manifest("x")
+    out = apply_filters(items, lab, 3, m, silver=True)
+    silver = [o for o in out if o["split"] == "silver"]
+    assert 30 <= len(silver) <= 31 and m.counts["silver"] == len(silver)
+    held_sources = {o["source_doc_id"] for o in silver}
+    assert not any(o["source_doc_id"] in held_sources for o in out if o["split"] != "silver")   # no leak
+    assert all(o["silver_qrels"] == {o["source_doc_id"]: 2, "x" + o["source_doc_id"][1:]: 1} for o in silver)
+    assert all("silver_qrels" not in o for o in out if o["split"] != "silver")
+    assert apply_filters(items, lab, 3, Manifest("x"), silver=True) == out                      # seeded
+    # at most a fifth of the queries; and none without silver evaluation
+    assert sum(o["split"] == "silver" for o in apply_filters(items[:20], lab, 3, Manifest("x"), silver=True)) <= 4
+    plain = apply_filters(items, lab, 3, Manifest("x"))
+    assert not any(o["split"] == "silver" for o in plain)

@@ -199,11 +199,12 @@ def test_local_kfp_run_of_the_real_dag_on_s3(tmp_path, monkeypatch, capfd):
             # the gate's outcome is applied: champion if it passed, challenger with a reason if not
             version = summary["version"]
             mv = c.get_model_version("kadet-ci", version)
-            if summary["gate"] == "passed":
+            assert summary["gate"].endswith("(gold: judged queries)")           # which evaluation it rests on
+            if summary["gate"].startswith("passed"):
                 assert c.get_model_version_by_alias("kadet-ci", "champion").version == version
             else:
                 assert c.get_model_version_by_alias("kadet-ci", "challenger").version == version
-                assert mv.tags["kadet.gate_failure"] == summary["gate"]
+                assert summary["gate"].startswith(mv.tags["kadet.gate_failure"])
             # the registered model's files are on S3, and load back through MLflow's artifact proxy
             assert list((tmp_path / "s3" / "mlflow" / "artifacts").rglob("model.safetensors"))
             mlflow.set_tracking_uri(uri)
@@ -245,3 +246,33 @@ def test_a_failed_run_closes_its_mlflow_parent_as_failed(tmp_path, capfd):
     child = next(r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)
     assert parent.info.status == "FAILED" and "exit-handler" in parent.data.tags["kadet.error"]
     assert child.info.run_name == "prepare" and child.info.status == "FAILED"
+
+
+@pytest.mark.slow
+def test_a_corpus_without_judgements_runs_end_to_end_on_silver(tmp_path):
+    """Only ``corpus.jsonl``: the label step holds synthetic queries out (whole source passages),
+    evaluation and gate use them (silver), and every output says so."""
+    import json
+    import shutil
+
+    import mlflow
+
+    from kadet.data import read_records
+    from pipelines.local import run_local
+
+    data = scifact_slice(tmp_path / "full")
+    (tmp_path / "corpus-only").mkdir()
+    shutil.copy(data / "corpus.jsonl", tmp_path / "corpus-only" / "corpus.jsonl")
+    (tmp_path / "tiny.yaml").write_text(TINY.replace("sample_size: 12", "sample_size: 60"))
+    summary = run_local(str(tmp_path / "corpus-only"), str(tmp_path / "work"), str(tmp_path / "tiny.yaml"))
+    assert summary["eval_kind"] == "silver" and "(silver: held-out synthetic queries" in summary["gate"]
+    kfp = tmp_path / "work" / "kfp"
+    labels = read_records(next(kfp.rglob("labels.jsonl")), "qid", {"split": str})
+    silver = [r for r in labels if r["split"] == "silver"]
+    assert silver and len(silver) <= len(labels) // 5
+    assert not {r["source_doc_id"] for r in silver} & {r["source_doc_id"] for r in labels if r["split"] != "silver"}
+    comp = json.loads(next(kfp.rglob("comparison.json")).read_text())
+    assert comp["kind"] == "silver" and comp["queries"] == len(silver) and set(comp["by_type"]) == {"sentence"}
+    c = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
+    mv = c.get_model_version("kadet-ci", summary["version"])
+    assert mv.tags["kadet.eval_kind"] == "silver" and "**silver**" in mv.description

@@ -308,3 +308,38 @@ def test_the_registered_model_carries_the_full_model_card(server, models, tmp_pa
     assert "| candidate | 0.7000 |" in text and ("gate: passed" in text) == r.decision.promote
     assert SentenceTransformer(str(st_dir), device="cpu").encode(["x"]).shape[1] > 0   # still a model folder
     assert f"version **{r.version}**" in c.get_model_version("carded", r.version).description
+
+
+def test_a_silver_candidate_is_never_compared_with_a_gold_champion(server, models, tmp_path, tiny_beir, monkeypatch):
+    """The champion was measured on judged queries (gold); the candidate on held-out synthetic
+    queries (silver). The register step re-evaluates the champion on the same silver set (the
+    folder the evaluate step wrote) before deciding, and says the decision rests on silver."""
+    import json
+    import shutil
+
+    import kadet.register as register
+    from kadet.steps import register_step
+
+    cfg = load_config(None, [f"tracking.tracking_uri={server}", f"work_dir={tmp_path}", "register.model_name=silver",
+                             "register.confidence=0", f"data.data_dir={tiny_beir}"])
+    gold = gate_run(cfg, models[0], comparison(m(0.95, 0.99), eval_data="sha256:gold"))
+    assert gold.decision.promote
+    ev = tmp_path / "ev"
+    shutil.copytree(tiny_beir, ev / "silver")                         # stands in for the held-out silver set
+    comp = {**comparison(m(0.60), eval_data="sha256:silver-set"), "kind": "silver", "silver_dir": "silver"}
+    (ev / "comparison.json").write_text(json.dumps(comp))
+    seen = []
+
+    def spy(cfg_, model_dir):
+        seen.append(cfg_.data.data_dir)
+        return {"ndcg@10": 0.55, "recall@100": 0.9}
+
+    monkeypatch.setattr(register, "evaluate_model", spy)
+    out = register_step(cfg, str(models[1]), str(ev), "silver-run")
+    assert seen == [str(ev / "silver")]                                # re-measured on the silver set, not gold 0.95
+    assert out["promote"] and out["incumbent"] == "champion v1 (re-evaluated)"
+    c = tracking.client(cfg)
+    assert c.get_model_version("silver", out["version"]).tags["kadet.eval_kind"] == "silver"
+    runs = c.search_runs([tracking.experiment_id(cfg)], filter_string="tags.`kadet.pipeline_run` = 'silver-run'")
+    gate = next(r for r in runs if r.info.run_name == "register").data.tags["kadet.gate"]
+    assert gate.startswith("passed (silver: held-out synthetic queries judged by the teacher")
