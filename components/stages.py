@@ -8,7 +8,7 @@ and the other parameters are the Kubeflow UI's, each mapped onto one config key.
 
 from typing import List, NamedTuple
 
-from kfp.dsl import Dataset, Input, Metrics, Model, Output, PipelineTaskFinalStatus
+from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output, PipelineTaskFinalStatus
 
 
 def prepare(data_uri: str, eval_qrels_uri: str, sample_size: int, config_yaml: str, profile: str, work_dir: str,
@@ -103,8 +103,8 @@ def evaluate(model: Input[Model], labels: Input[Dataset], data_uri: str, eval_qr
 
 
 def register(model: Input[Model], report: Input[Dataset], model_name: str, ndcg_floor: float, min_delta: float,
-             max_recall_drop: float, config_yaml: str, profile: str, work_dir: str, pipeline_run: str
-             ) -> NamedTuple("Gate", [("decision", str), ("version", str), ("reason", str)]):
+             max_recall_drop: float, config_yaml: str, profile: str, work_dir: str, pipeline_run: str,
+             run_report: Output[HTML]) -> NamedTuple("Gate", [("decision", str), ("version", str), ("reason", str)]):
     from collections import namedtuple
 
     from kadet.steps import model_folder, register_step, step_config
@@ -112,7 +112,7 @@ def register(model: Input[Model], report: Input[Dataset], model_name: str, ndcg_
     cfg = step_config(config_yaml, profile=profile, work_dir=work_dir, register__model_name=model_name,
                       register__ndcg_floor=ndcg_floor, register__min_delta=min_delta,
                       register__max_recall_drop=max_recall_drop)
-    r = register_step(cfg, str(model_folder(model.path)), report.path, pipeline_run)
+    r = register_step(cfg, str(model_folder(model.path)), report.path, pipeline_run, run_report.path)
     gate = namedtuple("Gate", ["decision", "version", "reason"])
     return gate("promote" if r["promote"] else "reject", r["version"], r["reason"])
 

@@ -190,15 +190,29 @@ def evaluate_step(cfg: KadetConfig, model_dir: str, labels: str | None, out: str
     return rep
 
 
-def register_step(cfg: KadetConfig, model_dir: str, comparison_dir: str, pipeline_run: str) -> dict:
-    """Log and register the candidate, decide the gate (aliases are set by the next step)."""
-    from kadet.register import register_candidate
+def register_step(cfg: KadetConfig, model_dir: str, comparison_dir: str, pipeline_run: str,
+                  report_path: str | None = None) -> dict:
+    """Log and register the candidate, decide the gate (aliases are set by the next step); write
+    the run's ``report.html`` to ``report_path`` (the KFP run page shows it) and log it to MLflow,
+    on this step's run and on the pipeline's parent run."""
+    import mlflow
+
+    from kadet.register import gate_text, register_candidate
+    from kadet.report import write_report
 
     comparison = json.loads(Path(file_in(comparison_dir, "evaluate", "comparison")).read_text())
     if comparison.get("silver_dir"):   # a champion is re-evaluated on the same held-out silver queries
         cfg.data.data_dir, cfg.data.qrels, cfg.data.split = str(Path(comparison_dir) / comparison["silver_dir"]), "", "test"
     with tracking.stage_run(cfg, "register", pipeline_run):
         r = register_candidate(cfg, model_dir, comparison, pipeline_run)
+        gate = {"promote": r.decision.promote, "reason": gate_text(r.decision, comparison.get("kind", "gold")),
+                "version": r.version, "model_name": r.name, "incumbent": r.decision.incumbent}
+        with tempfile.TemporaryDirectory() as tmp:
+            report = write_report(cfg, pipeline_run, comparison, gate, report_path or Path(tmp) / "report.html")
+            if report.name != "report.html":          # KFP names an output file after the output
+                report = Path(shutil.copy(report, Path(tmp) / "report.html"))
+            mlflow.log_artifact(str(report))
+            tracking.client(cfg).log_artifact(tracking.parent_run_id(cfg, pipeline_run), str(report))
     return {"version": r.version, "promote": r.decision.promote, "reason": r.decision.reason,
             "incumbent": r.decision.incumbent, "candidate": r.candidate, "incumbent_metrics": r.incumbent_metrics}
 

@@ -183,6 +183,11 @@ def test_local_kfp_run_of_the_real_dag_on_s3(tmp_path, monkeypatch, capfd):
             assert {"loss_curves.png", "curves.json", "manifest.json"} <= arts("distill")
             assert {"ndcg_by_query_type.png", "ndcg_by_query_type.json", "comparison.json"} <= arts("evaluate")
             assert "queries_sample.json" in arts("generate-merge") and "label_statistics.json" in arts("label-merge")
+            assert "report.html" in arts("register") and "model_card/README.md" in {
+                a.path for a in c.list_artifacts(by_name["register"].info.run_id, "model_card")}
+            report = mlflow.artifacts.download_artifacts(run_id=summary["parent_run"], artifact_path="report.html",
+                                                         dst_path=str(tmp_path / "dl"), tracking_uri=uri)
+            check_report(Path(report).read_text(), "gold")
             assert by_name["evaluate"].data.metrics["base_ndcg_at_10"] > 0.5       # real model on real data
             assert {d.dataset.source for d in by_name["prepare"].inputs.dataset_inputs}  # lineage recorded
             # every step published its outputs to S3
@@ -235,7 +240,7 @@ def test_a_failed_run_closes_its_mlflow_parent_as_failed(tmp_path, capfd):
     assert log_file.is_file() and "Traceback" in log_file.read_text()
     # the console said which stage failed and where its log is; KFP's own output went to a file
     shown = capfd.readouterr().out
-    assert "prepare        started" in shown and f"prepare        FAILED after" in shown and str(log_file) in shown
+    assert "prepare        started" in shown and "prepare        FAILED after" in shown and str(log_file) in shown
     assert "KFP Executor" not in shown
     kfp_output = Path(line.split("KFP's output: ")[1])
     assert "KFP Executor" in kfp_output.read_text()
@@ -276,3 +281,47 @@ def test_a_corpus_without_judgements_runs_end_to_end_on_silver(tmp_path):
     c = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
     mv = c.get_model_version("kadet-ci", summary["version"])
     assert mv.tags["kadet.eval_kind"] == "silver" and "**silver**" in mv.description
+    # report.html: on the parent run in MLflow and as the register task's KFP output
+    local = mlflow.artifacts.download_artifacts(run_id=summary["parent_run"], artifact_path="report.html",
+                                                dst_path=str(tmp_path / "dl"), tracking_uri=c._tracking_client.tracking_uri)
+    check_report(Path(local).read_text(), "silver")
+    assert (next(kfp.rglob("run_report")).read_text() == Path(local).read_text())
+
+
+def check_report(text: str, kind: str) -> None:
+    """``report.html``, parsed: every section there, self-contained, its images real PNGs."""
+    import base64
+    from html.parser import HTMLParser
+
+    from kadet.report import SECTIONS
+
+    class Page(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.ids, self.images, self.external, self.stack = [], [], [], []
+
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            if "id" in a:
+                self.ids.append(a["id"])
+            if tag == "img":
+                self.images.append(a.get("src", ""))
+            for key in ("src", "href"):
+                if a.get(key) and not a[key].startswith(("data:", "#")):
+                    self.external.append(a[key])
+            if tag not in ("img", "meta", "br", "hr", "link", "input"):
+                self.stack.append(tag)
+
+        def handle_endtag(self, tag):
+            assert self.stack and self.stack[-1] == tag, (tag, self.stack[-3:])      # well nested
+            self.stack.pop()
+
+    page = Page()
+    page.feed(text)
+    page.close()
+    assert page.ids == list(SECTIONS) and not page.external and page.stack == []
+    assert len(page.images) == 2                                                       # by type, curves
+    for src in page.images:
+        head, data = src.split(",", 1)
+        assert head == "data:image/png;base64" and base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"<b>{kind}</b>" in text and "paired bootstrap interval" in text

@@ -1,0 +1,185 @@
+"""``report.html``: one self-contained page (inline CSS, images as data URIs, no script, opens
+offline) about one pipeline run, written by the register step.
+
+Sections (each an ``<h2 id=...>``): ``decision`` (the gate's outcome and reasons, registry
+version, kind of evaluation), ``metrics`` (base vs candidate, the paired bootstrap interval of the
+gain), ``by-type`` (nDCG per query type, table and chart), ``teacher`` (label statistics: scores,
+splits and types), ``training`` (loss and dev curves), ``drops`` (what each stage dropped and
+why), ``samples`` (up to 5 generated queries per type), ``timings`` (wall time per stage).
+
+Everything comes from the run's MLflow records (the stages' child runs: metrics, tags and the
+artifacts they log), so the report is the same wherever the stages ran.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from kadet.config import KadetConfig
+
+SECTIONS = ("decision", "metrics", "by-type", "teacher", "training", "drops", "samples", "timings")
+SAMPLES_PER_TYPE = 5
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}
+th{background:#f4f4f4}.pass{color:#17692e}.fail{color:#a11}.muted{color:#666}img{max-width:100%}
+code{background:#f4f4f4;padding:0 .2em}"""
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def image(path: Path, alt: str) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{data}">'
+
+
+def collect(cfg: KadetConfig, pipeline_run: str) -> dict:
+    """The run's stages from MLflow: name, seconds, metrics, tags and the JSON artifacts the report uses."""
+    from mlflow.artifacts import download_artifacts
+
+    from kadet import tracking
+
+    c = tracking.client(cfg)
+    parent = tracking.parent_run_id(cfg, pipeline_run)
+    runs = c.search_runs([tracking.experiment_id(cfg)], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'",
+                         order_by=["attributes.start_time ASC"], max_results=500)
+    stages, files = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in runs:
+            end = r.info.end_time or r.info.start_time
+            stages.append({"name": r.info.run_name, "seconds": (end - r.info.start_time) / 1000.0,
+                           "status": r.info.status, "metrics": dict(r.data.metrics), "tags": dict(r.data.tags)})
+            for name in ("label_statistics.json", "queries_sample.json", "curves.json"):
+                if name in files:
+                    continue
+                try:
+                    local = download_artifacts(run_id=r.info.run_id, artifact_path=name, dst_path=tmp,
+                                               tracking_uri=tracking.tracking_uri(cfg))
+                    files[name] = json.loads(Path(local).read_text())
+                except Exception:  # this stage did not log it
+                    pass
+    return {"parent_run": parent, "pipeline_run": pipeline_run, "stages": stages, "files": files}
+
+
+def render(run: Mapping[str, Any], comparison: Mapping[str, Any], gate: Mapping[str, Any],
+           cfg: KadetConfig, images: Mapping[str, Path]) -> str:
+    """The page. ``gate``: ``promote``, ``reason``, ``version``, ``model_name``, ``incumbent``;
+    ``images``: PNG files to embed by section (``by-type``, ``training``)."""
+    from kadet.register import display
+
+    e = cfg.evaluation
+    kind = comparison.get("kind", "gold")
+    files = run.get("files", {})
+    parts = [f"<h1>kadet run <code>{_e(run.get('pipeline_run', ''))}</code></h1>",
+             f"<p class=muted>MLflow parent run <code>{_e(run.get('parent_run', ''))}</code>; evaluation: "
+             f"<b>{_e(kind)}</b> ({'judged queries of the corpus' if kind == 'gold' else 'held-out synthetic queries judged by the teacher'}), "
+             f"{_e(comparison.get('queries', '?'))} queries.</p>"]
+
+    ok = gate.get("promote")
+    parts += ['<h2 id="decision">Decision</h2>',
+              f"<p class={'pass' if ok else 'fail'}><b>{'promoted' if ok else 'not promoted'}</b>: "
+              f"{_e(gate.get('reason', ''))}</p>",
+              f"<p>Registered as <code>{_e(gate.get('model_name', ''))}</code> version "
+              f"<b>{_e(gate.get('version', '?'))}</b>; compared with {_e(gate.get('incumbent', '?'))}.</p>"]
+
+    names = [n for n in (e.ndcg, e.recall, e.mrr) if n in comparison.get("candidate", {})]
+    rows = [[who, *(f"{comparison[who][n]:.4f}" for n in names)] for who in ("base", "candidate")]
+    rows.append(["gain", *(f"{comparison['candidate'][n] - comparison['base'][n]:+.4f}" for n in names)])
+    parts += ['<h2 id="metrics">Metrics</h2>', table(["model", *map(display, names)], rows)]
+    gain = (comparison.get("delta") or {}).get(e.ndcg)
+    if gain:
+        parts.append(f"<p>{display(e.ndcg)} gain {gain['mean']:+.4f}; {round(100 * gain['confidence'])}% paired "
+                     f"bootstrap interval over {gain['queries']} queries [{gain['ci_low']:+.4f}, "
+                     f"{gain['ci_high']:+.4f}]; the candidate is ahead in {100 * gain['p_ahead']:.0f}% of resamples.</p>")
+
+    by_type = comparison.get("by_type") or {}
+    parts.append('<h2 id="by-type">nDCG by query type</h2>')
+    if by_type:
+        src = "held-out silver queries" if kind == "silver" else "synthetic dev queries"
+        parts += [f"<p class=muted>{display(e.ndcg)} on the {src}, by type.</p>",
+                  table(["type", "queries", "base", "candidate"],
+                        [[t, r["queries"], f"{r['base']:.4f}", f"{r['candidate']:.4f}"] for t, r in by_type.items()])]
+        if images.get("by-type"):
+            parts.append(image(images["by-type"], f"{display(e.ndcg)} by query type"))
+    else:
+        parts.append("<p class=muted>No typed queries to break the metric down by.</p>")
+
+    stats = files.get("label_statistics.json") or {}
+    parts.append('<h2 id="teacher">Teacher</h2>')
+    if stats:
+        pct = stats.get("score_percentiles", {})
+        parts += [f"<p>Teacher <code>{_e(cfg.label.teacher)}</code>: {stats.get('queries', 0)} labelled queries, "
+                  f"{stats.get('list_length_mean', 0):.1f} passages per list on average.</p>",
+                  table(["score percentile", *pct.keys()], [["normalised score", *(f"{v:.3f}" for v in pct.values())]]),
+                  table(["split/type", "queries"], [[k, v] for k, v in stats.get("by_split_and_type", {}).items()])]
+    else:
+        parts.append("<p class=muted>No label statistics recorded.</p>")
+
+    curves = files.get("curves.json") or {}
+    parts.append('<h2 id="training">Training</h2>')
+    if curves.get("epoch"):
+        parts.append(table(["epoch", "train loss", "dev loss"],
+                           [[ep, f"{tr:.4f}", "n/a" if dv is None else f"{dv:.4f}"] for ep, tr, dv in
+                            zip(curves["epoch"], curves.get("epoch_train_loss", []), curves.get("dev_loss", []))]))
+        if images.get("training"):
+            parts.append(image(images["training"], "loss and dev curves"))
+    else:
+        parts.append("<p class=muted>No training curves recorded.</p>")
+
+    drops = [[s["name"], k.removeprefix("dropped."), int(v)] for s in run.get("stages", [])
+             for k, v in sorted(s["metrics"].items()) if k.startswith("dropped.") and v]
+    parts += ['<h2 id="drops">Dropped, by stage and reason</h2>',
+              table(["stage", "reason", "count"], drops) if drops else "<p class=muted>Nothing dropped.</p>"]
+
+    sample = files.get("queries_sample.json") or {}
+    cols = sample.get("columns", [])
+    per_type: dict[str, list[list[Any]]] = {}
+    for row in sample.get("data", []):
+        r = dict(zip(cols, row))
+        if len(per_type.setdefault(r.get("type", "?"), [])) < SAMPLES_PER_TYPE:
+            per_type[r.get("type", "?")].append([r.get("type", "?"), r.get("text", ""), r.get("source_doc_id", "")])
+    parts += ['<h2 id="samples">Sample queries</h2>',
+              table(["type", "query", "source passage"], [x for rows_ in per_type.values() for x in rows_])
+              if per_type else "<p class=muted>No sample recorded.</p>"]
+
+    parts += ['<h2 id="timings">Timings</h2>',
+              table(["stage", "seconds", "status"], [[s["name"], f"{s['seconds']:.1f}", s["status"]]
+                                                     for s in run.get("stages", [])])]
+    return ("<!doctype html><html lang=en><head><meta charset=utf-8><title>kadet run report</title>"
+            f"<style>{CSS}</style></head><body>" + "\n".join(parts) + "</body></html>\n")
+
+
+def write_report(cfg: KadetConfig, pipeline_run: str, comparison: Mapping[str, Any], gate: Mapping[str, Any],
+                 path: str | Path) -> Path:
+    """Collect the run from MLflow, draw the charts, write ``path``."""
+    from kadet import tracking
+
+    run = collect(cfg, pipeline_run)
+    with tempfile.TemporaryDirectory() as tmp:
+        images = {}
+        by_type = comparison.get("by_type") or {}
+        if by_type:
+            images["by-type"] = tracking.plot_by_type(
+                {t: {"base": r["base"], "candidate": r["candidate"]} for t, r in by_type.items()},
+                Path(tmp) / "by_type.png", cfg.evaluation.ndcg)
+        if (run["files"].get("curves.json") or {}).get("epoch"):
+            images["training"] = tracking.plot_curves(run["files"]["curves.json"], Path(tmp) / "curves.png")
+        text = render(run, comparison, gate, cfg, images)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
