@@ -148,7 +148,16 @@ SUBCOMMANDS: dict[str, tuple[str, str, list[Opt]]] = {
              Opt("--shards", help="generation and labelling shards (ParallelFor)", kw={"type": POSITIVE, "default": 1}),
              Opt("--profile", help="settings under --config/--set: local (CPU, the default), gpu (METHOD.md's "
                                    "scale) or a YAML file", kw={"default": "local"}),
-             Opt("--json", help="print the summary as JSON", kw={"action": "store_true"})]),
+             Opt("--json", help="print the summary as JSON", kw={"action": "store_true"}),
+             Opt("--no-plan", help="start without timing the plan first", kw={"action": "store_true"})]),
+    "plan": ("what a run will process and how long each stage will take here, before running it",
+             "Counts passages, queries per type, candidate and teacher pairs and training steps (prepare runs "
+             "for real in a temporary folder), times small batches of each stage's real work on this machine and "
+             "scales them by the counts; then the counts of the same run on --cluster-profile.",
+             [Opt("--data", help="BEIR folder, corpus file or s3:// URI", kw={"required": True}),
+              Opt("--profile", help="local (the default), gpu or a YAML file", kw={"default": "local"}),
+              Opt("--cluster-profile", help="the profile to count for a cluster run (default gpu; '' for none)",
+                  kw={"default": "gpu"})]),
     "config": ("print the effective configuration as YAML", "Print the defaults merged with --config and --set.", []),
 }
 _REMOTE = [Opt("--host", help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline", kw={"required": True}),
@@ -309,11 +318,39 @@ def cmd_teacher_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def plan_config(args: argparse.Namespace, profile: str):
+    from kadet.config import config_from_text
+    from pipelines.local import local_config_text
+
+    cfg = config_from_text(local_config_text(args.config, args.overrides, profile))
+    cfg.data.data_dir = args.data
+    return cfg
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from kadet.plan import format_plan, make_plan
+
+    print(format_plan(make_plan(plan_config(args, args.profile)), f"kadet plan: {args.data} (profile {args.profile})"))
+    if args.cluster_profile:
+        cluster = make_plan(plan_config(args, args.cluster_profile), measure_here=False)
+        print(format_plan(cluster, f"the same corpus on the {args.cluster_profile} profile (counts; its GPU stages "
+                                   "are timed by running kadet plan on a GPU node)"))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from kadet.register import display
     from pipelines.local import run_local
 
     print(f"kadet run: {args.data} (profile {args.profile}, work dir {args.work_dir or '.kadet'})", flush=True)
+    plan = None
+    if not args.no_plan and not args.json:
+        from kadet.plan import format_plan, make_plan
+
+        cfg = plan_config(args, args.profile)
+        cfg.generate.num_shards = cfg.label.num_shards = args.shards
+        plan = make_plan(cfg)
+        print(format_plan(plan, "plan:"), flush=True)
     summary = run_local(args.data, args.work_dir or ".kadet", args.config, args.overrides, shards=args.shards,
                         profile=args.profile, verbose=args.verbose)
     if args.json:
@@ -321,6 +358,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     print(f"kadet run: {summary['seconds'] / 60:.1f} min; MLflow {summary['tracking_uri']} "
           f"(parent run {summary['parent_run']})")
+    if plan is not None:
+        print("  " + " · ".join(f"{stage} {took:.0f} s (plan {planned:.0f})" for stage, took, planned
+                                in planned_vs_taken(plan, summary["stages"], summary["seconds"])))
     b, c = summary["base"], summary["candidate"]
     nd, rc = summary["metrics"]
     if b and c:
@@ -331,6 +371,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"registered version {summary['version']}: {summary['gate']}; champion is version {summary['champion']}")
     print(f"full output (KFP, warnings): {summary['log']}")
     return 0
+
+
+def planned_vs_taken(plan, stages: list[tuple[str, float]], total: float) -> list[tuple[str, float, float]]:
+    """``(stage, seconds taken, seconds planned)``: the runs of one stage (shards, merge) summed;
+    ``tasks`` is what the stages' own runs do not cover (task starts, KFP)."""
+    taken: dict[str, float] = {}
+    for name, sec in stages:
+        base = name.split("-")[0]
+        taken[base] = taken.get(base, 0.0) + sec
+    taken["tasks"] = total - sum(sec for _, sec in stages)
+    return [(s.stage, taken.get(s.stage, 0.0), s.seconds) for s in plan.stages]
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -357,9 +408,9 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 #: Commands that do not write to the work dir, so they take no lock on it.
-UNLOCKED = ("config", "submit", "schedule")
+UNLOCKED = ("config", "plan", "submit", "schedule")
 COMMANDS = {
-    "evaluate": cmd_evaluate, "prepare": cmd_prepare, "generate": cmd_generate, "mine": cmd_mine,
+    "evaluate": cmd_evaluate, "plan": cmd_plan, "prepare": cmd_prepare, "generate": cmd_generate, "mine": cmd_mine,
     "label": cmd_label, "distill": cmd_distill, "teacher-report": cmd_teacher_report, "config": cmd_config, "run": cmd_run,
     "submit": cmd_submit, "schedule": cmd_schedule,
 }
