@@ -116,7 +116,7 @@ class Console:
 
         if self._bar_key != (stage, desc):
             self._close_bar()
-            self._bar = tqdm(total=total, desc=f"  {stage:<{WIDTH}} {desc}", file=self.out, leave=False,
+            self._bar = tqdm(total=total, desc=f"  {stage:<{WIDTH}} {desc}", file=self.out, leave=False, mininterval=0,
                              dynamic_ncols=True)
             self._bar_key = (stage, desc)
         self._bar.update(max(0, n - self._bar.n))

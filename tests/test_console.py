@@ -77,3 +77,15 @@ def test_session_sends_subprocess_output_to_the_log_and_events_to_the_console(tm
     text = log.read_text()
     assert "KFP Executor noise" in text and "a warning" in text
     assert progress.ENV not in __import__("os").environ          # restored
+
+
+def test_a_terminal_gets_a_live_bar_with_rate_and_eta(tmp_path):
+    out = io.StringIO()
+    con = Console(tmp_path / "none.jsonl", out, bars=True)
+    con.handle({"event": "start", "stage": "distill"})
+    for n in (0, 10, 20):
+        con.handle({"event": "progress", "stage": "distill", "desc": "distill epoch 1/3", "n": n, "total": 70})
+    drawn = out.getvalue()
+    assert "distill epoch 1/3" in drawn and "20/70" in drawn and "<" in drawn and "it/s" in drawn  # ETA, rate
+    con.handle({"event": "end", "stage": "distill", "seconds": 5.0, "status": "ok"})
+    assert out.getvalue().endswith("  distill        done  5.0 s\n")        # the bar is gone, the line stays
