@@ -77,7 +77,8 @@ def collect(cfg: KadetConfig, pipeline_run: str) -> dict:
 
 def render(run: Mapping[str, Any], comparison: Mapping[str, Any], gate: Mapping[str, Any],
            cfg: KadetConfig, images: Mapping[str, Path]) -> str:
-    """The page. ``gate``: ``promote``, ``reason``, ``version``, ``model_name``, ``incumbent``;
+    """The page. ``gate``: ``promote``, ``reason``, ``version``, ``model_name``, ``incumbent``,
+    ``incumbent_metrics``, ``links`` (name: URI, e.g. the MLflow run and model version);
     ``images``: PNG files to embed by section (``by-type``, ``training``)."""
     from kadet.register import display
 
@@ -96,8 +97,18 @@ def render(run: Mapping[str, Any], comparison: Mapping[str, Any], gate: Mapping[
               f"<p>Registered as <code>{_e(gate.get('model_name', ''))}</code> version "
               f"<b>{_e(gate.get('version', '?'))}</b>; compared with {_e(gate.get('incumbent', '?'))}.</p>"]
 
+    links = gate.get("links") or {}
+    if links:
+        parts.append("<p>" + " · ".join(
+            f'{_e(k)}: <a href="{_e(v)}">{_e(v)}</a>' if str(v).startswith("http") else f"{_e(k)}: <code>{_e(v)}</code>"
+            for k, v in links.items()) + "</p>")
+
     names = [n for n in (e.ndcg, e.recall, e.mrr) if n in comparison.get("candidate", {})]
     rows = [[who, *(f"{comparison[who][n]:.4f}" for n in names)] for who in ("base", "candidate")]
+    incumbent = gate.get("incumbent_metrics") or {}
+    if incumbent and not str(gate.get("incumbent", "")).startswith("base"):
+        rows.insert(1, [gate.get("incumbent", "champion"), *(f"{incumbent[n]:.4f}" if n in incumbent else "-"
+                                                            for n in names)])
     rows.append(["gain", *(f"{comparison['candidate'][n] - comparison['base'][n]:+.4f}" for n in names)])
     parts += ['<h2 id="metrics">Metrics</h2>', table(["model", *map(display, names)], rows)]
     gain = (comparison.get("delta") or {}).get(e.ndcg)

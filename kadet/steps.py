@@ -206,7 +206,8 @@ def register_step(cfg: KadetConfig, model_dir: str, comparison_dir: str, pipelin
     with tracking.stage_run(cfg, "register", pipeline_run):
         r = register_candidate(cfg, model_dir, comparison, pipeline_run)
         gate = {"promote": r.decision.promote, "reason": gate_text(r.decision, comparison.get("kind", "gold")),
-                "version": r.version, "model_name": r.name, "incumbent": r.decision.incumbent}
+                "version": r.version, "model_name": r.name, "incumbent": r.decision.incumbent,
+                "incumbent_metrics": r.incumbent_metrics, "links": tracking.links(cfg, pipeline_run, r.name, r.version)}
         with tempfile.TemporaryDirectory() as tmp:
             report = write_report(cfg, pipeline_run, comparison, gate, report_path or Path(tmp) / "report.html")
             if report.name != "report.html":          # KFP names an output file after the output

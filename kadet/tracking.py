@@ -199,6 +199,19 @@ def one_line(exc: BaseException, limit: int = 500) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def links(cfg: KadetConfig, pipeline_run: str, model_name: str, version: str) -> dict[str, str]:
+    """Where to find a run and its model version: MLflow UI addresses for an http(s) tracking
+    server, else the URIs MLflow's clients take."""
+    parent = parent_run_id(cfg, pipeline_run)
+    uri = tracking_uri(cfg)
+    if uri.startswith(("http://", "https://")):
+        base = uri.rstrip("/")
+        return {"MLflow run": f"{base}/#/experiments/{experiment_id(cfg)}/runs/{parent}",
+                "model version": f"{base}/#/models/{model_name}/versions/{version}"}
+    return {"MLflow run": f"runs:/{parent}", "model version": f"models:/{model_name}/{version}",
+            "tracking store": uri}
+
+
 def finish_parent(cfg: KadetConfig, pipeline_run: str, status: str = "FINISHED") -> None:
     client(cfg).set_terminated(parent_run_id(cfg, pipeline_run), status=status)
 

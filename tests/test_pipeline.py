@@ -325,3 +325,4 @@ def check_report(text: str, kind: str) -> None:
         head, data = src.split(",", 1)
         assert head == "data:image/png;base64" and base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"<b>{kind}</b>" in text and "paired bootstrap interval" in text
+    assert "MLflow run" in text and "model version" in text                           # where to go next

@@ -1,0 +1,35 @@
+"""report.html's rendering from a run's records (the real run's page is checked in
+tests/test_pipeline.py, parsed, with its images)."""
+
+from __future__ import annotations
+
+from kadet.config import load_config
+from kadet.report import SECTIONS, render
+
+
+def test_the_page_has_every_section_the_champion_row_links_and_escapes_text():
+    cfg = load_config(None, [])
+    comparison = {"kind": "gold", "queries": 300, "base": {"ndcg@10": 0.6451, "recall@100": 0.925, "mrr@10": 0.6},
+                  "candidate": {"ndcg@10": 0.659, "recall@100": 0.921, "mrr@10": 0.62},
+                  "delta": {"ndcg@10": {"mean": 0.0139, "ci_low": 0.0005, "ci_high": 0.0277, "p_ahead": 0.96,
+                                        "queries": 300, "confidence": 0.9}},
+                  "by_type": {"sentence": {"queries": 10, "base": 0.5, "candidate": 0.6}}}
+    run = {"pipeline_run": "r1", "parent_run": "abc",
+           "stages": [{"name": "label-merge", "seconds": 1.5, "status": "FINISHED",
+                       "metrics": {"dropped.teacher_inconsistent": 12.0, "dropped.low_top_score": 0.0}, "tags": {}}],
+           "files": {"queries_sample.json": {"columns": ["qid", "type", "text", "source_doc_id"],
+                                             "data": [[f"q{i}", "sentence", f"<script>x{i}</script>", "d"]
+                                                      for i in range(8)]},
+                     "curves.json": {"epoch": [1, 2], "epoch_train_loss": [0.2, 0.1], "dev_loss": [0.3, None]},
+                     "label_statistics.json": {"queries": 100, "list_length_mean": 20.0,
+                                               "score_percentiles": {"50": 0.4}, "by_split_and_type": {"train/sentence": 90}}}}
+    gate = {"promote": True, "reason": "passed (gold: judged queries)", "version": "4", "model_name": "kadet-embedding",
+            "incumbent": "champion v3", "incumbent_metrics": {"ndcg@10": 0.65, "recall@100": 0.92},
+            "links": {"MLflow run": "http://mlflow:5000/#/experiments/1/runs/abc", "model version": "models:/k/4"}}
+    page = render(run, comparison, gate, cfg, images={})
+    assert all(f'<h2 id="{s}">' in page for s in SECTIONS)
+    assert "<td>champion v3</td><td>0.6500</td><td>0.9200</td><td>-</td>" in page        # champion, base, candidate
+    assert '<a href="http://mlflow:5000/#/experiments/1/runs/abc">' in page and "<code>models:/k/4</code>" in page
+    assert "<script>" not in page and page.count("&lt;script&gt;") == 5                  # 5 samples per type, escaped
+    assert "<td>label-merge</td><td>teacher_inconsistent</td><td>12</td>" in page and "low_top_score" not in page
+    assert "[+0.0005, +0.0277]" in page and "promoted" in page and "<td>n/a</td>" in page
