@@ -79,7 +79,7 @@ def _timed(fn, repeat: int = 1) -> float:
     return (time.perf_counter() - t0) / repeat
 
 
-def count_work(cfg: KadetConfig, tmp: Path) -> tuple[dict[str, int], dict[str, int], list]:
+def count_work(cfg: KadetConfig, tmp: Path) -> tuple[dict[str, Any], dict[str, int], list, list[str]]:
     """Counts of everything the run will process, from the real prepare and generate planning."""
     from kadet.data import load_beir, read_corpus
     from kadet.generate import EXTRACTED_TYPES, extract_queries, plan_requests
@@ -94,9 +94,12 @@ def count_work(cfg: KadetConfig, tmp: Path) -> tuple[dict[str, int], dict[str, i
     by_type: dict[str, int] = {}
     for r in requests:
         by_type[r.qtype] = by_type.get(r.qtype, 0) + 1
+    planned: list[str] = []
     for kind in EXTRACTED_TYPES:
         if kind in g.types:
-            by_type[kind] = len(extract_queries(passages, kind, cfg.seed, g.types[kind]))
+            rows = extract_queries(passages, kind, cfg.seed, g.types[kind])
+            by_type[kind] = len(rows)
+            planned += [r["text"] for r in rows]
     queries = sum(by_type.values())
     depth = cfg.label.rerank_depth
     train = math.floor(queries * (1 - cfg.label.dev_fraction))
@@ -112,23 +115,28 @@ def count_work(cfg: KadetConfig, tmp: Path) -> tuple[dict[str, int], dict[str, i
               "train_queries_at_most": max(train, 0), "training_steps": batches * cfg.distill.epochs,
               "eval_queries": eval_queries, "eval_kind": m.extra.get("eval_kind", "gold")}
     counts["prepare_ms_per_document"] = round(1000 * prepare_s / max(1, counts["documents"]), 4)
-    return counts, by_type, passages
+    return counts, by_type, passages, planned
 
 
-def measure(cfg: KadetConfig, passages: list, tmp: Path, llm: bool) -> dict[str, float]:
-    """Seconds per unit of each kind of work, timed here on small real batches."""
+def measure(cfg: KadetConfig, passages: list, tmp: Path, llm: bool, planned_queries: list[str]) -> dict[str, float]:
+    """Seconds per unit of each kind of work, timed here on small real batches (``planned_queries``:
+    texts of the run's own queries where they are known before generation, e.g. sentences)."""
+    from sentence_transformers import SentenceTransformer
+
     from kadet.encode import Encoder
+    from kadet.models import resolve_model_path
     from kadet.retrieval import BM25Retriever
 
     rates: dict[str, float] = {}
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", TASK_IMPORTS], check=True, capture_output=True)
-    rates["task_start"] = time.perf_counter() - t0
-
+    rates["task_start"] = _timed(lambda: subprocess.run([sys.executable, "-c", TASK_IMPORTS], check=True,
+                                                        capture_output=True))
     rng = random.Random(cfg.seed)
     sample = rng.sample(passages, min(len(passages), 128))
     texts = [d.full_text(cfg.data.title_separator) for d in sample]
-    queries = [" ".join(t.split()[:12]) for t in texts]
+    queries = (rng.sample(planned_queries, min(len(planned_queries), len(texts))) if planned_queries
+               else [" ".join(t.split()[:12]) for t in texts])
+    path = str(resolve_model_path(cfg.retrieval.model))
+    rates["model_load"] = _timed(lambda: SentenceTransformer(path, device="cpu", local_files_only=True))
     enc = Encoder.from_config(cfg)
     enc.cache_dir = None
     rates["encode_document"] = _timed(lambda: enc.encode(texts, kind="document")) / len(texts)
@@ -137,15 +145,24 @@ def measure(cfg: KadetConfig, passages: list, tmp: Path, llm: bool) -> dict[str,
     rates["bm25_index"] = _timed(lambda: BM25Retriever.from_config(corpus, cfg)) / len(corpus)
     bm25 = BM25Retriever.from_config(corpus, cfg)
     rates["bm25_query"] = _timed(lambda: bm25.search(dict(enumerate(queries)), 10)) / len(queries)
-    rates["teacher_pair"] = time_teacher(cfg, corpus, queries)
-    rates["distill_step"] = time_distill(cfg, sample, queries, tmp)
+    rates["teacher_fixed"], rates["teacher_document"], rates["teacher_pair"] = time_teacher(cfg, corpus, queries)
+    rates.update(time_distill(cfg, sample, queries, tmp))
     rates["llm_request"] = time_llm(cfg, sample) if llm else 0.0
     return rates
 
 
-def time_teacher(cfg: KadetConfig, corpus: dict, queries: list[str]) -> float:
+def time_teacher(cfg: KadetConfig, corpus: dict, queries: list[str]) -> tuple[float, float, float]:
+    """``(fixed seconds, seconds per corpus document, seconds per pair)`` of the label step's
+    teacher: building it (models, BM25 index over the corpus) on two corpus sizes gives the fixed
+    and per-document parts; scoring lists with the documents' embeddings cached gives per pair."""
     from kadet.teachers import build_teacher
 
+    ids = list(corpus)
+    half = {d: corpus[d] for d in ids[: len(ids) // 2]}
+    t_half = _timed(lambda: build_teacher(cfg.label.teacher, cfg, half))
+    t_full = _timed(lambda: build_teacher(cfg.label.teacher, cfg, corpus))
+    per_doc = max(0.0, (t_full - t_half) / max(1, len(ids) - len(half)))
+    fixed = max(0.0, t_full - per_doc * len(ids))
     teacher = build_teacher(cfg.label.teacher, cfg, corpus)
     ids = list(corpus)
     depth = min(cfg.label.rerank_depth, len(ids))
@@ -153,17 +170,19 @@ def time_teacher(cfg: KadetConfig, corpus: dict, queries: list[str]) -> float:
     teacher.score(queries[:8], lists)                       # documents encoded once, as mine leaves them
     t0 = time.perf_counter()
     teacher.score(queries[8:16] or queries[:8], lists)
-    return (time.perf_counter() - t0) / sum(len(x) for x in lists)
+    return fixed, per_doc, (time.perf_counter() - t0) / sum(len(x) for x in lists)
 
 
-def time_distill(cfg: KadetConfig, sample: list, queries: list[str], tmp: Path) -> float:
+def time_distill(cfg: KadetConfig, sample: list, queries: list[str], tmp: Path) -> dict[str, float]:
+    """Distillation's parts: setup (models, document embeddings), one step of ``batch_size``
+    queries, the dev loss per dev query, and saving the model and checkpoint each epoch."""
     from kadet.data import write_jsonl
     from kadet.distill import Distiller
 
     lsize = cfg.distill.list_size or cfg.label.list_size
     n = cfg.distill.batch_size
     rows = []
-    for i in range(n + 2):
+    for i in range(2 * n):
         docs = [sample[(i + j) % len(sample)] for j in range(lsize)]
         rows.append({"qid": f"p{i}", "query": queries[i % len(queries)], "type": "sentence",
                      "source_doc_id": docs[0].doc_id, "split": "dev" if i >= n else "train",
@@ -171,9 +190,16 @@ def time_distill(cfg: KadetConfig, sample: list, queries: list[str], tmp: Path) 
                                    "score": 1.0 - j / lsize} for j, d in enumerate(docs)]})
     path = tmp / "plan-labels.jsonl"
     write_jsonl(path, rows)
+    t0 = time.perf_counter()
     d = Distiller(cfg, path, tmp / "plan-distill")
-    train = d.train_rows[:n]
-    return _timed(lambda: d.train_step(train))
+    setup = time.perf_counter() - t0
+    step = _timed(lambda: d.train_step(d.train_rows[:n]), repeat=2)
+    dev_query = _timed(d.dev_loss) / len(d.dev_rows)
+    t0 = time.perf_counter()
+    d.save_model(tmp / "plan-distill" / "model")
+    d.save_checkpoint()
+    return {"distill_setup": setup, "distill_step": step, "distill_dev_query": dev_query,
+            "distill_epoch_save": time.perf_counter() - t0}
 
 
 def time_llm(cfg: KadetConfig, sample: list) -> float:
@@ -221,12 +247,12 @@ def make_plan(cfg: KadetConfig, measure_here: bool = True) -> Plan:
     with tempfile.TemporaryDirectory() as tmp, quiet():
         work = copy.deepcopy(cfg)
         work.work_dir = tmp                                  # no cache or log of the real work dir touched
-        counts, by_type, passages = count_work(work, Path(tmp))
+        counts, by_type, passages, planned = count_work(work, Path(tmp))
         plan = Plan(counts=counts, queries_by_type=by_type, machine=machine())
         if not measure_here:
             counts.pop("prepare_ms_per_document")
             return plan
-        r = plan.rates = measure(work, passages, Path(tmp), llm=counts["llm_requests"] > 0)
+        r = plan.rates = measure(work, passages, Path(tmp), counts["llm_requests"] > 0, planned)
         r["prepare_document"] = counts.pop("prepare_ms_per_document") / 1000
     c, g, lab = counts, cfg.generate, cfg.label
     q = c["queries"]
@@ -238,10 +264,14 @@ def make_plan(cfg: KadetConfig, measure_here: bool = True) -> Plan:
         ("generate", f"{c['llm_requests']:,} LLM requests, {q:,} queries", c["llm_requests"] * r["llm_request"]),
         ("mine", f"encode {c['clean_corpus']:,} passages + {q:,} queries, BM25",
          c["clean_corpus"] * (r["encode_document"] + r["bm25_index"]) + q * (r["encode_query"] + r["bm25_query"])),
-        ("label", f"{c['teacher_pairs']:,} teacher pairs", c["teacher_pairs"] * r["teacher_pair"]),
+        ("label", f"{c['teacher_pairs']:,} teacher pairs", lab.num_shards * (r["teacher_fixed"] + c["clean_corpus"]
+                                                                               * r["teacher_document"])
+         + c["teacher_pairs"] * r["teacher_pair"]),
         ("distill", f"{c['training_steps']:,} steps of {cfg.distill.batch_size}",
-         c["training_steps"] * r["distill_step"] + cfg.distill.epochs * dev_q * r["encode_query"]),
-        ("evaluate", f"{eval_q:,} + {dev_q:,} queries, 2 models", 2 * (eval_q + dev_q) * r["encode_query"]),
+         r["distill_setup"] + c["training_steps"] * r["distill_step"]
+         + cfg.distill.epochs * (dev_q * r["distill_dev_query"] + r["distill_epoch_save"])),
+        ("evaluate", f"{eval_q:,} + {dev_q:,} queries, 2 models",
+         2 * (r["model_load"] + (eval_q + dev_q) * r["encode_query"])),
         ("tasks", f"{tasks} task starts (Python, imports, MLflow run)", tasks * r["task_start"]),
     ]
     plan.stages = [StagePlan(s, w, sec) for s, w, sec in rows]
