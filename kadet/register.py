@@ -117,11 +117,26 @@ class Registration:
 
 
 def pip_requirements() -> list[str]:
-    """Explicit requirements for the logged model: the versions installed here."""
+    """Explicit requirements for the logged model: the versions installed here, without a local
+    build label (``torch==2.13.0``, not ``2.13.0+cpu``, which a serving image's index lacks)."""
     from importlib.metadata import version
 
-    return [f"{p}=={version(p)}" for p in ("sentence-transformers", "transformers", "torch", "tokenizers",
-                                          "safetensors", "numpy")]
+    return [f"{p}=={version(p).split('+')[0]}" for p in ("sentence-transformers", "transformers", "torch",
+                                                          "tokenizers", "safetensors", "numpy")]
+
+
+#: What the served model encodes when a request names no ``task``: queries (documents are indexed
+#: in batch; a query-side model's ``encode()`` would route queries to the document tower).
+SERVING_PARAMS = {"task": "query"}
+SERVING_EXAMPLE = ["what does aspirin do to the risk of a heart attack"]
+
+
+def serving_signature(st):
+    """Input strings, output embeddings, and the ``task`` parameter (``query`` or ``document``)
+    that MLflow's pyfunc passes to ``encode`` (as ``encode_query``/``encode_document`` do)."""
+    from mlflow.models import infer_signature
+
+    return infer_signature(SERVING_EXAMPLE, st.encode_query(SERVING_EXAMPLE), params=SERVING_PARAMS)
 
 
 def find_version(client, name: str, fingerprint: str):
@@ -195,7 +210,8 @@ def register_candidate(cfg: KadetConfig, model_dir: str | Path, comparison: Mapp
         from sentence_transformers import SentenceTransformer
 
         st = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
-        info = mlflow.sentence_transformers.log_model(st, name="model", pip_requirements=pip_requirements())
+        info = mlflow.sentence_transformers.log_model(st, name="model", pip_requirements=pip_requirements(),
+                                                      signature=serving_signature(st), input_example=SERVING_EXAMPLE)
         mv = mlflow.register_model(info.model_uri, reg.model_name)
         version = str(mv.version)
     else:

@@ -343,3 +343,65 @@ def test_a_silver_candidate_is_never_compared_with_a_gold_champion(server, model
     runs = c.search_runs([tracking.experiment_id(cfg)], filter_string="tags.`kadet.pipeline_run` = 'silver-run'")
     gate = next(r for r in runs if r.info.run_name == "register").data.tags["kadet.gate"]
     assert gate.startswith("passed (silver: held-out synthetic queries judged by the teacher")
+
+
+@pytest.mark.slow
+def test_the_served_model_answers_with_query_embeddings(server, models, tmp_path):
+    """Was: the pyfunc called ``encode()``, which sends a query-side model's queries through the
+    *document* (base) tower, and the requirements pinned ``torch==...+cpu``. Now a POST to
+    ``mlflow models serve`` answers with ``encode_query``'s embeddings (documents on request)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from kadet.distill import save_query_side_model
+    from tests.servers import free_port, stop, wait_until_ready
+
+    folder = tmp_path / "query-side"
+    tuned = SentenceTransformer(str(models[1]), device="cpu")
+    save_query_side_model(tuned, models[0], folder, 64)         # query tower differs from the document tower
+    st = SentenceTransformer(str(folder), device="cpu")
+    texts = ["does aspirin prevent heart attacks", "vitamin d and fractures"]
+    assert not np.allclose(st.encode_query(texts), st.encode_document(texts), atol=1e-3)
+    cfg = load_config(None, [f"tracking.tracking_uri={server}", f"work_dir={tmp_path}", "register.model_name=served",
+                             "register.confidence=0"])
+    r = gate_run(cfg, folder, comparison(m(0.7)))
+    uri = f"models:/served/{r.version}"
+    mlflow.set_tracking_uri(server)
+    reqs = Path(mlflow.artifacts.download_artifacts(f"{uri}/requirements.txt", dst_path=str(tmp_path / "r"))).read_text()
+    assert "torch==" in reqs and "+cpu" not in reqs
+    pyfunc = mlflow.pyfunc.load_model(uri)
+    np.testing.assert_allclose(pyfunc.predict(texts), st.encode_query(texts), atol=1e-5)
+    np.testing.assert_allclose(pyfunc.predict(texts, params={"task": "document"}), st.encode_document(texts), atol=1e-5)
+
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server,                 # the scoring server runs uvicorn from the venv
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    exe = Path(sys.executable).parent / "mlflow"
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen([str(exe), "models", "serve", "-m", uri, "--env-manager", "local", "-h", "127.0.0.1",
+                             "-p", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    def post(body):
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return np.array(json.loads(resp.read())["predictions"])
+
+    def ready():
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as resp:
+            return resp.status == 200
+
+    try:
+        wait_until_ready(proc, ready, "mlflow models serve", 120, lambda: (tmp_path / "serve.log").read_text()[-2000:])
+        np.testing.assert_allclose(post({"inputs": texts}), st.encode_query(texts), atol=1e-5)
+        np.testing.assert_allclose(post({"inputs": texts, "params": {"task": "document"}}),
+                                   st.encode_document(texts), atol=1e-5)
+    finally:
+        stop(proc)
+        log.close()
