@@ -14,10 +14,11 @@ prepare ``corpus.jsonl``, ``passages.jsonl``; generate ``queries.jsonl``; mine
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from kadet import tracking
@@ -59,14 +60,31 @@ def prepare_step(cfg: KadetConfig, out: str, pipeline_run: str) -> dict:
     return m.counts
 
 
+@contextlib.contextmanager
+def resumable(cfg: KadetConfig, pipeline_run: str, name: str, out: str) -> Iterator[Path]:
+    """A folder for a stage's resumable logs that outlives the task's pod:
+    ``<work_dir>/resume/<pipeline run>/<name>`` (on a cluster, ``work_dir`` is the cache PVC).
+    KFP retries a failed task in a new pod with the same run id, so the retry finds the log and
+    goes on where the failed try stopped. When the block succeeds, the folder's files become the
+    task's output (``out``) and the folder is removed."""
+    keep = Path(cfg.work_dir).resolve() / "resume" / pipeline_run / name
+    keep.mkdir(parents=True, exist_ok=True)
+    yield keep
+    Path(out).mkdir(parents=True, exist_ok=True)
+    shutil.copytree(keep, out, dirs_exist_ok=True)
+    shutil.rmtree(keep, ignore_errors=True)
+
+
 def generate_step(cfg: KadetConfig, passages: str, out: str, pipeline_run: str) -> dict:
-    """One shard (``generate.shard_index`` of ``generate.num_shards``) of query generation."""
+    """One shard (``generate.shard_index`` of ``generate.num_shards``) of query generation;
+    resumable across task retries (:func:`resumable`)."""
     from kadet.generate import generate
 
     g = cfg.generate
     shard = f"{g.shard_index}-of-{g.num_shards}" if g.num_shards > 1 else None
     with tracking.stage_run(cfg, "generate", pipeline_run, shard=shard, out=out):
-        m = generate(cfg, passages, out)
+        with resumable(cfg, pipeline_run, f"generate-{g.shard_index}-of-{g.num_shards}", out) as work:
+            m = generate(cfg, passages, work)
         tracking.log_manifest(m, out)
     return m.counts
 
@@ -101,12 +119,15 @@ def mine_step(cfg: KadetConfig, queries: str, corpus: str, out: str, pipeline_ru
 
 
 def label_step(cfg: KadetConfig, candidates: str, corpus: str, out: str, pipeline_run: str) -> dict:
-    """Score one shard (``label.shard_index`` of ``label.num_shards``) with the teacher."""
+    """Score one shard (``label.shard_index`` of ``label.num_shards``) with the teacher;
+    resumable across task retries (:func:`resumable`)."""
     from kadet.label import label
 
     lab = cfg.label
-    with tracking.stage_run(cfg, "label", pipeline_run, shard=f"{lab.shard_index}-of-{lab.num_shards}", out=out):
-        m = label(cfg, candidates, corpus, out, score=True, merge=False)
+    name = f"{lab.shard_index}-of-{lab.num_shards}"
+    with tracking.stage_run(cfg, "label", pipeline_run, shard=name, out=out):
+        with resumable(cfg, pipeline_run, f"label-{name}", out) as work:
+            m = label(cfg, candidates, corpus, work, score=True, merge=False)
         tracking.log_manifest(m)
     return m.counts
 

@@ -24,6 +24,8 @@ from pipelines.platform import Platform
 PIPELINE_NAME = "kadet"
 #: Tasks whose result depends on the MLflow registry's state, not only on their inputs.
 UNCACHED = ("register", "promote", "challenger")
+#: Retries of a failed data task (backoff 30 s, doubling, at most 10 min).
+RETRIES = 2
 
 
 def make_pipeline(base_image: str | None = None, platform: Platform | None = None, gpu_image: str | None = None):
@@ -57,6 +59,26 @@ def make_pipeline(base_image: str | None = None, platform: Platform | None = Non
         model_name: str = "",
         work_dir: str = "/var/cache/kadet",
     ):
+        """Adapt an embedding model to one corpus; register it in MLflow if it beats the champion.
+
+        Args:
+            data_uri: The corpus (BEIR folder or corpus file, s3:// or a path); with judged queries: gold evaluation, else silver.
+            eval_qrels_uri: A qrels file to evaluate on instead of the folder's (optional).
+            profile: Settings profile under config_yaml: gpu (METHOD.md's scale), local (CPU) or "" (defaults).
+            config_yaml: Any kadet YAML; its keys override the profile's.
+            sample_size: Passages that get synthetic queries (-1: the profile's).
+            query_types: Query types and queries per passage, e.g. {"question": 1} (empty: the profile's).
+            generate_shards: Parallel generation tasks.
+            teacher: The teacher reranker: ensemble, cross-encoder:PATH, monot5:PATH, ... (empty: the profile's).
+            list_size: Passages per training list (-1: the profile's).
+            label_shards: Parallel teacher-scoring tasks.
+            training_mode: query (query tower only; the document index stays valid) or full (empty: the profile's).
+            ndcg_floor: The gate: the candidate's nDCG@10 must reach this (-1: the profile's).
+            min_delta: The gate: nDCG@10 gain over the champion it needs (-1: the profile's).
+            max_recall_drop: The gate: Recall@100 it may lose against the champion (-1: the profile's).
+            model_name: MLflow registered model name (empty: the profile's).
+            work_dir: Cache and resumable work, shared by the tasks (on a cluster: the cache PVC's mount).
+        """
         run = dsl.PIPELINE_JOB_ID_PLACEHOLDER
         common = dict(config_yaml=config_yaml, profile=profile, work_dir=work_dir, pipeline_run=run)
 
@@ -97,6 +119,14 @@ def make_pipeline(base_image: str | None = None, platform: Platform | None = Non
 
         for task in (prep, gen, queries, mined, scored, labels, trained, ev):
             task.set_caching_options(True)
+            # a failed try resumes: generate and label keep their logs under work_dir, distill its checkpoints
+            task.set_retry(num_retries=RETRIES, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="600s")
+        for task, title in ((prep, "1 prepare corpus"), (gen, "2 generate queries"), (queries, "2 merge queries"),
+                            (mined, "3 mine candidates"), (scored, "4 teacher scores"), (labels, "4 filter and split labels"),
+                            (trained, "5 distill"), (ev, "6 evaluate base vs candidate"), (gate, "7 register and gate"),
+                            (promoted, "7 promote to champion"), (held_back, "7 keep as challenger"),
+                            (closer, "close MLflow run")):
+            task.set_display_name(title)
         for task in (gate, promoted, held_back):
             task.set_caching_options(False)
         if platform is not None:

@@ -64,6 +64,27 @@ def spec(compiled):
     return compiled[0]
 
 
+def all_tasks(spec) -> dict:
+    """Every task of the pipeline, nested DAGs (ExitHandler, ParallelFor, If/Else) flattened."""
+    out = dict(spec["root"]["dag"]["tasks"])
+    for comp in spec["components"].values():
+        out.update(comp.get("dag", {}).get("tasks", {}))
+    return out
+
+
+def test_the_run_page_is_readable_and_failed_data_tasks_are_retried(spec):
+    """Was: raw task names, no parameter descriptions, no retry (a retried task would have started
+    over anyway: tests/test_steps.py checks that it now resumes)."""
+    tasks = all_tasks(spec)
+    names = {t["taskInfo"]["name"] for t in tasks.values()}
+    assert {"1 prepare corpus", "3 mine candidates", "5 distill", "7 register and gate", "7 promote to champion"} <= names
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert all(p.get("description") for p in params.values()), [n for n, p in params.items() if not p.get("description")]
+    retried = {n for n, t in tasks.items() if t.get("retryPolicy", {}).get("maxRetryCount") == 2}
+    assert {"prepare", "generate", "mine", "label", "distill", "evaluate"} <= retried
+    assert not {"register", "promote", "challenger"} & retried            # registry steps never re-run blindly
+
+
 def test_dag_shape(spec):
     root = spec["root"]
     assert UI_PARAMETERS <= set(root["inputDefinitions"]["parameters"])

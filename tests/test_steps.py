@@ -23,3 +23,37 @@ def test_bad_pipeline_config_names_the_key():
         step_config("distill: {lrate: 1}")
     with pytest.raises(ConfigError, match="'prepare.sample_size'"):
         step_config("", prepare__sample_size="many")
+
+
+def test_a_retried_label_task_goes_on_where_the_failed_try_stopped(tmp_path, monkeypatch):
+    """Was: the resumable score log lived in the task's output folder, which a retry (a new pod)
+    gets empty, so a retried shard started over. Now it lives under the work dir (the cache PVC)
+    per pipeline run and shard; the failed try is killed after one flush (fault injection)."""
+    import kadet.label as label_module
+    from kadet.config import load_config
+    from kadet.data import read_log
+    from kadet.label import shard_file
+    from kadet.steps import label_step
+    from tests.test_label import _stage_inputs
+
+    _stage_inputs(tmp_path)
+    cfg = load_config(None, [f"work_dir={tmp_path / 'work'}", "label.teacher=bm25", "label.flush_every=4",
+                             "label.num_shards=1", "tracking.experiment=retry"])
+    real_append, calls = label_module.append_jsonl, []
+
+    def dies_after_one_flush(path, rows):
+        calls.append(len(rows))
+        if len(calls) == 2:
+            raise KeyboardInterrupt("pod killed (injected)")
+        return real_append(path, rows)
+
+    monkeypatch.setattr(label_module, "append_jsonl", dies_after_one_flush)
+    with pytest.raises(KeyboardInterrupt):
+        label_step(cfg, str(tmp_path / "candidates.jsonl"), str(tmp_path / "corpus.jsonl"), str(tmp_path / "try1"),
+                   "run-7")
+    monkeypatch.setattr(label_module, "append_jsonl", real_append)
+    counts = label_step(cfg, str(tmp_path / "candidates.jsonl"), str(tmp_path / "corpus.jsonl"),
+                        str(tmp_path / "try2"), "run-7")                      # a new pod: a new, empty output folder
+    assert counts["scored_now"] == 12 - 4                                     # only what the failed try had not
+    assert len(read_log(shard_file(tmp_path / "try2", 0, 1))) == 12
+    assert not (tmp_path / "work" / "resume" / "run-7" / "label-0-of-1").exists()    # cleaned up after success
