@@ -67,7 +67,7 @@ def resumable(cfg: KadetConfig, pipeline_run: str, name: str, out: str) -> Itera
     KFP retries a failed task in a new pod with the same run id, so the retry finds the log and
     goes on where the failed try stopped. When the block succeeds, the folder's files become the
     task's output (``out``) and the folder is removed."""
-    keep = Path(cfg.work_dir).resolve() / "resume" / pipeline_run / name
+    keep = Path(cfg.work_dir).resolve() / "resume" / tracking.run_key(pipeline_run) / name
     keep.mkdir(parents=True, exist_ok=True)
     yield keep
     Path(out).mkdir(parents=True, exist_ok=True)
@@ -221,6 +221,7 @@ def register_step(cfg: KadetConfig, model_dir: str, comparison_dir: str, pipelin
     from kadet.register import gate_text, register_candidate
     from kadet.report import write_report
 
+    pipeline_run = tracking.run_key(pipeline_run)
     comparison = json.loads(Path(file_in(comparison_dir, "evaluate", "comparison")).read_text())
     if comparison.get("silver_dir"):   # a champion is re-evaluated on the same held-out silver queries
         cfg.data.data_dir, cfg.data.qrels, cfg.data.split = str(Path(comparison_dir) / comparison["silver_dir"]), "", "test"

@@ -107,8 +107,24 @@ def experiment_id(cfg: KadetConfig) -> str:
         return exp.experiment_id
 
 
+#: Where a task finds its pipeline run's key when it is not passed in (on a cluster: the Argo
+#: workflow's name, from the pod's labels, so the key is not an input and KFP's cache can hit).
+RUN_KEY_ENV = "KADET_PIPELINE_RUN"
+
+
+def run_key(pipeline_run: str = "") -> str:
+    """The key of the pipeline run a task belongs to: ``pipeline_run``, else ``$KADET_PIPELINE_RUN``."""
+    key = pipeline_run or os.environ.get(RUN_KEY_ENV, "")
+    if not key:
+        from kadet.errors import KadetError
+
+        raise KadetError(f"no pipeline run key: pass pipeline_run or set {RUN_KEY_ENV}")
+    return key
+
+
 def parent_run_id(cfg: KadetConfig, pipeline_run: str, run_name: str | None = None) -> str:
-    """The parent run of ``pipeline_run``, created on first use."""
+    """The parent run of ``pipeline_run`` (see :func:`run_key`), created on first use."""
+    pipeline_run = run_key(pipeline_run)
     c = client(cfg)
     exp = experiment_id(cfg)
     found = c.search_runs([exp], filter_string=f"tags.`{PIPELINE_TAG}` = '{pipeline_run}'", max_results=1,
@@ -139,6 +155,7 @@ def stage_run(cfg: KadetConfig, stage: str, pipeline_run: str, shard: str | None
     """
     import mlflow
 
+    pipeline_run = run_key(pipeline_run)
     activate(cfg)
     c = client(cfg)
     parent = parent_run_id(cfg, pipeline_run)

@@ -10,8 +10,10 @@ Settings: the ``profile`` (packaged ``gpu`` by default; ``local``; "" = kadet's 
 ``config_yaml`` (any kadet YAML), then the UI parameters that are set: each defaults to "not set"
 (-1, "" or {}), which leaves its key to the profile and config_yaml.
 
-Every task gets the pipeline run's id, so MLflow can nest each stage's run under one parent run.
-Caching is on for the data stages (prepare ... evaluate); the registry steps never cache.
+Every task knows its pipeline run (MLflow nests each stage's run under one parent run): on a
+cluster from its pod (``platform.yaml: run_key_field``), so that the run id is no task input and
+KFP's cache can reuse a data step (prepare ... evaluate) whose inputs did not change; locally as
+the job id. The registry steps never cache.
 """
 
 
@@ -79,7 +81,9 @@ def make_pipeline(base_image: str | None = None, platform: Platform | None = Non
             model_name: MLflow registered model name (empty: the profile's).
             work_dir: Cache and resumable work, shared by the tasks (on a cluster: the cache PVC's mount).
         """
-        run = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+        # on a cluster the run's key comes from the pod (platform.run_key_field), so no task takes a
+        # per-run input and unchanged steps are cached across runs; locally, the job id is passed
+        run = "" if platform is not None and platform.run_key_field else dsl.PIPELINE_JOB_ID_PLACEHOLDER
         common = dict(config_yaml=config_yaml, profile=profile, work_dir=work_dir, pipeline_run=run)
 
         # closes the MLflow parent run FINISHED or FAILED, whatever happens inside

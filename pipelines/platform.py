@@ -29,6 +29,10 @@ class Platform:
     secrets: dict[str, dict[str, str]] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     resources: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: Pod field whose value keys the pipeline run (env KADET_PIPELINE_RUN) instead of a task input.
+    run_key_field: str = ""
+    #: run_as_user, run_as_group, run_as_non_root of every pipeline container.
+    security_context: dict[str, object] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: str | Path = DEFAULT_PLATFORM) -> "Platform":
@@ -49,6 +53,12 @@ class Platform:
             task.set_memory_request(res["memory"]).set_memory_limit(res["memory"])
         for name, value in self.env.items():
             task.set_env_variable(name, value)
+        if self.run_key_field:
+            from kadet.tracking import RUN_KEY_ENV
+
+            kubernetes.use_field_path_as_env(task, env_name=RUN_KEY_ENV, field_path=self.run_key_field)
+        if self.security_context:
+            kubernetes.set_security_context(task, **self.security_context)
         for key, value in self.pod_labels.items():
             kubernetes.add_pod_label(task, label_key=key, label_value=value)
         for secret, keys in self.secrets.items():

@@ -85,6 +85,36 @@ def test_the_run_page_is_readable_and_failed_data_tasks_are_retried(spec):
     assert not {"register", "promote", "challenger"} & retried            # registry steps never re-run blindly
 
 
+def test_no_task_takes_the_run_id_so_unchanged_steps_are_cached_across_runs(compiled):
+    """Was: every task took the run id as an input, so its cache key changed with every run and
+    no step was ever reused. Now each pod reads its run's key from its own labels (the Argo
+    workflow, one per run), and every pipeline container runs as the image's non-root user."""
+    from kadet.tracking import RUN_KEY_ENV
+
+    spec, platform = compiled
+    assert "pipeline_job_uuid" not in yaml.safe_dump(spec)
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for name, ex in executors.items():
+        assert {"name": RUN_KEY_ENV, "fieldPath": "metadata.labels['workflows.argoproj.io/workflow']"} in \
+            ex.get("fieldPathAsEnv", []), name
+        sc = ex.get("securityContext", {})
+        assert int(sc.get("runAsUser", 0)) == 10001 and sc.get("runAsNonRoot") is True, name
+
+
+def test_a_task_finds_its_run_key_in_the_environment(tmp_path, monkeypatch):
+    from kadet import tracking
+    from kadet.config import load_config
+
+    cfg = load_config(None, [f"work_dir={tmp_path}"])
+    monkeypatch.delenv(tracking.RUN_KEY_ENV, raising=False)
+    with pytest.raises(KadetError, match="no pipeline run key"):
+        tracking.parent_run_id(cfg, "")
+    monkeypatch.setenv(tracking.RUN_KEY_ENV, "kadet-x7k2p")
+    with tracking.stage_run(cfg, "prepare", ""):
+        pass
+    assert tracking.parent_run_id(cfg, "") == tracking.parent_run_id(cfg, "kadet-x7k2p")
+
+
 def test_dag_shape(spec):
     root = spec["root"]
     assert UI_PARAMETERS <= set(root["inputDefinitions"]["parameters"])
