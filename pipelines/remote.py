@@ -17,6 +17,7 @@ from pathlib import Path
 
 from kadet.errors import KadetError
 from pipelines.compile import DEFAULT_OUTPUT
+from pipelines.kadet_pipeline import PIPELINE_NAME
 
 DEFAULT_EXPERIMENT = "kadet"
 DEFAULT_SERVICE_ACCOUNT = "kadet-pipeline-runner"
@@ -65,25 +66,86 @@ def _package(package: str | None) -> str:
     return str(path)
 
 
+#: The oldest KFP backend that runs the compiled pipeline (``dsl.Collected`` of artifacts).
+MIN_BACKEND = (2, 14)
+
+
+def check_backend(c) -> str:
+    """The backend's version; a clear error if it is older than :data:`MIN_BACKEND` or unknown."""
+    import re
+
+    try:
+        # the v2beta1 healthz carries no version; the v1beta1 one (still served by 2.x) has tag_name
+        api = c._healthz_api.api_client
+        info = api.call_api("/apis/v1beta1/healthz", "GET", response_type="object", auth_settings=["Bearer"],
+                            _return_http_data_only=True, _preload_content=True)
+        tag = str((info or {}).get("tag_name") or "")
+    except Exception as exc:
+        raise KadetError(f"cannot read the KFP backend's version (GET /apis/v2beta1/healthz): {exc}; kadet needs "
+                         f"Kubeflow Pipelines >= {'.'.join(map(str, MIN_BACKEND))}") from None
+    found = re.match(r"v?(\d+)\.(\d+)", tag)
+    if not found or tuple(map(int, found.groups())) < MIN_BACKEND:
+        raise KadetError(f"the KFP backend is {tag or 'of unknown version'}; kadet's pipeline needs Kubeflow "
+                         f"Pipelines >= {'.'.join(map(str, MIN_BACKEND))} (dsl.Collected of artifacts): upgrade it")
+    return tag
+
+
+def pipeline_version(c, package: str, name: str = PIPELINE_NAME, namespace: str | None = None) -> tuple[str, str, bool]:
+    """``(pipeline id, version id, reused)``: the pipeline ``name`` (uploaded if missing) and its
+    version named after the package's content (``kadet-<sha256[:12]>``), uploaded only if missing,
+    so the UI lists one pipeline with one version per compiled YAML however often it is submitted."""
+    import hashlib
+    import json
+
+    version = f"{name}-{hashlib.sha256(Path(package).read_bytes()).hexdigest()[:12]}"
+    pid = c.get_pipeline_id(name)
+    if pid is None:
+        pid = c.upload_pipeline(package, pipeline_name=name, namespace=namespace,
+                                description="kadet: adapt an embedding model to one corpus").pipeline_id
+    by_name = json.dumps({"predicates": [{"key": "display_name", "operation": "EQUALS", "string_value": version}]})
+    found = c.list_pipeline_versions(pid, page_size=1, filter=by_name).pipeline_versions or []
+    if found:
+        return pid, found[0].pipeline_version_id, True
+    v = c.upload_pipeline_version(package, pipeline_version_name=version, pipeline_id=pid)
+    return pid, v.pipeline_version_id, False
+
+
 def submit(host: str, params: dict, experiment: str = DEFAULT_EXPERIMENT, run_name: str | None = None,
            package: str | None = None, namespace: str | None = None, service_account: str = DEFAULT_SERVICE_ACCOUNT,
            caching: bool = True, token: str | None = None) -> str:
-    """Start one run; returns its run id."""
+    """Check the backend, upload (or reuse) the pipeline version, start one run; returns its run id."""
     c = client(host, namespace, token)
-    result = c.create_run_from_pipeline_package(
-        _package(package), arguments=params, run_name=run_name, experiment_name=experiment, namespace=namespace,
-        enable_caching=caching, service_account=service_account)
-    return result.run_id
+    check_backend(c)
+    pid, vid, _ = pipeline_version(c, _package(package), namespace=namespace)
+    exp = c.create_experiment(experiment, namespace=namespace)
+    run = c.run_pipeline(exp.experiment_id, run_name or f"{PIPELINE_NAME} {params.get('data_uri', '')}".strip(),
+                         params=params, pipeline_id=pid, version_id=vid, enable_caching=caching,
+                         service_account=service_account)
+    return run.run_id
 
 
 def schedule(host: str, params: dict, cron: str, name: str = "kadet-retrain", experiment: str = DEFAULT_EXPERIMENT,
              package: str | None = None, namespace: str | None = None,
              service_account: str = DEFAULT_SERVICE_ACCOUNT, caching: bool = True, token: str | None = None) -> str:
-    """Create a recurring run (cron, max_concurrency=1, no catch-up); returns its id."""
+    """Create the recurring run ``name`` (cron, max_concurrency=1, no catch-up) on the uploaded
+    pipeline version; idempotent by name: the same schedule again is left as it is, a changed one
+    (version, cron, parameters) replaces it. Returns its id."""
     c = client(host, namespace, token)
+    check_backend(c)
+    pid, vid, _ = pipeline_version(c, _package(package), namespace=namespace)
     exp = c.create_experiment(experiment, namespace=namespace)
+    cron6 = kfp_cron(cron)
+    for job in c.list_recurring_runs(experiment_id=exp.experiment_id, page_size=100).recurring_runs or []:
+        if job.display_name != name:
+            continue
+        spec = job.pipeline_version_reference
+        same = (spec is not None and spec.pipeline_version_id == vid and job.trigger is not None
+                and job.trigger.cron_schedule is not None and job.trigger.cron_schedule.cron == cron6
+                and (job.runtime_config.parameters if job.runtime_config else {}) == params)
+        if same:
+            return job.recurring_run_id
+        c.delete_recurring_run(job.recurring_run_id)
     job = c.create_recurring_run(
-        exp.experiment_id, name, cron_expression=kfp_cron(cron), max_concurrency=1, no_catchup=True,
-        params=params, pipeline_package_path=_package(package), enable_caching=caching,
-        service_account=service_account)
+        exp.experiment_id, name, cron_expression=cron6, max_concurrency=1, no_catchup=True, params=params,
+        pipeline_id=pid, version_id=vid, enable_caching=caching, service_account=service_account)
     return job.recurring_run_id

@@ -11,41 +11,96 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+def _query(path: str) -> dict[str, str]:
+    from urllib.parse import parse_qs, urlsplit
+
+    return {k: v[0] for k, v in parse_qs(urlsplit(path).query).items()}
+
+
+def _name_filter(path: str) -> str | None:
+    """The display name a ``filter`` query parameter asks for (EQUALS predicate), if any."""
+    raw = _query(path).get("filter")
+    if not raw:
+        return None
+    preds = json.loads(raw).get("predicates", [])
+    return next((p.get("string_value", p.get("stringValue")) for p in preds if p.get("key") == "display_name"), None)
+
+
 class KfpDouble:
-    def __init__(self):
+    def __init__(self, version: str = "2.17.3"):
+        self.version = version
         self.requests: list[dict] = []
         self.experiments: dict[str, dict] = {}
+        self.pipelines: dict[str, dict] = {}
+        self.versions: dict[str, dict] = {}
+        self.recurring: dict[str, dict] = {}
+
+    def _upload_version(self, pid: str, name: str) -> dict:
+        v = {"pipeline_id": pid, "pipeline_version_id": str(uuid.uuid4()), "display_name": name}
+        self.versions[v["pipeline_version_id"]] = v
+        return v
 
     def answer(self, method: str, path: str, body: dict | None) -> tuple[int, dict]:
         route = path.split("?")[0]
+        q = _query(path)
         if route.endswith("/healthz"):
-            return 200, {"commit_sha": "double", "tag_name": "2.17.3", "multi_user": False}
+            return 200, {"commit_sha": "double", "tag_name": self.version, "multi_user": False}
+        if route == "/apis/v2beta1/pipelines" and method == "GET":
+            name = _name_filter(path)
+            found = [p for p in self.pipelines.values() if name is None or p["display_name"] == name]
+            return 200, {"pipelines": found, "total_size": len(found)}
+        if route == "/apis/v2beta1/pipelines/upload" and method == "POST":   # like KFP: a first version too
+            p = {"pipeline_id": str(uuid.uuid4()), "display_name": q.get("name", "")}
+            self.pipelines[p["pipeline_id"]] = p
+            self._upload_version(p["pipeline_id"], p["display_name"])
+            return 200, p
+        if route == "/apis/v2beta1/pipelines/upload_version" and method == "POST":
+            if q.get("pipelineid") not in self.pipelines:
+                return 404, {"error": "no such pipeline"}
+            return 200, self._upload_version(q["pipelineid"], q.get("name", ""))
+        if route.startswith("/apis/v2beta1/pipelines/") and route.endswith("/versions") and method == "GET":
+            pid, name = route.split("/")[4], _name_filter(path)
+            found = [v for v in self.versions.values() if v["pipeline_id"] == pid
+                     and (name is None or v["display_name"] == name)]
+            return 200, {"pipeline_versions": found, "total_size": len(found)}
+        if route == "/apis/v2beta1/recurringruns" and method == "GET":
+            found = [j for j in self.recurring.values()
+                     if not q.get("experiment_id") or j["experiment_id"] == q["experiment_id"]]
+            return 200, {"recurringRuns": found, "total_size": len(found)}   # sic: the API's own spelling
+        if route.startswith("/apis/v2beta1/recurringruns/") and method == "DELETE":
+            self.recurring.pop(route.rsplit("/", 1)[1], None)
+            return 200, {}
         if route == "/apis/v2beta1/experiments" and method == "POST":
             exp = {"experiment_id": str(uuid.uuid4()), "display_name": body["display_name"],
                    "namespace": body.get("namespace", "")}
             self.experiments[exp["experiment_id"]] = exp
             return 200, exp
         if route == "/apis/v2beta1/experiments" and method == "GET":
-            return 200, {"experiments": list(self.experiments.values()), "total_size": len(self.experiments)}
+            name = _name_filter(path)
+            found = [e for e in self.experiments.values() if name is None or e["display_name"] == name]
+            return 200, {"experiments": found, "total_size": len(found)}
         if route.startswith("/apis/v2beta1/experiments/") and method == "GET":
             return 200, self.experiments.get(route.rsplit("/", 1)[1], {})
         if route == "/apis/v2beta1/runs" and method == "POST":
             return 200, {**body, "run_id": str(uuid.uuid4()), "state": "PENDING"}
         if route == "/apis/v2beta1/recurringruns" and method == "POST":
-            return 200, {**body, "recurring_run_id": str(uuid.uuid4()), "status": "ENABLED"}
+            job = {**body, "recurring_run_id": str(uuid.uuid4()), "status": "ENABLED"}
+            self.recurring[job["recurring_run_id"]] = job
+            return 200, job
         return 404, {"error": f"the double does not serve {method} {route}"}
 
 
 @contextmanager
-def kfp_double():
-    """Serve a :class:`KfpDouble` on 127.0.0.1; yields ``(host, double)``."""
-    double = KfpDouble()
+def kfp_double(version: str = "2.17.3"):
+    """Serve a :class:`KfpDouble` (a backend of ``version``) on 127.0.0.1; yields ``(host, double)``."""
+    double = KfpDouble(version)
 
     class Handler(BaseHTTPRequestHandler):
         def _serve(self):
             n = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(n) if n else b""
-            body = json.loads(raw) if raw else None
+            multipart = "multipart/form-data" in (self.headers.get("Content-Type") or "")
+            body = {"upload": raw.decode("utf-8", "replace")} if multipart else (json.loads(raw) if raw else None)
             double.requests.append({"method": self.command, "path": self.path, "body": body,
                                     "headers": dict(self.headers)})
             status, payload = double.answer(self.command, self.path, body)

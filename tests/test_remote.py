@@ -18,39 +18,60 @@ def _posts(double, route):
     return [r for r in double.requests if r["method"] == "POST" and r["path"].split("?")[0] == route]
 
 
-def test_submit_sends_the_compiled_pipeline_with_parameters(capsys):
+def test_submit_uploads_the_pipeline_version_once_and_runs_it(capsys):
+    """Was: an inline pipeline spec per run (no pipeline or version in the UI) and no backend
+    check. Now the compiled YAML is uploaded as pipeline ``kadet``, version ``kadet-<sha256[:12]>``,
+    once; later submits of the same YAML reuse it."""
+    import hashlib
+
+    args = ["submit", "--data", "s3://corpora/scifact", "--param", "training_mode=full", "--param", "sample_size=500",
+            "--run-name", "nightly", "--token", "tok"]
     with kfp_double() as (host, double):
-        assert main(["submit", "--host", host, "--data", "s3://corpora/scifact", "--param", "training_mode=full",
-                     "--param", "sample_size=500", "--run-name", "nightly", "--token", "tok"]) == 0
-    (run,) = _posts(double, "/apis/v2beta1/runs")
-    body = run["body"]
+        assert main([*args[:1], "--host", host, *args[1:]]) == 0
+        assert main([*args[:1], "--host", host, *args[1:]]) == 0          # the same YAML again
+    assert len(_posts(double, "/apis/v2beta1/pipelines/upload")) == 1
+    (upload,) = _posts(double, "/apis/v2beta1/pipelines/upload_version")
+    assert DEFAULT_OUTPUT.read_text() in upload["body"]["upload"]            # the committed YAML, as is
+    digest = hashlib.sha256(DEFAULT_OUTPUT.read_bytes()).hexdigest()[:12]
+    (version,) = [v for v in double.versions.values() if v["display_name"] == f"kadet-{digest}"]
+    runs = _posts(double, "/apis/v2beta1/runs")
+    assert len(runs) == 2
+    body = runs[0]["body"]
+    assert body["pipeline_version_reference"] == {"pipeline_id": version["pipeline_id"],
+                                                  "pipeline_version_id": version["pipeline_version_id"]}
     assert body["display_name"] == "nightly" and body["service_account"] == "kadet-pipeline-runner"
     assert body["runtime_config"]["parameters"] == {"data_uri": "s3://corpora/scifact", "training_mode": "full",
                                                     "sample_size": 500}
-    committed = list(yaml.safe_load_all(DEFAULT_OUTPUT.read_text()))
-    sent = body["pipeline_spec"]["pipeline_spec"]
-    assert sent["pipelineInfo"] == committed[0]["pipelineInfo"]
-    assert set(sent["root"]["dag"]["tasks"]) == set(committed[0]["root"]["dag"]["tasks"])
-    assert sent["deploymentSpec"] == committed[0]["deploymentSpec"]
-    assert body["pipeline_spec"]["platform_spec"] == committed[1]          # GPU, PVC, secrets travel along
-    (exp,) = _posts(double, "/apis/v2beta1/experiments")
-    assert exp["body"]["display_name"] == "kadet" and body["experiment_id"] in double.experiments
-    assert {k.lower(): v for k, v in run["headers"].items()}["authorization"] == "Bearer tok"
+    assert body["experiment_id"] in double.experiments
+    assert {k.lower(): v for k, v in runs[0]["headers"].items()}["authorization"] == "Bearer tok"
+    assert any(r["path"] == "/apis/v1beta1/healthz" for r in double.requests)
     assert "submitted run" in capsys.readouterr().out
 
 
-def test_schedule_creates_a_recurring_run_without_overlap_or_catch_up():
+def test_submit_says_which_backend_it_needs():
+    with kfp_double(version="2.3.0") as (host, double):
+        with pytest.raises(KadetError, match=r"the KFP backend is 2.3.0; kadet's pipeline needs Kubeflow Pipelines >= 2.14"):
+            from pipelines.remote import submit
+
+            submit(host, {"data_uri": "s3://x"})
+    assert not _posts(double, "/apis/v2beta1/runs")
+
+
+def test_schedule_is_idempotent_by_name_and_never_overlaps_or_catches_up():
     with kfp_double() as (host, double):
-        assert main(["schedule", "--host", host, "--data", "s3://corpora/scifact", "--cron", "0 3 * * 1",
-                     "--name", "weekly", "--no-cache"]) == 0
-    (job,) = _posts(double, "/apis/v2beta1/recurringruns")
-    body = job["body"]
-    assert body["display_name"] == "weekly" and body["mode"] == "ENABLE"
-    assert body["trigger"] == {"cron_schedule": {"cron": "0 0 3 * * 1"}}
-    assert int(body["max_concurrency"]) == 1 and body["no_catchup"] is True
-    assert body["runtime_config"]["parameters"] == {"data_uri": "s3://corpora/scifact"}
-    assert body["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "kadet"
-    assert body["experiment_id"] in double.experiments
+        args = ["schedule", "--host", host, "--data", "s3://corpora/scifact", "--cron", "0 3 * * 1", "--name", "weekly",
+                "--no-cache"]
+        assert main(args) == 0 and main(args) == 0                           # the same schedule twice: one job
+        assert len(double.recurring) == 1
+        (body,) = double.recurring.values()
+        assert body["display_name"] == "weekly" and body["mode"] == "ENABLE"
+        assert body["trigger"] == {"cron_schedule": {"cron": "0 0 3 * * 1"}}
+        assert int(body["max_concurrency"]) == 1 and body["no_catchup"] is True
+        assert body["runtime_config"]["parameters"] == {"data_uri": "s3://corpora/scifact"}
+        assert body["pipeline_version_reference"]["pipeline_version_id"] in double.versions
+        assert main([*args[:-3], "--cron", "0 4 * * 1", *args[-3:-1], "--no-cache"]) == 0   # a changed schedule
+        (changed,) = double.recurring.values()
+        assert changed["trigger"]["cron_schedule"]["cron"] == "0 0 4 * * 1" and changed is not body
 
 
 def test_cron_and_parameter_errors():
