@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import pytest
-import yaml
 
 from kadet.cli import main
 from kadet.errors import KadetError
