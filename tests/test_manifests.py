@@ -83,8 +83,7 @@ def test_overlay_renders_and_validates_strictly(target, tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     kinds = {d["kind"] for d in yaml.safe_load_all(rendered.read_text()) if d}
-    assert {"Namespace", "Deployment", "StatefulSet", "Service", "PersistentVolumeClaim", "NetworkPolicy",
-            "ServiceAccount", "Role", "RoleBinding"} <= kinds
+    assert {"Namespace", "Deployment", "StatefulSet", "Service", "PersistentVolumeClaim", "NetworkPolicy"} <= kinds
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -163,3 +162,81 @@ def _walk_items(obj):
     elif isinstance(obj, list):
         for v in obj:
             yield from _walk_items(v)
+
+
+#: Install modes of Kubeflow Pipelines: where a run's pods run.
+ACCESS = {"standalone": "kubeflow", "profile": "kubeflow-user-example-com"}
+
+
+def render_access(mode: str, tmp_path: Path) -> list[dict]:
+    """``manifests/pipeline-access/<mode>`` rendered with the Secrets' env files a user writes
+    (here: placeholder values in a copy; the real files are never committed)."""
+    copy = tmp_path / "pipeline-access"
+    shutil.copytree(MANIFESTS / "pipeline-access", copy, dirs_exist_ok=True)
+    for example in (copy / "base" / "secrets").glob("*.env.example"):
+        example.with_suffix("").write_text("".join(f"{line.split('=')[0]}=placeholder\n" for line in
+                                                   example.read_text().splitlines() if "=" in line))
+    proc = subprocess.run([shutil.which("kubectl"), "kustomize", str(copy / mode)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    rendered = tmp_path / f"{mode}.yaml"
+    rendered.write_text(proc.stdout)
+    exe = Path(sys.executable).parent / "kubernetes-validate"
+    check = subprocess.run([str(exe), "--strict", "-k", K8S_VERSION, "--quiet", str(rendered)], capture_output=True,
+                           text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+@pytest.mark.parametrize("mode", sorted(ACCESS))
+def test_everything_the_pipeline_pods_use_exists_where_they_run(mode, tmp_path):
+    """Was: the Secrets, the PVC and the runner's ServiceAccount existed only in namespace kadet,
+    while KFP runs a run's pods in kubeflow (standalone) or the user's profile namespace, so no
+    pod could start; the account's token was not mounted though the KFP launcher needs it."""
+    from pipelines.compile import DEFAULT_OUTPUT
+    from pipelines.remote import DEFAULT_SERVICE_ACCOUNT
+
+    docs = render_access(mode, tmp_path)
+    where = {(d["kind"], d["metadata"]["name"]): d["metadata"].get("namespace") for d in docs}
+    platform = list(yaml.safe_load_all(DEFAULT_OUTPUT.read_text()))[1]
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values()
+    secrets = {s["secretName"] for ex in executors for s in ex.get("secretAsEnv", [])}
+    pvcs = {p["constant"] for ex in executors for p in ex.get("pvcMount", [])}
+    needed = ({("Secret", n) for n in secrets} | {("PersistentVolumeClaim", n) for n in pvcs}
+              | {("ServiceAccount", DEFAULT_SERVICE_ACCOUNT)})
+    assert secrets and pvcs
+    assert {k: where.get(k) for k in needed} == {k: ACCESS[mode] for k in needed}
+    sa = next(d for d in docs if d["kind"] == "ServiceAccount")
+    assert sa["automountServiceAccountToken"] is True
+    (binding,) = [d for d in docs if d["kind"] == "RoleBinding"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": DEFAULT_SERVICE_ACCOUNT,
+                                    "namespace": ACCESS[mode]}]
+    assert all(not d.get("data") or set(d["data"]) <= {"access-key", "secret-key", "tracking-username",
+                                                       "tracking-password"} for d in docs if d["kind"] == "Secret")
+
+
+def test_the_runner_role_is_least_privilege(tmp_path):
+    """Was: a RoleBinding of ClusterRole ``edit`` (every Secret of the namespace, create and delete
+    anything) for KFP's runner. Now: no cluster-wide grant, no wildcard, no delete, Secrets,
+    ConfigMaps and the PVC by name only."""
+    docs = render_access("standalone", tmp_path)
+    assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    (role,) = [d for d in docs if d["kind"] == "Role"]
+    for rule in role["rules"]:
+        assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], rule
+        assert not {"delete", "deletecollection", "escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
+        if {"secrets", "configmaps", "persistentvolumeclaims"} & set(rule["resources"]):
+            assert rule.get("resourceNames") and rule["verbs"] == ["get"], rule
+    assert not [d for d in yaml.safe_load_all(render("base")) if d and d["kind"] in ("RoleBinding", "ClusterRoleBinding")]
+
+
+def test_the_services_admit_pipeline_pods_from_their_namespaces():
+    """Was: ``podSelector`` alone, which admits pods of namespace kadet only: every call from a
+    pipeline pod (in kubeflow or a profile namespace) to MinIO, MLflow or TGI was dropped."""
+    policies = {d["metadata"]["name"]: d for d in yaml.safe_load_all(render("base")) if d and d["kind"] == "NetworkPolicy"}
+    pipeline = {"kadet.io/role": "pipeline"}
+    for name in ("minio-clients", "mlflow-clients", "tgi-clients"):
+        sources = [src for rule in policies[name]["spec"]["ingress"] for src in rule["from"]]
+        admitted = {tuple(sorted(src["namespaceSelector"]["matchLabels"].items())) for src in sources
+                    if src.get("podSelector", {}).get("matchLabels") == pipeline and "namespaceSelector" in src}
+        assert admitted == {(("kubernetes.io/metadata.name", "kubeflow"),),
+                            (("app.kubernetes.io/part-of", "kubeflow-profile"),)}, name
