@@ -114,6 +114,8 @@ def test_the_gpu_workload_requests_a_gpu_on_the_gpu_pool():
                and d["kind"] == "Deployment")
     pod, (c,) = containers(tgi)
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "1" and pod["nodeSelector"] == {"kadet.io/pool": "gpu"}
+    pvc = next(d for d in yaml.safe_load_all(render("overlays/prod")) if d and d["metadata"]["name"] == "tgi-model-cache")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]                 # was RWO: a second replica could not mount it
 
 
 def _status(uri: str, path: str, host_header: str) -> int:

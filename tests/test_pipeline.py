@@ -134,7 +134,7 @@ def test_dag_shape(spec):
         assert tasks[stage]["cachingOptions"] == {"enableCache": True}
     assert tasks["register"]["cachingOptions"] == {}                  # registry state: never cached
     executors = spec["deploymentSpec"]["executors"]
-    gpu = {"exec-generate", "exec-label", "exec-distill"}
+    gpu = {"exec-label", "exec-distill"}                              # generate calls the TGI server
     assert {n: e["container"]["image"] for n, e in executors.items()} == {
         n: "ghcr.io/kadet-ml/kadet:0.1.0-cuda" if n in gpu else "ghcr.io/kadet-ml/kadet:0.1.0-cpu" for n in executors}
     assert all("pip install" not in " ".join(e["container"]["command"]) for e in executors.values())
@@ -160,7 +160,7 @@ def test_compiled_yaml_carries_the_platform_settings(spec, compiled):
         step = name.removeprefix("exec-").replace("-", "_").removesuffix("_2")
         container, kube = executors[name]["container"], k8s[name]
         gpu = container["resources"].get("accelerator")
-        if step in ("generate", "label", "distill"):
+        if step in ("label", "distill"):               # not generate: it calls the TGI server (was: held a GPU)
             assert gpu == {"count": "1", "resourceCount": "1", "resourceType": "nvidia.com/gpu", "type": "nvidia.com/gpu"}
             assert kube["nodeSelector"] == {"labels": plat.gpu_node_selector}
             assert kube["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
