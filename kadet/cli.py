@@ -342,7 +342,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from kadet.register import display
     from pipelines.local import run_local
 
-    print(f"kadet run: {args.data} (profile {args.profile}, work dir {args.work_dir or '.kadet'})", flush=True)
+    print(f"kadet run: {args.data} (profile {args.profile}, work dir {args.work_dir or '.kadet'})", flush=True,
+          file=sys.stderr if args.json else sys.stdout)
     plan = None
     if not args.no_plan and not args.json:
         from kadet.plan import format_plan, make_plan
@@ -352,7 +353,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         plan = make_plan(cfg)
         print(format_plan(plan, "plan:"), flush=True)
     summary = run_local(args.data, args.work_dir or ".kadet", args.config, args.overrides, shards=args.shards,
-                        profile=args.profile, verbose=args.verbose)
+                        profile=args.profile, verbose=args.verbose, console_to_stderr=args.json)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0

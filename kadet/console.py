@@ -128,9 +128,10 @@ class Console:
 
 
 @contextlib.contextmanager
-def session(log_file: Path, events: Path, quiet: bool = True) -> Iterator[Console]:
-    """Stage events to ``events`` (``KADET_PROGRESS``) rendered on the terminal; with ``quiet``,
-    file descriptors 1 and 2 (this process and its subprocesses) go to ``log_file`` meanwhile."""
+def session(log_file: Path, events: Path, quiet: bool = True, to_stderr: bool = False) -> Iterator[Console]:
+    """Stage events to ``events`` (``KADET_PROGRESS``) rendered on the terminal (on stderr with
+    ``to_stderr``, e.g. when stdout is for JSON); with ``quiet``, file descriptors 1 and 2 (this
+    process and its subprocesses) go to ``log_file`` meanwhile."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     events.parent.mkdir(parents=True, exist_ok=True)
     events.write_text("")
@@ -139,7 +140,10 @@ def session(log_file: Path, events: Path, quiet: bool = True) -> Iterator[Consol
     sys.stdout.flush()
     sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)] if quiet else []
-    out = os.fdopen(os.dup(saved[0]), "w", buffering=1) if quiet else sys.stdout
+    if quiet:
+        out = os.fdopen(os.dup(saved[1] if to_stderr else saved[0]), "w", buffering=1)
+    else:
+        out = sys.stderr if to_stderr else sys.stdout
     console = Console(events, out, bars=None if quiet else False)
     streams = sys.stdout, sys.stderr
     log = open(log_file, "a", encoding="utf-8", buffering=1) if quiet else None

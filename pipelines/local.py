@@ -24,7 +24,8 @@ def local_config_text(config: str | None = None, overrides: list[str] | None = N
 
 
 def run_local(data: str, work_dir: str = ".kadet", config: str | None = None, overrides: list[str] | None = None,
-              shards: int = 1, caching: bool = False, profile: str = "local", verbose: bool = False, **params) -> dict:
+              shards: int = 1, caching: bool = False, profile: str = "local", verbose: bool = False,
+              console_to_stderr: bool = False, **params) -> dict:
     """Run the whole DAG locally; returns the registry outcome and per-stage wall times.
 
     The console shows one line per stage as it starts and ends, and live bars; everything KFP
@@ -49,7 +50,8 @@ def run_local(data: str, work_dir: str = ".kadet", config: str | None = None, ov
     stamp = time.strftime("%Y%m%d-%H%M%S")
     log_file = work / "logs" / f"kadet-run-{stamp}.log"
     try:
-        with session(log_file, work / "logs" / f"kadet-run-{stamp}.events.jsonl", quiet=not verbose):
+        with session(log_file, work / "logs" / f"kadet-run-{stamp}.events.jsonl", quiet=not verbose,
+                     to_stderr=console_to_stderr):
             # config_yaml is the whole merged config, so no profile on top and no UI parameter set
             make_pipeline()(**params, data_uri=str(Path(data).resolve()) if "://" not in data else data,
                             config_yaml=text, profile="", work_dir=str(work), generate_shards=shards,

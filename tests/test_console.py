@@ -89,3 +89,10 @@ def test_a_terminal_gets_a_live_bar_with_rate_and_eta(tmp_path):
     assert "distill epoch 1/3" in drawn and "20/70" in drawn and "<" in drawn and "it/s" in drawn  # ETA, rate
     con.handle({"event": "end", "stage": "distill", "seconds": 5.0, "status": "ok"})
     assert out.getvalue().endswith("  distill        done  5.0 s\n")        # the bar is gone, the line stays
+
+
+def test_the_console_can_keep_stdout_free_for_json(tmp_path, capfd):
+    with session(tmp_path / "run.log", tmp_path / "ev.jsonl", to_stderr=True):
+        progress.event("start", stage="mine")
+    shown = capfd.readouterr()
+    assert shown.out == "" and shown.err == "  mine           started\n"
