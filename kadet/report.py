@@ -168,7 +168,8 @@ def render(run: Mapping[str, Any], comparison: Mapping[str, Any], gate: Mapping[
               if per_type else "<p class=muted>No sample recorded.</p>"]
 
     parts += ['<h2 id="timings">Timings</h2>',
-              table(["stage", "seconds", "status"], [[s["name"], f"{s['seconds']:.1f}", s["status"]]
+              table(["stage", "seconds", "status"], [[s["name"], f"{s['seconds']:.1f}" if s["status"] != "RUNNING" else "",
+                                                      s["status"] if s["status"] != "RUNNING" else "writing this report"]
                                                      for s in run.get("stages", [])])]
     return ("<!doctype html><html lang=en><head><meta charset=utf-8><title>kadet run report</title>"
             f"<style>{CSS}</style></head><body>" + "\n".join(parts) + "</body></html>\n")
