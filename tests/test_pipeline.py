@@ -357,9 +357,11 @@ def check_report(text: str, kind: str) -> None:
                 self.ids.append(a["id"])
             if tag == "img":
                 self.images.append(a.get("src", ""))
-            for key in ("src", "href"):
-                if a.get(key) and not a[key].startswith(("data:", "#")):
-                    self.external.append(a[key])
+            # self-contained: nothing to load (images, scripts, stylesheets); links to follow are fine
+            if a.get("src") and not a["src"].startswith("data:"):
+                self.external.append(a["src"])
+            if tag == "link" and a.get("href"):
+                self.external.append(a["href"])
             if tag not in ("img", "meta", "br", "hr", "link", "input"):
                 self.stack.append(tag)
 
