@@ -266,7 +266,7 @@ def card_facts(cfg: KadetConfig, comparison: Mapping, version: str, decision: De
                               for who in ("base", "candidate")},
                            "gain_ci": {**gain, "metric": display(e.ndcg)} if gain else None},
             "registry": {"name": cfg.register.model_name, "version": version,
-                         "gate": ("passed: " if decision.promote else "refused: ")
+                         "gate": ("" if decision.promote else "refused: ")
                          + gate_text(decision, comparison.get("kind", "gold"))}}
 
 
