@@ -405,3 +405,24 @@ def test_the_served_model_answers_with_query_embeddings(server, models, tmp_path
     finally:
         stop(proc)
         log.close()
+
+
+def test_a_report_that_cannot_be_written_never_costs_the_registration(server, models, tmp_path, monkeypatch):
+    """Fault injection: the report fails; the version is registered and decided all the same,
+    and the page the KFP run shows says why the report is missing."""
+    import json
+
+    import kadet.report
+    from kadet.steps import register_step
+
+    def broken(*a, **k):
+        raise RuntimeError("matplotlib is gone")
+
+    monkeypatch.setattr(kadet.report, "write_report", broken)
+    cfg = load_config(None, [f"tracking.tracking_uri={server}", f"work_dir={tmp_path}", "register.model_name=no-report",
+                             "register.confidence=0"])
+    (tmp_path / "ev").mkdir()
+    (tmp_path / "ev" / "comparison.json").write_text(json.dumps(comparison(m(0.7))))
+    out = register_step(cfg, str(models[0]), str(tmp_path / "ev"), "no-report-run", str(tmp_path / "run_report"))
+    assert out["promote"] and out["version"] == "1"
+    assert "could not be written: RuntimeError: matplotlib is gone" in (tmp_path / "run_report").read_text()
