@@ -178,6 +178,25 @@ def synthetic_dev_qrels(labels_path: str | Path) -> tuple[dict[str, str], dict[s
             {r["qid"]: {r["source_doc_id"]: 1} for r in dev})
 
 
+def mean_by_type(per_query: Mapping[str, Mapping[str, Mapping[str, float]]], types: Mapping[str, str],
+                 metric: str) -> dict[str, dict[str, float]]:
+    """``{type: {"queries": n, system: mean metric}}`` over the queries of each type that were
+    scored (``per_query[system][qid][metric]``), types sorted."""
+    by_type: dict[str, dict[str, float]] = {}
+    first = next(iter(per_query.values()), {})
+    for qid, t in types.items():
+        if qid not in first:
+            continue
+        row = by_type.setdefault(t, {"queries": 0, **{name: 0.0 for name in per_query}})
+        row["queries"] += 1
+        for name, scores in per_query.items():
+            row[name] += scores.get(qid, {}).get(metric, 0.0)
+    for row in by_type.values():
+        for name in per_query:
+            row[name] /= max(1, row["queries"])
+    return dict(sorted(by_type.items()))
+
+
 SILVER_DIR = "silver"
 
 
@@ -262,31 +281,12 @@ def compare(cfg: KadetConfig, candidate: str, output_dir: str | Path, labels_pat
                                               {q: v[ndcg] for q, v in per_query["candidate"].items()},
                                               confidence=cfg.register.confidence or 0.95, seed=cfg.seed)}
     if silver_types:   # the held-out synthetic queries have types: nDCG per type from the run above
-        by_type = {}
-        for qid, t in silver_types.items():
-            row = by_type.setdefault(t, {"queries": 0, "base": 0.0, "candidate": 0.0})
-            row["queries"] += 1
-            for name in systems:
-                row[name] += per_query[name].get(qid, {}).get(ndcg, 0.0)
-        for row in by_type.values():
-            for name in systems:
-                row[name] /= max(1, row["queries"])
-        report["by_type"] = dict(sorted(by_type.items()))
+        report["by_type"] = mean_by_type(per_query, silver_types, ndcg)
     elif labels_path is not None:
         dev_texts, dev_types, dev_qrels = synthetic_dev_qrels(labels_path)
-        by_type: dict[str, dict[str, float]] = {}
-        if dev_texts:
-            ndcg = cfg.evaluation.ndcg
-            for name, model in systems.items():
-                for qid, m in scored_run(cfg, ds, dev_texts, dev_qrels, "dense", model)[1].items():
-                    row = by_type.setdefault(dev_types[qid], {"queries": 0})
-                    row[name] = row.get(name, 0.0) + m[ndcg]
-                    if name == "base":
-                        row["queries"] += 1
-            for row in by_type.values():
-                for name in systems:
-                    row[name] = row.get(name, 0.0) / max(1, row["queries"])
-        report["by_type"] = dict(sorted(by_type.items()))
+        dev = {name: scored_run(cfg, ds, dev_texts, dev_qrels, "dense", model)[1] for name, model in systems.items()
+               } if dev_texts else {}
+        report["by_type"] = mean_by_type(dev, dev_types, ndcg)
     report["seconds"] = round(time.perf_counter() - start, 1)
     write_json(file_in(out, "evaluate", "comparison"), report)
     write_json(file_in(out, "evaluate", "per_query"), per_query, indent=1)

@@ -79,6 +79,11 @@ def _timed(fn, repeat: int = 1) -> float:
     return (time.perf_counter() - t0) / repeat
 
 
+def whole_run(g):
+    """The generate settings of all shards at once (planning counts the whole run)."""
+    return dataclasses.replace(g, shard_index=0, num_shards=1)
+
+
 def count_work(cfg: KadetConfig, tmp: Path) -> tuple[dict[str, Any], dict[str, int], list, list[str]]:
     """Counts of everything the run will process, from the real prepare and generate planning."""
     from kadet.data import load_beir, read_corpus
@@ -90,7 +95,7 @@ def count_work(cfg: KadetConfig, tmp: Path) -> tuple[dict[str, Any], dict[str, i
     prepare_s = time.perf_counter() - t0
     passages = list(read_corpus(tmp / "prepare" / "passages.jsonl").values())
     g = cfg.generate
-    requests = plan_requests(passages, dataclasses.replace(g, shard_index=0, num_shards=1), cfg.seed)
+    requests = plan_requests(passages, whole_run(g), cfg.seed)
     by_type: dict[str, int] = {}
     for r in requests:
         by_type[r.qtype] = by_type.get(r.qtype, 0) + 1
@@ -207,8 +212,7 @@ def time_llm(cfg: KadetConfig, sample: list) -> float:
 
     if cfg.generate.backend == "tgi":
         return 0.0                                           # a server elsewhere: not timed from here
-    g = dataclasses.replace(cfg.generate, shard_index=0, num_shards=1)
-    requests = plan_requests(sample[:4], g, cfg.seed)[:2]
+    requests = plan_requests(sample[:4], whole_run(cfg.generate), cfg.seed)[:2]
     if not requests:
         return 0.0
     backend = make_backend(cfg)

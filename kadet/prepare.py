@@ -95,7 +95,8 @@ def prepare(cfg: KadetConfig, output_dir: str | Path) -> Manifest:
     empty: list[str] = []
     # silver: the label step holds synthetic queries out for evaluation (read from this manifest)
     m.extra["eval_kind"] = eval_kind(src, cfg.data.split, cfg.data.qrels, cfg.evaluation.kind)
-    if Path(src).suffix in (".jsonl", ".parquet") or eval_kind(src, cfg.data.split, cfg.data.qrels) == "silver":
+    judged = eval_kind(src, cfg.data.split, cfg.data.qrels) == "gold"   # whatever evaluation.kind forces
+    if Path(src).suffix in (".jsonl", ".parquet") or not judged:
         path = corpus_file(src)                         # a corpus alone: no judged queries to keep apart
         corpus = read_corpus(path, empty)
         m.add_input("corpus", src, path)

@@ -16,12 +16,15 @@ from __future__ import annotations
 import base64
 import html
 import json
+import logging
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from kadet.config import KadetConfig
+
+log = logging.getLogger(__name__)
 
 SECTIONS = ("decision", "metrics", "by-type", "teacher", "training", "drops", "samples", "timings")
 SAMPLES_PER_TYPE = 5
@@ -173,6 +176,22 @@ def render(run: Mapping[str, Any], comparison: Mapping[str, Any], gate: Mapping[
                                                      for s in run.get("stages", [])])]
     return ("<!doctype html><html lang=en><head><meta charset=utf-8><title>kadet run report</title>"
             f"<style>{CSS}</style></head><body>" + "\n".join(parts) + "</body></html>\n")
+
+
+def write_report_or_reason(cfg: KadetConfig, pipeline_run: str, comparison: Mapping[str, Any],
+                           gate: Mapping[str, Any], path: str | Path) -> Path:
+    """:func:`write_report`, or, if that fails, a page at ``path`` that says why and gives the gate's
+    reason: a report never costs the registration it reports on."""
+    try:
+        return write_report(cfg, pipeline_run, comparison, gate, path)
+    except Exception as exc:
+        from kadet.tracking import one_line
+
+        log.warning("report.html not written: %s", one_line(exc))
+        path = Path(path)
+        path.write_text(f"<!doctype html><title>kadet run report</title><p>The report could not be written: "
+                        f"{_e(one_line(exc))}</p><p>{_e(gate.get('reason', ''))}</p>", encoding="utf-8")
+        return path
 
 
 def write_report(cfg: KadetConfig, pipeline_run: str, comparison: Mapping[str, Any], gate: Mapping[str, Any],

@@ -219,7 +219,7 @@ def register_step(cfg: KadetConfig, model_dir: str, comparison_dir: str, pipelin
     import mlflow
 
     from kadet.register import gate_text, register_candidate
-    from kadet.report import write_report
+    from kadet.report import write_report_or_reason
 
     pipeline_run = tracking.run_key(pipeline_run)
     comparison = json.loads(Path(file_in(comparison_dir, "evaluate", "comparison")).read_text())
@@ -231,16 +231,8 @@ def register_step(cfg: KadetConfig, model_dir: str, comparison_dir: str, pipelin
                 "version": r.version, "model_name": r.name, "incumbent": r.decision.incumbent,
                 "incumbent_metrics": r.incumbent_metrics, "links": tracking.links(cfg, pipeline_run, r.name, r.version)}
         with tempfile.TemporaryDirectory() as tmp:
-            try:
-                report = write_report(cfg, pipeline_run, comparison, gate, report_path or Path(tmp) / "report.html")
-            except Exception as exc:  # the registration stands; the page says why it is missing
-                import html
-                import logging
-
-                logging.getLogger(__name__).warning("report.html not written: %s", tracking.one_line(exc))
-                report = Path(report_path or Path(tmp) / "report.html")
-                report.write_text(f"<!doctype html><title>kadet run report</title><p>The report could not be "
-                                  f"written: {html.escape(tracking.one_line(exc))}</p><p>{html.escape(gate['reason'])}</p>")
+            report = write_report_or_reason(cfg, pipeline_run, comparison, gate,
+                                            report_path or Path(tmp) / "report.html")
             if report.name != "report.html":          # KFP names an output file after the output
                 report = Path(shutil.copy(report, Path(tmp) / "report.html"))
             mlflow.log_artifact(str(report))
