@@ -11,6 +11,10 @@ training queries (each with L passages) per second of training, model loading ex
 
 - ``kadet full cN``: full fine-tuning, GradCache chunks of N texts, ``--batch`` queries per step.
 - ``kadet query c64``: query-side tuning (frozen document tower, passages encoded once).
+- ``kadet full c32 xN``: the same full fine-tuning data-parallel under ``torchrun
+  --nproc_per_node N`` (gloo on CPU; ``kadet.parallel``): each process encodes 1/N of every batch
+  with 1 thread, so on a CPU box it shares the same cores as the one-process row (which uses all
+  of them); seconds = the slowest rank, peak RSS = the largest rank's.
 - ``ST DistillKLDiv bN``: ``SentenceTransformerTrainer`` + ``DistillKLDivLoss`` (cosine,
   student temperature 0.05, teacher temperature 0.3, as kadet's KL term), N queries per step
   and no GradCache: all N x (1 + L) texts in one forward.
@@ -104,6 +108,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32, help="queries per optimizer step")
     ap.add_argument("--chunks", default="8,32,128", help="GradCache chunk sizes for full fine-tuning")
     ap.add_argument("--st-batches", default="8,32")
+    ap.add_argument("--processes", default="2", help="data-parallel rows (torchrun), full c32; '' for none")
     ap.add_argument("--max-len", type=int, default=256, help="passage max tokens (all configurations)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--labels", help=argparse.SUPPRESS)
@@ -125,20 +130,27 @@ def main() -> None:
     build_labels(labels, args.queries, args.list_size)
     configs = [(f"kadet full c{c}", f"kadet:full,{c}") for c in args.chunks.split(",")]
     configs.append(("kadet query c64", "kadet:query,64"))
+    configs += [(f"kadet full c32 x{n}", f"torchrun{n}:full,32") for n in args.processes.split(",") if n]
     configs += [(f"ST DistillKLDiv b{b}", f"st:{b}") for b in args.st_batches.split(",")]
     rows = []
     for name, spec in configs:
-        cmd = [sys.executable, __file__, "--worker", spec, "--labels", str(labels), "--batch", str(args.batch),
+        launch = [sys.executable]
+        if spec.startswith("torchrun"):
+            n, spec = spec[len("torchrun"):].split(":", 1)
+            spec = "kadet:" + spec
+            launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"]
+        cmd = [*launch, __file__, "--worker", spec, "--labels", str(labels), "--batch", str(args.batch),
                "--max-len", str(args.max_len)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
-        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if proc.returncode or line is None:
+        results = [json.loads(ln[7:]) for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode or not results:
             why = (f"killed by signal {-proc.returncode}" + (" (out of memory?)" if proc.returncode == -9 else "")
                    if proc.returncode < 0 else f"exit {proc.returncode}")
             rows.append((name, {"failed": why}))
             print(f"{name}: {why}\n{proc.stderr[-1500:]}", file=sys.stderr)
             continue
-        rows.append((name, json.loads(line[7:])))
+        rows.append((name, {"seconds": max(r["seconds"] for r in results), "queries": results[0]["queries"],
+                            "peak_rss_mb": max(r["peak_rss_mb"] for r in results)}))
         print(f"  done: {name}", file=sys.stderr)
     print(f"\n{args.queries} SciFact train queries (BM25 top-{args.list_size}, ~90% train), passages <= {args.max_len} "
           f"tokens, all-MiniLM-L6-v2, 1 epoch, kadet batch {args.batch} queries/step; {os.cpu_count()} CPUs, "

@@ -22,7 +22,7 @@ from kadet.config import (CHOICES, RANGES, KadetConfig, dump_config, field_docs,
                           validate)
 from kadet.errors import KadetError
 from kadet.stages import STAGES, input_path
-from kadet.storage import output_dir, work_dir_lock
+from kadet.storage import output_dir, output_dir_for_rank, work_dir_lock
 
 log = logging.getLogger("kadet")
 
@@ -292,10 +292,13 @@ def cmd_distill(args: argparse.Namespace) -> int:
     cfg = _load(args)
     work = Path(cfg.work_dir)
     out = args.output or str(work / "distill")
-    with output_dir(out) as local:
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun: rank 0 writes, the others train beside it
+    with output_dir_for_rank(out, rank) as local:
         m = distill(cfg, args.labels or input_path(work, "distill", "labels"), local)
-    print(f"distill: {m.counts['epochs']} epochs, best epoch {m.extra['best_epoch']} "
-          f"(dev loss {m.extra['best_dev_loss']}); wrote {out}/model")
+    if rank == 0:
+        print(f"distill: {m.counts['epochs']} epochs, best epoch {m.extra['best_epoch']} "
+              f"(dev loss {m.extra['best_dev_loss']}); wrote {out}/model"
+              + (f" ({m.extra['processes']} processes)" if m.extra["processes"] > 1 else ""))
     return 0
 
 
@@ -429,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "urllib3", "sentence_transformers", "bm25s", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        if args.command in UNLOCKED:
+        if args.command in UNLOCKED or int(os.environ.get("RANK", "0")) > 0:  # torchrun ranks > 0: rank 0 holds it
             return COMMANDS[args.command](args)
         work_dir = args.work_dir or load_config(args.config, args.overrides).work_dir
         with work_dir_lock(work_dir, f"kadet {args.command}"):

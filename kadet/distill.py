@@ -17,7 +17,9 @@ Modes (``distill.mode``):
 
 Loop: AdamW, warmup for half an epoch then linear decay to 0.1 x, gradient clip 1.0, a
 checkpoint every epoch (``checkpoints/epoch-N``; rerunning resumes from the last one), early
-stopping on dev loss (patience 2), bf16 autocast on CUDA, seeded. Outputs::
+stopping on dev loss (patience 2), bf16 autocast on CUDA, seeded. Under ``torchrun
+--nproc_per_node N`` it trains data-parallel (:mod:`kadet.parallel`): each rank encodes 1/N of
+every batch, the loss and step are the single-process ones; rank 0 writes the files. Outputs::
 
     model/            best model by dev loss (SentenceTransformer folder)
     curves.json       per-step train loss and lr, per-epoch dev loss
@@ -50,6 +52,7 @@ from kadet.gradcache import Tower, grad_cache_step
 from kadet.losses import cosine_scores, distill_loss
 from kadet.manifest import Manifest, fingerprint
 from kadet.models import resolve_device, resolve_model_path
+from kadet.parallel import Ranks
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +89,13 @@ class Distiller:
         if not self.train_rows:
             raise KadetError(f"{labels_path}: no training queries (split == 'train')")
         self.labels_path = labels_path
-        self.device = resolve_device(self.d.device)
+        self.ranks = Ranks.from_env(resolve_device(self.d.device))
+        self.device = self.ranks.device(resolve_device(self.d.device))
         torch.manual_seed(cfg.seed)
         self.base_path = resolve_model_path(cfg.retrieval.model)
         self.model = SentenceTransformer(str(self.base_path), device=self.device, local_files_only=True)
         _no_dropout(self.model)
+        self.dim = self.model.get_sentence_embedding_dimension()
         doc_ids = sorted({p["doc_id"] for r in rows for p in r["passages"]})
         self.doc_index = {d: i for i, d in enumerate(doc_ids)}
         self.doc_text = {p["doc_id"]: p["text"] for r in rows for p in r["passages"]}
@@ -101,8 +106,8 @@ class Distiller:
             enc = Encoder(self.base_path, device=self.device,
                           cache_dir=cfg.cache_dir if cfg.retrieval.embedding_cache else None,
                           document_prompt=cfg.retrieval.passage_prompt)
-            emb = enc.encode([self.doc_text[d] for d in doc_ids], kind="document")
-            self.doc_emb = torch.from_numpy(emb).to(self.device)
+            emb = enc.encode([self.doc_text[d] for d in self.ranks.share(doc_ids)], kind="document")
+            self.doc_emb = self.ranks.gather(torch.from_numpy(emb).reshape(-1, self.dim).to(self.device))[0]
             del enc
         self.run_key = self._run_key(cfg, labels_path)
         self.teacher_temp = self.d.teacher_temp
@@ -140,7 +145,7 @@ class Distiller:
         for s in range(0, len(rows), self.d.batch_size):
             chunk = rows[s : s + self.d.batch_size]
             q_texts, docs, teacher, ids, lsize = self._batch(chunk)
-            q, p = (t.encode_all() for t in self._towers(q_texts, docs))
+            q, p = self._encode_batch(q_texts, docs)
             cos = cosine_scores(q, p.view(len(chunk), lsize, -1))
             for i, t in enumerate(temps):
                 kls[i] += float(listwise_kl(cos, teacher, self.d.student_temp, float(t))) * len(chunk)
@@ -185,21 +190,32 @@ class Distiller:
         return fn
 
     def _towers(self, q_texts, docs):
+        """This rank's towers: its share of the batch's queries and lists (all of them when alone)."""
+        q_texts, docs = self.ranks.share(q_texts), self.ranks.share(docs)
         c = self.d.chunk_size
         q_chunks = [q_texts[i : i + c] for i in range(0, len(q_texts), c)]
-        query = Tower(lambda chunk: self._encode(chunk, self.d.query_max_len), q_chunks)
+        query = Tower(lambda chunk: self._encode(chunk, self.d.query_max_len), q_chunks, dim=self.dim,
+                      device=self.device)
         flat = [d for lst in docs for d in lst]
         if self.d.mode == "query":  # frozen document tower: cached base-model embeddings
             idx = torch.tensor([self.doc_index[d] for d in flat], device=self.device)
-            return [query, Tower(lambda i: self.doc_emb[i], [idx], trainable=False)]
+            return [query, Tower(lambda i: self.doc_emb[i], [idx] if flat else [], trainable=False, dim=self.dim,
+                                 device=self.device)]
         texts = [self.doc_text[d] for d in flat]
         p_chunks = [texts[i : i + c] for i in range(0, len(texts), c)]
-        return [query, Tower(lambda chunk: self._encode(chunk, self.d.passage_max_len), p_chunks)]
+        return [query, Tower(lambda chunk: self._encode(chunk, self.d.passage_max_len), p_chunks, dim=self.dim,
+                             device=self.device)]
+
+    def _encode_batch(self, q_texts, docs) -> list[torch.Tensor]:
+        """The whole batch's query and passage embeddings, without a graph (each rank encodes its share)."""
+        return [self.ranks.gather(t.encode_all())[0] for t in self._towers(q_texts, docs)]
 
     def train_step(self, rows: list[dict]) -> float:
         self.model.train()
         q_texts, docs, teacher, ids, lsize = self._batch(rows)
-        loss = grad_cache_step(self._towers(q_texts, docs), self._loss_fn(teacher, ids, len(rows), lsize))
+        loss = grad_cache_step(self._towers(q_texts, docs), self._loss_fn(teacher, ids, len(rows), lsize),
+                               gather=self.ranks.gather if self.ranks.parallel else None)
+        self.ranks.all_reduce_grads(self.params)
         torch.nn.utils.clip_grad_norm_(self.params, self.d.grad_clip)
         self.opt.step()
         self.sched.step()
@@ -215,7 +231,7 @@ class Distiller:
         for s in range(0, len(self.dev_rows), self.d.batch_size):
             rows = self.dev_rows[s : s + self.d.batch_size]
             q_texts, docs, teacher, ids, lsize = self._batch(rows)
-            reps = [t.encode_all() for t in self._towers(q_texts, docs)]
+            reps = self._encode_batch(q_texts, docs)
             total += float(self._loss_fn(teacher, ids, len(rows), lsize)(*reps)) * len(rows)
             n += len(rows)
         return total / n
@@ -226,6 +242,8 @@ class Distiller:
 
     def save_checkpoint(self) -> Path:
         path = self._ckpt_dir(self.state["epoch"])
+        if not self.ranks.main:
+            return path
         tmp = path.with_name(path.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -257,7 +275,9 @@ class Distiller:
         if blob.get("run_key") != self.run_key:
             log.warning("distill: %s was made with other settings or labels (key %s, now %s): starting over",
                         ckpts[-1], blob.get("run_key"), self.run_key)
-            shutil.rmtree(self.out / "checkpoints", ignore_errors=True)
+            self.ranks.barrier()  # every rank has read it before rank 0 removes it
+            if self.ranks.main:
+                shutil.rmtree(self.out / "checkpoints", ignore_errors=True)
             return False
         self.model.load_state_dict(blob["model"])
         self.opt.load_state_dict(blob["opt"])
@@ -285,7 +305,8 @@ class Distiller:
             order = list(range(len(self.train_rows)))
             random.Random(self.cfg.seed + epoch).shuffle(order)
             losses = []
-            bar = progress_bar(desc=f"distill epoch {epoch + 1}/{self.d.epochs}", show=self.d.progress,
+            bar = progress_bar(desc=f"distill epoch {epoch + 1}/{self.d.epochs}",
+                               show=self.d.progress and self.ranks.main,
                                iterable=range(0, len(order), self.d.batch_size))
             for s in bar:
                 loss = self.train_step([self.train_rows[i] for i in order[s : s + self.d.batch_size]])
@@ -311,8 +332,10 @@ class Distiller:
             log.info("epoch %d: train loss %.4f, dev loss %s%s", epoch + 1, np.mean(losses),
                      "n/a" if dev is None else f"{dev:.4f}", " (best)" if improved else "")
             self.save_checkpoint()
+            self.ranks.barrier()  # the model and checkpoint are on disk before any rank goes on
             run_epochs += 1
-        write_json(self.out / "curves.json", self.state["curves"], indent=1)
+        if self.ranks.main:
+            write_json(self.out / "curves.json", self.state["curves"], indent=1)
         return {"epochs": self.state["epoch"], "best_epoch": self.state["best_epoch"],
                 "best_dev_loss": self.state["best_dev"], "resumed": resumed,
                 "seconds_this_run": round(time.perf_counter() - t0, 1),
@@ -321,7 +344,10 @@ class Distiller:
     def save_model(self, path: Path) -> None:
         """Save a folder ``SentenceTransformer(path)`` loads (asymmetric Router in query mode).
 
-        With ``distill.base_weight`` > 0 the saved weights are interpolated with the base's."""
+        With ``distill.base_weight`` > 0 the saved weights are interpolated with the base's.
+        Rank 0 only (the weights are the same on every rank)."""
+        if not self.ranks.main:
+            return
         tmp = path.with_name(path.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         model = self.model
@@ -395,11 +421,17 @@ def distill(cfg: KadetConfig, labels_path: str | Path, output_dir: str | Path,
     m = Manifest(stage="distill", config_hash=cfg.hash())
     m.add_input("labels", labels_path)
     trainer = Distiller(cfg, labels_path, out)
-    result = trainer.train(max_epochs_this_run)
+    try:
+        result = trainer.train(max_epochs_this_run)
+    finally:
+        trainer.ranks.close()
     m.counts = {"train_queries": len(trainer.train_rows), "dev_queries": len(trainer.dev_rows),
                 "epochs": result["epochs"]}
     m.outputs = {"model": "model", "curves": "curves.json"}
-    m.extra = {**result, "teacher_temp": trainer.teacher_temp, "mode": cfg.distill.mode, "loss": cfg.distill.loss, "base_model": cfg.retrieval.model}
+    m.extra = {**result, "teacher_temp": trainer.teacher_temp, "mode": cfg.distill.mode, "loss": cfg.distill.loss,
+               "base_model": cfg.retrieval.model, "processes": trainer.ranks.world}
+    if not trainer.ranks.main:
+        return m
     if (out / "model").is_dir():
         card.update(out / "model", **training_facts(cfg, trainer, result))
     m.write(out)

@@ -10,7 +10,11 @@ embeddings, not the activations that produced them. So:
 
 Peak activation memory is that of one chunk; the gradients equal the uncached computation
 (up to floating point), which tests/test_gradcache.py checks. Random state (dropout) is
-saved per chunk in step 1 and restored in step 3, so both passes see the same masks::
+saved per chunk in step 1 and restored in step 3, so both passes see the same masks.
+
+Data-parallel (``gather``, see :mod:`kadet.parallel`): each rank's towers hold only its share
+of the batch; after step 1 the cached embeddings of all ranks are gathered, every rank computes
+the full-batch loss, and step 3 backpropagates the gradient of this rank's own rows only::
 
     loss = grad_cache_step(
         [Tower(encode_q, query_batches), Tower(encode_p, passage_batches)],
@@ -38,9 +42,13 @@ class Tower:
     encode: Callable[[Any], torch.Tensor]
     chunks: Sequence[Any]
     trainable: bool = True
+    dim: int = 0  # embedding width and device, for a rank whose share of the batch is empty
+    device: str = "cpu"
 
     def encode_all(self) -> torch.Tensor:
         """Every chunk encoded and concatenated (no caching: for evaluation under no_grad)."""
+        if not self.chunks:
+            return torch.empty(0, self.dim, device=self.device)
         return torch.cat([self.encode(c) for c in self.chunks])
 
 
@@ -57,31 +65,40 @@ class _RandState:
             torch.cuda.set_rng_state_all(self.cuda)
 
 
-def grad_cache_step(towers: Sequence[Tower], loss_fn: Callable[..., torch.Tensor]) -> torch.Tensor:
+Gather = Callable[[torch.Tensor], "tuple[torch.Tensor, int]"]
+
+
+def grad_cache_step(towers: Sequence[Tower], loss_fn: Callable[..., torch.Tensor],
+                    gather: Gather | None = None) -> torch.Tensor:
     """One GradCache forward/backward over ``towers`` (one per input kind: queries, passages).
 
     ``loss_fn`` receives one concatenated embedding tensor per tower. Returns the loss
-    (detached); parameter gradients are accumulated into ``.grad``.
+    (detached); parameter gradients are accumulated into ``.grad``. ``gather(local) ->
+    (full, start)``, when given, joins every rank's cached embeddings and says where this
+    rank's rows start (:meth:`kadet.parallel.Ranks.gather`); the caller all-reduces the
+    parameter gradients afterwards.
     """
-    cached: list[torch.Tensor] = []
+    leaves: list[torch.Tensor] = []
+    offsets: list[int] = []
     states: list[list[_RandState]] = []
-    for encode, chunks in ((t.encode, t.chunks) for t in towers):
+    for tower in towers:
         reps, st = [], []
         with torch.no_grad():
-            for chunk in chunks:
+            for chunk in tower.chunks:
                 st.append(_RandState())
-                reps.append(encode(chunk))
-        cached.append(torch.cat(reps).detach())
+                reps.append(tower.encode(chunk))
+        local = torch.cat(reps).detach() if reps else torch.empty(0, tower.dim, device=tower.device)
+        full, start = gather(local) if gather else (local, 0)
+        leaves.append(full.detach().requires_grad_(tower.trainable))
+        offsets.append(start)
         states.append(st)
-    leaves = [c.requires_grad_(t.trainable) for c, t in zip(cached, towers)]
     loss = loss_fn(*leaves)
     loss.backward()
-    for tower, leaf, st in zip(towers, leaves, states):
+    for tower, leaf, st, start in zip(towers, leaves, states, offsets):
         if not tower.trainable:
             continue
         encode, chunks = tower.encode, tower.chunks
         grads = leaf.grad
-        start = 0
         for chunk, state in zip(chunks, st):
             current = _RandState()
             state.restore()

@@ -183,6 +183,20 @@ def output_dir(uri: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def output_dir_for_rank(uri: str | os.PathLike, rank: int) -> Iterator[Path]:
+    """:func:`output_dir` for rank 0 of a data-parallel job; for the other ranks the same
+    folder read-only (they read checkpoints to resume, rank 0 alone writes and publishes)."""
+    if rank == 0 or not is_s3(uri):
+        with output_dir(uri) as local:
+            yield local
+        return
+    try:
+        yield localize(uri)
+    except NoSuchPrefix:
+        yield Path(tempfile.mkdtemp(prefix="kadet-rank-"))
+
+
+@contextlib.contextmanager
 def work_dir_lock(work_dir: str | os.PathLike, what: str = "kadet") -> Iterator[None]:
     """Hold ``<work_dir>/.kadet.lock`` for the block: one kadet process per work dir.
 
