@@ -76,13 +76,13 @@ def label_merge(prepared: Input[Dataset], candidates: Input[Dataset], shards: In
 
 
 def distill(labels: Input[Dataset], training_mode: str, list_size: int, config_yaml: str, profile: str, work_dir: str,
-            pipeline_run: str, model: Output[Model]):
+            pipeline_run: str, model: Output[Model], trainer_job: str = ""):
     from kadet.steps import distill_step, step_config
     from kadet.stages import file_in
 
     cfg = step_config(config_yaml, profile=profile, work_dir=work_dir, distill__mode=training_mode,
                       distill__list_size=list_size)
-    distill_step(cfg, file_in(labels.path, "label", "labels"), model.path, pipeline_run)
+    distill_step(cfg, file_in(labels.path, "label", "labels"), model.path, pipeline_run, trainer_job=trainer_job)
     model.metadata["mode"] = training_mode
     model.metadata["framework"] = "sentence-transformers"
 

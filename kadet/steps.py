@@ -163,14 +163,24 @@ def label_statistics(labels_path: Path, m: Manifest) -> dict:
             "score_percentiles": {str(p): float(np.percentile(scores, p)) for p in (0, 10, 25, 50, 75, 90, 100)}}
 
 
-def distill_step(cfg: KadetConfig, labels: str, out: str, pipeline_run: str) -> dict:
-    """Train; log per-epoch losses, the curves (JSON and PNG); keep the model, drop checkpoints."""
+def distill_step(cfg: KadetConfig, labels: str, out: str, pipeline_run: str, trainer_job: str = "",
+                 launch=None) -> dict:
+    """Train; log per-epoch losses, the curves (JSON and PNG); keep the model, drop checkpoints.
+
+    ``trainer_job`` (JSON of :class:`kadet.trainjob.JobSettings`, the pipeline's ``gpu_count > 1``):
+    train data-parallel as a Kubeflow Trainer job (``launch``: see :func:`kadet.trainjob.distill_as_job`)."""
     import mlflow
 
     from kadet.distill import distill
 
     with tracking.stage_run(cfg, "distill", pipeline_run, out=out):
-        m = distill(cfg, labels, out)
+        if trainer_job:
+            from kadet import trainjob
+
+            trainjob.distill_as_job(cfg, labels, out, trainjob.JobSettings.from_json(trainer_job), launch=launch)
+            m = Manifest.read(out)
+        else:
+            m = distill(cfg, labels, out)
         tracking.log_manifest(m, out)
         curves = json.loads((Path(out) / "curves.json").read_text())
         for e, dev, tr in zip(curves["epoch"], curves["dev_loss"], curves.get("epoch_train_loss", [])):

@@ -40,6 +40,9 @@ def make_pipeline(base_image: str | None = None, platform: Platform | None = Non
         for step in platform.gpu_steps:
             setattr(c, step, getattr(g, step))
 
+    # gpu_count > 1: the distill task launches a Kubeflow Trainer job (kadet/trainjob.py)
+    trainer_job = platform.trainer_job(gpu_image or components.gpu_image()) if platform is not None else ""
+
     @dsl.pipeline(name=PIPELINE_NAME, description=(
         "Adapt a sentence-transformers embedding model to one corpus: synthetic queries, mined "
         "candidates, teacher labels, listwise distillation; gated MLflow registration."))
@@ -109,7 +112,7 @@ def make_pipeline(base_image: str | None = None, platform: Platform | None = Non
                                    num_shards=label_shards, **common)
 
             trained = c.distill(labels=labels.outputs["labels"], training_mode=training_mode, list_size=list_size,
-                                **common)
+                                trainer_job=trainer_job, **common)
             ev = c.evaluate(model=trained.outputs["model"], labels=labels.outputs["labels"], data_uri=data_uri,
                             eval_qrels_uri=eval_qrels_uri, **common)
 

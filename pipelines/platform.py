@@ -33,6 +33,36 @@ class Platform:
     run_key_field: str = ""
     #: run_as_user, run_as_group, run_as_non_root of every pipeline container.
     security_context: dict[str, object] = field(default_factory=dict)
+    #: gpu_count > 1: the distill task launches a Kubeflow Trainer job of ``trainer_nodes`` nodes x
+    #: gpu_count GPUs (kadet/trainjob.py): kind auto (what the cluster serves), PyTorchJob or TrainJob.
+    trainer_kind: str = "auto"
+    trainer_nodes: int = 1
+    trainer_runtime: str = "torch-distributed"
+
+    @property
+    def distill_as_job(self) -> bool:
+        return "distill" in self.gpu_steps and (self.gpu_count > 1 or self.trainer_nodes > 1)
+
+    def trainer_job(self, image: str) -> str:
+        """The distill task's ``trainer_job`` argument: JSON :class:`kadet.trainjob.JobSettings`,
+        or "" when distill trains in its own pod (one GPU)."""
+        if not self.distill_as_job:
+            return ""
+        from kadet.trainjob import JobSettings
+
+        env = [{"name": k, "value": v} for k, v in self.env.items()]
+        env += [{"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+                for secret, keys in self.secrets.items() for key, var in keys.items()]
+        camel = {k: "".join(w.capitalize() if i else w for i, w in enumerate(k.split("_")))
+                 for k in self.security_context}
+        res = self.resources.get("distill", self.resources.get("default", {}))
+        return JobSettings(image=image, gpus_per_node=self.gpu_count, nodes=self.trainer_nodes, kind=self.trainer_kind,
+                           runtime=self.trainer_runtime, accelerator=self.accelerator,
+                           resources={k: res[k] for k in ("cpu", "memory") if k in res}, env=env,
+                           pvc=self.cache_pvc, mount=self.cache_mount, node_selector=dict(self.gpu_node_selector),
+                           tolerations=list(self.gpu_tolerations),
+                           security_context={camel[k]: v for k, v in self.security_context.items()},
+                           labels=dict(self.pod_labels), shm_size=self.shm_size).to_json()
 
     @classmethod
     def load(cls, path: str | Path = DEFAULT_PLATFORM) -> "Platform":
@@ -65,7 +95,7 @@ class Platform:
             kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env=keys)
         if self.cache_pvc:
             kubernetes.mount_pvc(task, pvc_name=self.cache_pvc, mount_path=self.cache_mount)
-        if step in self.gpu_steps:
+        if step in self.gpu_steps and not (step == "distill" and self.distill_as_job):  # a launcher: no GPU
             task.set_accelerator_type(self.accelerator).set_accelerator_limit(self.gpu_count)
             for key, value in self.gpu_node_selector.items():
                 kubernetes.add_node_selector(task, label_key=key, label_value=value)
