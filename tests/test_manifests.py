@@ -4,6 +4,7 @@ sets requests, limits and a restricted securityContext."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -92,7 +93,7 @@ def test_no_literal_credentials_and_every_container_is_bounded_and_non_root(targ
     assert problems(docs) == []
     refs = {e["valueFrom"]["secretKeyRef"]["name"] for d in docs for c in containers(d)[1] for e in c.get("env", [])
             if "valueFrom" in e and "secretKeyRef" in e["valueFrom"]}
-    assert refs == {"kadet-minio", "kadet-postgres"}                  # referenced, created out of band
+    assert refs == {"kadet-minio", "kadet-postgres", "kadet-mlflow-admin", "kadet-mlflow-client"}  # created out of band
 
 
 def test_the_checker_catches_violations():
@@ -257,3 +258,76 @@ def test_the_buckets_are_created():
     assert "mc mb --ignore-existing" in script and f"kadet/{bucket}" in script and "kadet/kadet" in script
     minio = next(d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "minio-clients")
     assert {"podSelector": {"matchLabels": {"app": "minio-buckets"}}} in minio["spec"]["ingress"][0]["from"]
+
+
+def test_mlflow_refuses_anonymous_calls_and_guards_the_champion_alias(tmp_path):
+    """Was: no auth, so anyone who reached MLflow could move the ``champion`` alias. A real
+    ``mlflow server`` started through the image's entry point with the Deployment's arguments
+    and auth environment, its pipeline user made by the manifest's own ``mlflow-users`` Job
+    script: anonymous calls get 401 (``/health`` stays open), the pipeline user registers a
+    model and moves its alias, another user reads but cannot move it (403)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.server.auth.client import AuthServiceClient
+
+    from tests.mlflowserver import mlflow_server
+
+    docs = [d for d in yaml.safe_load_all(render("base")) if d]
+    dep = next(d for d in docs if d.get("kind") == "Deployment" and d["metadata"]["name"] == "mlflow")
+    (server,) = dep["spec"]["template"]["spec"]["containers"]
+    assert "--app-name=basic-auth" in server["args"]
+    env = {e["name"]: e for e in server["env"]}
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "kadet-mlflow-admin"
+    job = next(d for d in docs if d.get("kind") == "Job" and d["metadata"]["name"] == "mlflow-users")
+    (users,) = job["spec"]["template"]["spec"]["containers"]
+    assert users["command"] == ["python", "-c"]
+
+    auth_ini = tmp_path / "auth" / "basic_auth.ini"
+    secrets = {"MLFLOW_AUTH_DATABASE_URI": f"sqlite:///{tmp_path / 'auth.db'}", "MLFLOW_AUTH_CONFIG_PATH": str(auth_ini),
+               "MLFLOW_AUTH_DEFAULT_PERMISSION": env["MLFLOW_AUTH_DEFAULT_PERMISSION"]["value"],
+               "MLFLOW_AUTH_ADMIN_USERNAME": "admin", "MLFLOW_AUTH_ADMIN_PASSWORD": "admin-Secret-123",
+               "MLFLOW_FLASK_SERVER_SECRET_KEY": "csrf-Secret-000"}
+    assert {n for n in secrets if n.startswith("MLFLOW_") and n in env} >= {
+        "MLFLOW_AUTH_DATABASE_URI", "MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"}
+    flags = tuple(a for a in server["args"] if a.startswith(("--app-name", "--allowed-hosts")))
+    with mlflow_server(tmp_path / "srv", extra_env=secrets, extra_args=flags,
+                       entrypoint=REPO / "images" / "mlflow-entrypoint.sh") as uri:
+        assert oct(auth_ini.stat().st_mode & 0o777) == "0o600" and "auth.db" in auth_ini.read_text()
+        api = "/api/2.0/mlflow/experiments/search?max_results=1"
+        assert _status(uri, "/health", "localhost:5000") == 200 and _status(uri, api, "localhost:5000") == 401
+
+        job_env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_TRACKING_USERNAME": "admin",
+                   "MLFLOW_TRACKING_PASSWORD": "admin-Secret-123", "PIPELINE_USER": "kadet-pipeline",
+                   "PIPELINE_PASSWORD": "pipeline-Secret-456"}
+        for _ in range(2):  # idempotent: a second run sets the password again
+            proc = subprocess.run([sys.executable, "-c", users["args"][0]], env=job_env, capture_output=True, text=True)
+            assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "exists; password set" in proc.stdout
+
+        def as_user(name, password):
+            os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = name, password
+            return mlflow.MlflowClient(uri, registry_uri=uri)
+
+        try:
+            pipeline = as_user("kadet-pipeline", "pipeline-Secret-456")
+            exp = pipeline.create_experiment("kadet")
+            run = pipeline.create_run(exp)
+            pipeline.create_registered_model("kadet-embedding")
+            mv = pipeline.create_model_version("kadet-embedding", f"runs:/{run.info.run_id}/model", run.info.run_id)
+            pipeline.set_registered_model_alias("kadet-embedding", "champion", mv.version)
+
+            os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = "admin", "admin-Secret-123"
+            AuthServiceClient(uri).create_user("someone", "someone-Secret-789")
+            other = as_user("someone", "someone-Secret-789")
+            assert other.get_model_version_by_alias("kadet-embedding", "champion").version == mv.version  # reads
+            with pytest.raises(MlflowException, match="PERMISSION_DENIED|403"):
+                other.set_registered_model_alias("kadet-embedding", "champion", mv.version)
+            with pytest.raises(MlflowException, match="401|nauthorized|credentials"):
+                as_user("kadet-pipeline", "wrong").search_experiments()
+            # the admin grants a person EDIT on the model (as manifests/README.md says): now they may
+            as_user("admin", "admin-Secret-123")
+            AuthServiceClient(uri).grant_user_permission("someone", "registered_model", "kadet-embedding", "EDIT")
+            as_user("someone", "someone-Secret-789").set_registered_model_alias("kadet-embedding", "champion", mv.version)
+        finally:
+            os.environ.pop("MLFLOW_TRACKING_USERNAME", None)
+            os.environ.pop("MLFLOW_TRACKING_PASSWORD", None)
