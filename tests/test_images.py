@@ -58,3 +58,45 @@ def test_the_tgi_image_runs_as_the_user_the_deployment_asks_for():
     assert c["securityContext"]["readOnlyRootFilesystem"] and {"mountPath": "/tmp", "name": "tmp"} in c["volumeMounts"]
     make = (IMAGES / "Makefile").read_text()
     assert "image-tgi" in make and "$(REGISTRY)/tgi:$(TGI_VERSION)" in make
+
+
+def test_pinning_puts_a_digest_on_every_deployed_image(tmp_path):
+    """``images/pin.py`` (``make -C images pin``) on a copy of the manifests: after it, every
+    container of base and both overlays renders as ``name@sha256:...`` and every pipeline
+    executor runs ``kadet@sha256:...``. The registry lookup is replaced by a stand-in that
+    derives a digest from the reference (no registry here); the rewriting is the real one."""
+    import hashlib
+    import importlib.util
+    import shutil
+    import subprocess
+
+    import yaml
+
+    spec = importlib.util.spec_from_file_location("pin", IMAGES / "pin.py")
+    pin = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pin)
+
+    def fake_registry(ref: str) -> str:
+        return "sha256:" + hashlib.sha256(ref.encode()).hexdigest()
+
+    copy = tmp_path / "manifests"
+    shutil.copytree(REPO / "manifests", copy)
+    refs = pin.manifest_images(copy / "base")
+    assert {pin.split_ref(r)[0] for r in refs} >= {"ghcr.io/kadet-ml/mlflow-server", "ghcr.io/kadet-ml/tgi",
+                                                   "quay.io/minio/minio"}
+    out = tmp_path / "pipeline.yaml"
+    pin.pin(fake_registry, "ghcr.io/kadet-ml/kadet:0.1.0-cpu", "ghcr.io/kadet-ml/kadet:0.1.0-cuda",
+            base=copy / "base", output=out)
+    expected = {pin.split_ref(r)[0]: fake_registry(r) for r in refs}
+    for target in ("base", "overlays/dev", "overlays/prod"):
+        rendered = subprocess.run([shutil.which("kubectl"), "kustomize", str(copy / target)], capture_output=True,
+                                  text=True, check=True).stdout
+        images = [i for d in yaml.safe_load_all(rendered) if d for i in pin._images(d)]
+        assert images and all("@sha256:" in i for i in images), (target, images)
+        for image in images:
+            name, digest = image.split("@")
+            assert expected[name] == digest, image
+    executors = next(yaml.safe_load_all(out.read_text()))["deploymentSpec"]["executors"].values()
+    assert {e["container"]["image"] for e in executors} == {
+        "ghcr.io/kadet-ml/kadet@" + fake_registry("ghcr.io/kadet-ml/kadet:0.1.0-cpu"),
+        "ghcr.io/kadet-ml/kadet@" + fake_registry("ghcr.io/kadet-ml/kadet:0.1.0-cuda")}
