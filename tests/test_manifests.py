@@ -93,7 +93,8 @@ def test_no_literal_credentials_and_every_container_is_bounded_and_non_root(targ
     assert problems(docs) == []
     refs = {e["valueFrom"]["secretKeyRef"]["name"] for d in docs for c in containers(d)[1] for e in c.get("env", [])
             if "valueFrom" in e and "secretKeyRef" in e["valueFrom"]}
-    assert refs == {"kadet-minio", "kadet-postgres", "kadet-mlflow-admin", "kadet-mlflow-client"}  # created out of band
+    assert refs == {"kadet-minio", "kadet-postgres", "kadet-mlflow-admin", "kadet-mlflow-client",
+                    "kadet-minio-pipeline"}  # created out of band
 
 
 def test_the_checker_catches_violations():
@@ -258,6 +259,33 @@ def test_the_buckets_are_created():
     assert "mc mb --ignore-existing" in script and f"kadet/{bucket}" in script and "kadet/kadet" in script
     minio = next(d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "minio-clients")
     assert {"podSelector": {"matchLabels": {"app": "minio-buckets"}}} in minio["spec"]["ingress"][0]["from"]
+
+
+def test_the_pipeline_gets_its_own_minio_user_not_the_root_pair():
+    """Was: MinIO's root pair went to every pipeline step. Now the buckets Job makes a user from
+    Secret kadet-minio-pipeline with policy kadet-pipeline: objects and listing of bucket kadet,
+    nothing on MLflow's bucket, no admin or bucket-policy actions. (Checked statically: no MinIO
+    server runs here.)"""
+    import json
+
+    docs = [d for d in yaml.safe_load_all(render("base")) if d]
+    (job,) = [d for d in docs if d["kind"] == "Job" and d["metadata"]["name"] == "minio-buckets"]
+    (mc,) = containers(job)[1]
+    env = {e["name"]: e for e in mc["env"]}
+    assert env["PIPELINE_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "kadet-minio-pipeline"
+    policy = json.loads(env["PIPELINE_POLICY"]["value"])
+    resources = {r for st in policy["Statement"] for r in st["Resource"]}
+    actions = {a for st in policy["Statement"] for a in st["Action"]}
+    assert resources == {"arn:aws:s3:::kadet", "arn:aws:s3:::kadet/*"}
+    assert all(st["Effect"] == "Allow" for st in policy["Statement"]) and not any("*" in a for a in actions)
+    assert {"s3:GetObject", "s3:PutObject", "s3:ListBucket"} <= actions
+    assert not {a for a in actions if a.startswith("admin:") or "Policy" in a or a.startswith("s3:CreateBucket")}
+    script = " ".join(mc["args"])
+    for step in ("mc admin policy create kadet kadet-pipeline", "mc admin user add kadet \"$PIPELINE_ACCESS_KEY\"",
+                 "mc admin policy attach kadet kadet-pipeline --user"):
+        assert step in script, step
+    example = (MANIFESTS / "pipeline-access" / "base" / "secrets" / "kadet-minio.env.example").read_text()
+    assert "not MinIO's root pair" in example
 
 
 def test_mlflow_refuses_anonymous_calls_and_guards_the_champion_alias(tmp_path):
