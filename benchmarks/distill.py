@@ -109,6 +109,7 @@ def main() -> None:
     ap.add_argument("--chunks", default="8,32,128", help="GradCache chunk sizes for full fine-tuning")
     ap.add_argument("--st-batches", default="8,32")
     ap.add_argument("--processes", default="2", help="data-parallel rows (torchrun), full c32; '' for none")
+    ap.add_argument("--no-query-row", dest="query_row", action="store_false", help="skip the query-side row")
     ap.add_argument("--max-len", type=int, default=256, help="passage max tokens (all configurations)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--labels", help=argparse.SUPPRESS)
@@ -128,10 +129,11 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="kadet-distill-bench-"))
     labels = tmp / "labels.jsonl"
     build_labels(labels, args.queries, args.list_size)
-    configs = [(f"kadet full c{c}", f"kadet:full,{c}") for c in args.chunks.split(",")]
-    configs.append(("kadet query c64", "kadet:query,64"))
+    configs = [(f"kadet full c{c}", f"kadet:full,{c}") for c in args.chunks.split(",") if c]
+    if args.query_row:
+        configs.append(("kadet query c64", "kadet:query,64"))
     configs += [(f"kadet full c32 x{n}", f"torchrun{n}:full,32") for n in args.processes.split(",") if n]
-    configs += [(f"ST DistillKLDiv b{b}", f"st:{b}") for b in args.st_batches.split(",")]
+    configs += [(f"ST DistillKLDiv b{b}", f"st:{b}") for b in args.st_batches.split(",") if b]
     rows = []
     for name, spec in configs:
         launch = [sys.executable]
