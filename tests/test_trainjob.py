@@ -22,6 +22,7 @@ import yaml
 
 from kadet.config import load_config
 from kadet.errors import KadetError
+from kadet.steps import distill_step
 from kadet.trainjob import JobSettings, distill_as_job, render, run_job, state
 from tests.test_distill import _labels
 
@@ -222,8 +223,12 @@ def test_the_rendered_job_command_trains_data_parallel(tiny_st, tmp_path):
     s = _settings(gpus=2)
     s.kind = "PyTorchJob"
     seen = []
-    job_dir = distill_as_job(cfg, labels, tmp_path / "out", s, launch=lambda m: (seen.append(m),
-                                                                                 run_as_the_operator_would(m)))
+    # the pipeline's distill step as its component calls it (MLflow logging included)
+    counts = distill_step(cfg, str(labels), str(tmp_path / "out"), "run-1", trainer_job=s.to_json(),
+                          launch=lambda m: (seen.append(m), run_as_the_operator_would(m)))
+    assert counts["train_queries"] == 20 and counts["best_epoch"] in (1, 2)
+    job_dir = Path(seen[0]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"][5]
+                   ).parent
     assert job_dir.parent == tmp_path / "pvc" / "distill-jobs" and validate_pytorchjob(seen[0]) == []
     m = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert m["extra"]["processes"] == 2 and m["counts"]["train_queries"] == 20 and m["counts"]["epochs"] == 2
