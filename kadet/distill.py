@@ -95,7 +95,7 @@ class Distiller:
         self.base_path = resolve_model_path(cfg.retrieval.model)
         self.model = SentenceTransformer(str(self.base_path), device=self.device, local_files_only=True)
         _no_dropout(self.model)
-        self.dim = self.model.get_sentence_embedding_dimension()
+        self.dim = int(self.model.get_embedding_dimension())
         doc_ids = sorted({p["doc_id"] for r in rows for p in r["passages"]})
         self.doc_index = {d: i for i, d in enumerate(doc_ids)}
         self.doc_text = {p["doc_id"]: p["text"] for r in rows for p in r["passages"]}

@@ -96,7 +96,8 @@ class Platform:
         if self.cache_pvc:
             kubernetes.mount_pvc(task, pvc_name=self.cache_pvc, mount_path=self.cache_mount)
         if step in self.gpu_steps and not (step == "distill" and self.distill_as_job):  # a launcher: no GPU
-            task.set_accelerator_type(self.accelerator).set_accelerator_limit(self.gpu_count)
+            # one GPU per pod: only distillation uses more, and it does so as a Trainer job
+            task.set_accelerator_type(self.accelerator).set_accelerator_limit(1)
             for key, value in self.gpu_node_selector.items():
                 kubernetes.add_node_selector(task, label_key=key, label_value=value)
             for tol in self.gpu_tolerations:

@@ -190,7 +190,9 @@ def test_one_gpu_trains_in_the_task_and_several_launch_a_job(tmp_path):
         docs = list(yaml.safe_load_all(compile_pipeline(tmp_path / f"p{gpus}.yaml", platform=path).read_text()))
         task = docs[0]["components"]["comp-exit-handler-1"]["dag"]["tasks"]["distill"]
         arg = task["inputs"]["parameters"]["trainer_job"]["runtimeValue"]["constant"]
-        gpu = docs[0]["deploymentSpec"]["executors"]["exec-distill"]["container"]["resources"].get("accelerator")
+        executors = docs[0]["deploymentSpec"]["executors"]
+        gpu = executors["exec-distill"]["container"]["resources"].get("accelerator")
+        assert executors["exec-label"]["container"]["resources"]["accelerator"]["count"] == "1"  # one process
         if gpus == 1:
             assert arg == "" and gpu["count"] == "1"
         else:  # the task is a launcher (no GPU); the job holds them
