@@ -89,8 +89,9 @@ class Distiller:
         if not self.train_rows:
             raise KadetError(f"{labels_path}: no training queries (split == 'train')")
         self.labels_path = labels_path
-        self.ranks = Ranks.from_env(resolve_device(self.d.device))
-        self.device = self.ranks.device(resolve_device(self.d.device))
+        device = resolve_device(self.d.device)
+        self.ranks = Ranks.from_env(device)
+        self.device = self.ranks.device(device)
         torch.manual_seed(cfg.seed)
         self.base_path = resolve_model_path(cfg.retrieval.model)
         self.model = SentenceTransformer(str(self.base_path), device=self.device, local_files_only=True)

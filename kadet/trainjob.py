@@ -239,7 +239,7 @@ def prepare_job_dir(work_dir: str | Path, labels: str | Path, config_yaml: str) 
     return job_dir
 
 
-def distill_as_job(cfg, labels: str | Path, out: str | Path, settings: JobSettings, api_client=None,
+def distill_as_job(cfg, labels: str | Path, out: str | Path, settings: JobSettings,
                    namespace: str | None = None, launch=None) -> Path:
     """Train on the cluster as a Kubeflow Trainer job and copy its outputs to ``out``.
 
@@ -253,7 +253,7 @@ def distill_as_job(cfg, labels: str | Path, out: str | Path, settings: JobSettin
         from kubernetes import client, config as kconfig
 
         kconfig.load_incluster_config()
-        api_client = api_client or client.ApiClient()
+        api_client = client.ApiClient()
         namespace = namespace or Path(NAMESPACE_FILE).read_text().strip()
         kind = settings.kind if settings.kind != "auto" else served_kind(api_client)
 

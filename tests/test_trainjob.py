@@ -266,24 +266,24 @@ class FakeCustomObjects:
         self.created.append(body["metadata"]["name"])
 
 
-def _cond(kind, type_="Succeeded", msg=""):
+def _cond(type_="Succeeded", msg=""):
     return {"type": type_, "status": "True", "message": msg}
 
 
 def test_the_job_lifecycle_against_a_fake_api():
     doc = render(_settings(), "PyTorchJob", "kadet-distill-k", "team-a", "/w")
     running = {"type": "Running", "status": "True"}
-    api = FakeCustomObjects(statuses=[running, running, _cond("PyTorchJob")])
+    api = FakeCustomObjects(statuses=[running, running, _cond()])
     assert run_job(doc, api, poll_s=0) == "kadet-distill-k-1" and api.created == ["kadet-distill-k-1"]
-    # a retried task re-attaches to the job that is still running (creates nothing)
-    api2 = FakeCustomObjects(existing={"kadet-distill-k-1": {"status": {"conditions": [_cond("x", "Succeeded")]}}})
+    # a retried task re-attaches to the job of its name that has not failed (creates nothing)
+    api2 = FakeCustomObjects(existing={"kadet-distill-k-1": {"status": {"conditions": [_cond("Succeeded")]}}})
     assert run_job(doc, api2, poll_s=0) == "kadet-distill-k-1" and api2.created == []
     # an earlier try failed: that job stays for its logs, the next attempt gets a new name
-    api3 = FakeCustomObjects(existing={"kadet-distill-k-1": {"status": {"conditions": [_cond("x", "Failed", "OOM")]}}},
-                             statuses=[_cond("PyTorchJob")])
+    api3 = FakeCustomObjects(existing={"kadet-distill-k-1": {"status": {"conditions": [_cond("Failed", "OOM")]}}},
+                             statuses=[_cond()])
     assert run_job(doc, api3, poll_s=0) == "kadet-distill-k-2" and api3.created == ["kadet-distill-k-2"]
     # this try fails: the error names the job and the operator's message
-    api4 = FakeCustomObjects(statuses=[_cond("x", "Failed", "rank 1 exited with code 137")])
+    api4 = FakeCustomObjects(statuses=[_cond("Failed", "rank 1 exited with code 137")])
     with pytest.raises(KadetError, match=re.escape("PyTorchJob team-a/kadet-distill-k-1 failed: rank 1 exited")):
         run_job(doc, api4, poll_s=0)
     assert state("TrainJob", {"status": {"conditions": [{"type": "Complete", "status": "True"}]}})[0] == "succeeded"
