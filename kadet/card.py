@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from kadet.comparison import SILVER_CAVEAT
+
 CARD = "README.md"
 FACTS = "kadet_card.json"
 START, END = "<!-- kadet:start -->", "<!-- kadet:end -->"
@@ -117,7 +119,10 @@ def section_text(f: Mapping[str, Any]) -> str:
         kind = ev.get("kind", "gold")
         what = ("judged queries of the corpus (gold qrels)" if kind == "gold" else
                 "held-out synthetic queries judged by the teacher (**silver**: indicative, not human judgements)")
-        s += ["\n## Evaluation\n", f"On {ev.get('queries', '?')} {what}; same run, same data for both models.\n\n",
+        head = ["\n## Evaluation\n"]
+        if kind == "silver":
+            head.append(f"**{SILVER_CAVEAT}**\n\n")
+        s += [*head, f"On {ev.get('queries', '?')} {what}; same run, same data for both models.\n\n",
               _table(["model", *ev.get("candidate", {}).keys()],
                      [[name, *(f"{v:.4f}" for v in ev.get(name, {}).values())] for name in ("base", "candidate")])]
         ci = ev.get("gain_ci")

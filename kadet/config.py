@@ -345,6 +345,12 @@ class RegisterConfig:
     #: queries) of its nDCG@10 gain over the base model must lie above 0 at this level: a gain
     #: within noise is not a gain. 0 turns the test off.
     confidence: float = 0.9
+    #: Whether a candidate judged only on *silver* queries (held-out synthetic queries judged by
+    #: the teacher it learned from) may be promoted. Off: silver measured agreement with the
+    #: teacher, not retrieval quality, and promoted models that real queries show are worse
+    #: (``python benchmarks/gate.py``); such a candidate becomes challenger. Judge 30-50 real
+    #: queries with ``kadet judge`` for a gold gate, or set this true to accept silver.
+    silver_promotes: bool = False
     #: Seconds a promotion waits before reading the champion alias back (compare-and-set; see
     #: kadet/register.py ``promote``): longer than a concurrent run's read-to-write window.
     promote_settle_s: float = 2.0

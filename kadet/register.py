@@ -6,7 +6,9 @@ if all hold (:func:`decide`):
 
 1. nDCG@10 >= ``register.ndcg_floor``;
 2. nDCG@10 >= the incumbent's nDCG@10 on the *same* test data + ``register.min_delta``;
-3. Recall@100 >= the incumbent's Recall@100 - ``register.max_recall_drop``.
+3. Recall@100 >= the incumbent's Recall@100 - ``register.max_recall_drop``;
+4. its nDCG@10 gain over the base model is not noise (paired bootstrap, ``register.confidence``);
+5. the evaluation is gold (judged queries), unless ``register.silver_promotes`` accepts silver.
 
 The incumbent is the current champion; while there is none, it is the base model measured in
 the same evaluation run. A champion measured on other test data (its version tag
@@ -27,6 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kadet.comparison import SILVER_REFUSAL, kind_text
 from kadet.config import EvaluationConfig, KadetConfig, RegisterConfig
 from kadet.errors import KadetError
 from kadet.models import model_fingerprint
@@ -71,11 +74,12 @@ def display(name: str) -> str:
 
 def decide(candidate: Mapping[str, float], incumbent: Mapping[str, float] | None, gate: RegisterConfig,
            incumbent_name: str = "incumbent", gain: Mapping[str, float] | None = None,
-           metrics: EvaluationConfig = DEFAULT_METRICS) -> Decision:
+           metrics: EvaluationConfig = DEFAULT_METRICS, kind: str = "gold") -> Decision:
     """Apply the gates; ``incumbent`` = metrics on the same test data, or None; ``gain`` = the
     paired bootstrap of the candidate's nDCG over the base model (``kadet.evaluate.paired_bootstrap``);
-    ``metrics`` names the two gate metrics (``evaluation.ndcg_k`` / ``recall_k``)."""
-    reasons = []
+    ``metrics`` names the two gate metrics (``evaluation.ndcg_k`` / ``recall_k``); ``kind`` is the
+    evaluation's (gold or silver: silver never promotes unless ``register.silver_promotes``)."""
+    reasons = [SILVER_REFUSAL] if kind == "silver" and not gate.silver_promotes else []
     NDCG, RECALL = metrics.ndcg, metrics.recall
     N, R = display(NDCG), display(RECALL)
     nd, rc = candidate[NDCG], candidate[RECALL]
@@ -85,7 +89,7 @@ def decide(candidate: Mapping[str, float], incumbent: Mapping[str, float] | None
         numbers |= {f"{incumbent_name} {N}": incumbent[NDCG], f"{incumbent_name} {R}": incumbent[RECALL]}
     bad = [k for k, v in numbers.items() if not math.isfinite(float(v))]
     if bad:  # NaN compares False with everything: never let it through
-        return Decision(promote=False, reasons=[f"not a finite number: {', '.join(bad)}"],
+        return Decision(promote=False, reasons=[*reasons, f"not a finite number: {', '.join(bad)}"],
                         incumbent=incumbent_name if incumbent else "none")
     if nd < gate.ndcg_floor - EPS:
         reasons.append(f"{N} {nd:.4f} below the floor {gate.ndcg_floor:.4f}")
@@ -232,14 +236,14 @@ def register_candidate(cfg: KadetConfig, model_dir: str | Path, comparison: Mapp
         return Registration(reg.model_name, version, decision, cand, cand, reused=existing is not None)
     inc, inc_name = incumbent_metrics(cfg, c, comparison, evaluate_fn or evaluate_model)
     gain = (comparison.get("delta") or {}).get(e.ndcg)
-    decision = decide(cand, inc, reg, inc_name, gain, e)
+    kind = comparison.get("kind", "gold")
+    decision = decide(cand, inc, reg, inc_name, gain, e, kind)
     if gain is not None:
         mlflow.log_metrics({metric_name(f"gate.gain_{e.ndcg}"): gain["mean"], "gate.gain_ci_low": gain["ci_low"],
                             "gate.gain_ci_high": gain["ci_high"]})
     mlflow.log_metrics({metric_name(f"gate.candidate_{k}"): v for k, v in cand.items()}
                        | {metric_name(f"gate.incumbent_{k}"): v for k, v in inc.items()}
                        | {"gate.promote": float(decision.promote)})
-    kind = comparison.get("kind", "gold")
     c.set_model_version_tag(reg.model_name, version, EVAL_KIND_TAG, kind)
     mlflow.set_tags({GATE_TAG: gate_text(decision, kind), MODEL_VERSION_TAG: version, EVAL_KIND_TAG: kind})
     if existing is None:
@@ -249,8 +253,7 @@ def register_candidate(cfg: KadetConfig, model_dir: str | Path, comparison: Mapp
 
 def gate_text(decision: Decision, kind: str) -> str:
     """The gate's outcome as people read it, with the kind of evaluation it rests on."""
-    what = ("gold: judged queries" if kind == "gold" else
-            "silver: held-out synthetic queries judged by the teacher; add judged queries for a firmer answer")
+    what = f"{kind}: {kind_text(kind)}" + ("; judge real queries with `kadet judge`" if kind == "silver" else "")
     return f"{decision.reason} ({what})"
 
 
@@ -340,7 +343,8 @@ def promote(cfg: KadetConfig, version: str, attempts: int = 5) -> Decision:
                                          "other test data; rerun the register step to compare on the same data"],
                                  f"champion v{champ.version}")
                 else:
-                    d = decide(mine, theirs, reg, f"champion v{champ.version}", metrics=cfg.evaluation)
+                    d = decide(mine, theirs, reg, f"champion v{champ.version}", metrics=cfg.evaluation,
+                               kind=(mv.tags or {}).get(EVAL_KIND_TAG, "gold"))
                 if not d.promote:
                     log.info("promote v%s: champion is now v%s, better or as good: %s", version, champ.version, d.reason)
                     mark_challenger(cfg, version, d.reason)

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from kadet.comparison import SILVER_CAVEAT, kind_text
 from kadet.config import KadetConfig
 
 log = logging.getLogger(__name__)
@@ -89,8 +90,9 @@ def render(run: Mapping[str, Any], comparison: Mapping[str, Any], gate: Mapping[
     kind = comparison.get("kind", "gold")
     files = run.get("files", {})
     parts = [f"<h1>kadet run <code>{_e(run.get('pipeline_run', ''))}</code></h1>",
+             *([f'<p class=fail id="silver"><b>{_e(SILVER_CAVEAT)}</b></p>'] if kind == "silver" else []),
              f"<p class=muted>MLflow parent run <code>{_e(run.get('parent_run', ''))}</code>; evaluation: "
-             f"<b>{_e(kind)}</b> ({'judged queries of the corpus' if kind == 'gold' else 'held-out synthetic queries judged by the teacher'}), "
+             f"<b>{_e(kind)}</b> ({_e(kind_text(kind))}), "
              f"{_e(comparison.get('queries', '?'))} queries.</p>"]
 
     ok = gate.get("promote")

@@ -96,6 +96,7 @@ def _prefixed(run, prefix: str) -> dict[str, float]:
 def summarise(cfg, seconds: float) -> dict:
     """The newest pipeline run in MLflow: stage wall times, metrics, registry outcome."""
     from kadet import tracking
+    from kadet.comparison import SILVER_CAVEAT
     from kadet.register import alias_version
 
     c = tracking.client(cfg)
@@ -123,4 +124,4 @@ def summarise(cfg, seconds: float) -> dict:
         "tracking_uri": tracking.tracking_uri(cfg),
         "metrics": [cfg.evaluation.ndcg, cfg.evaluation.recall],
         "eval_kind": ev.data.tags.get(tracking.EVAL_KIND_TAG, "gold") if ev else None,
-    }
+    } | ({"caveat": SILVER_CAVEAT} if ev and ev.data.tags.get(tracking.EVAL_KIND_TAG) == "silver" else {})

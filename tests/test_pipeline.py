@@ -322,6 +322,9 @@ def test_a_corpus_without_judgements_runs_end_to_end_on_silver(tmp_path):
     (tmp_path / "tiny.yaml").write_text(TINY.replace("sample_size: 12", "sample_size: 60"))
     summary = run_local(str(tmp_path / "corpus-only"), str(tmp_path / "work"), str(tmp_path / "tiny.yaml"))
     assert summary["eval_kind"] == "silver" and "(silver: held-out synthetic queries" in summary["gate"]
+    # silver never promotes by default: the version is the challenger and every output says why
+    assert summary["gate"].startswith("silver evaluation cannot promote") and summary["champion"] is None
+    assert "kadet judge" in summary["caveat"]
     kfp = tmp_path / "work" / "kfp"
     labels = read_records(next(kfp.rglob("labels.jsonl")), "qid", {"split": str})
     silver = [r for r in labels if r["split"] == "silver"]
@@ -332,10 +335,13 @@ def test_a_corpus_without_judgements_runs_end_to_end_on_silver(tmp_path):
     c = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
     mv = c.get_model_version("kadet-ci", summary["version"])
     assert mv.tags["kadet.eval_kind"] == "silver" and "**silver**" in mv.description
+    assert "**Silver (no judged queries)" in mv.description and "kadet judge" in mv.description
+    assert c.get_model_version_by_alias("kadet-ci", "challenger").version == summary["version"]
     # report.html: on the parent run in MLflow and as the register task's KFP output
     local = mlflow.artifacts.download_artifacts(run_id=summary["parent_run"], artifact_path="report.html",
                                                 dst_path=str(tmp_path / "dl"), tracking_uri=c._tracking_client.tracking_uri)
     check_report(Path(local).read_text(), "silver")
+    assert 'id="silver"' in Path(local).read_text() and "kadet judge" in Path(local).read_text()
     assert (next(kfp.rglob("run_report")).read_text() == Path(local).read_text())
 
 

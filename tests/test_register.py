@@ -52,6 +52,16 @@ def test_every_failing_gate_is_reported():
     assert not d.promote and len(d.reasons) == 3
 
 
+def test_silver_refuses_unless_opted_in_and_says_what_to_do():
+    d = decide(m(0.9), m(0.6), GATE, kind="silver")
+    assert not d.promote and len(d.reasons) == 1 and "kadet judge" in d.reason
+    assert decide(m(0.9), m(0.6), GATE, kind="gold").promote
+    opted = load_config(None, ["register.ndcg_floor=0.3", "register.silver_promotes=true"]).register
+    assert decide(m(0.9), m(0.6), opted, kind="silver").promote
+    both = decide(m(0.2), m(0.6), GATE, kind="silver")                # every reason still listed
+    assert not both.promote and len(both.reasons) == 3
+
+
 def test_non_finite_metrics_or_settings_never_promote():
     nan = float("nan")
     assert not decide(m(nan), m(0.6), GATE).promote                   # NaN >= x is False: was promoted
@@ -335,6 +345,7 @@ def test_a_silver_candidate_is_never_compared_with_a_gold_champion(server, model
         return {"ndcg@10": 0.55, "recall@100": 0.9}
 
     monkeypatch.setattr(register, "evaluate_model", spy)
+    cfg.register.silver_promotes = True                                # the old behaviour, opted into
     out = register_step(cfg, str(models[1]), str(ev), "silver-run")
     assert seen == [str(ev / "silver")]                                # re-measured on the silver set, not gold 0.95
     assert out["promote"] and out["incumbent"] == "champion v1 (re-evaluated)"
@@ -343,6 +354,36 @@ def test_a_silver_candidate_is_never_compared_with_a_gold_champion(server, model
     runs = c.search_runs([tracking.experiment_id(cfg)], filter_string="tags.`kadet.pipeline_run` = 'silver-run'")
     gate = next(r for r in runs if r.info.run_name == "register").data.tags["kadet.gate"]
     assert gate.startswith("passed (silver: held-out synthetic queries judged by the teacher")
+
+
+def test_silver_never_promotes_by_default(server, models, tmp_path, tiny_beir, monkeypatch):
+    """Was: a candidate that beat everything on silver was promoted (and real queries showed it
+    worse). Now, with the defaults, the same silver win is refused with a reason that says why and
+    what to do; the champion stays; the candidate is the challenger."""
+    import json
+    import shutil
+
+    import kadet.register as register
+    from kadet.steps import challenger_step, register_step
+
+    cfg = load_config(None, [f"tracking.tracking_uri={server}", f"work_dir={tmp_path}", "register.model_name=silv",
+                             f"data.data_dir={tiny_beir}"])
+    assert cfg.register.silver_promotes is False
+    ev = tmp_path / "ev"
+    shutil.copytree(tiny_beir, ev / "silver")
+    comp = {**comparison(m(0.90, 0.99), eval_data="sha256:silver-set"), "kind": "silver", "silver_dir": "silver",
+            "delta": {"ndcg@10": {"mean": 0.2, "ci_low": 0.15, "ci_high": 0.25, "queries": 60, "confidence": 0.9}}}
+    (ev / "comparison.json").write_text(json.dumps(comp))
+    monkeypatch.setattr(register, "evaluate_model", lambda *a: pytest.fail("no champion: nothing to re-evaluate"))
+    out = register_step(cfg, str(models[1]), str(ev), "silver-default")
+    assert not out["promote"]
+    assert out["reason"].startswith("silver evaluation cannot promote") and "kadet judge" in out["reason"]
+    assert "register.silver_promotes: true" in out["reason"]
+    challenger_step(cfg, out["version"], out["reason"], "silver-default")
+    c = tracking.client(cfg)
+    assert register.alias_version(c, "silv", "champion") is None
+    assert str(register.alias_version(c, "silv", "challenger").version) == out["version"]
+    assert "kadet judge" in c.get_model_version("silv", out["version"]).description   # the card says what to do
 
 
 @pytest.mark.slow

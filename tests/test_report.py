@@ -33,3 +33,19 @@ def test_the_page_has_every_section_the_champion_row_links_and_escapes_text():
     assert "<script>" not in page and page.count("&lt;script&gt;") == 5                  # 5 samples per type, escaped
     assert "<td>label-merge</td><td>teacher_inconsistent</td><td>12</td>" in page and "low_top_score" not in page
     assert "[+0.0005, +0.0277]" in page and "promoted" in page and "<td>n/a</td>" in page
+
+
+def test_a_silver_page_leads_with_what_silver_cannot_say():
+    from kadet.comparison import SILVER_CAVEAT
+
+    cfg = load_config(None, [])
+    metrics = {"ndcg@10": 0.8, "recall@100": 0.95}
+    comparison = {"kind": "silver", "queries": 120, "base": metrics, "candidate": metrics}
+    gate = {"promote": False, "reason": "silver evaluation cannot promote: ...", "version": "2", "model_name": "k"}
+    page = render({"pipeline_run": "r", "parent_run": "p", "stages": [], "files": {}}, comparison, gate, cfg, images={})
+    head = page.index("<h1>")
+    assert page.index('id="silver"') < page.index('<h2 id="decision">')        # first thing under the title
+    assert head < page.index("kadet judge") and SILVER_CAVEAT.split(":")[0] in page
+    gold = render({"pipeline_run": "r", "parent_run": "p", "stages": [], "files": {}}, {**comparison, "kind": "gold"},
+                  gate, cfg, images={})
+    assert 'id="silver"' not in gold
