@@ -158,6 +158,28 @@ SUBCOMMANDS: dict[str, tuple[str, str, list[Opt]]] = {
               Opt("--profile", help="local (the default), gpu or a YAML file", kw={"default": "local"}),
               Opt("--cluster-profile", help="the profile to count for a cluster run (default gpu; '' for none)",
                   kw={"default": "gpu"})]),
+    "judge": ("judge your own queries in a local web page: pooled, blinded, saved at once; export BEIR qrels",
+              "Pools the top --depth passages of the base model, the candidate (--model) and BM25 for up to "
+              "--max-queries queries (most disagreement first, plus a random share), shuffled and blinded, and "
+              "serves a page on 127.0.0.1 to grade them 2/1/0 with the keyboard. Answers go to "
+              "<out>/judgements.jsonl at once; rerun the same command to resume. --export writes the completely "
+              "judged queries as queries.jsonl + qrels/test.tsv and prints base vs candidate nDCG@10.",
+              [DATA, Opt("--queries", help="queries to judge: queries.jsonl ({_id, text}) or .txt, one per line "
+                                           "(default <data>/queries.jsonl)"),
+               Opt("--model", help="the candidate: a sentence-transformers folder", kw={"required": True}),
+               Opt("--base", help="the base model (default retrieval.model)"),
+               Opt("--out", help="pool and answers (default <work_dir>/judge)"),
+               Opt("--port", help="port on 127.0.0.1 (default 0: a free one)", kw={"type": NON_NEGATIVE, "default": 0}),
+               Opt("--max-queries", help="queries to judge (default 50)", kw={"type": POSITIVE, "default": 50}),
+               Opt("--depth", help="passages pooled per system and query (default 10)",
+                   kw={"type": POSITIVE, "default": 10}),
+               Opt("--random-share", help="share of the queries drawn at random, not for disagreement (default 0.3)",
+                   kw={"type": float, "default": 0.3}),
+               Opt("--export", help="write the judged queries as BEIR files and print the figures; no page",
+                   kw={"action": "store_true"}),
+               Opt("--export-to", help="folder for --export and the page's export (default the --data folder)"),
+               Opt("--force", help="overwrite an existing qrels/test.tsv on export", kw={"action": "store_true"}),
+               Opt("--no-browser", help="do not open a browser, only print the URL", kw={"action": "store_true"})]),
     "config": ("print the effective configuration as YAML", "Print the defaults merged with --config and --set.", []),
 }
 _REMOTE = [Opt("--host", help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline", kw={"required": True}),
@@ -342,6 +364,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from kadet.comparison import SILVER_CAVEAT
     from kadet.register import display
     from pipelines.local import run_local
 
@@ -372,6 +395,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         ci_text = f" (gain {c[nd] - b[nd]:+.4f}, paired bootstrap CI [{ci[0]:+.4f}, {ci[1]:+.4f}])" if ci else ""
         print(f"{display(nd)} ({summary['eval_kind']}) base {b[nd]:.4f} -> candidate {c[nd]:.4f}{ci_text}; "
               f"{display(rc)} {b[rc]:.4f} -> {c[rc]:.4f}")
+    if summary.get("eval_kind") == "silver":
+        print(SILVER_CAVEAT)
     print(f"registered version {summary['version']}: {summary['gate']}; champion is version {summary['champion']}")
     print(f"full output (KFP, warnings): {summary['log']}")
     return 0
@@ -411,12 +436,48 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-#: Commands that do not write to the work dir, so they take no lock on it.
-UNLOCKED = ("config", "plan", "submit", "schedule")
+def cmd_judge(args: argparse.Namespace) -> int:
+    from kadet.judge import JudgeSettings, export, make_server, open_session, url_of
+
+    cfg = _load(args)
+    if not cfg.data.data_dir:
+        raise KadetError("no data: pass --data DIR or set data.data_dir")
+    queries = args.queries or str(Path(cfg.data.data_dir) / "queries.jsonl")
+    if not Path(queries).exists():
+        raise KadetError(f"no queries to judge: {queries} not found; pass --queries FILE (.jsonl or .txt)")
+    out = Path(args.out or Path(cfg.work_dir) / "judge")
+    settings = JudgeSettings(base=args.base or cfg.retrieval.model, candidate=args.model, depth=args.depth,
+                             max_queries=args.max_queries, random_share=args.random_share, seed=cfg.seed)
+    # the work-dir lock only while a new pool is built (it writes the embedding cache); serving for
+    # hours then holds only <out>'s lock, so other kadet commands can run in the same work dir
+    session = open_session(cfg, cfg.data.data_dir, queries, out, settings, args.export_to, args.force,
+                           lock=work_dir_lock(cfg.work_dir, "kadet judge (pooling)"))
+    if args.export:
+        print(export(session).summary())
+        return 0
+    with work_dir_lock(out, "kadet judge (serving)"):
+        server = make_server(session, port=args.port, on_export=lambda result: print(result.summary(), flush=True))
+        url = url_of(server)
+        print(f"kadet judge: {len(session.pool.queries)} queries; open {url} (Ctrl-C to stop; answers are saved "
+              f"to {out}/judgements.jsonl as you go)", flush=True)
+        if not args.no_browser:
+            import webbrowser
+
+            webbrowser.open(url)
+        try:
+            server.serve_forever()
+        finally:
+            server.server_close()
+    return 0
+
+
+#: Commands that do not write to the work dir, so they take no lock on it. ``judge`` takes it
+#: itself, only while it builds a pool (see cmd_judge).
+UNLOCKED = ("config", "plan", "submit", "schedule", "judge")
 COMMANDS = {
     "evaluate": cmd_evaluate, "plan": cmd_plan, "prepare": cmd_prepare, "generate": cmd_generate, "mine": cmd_mine,
     "label": cmd_label, "distill": cmd_distill, "teacher-report": cmd_teacher_report, "config": cmd_config, "run": cmd_run,
-    "submit": cmd_submit, "schedule": cmd_schedule,
+    "submit": cmd_submit, "schedule": cmd_schedule, "judge": cmd_judge,
 }
 
 

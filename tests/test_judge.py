@@ -1,0 +1,340 @@
+"""kadet judge: pooling, query choice, the answer log, the paired-test status, export, the CLI,
+and the page itself in a real headless chromium driven with the keyboard."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from kadet.config import KadetConfig
+from kadet.errors import DataError, KadetError
+from kadet.judge import (JUDGEMENTS_FILE, POOL_FILE, JudgeSettings, Judgements, Pool, PoolQuery, Session, decide,
+                         disagreement, export, load_corpus, make_server, open_session, pool_docs, read_judgements,
+                         read_user_queries, select_queries, url_of)
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+def _cfg(tmp_path: Path) -> KadetConfig:
+    cfg = KadetConfig()
+    cfg.work_dir = str(tmp_path / "work")
+    return cfg
+
+
+# ---------------------------------------------------------------- pooling and query choice
+
+
+def test_disagreement_is_one_minus_top10_overlap():
+    a = [f"d{i}" for i in range(10)]
+    assert disagreement(a, a) == 0.0
+    assert disagreement(a, [f"x{i}" for i in range(10)]) == 1.0
+    assert disagreement(a, a[:7] + ["x", "y", "z"]) == pytest.approx(0.3)
+
+
+def test_select_queries_takes_most_disagreement_then_a_random_share():
+    scores = {f"q{i}": i / 100 for i in range(100)}   # q99 disagrees most
+    picked = select_queries(scores, 20, 0.3, seed=1)
+    assert len(picked) == 20
+    by = {kind: [q for q, k in picked.items() if k == kind] for kind in ("disagreement", "random")}
+    assert sorted(by["disagreement"]) == sorted(f"q{i}" for i in range(86, 100))   # the 14 highest
+    assert len(by["random"]) == 6 and all(int(q[1:]) < 86 for q in by["random"])
+    assert picked == select_queries(scores, 20, 0.3, seed=1)                       # seeded
+    assert list(picked) != sorted(picked, key=lambda q: -scores[q])                # judged in a mixed order
+    assert set(select_queries(scores, 500, 0.3, seed=1)) == set(scores)            # never more than there are
+    assert set(select_queries(scores, 10, 0.0, seed=1).values()) == {"disagreement"}
+    ties = {f"q{i}": 1.0 for i in range(50)}
+    assert select_queries(ties, 5, 0.0, seed=1) != select_queries(ties, 5, 0.0, seed=2)   # ties: seeded shuffle
+
+
+def test_pool_docs_merges_dedupes_and_shuffles_per_query():
+    runs = {"base": ["a", "b", "c", "d"], "candidate": ["b", "e", "f"], "bm25": ["a", "g"]}
+    docs, sources = pool_docs(runs, 2, seed=3, qid="q1")
+    assert sorted(docs) == ["a", "b", "e", "g"]
+    assert sources == {"a": ["base", "bm25"], "b": ["base", "candidate"], "e": ["candidate"], "g": ["bm25"]}
+    assert docs == pool_docs(runs, 2, seed=3, qid="q1")[0]
+    orders = {tuple(pool_docs(runs, 2, seed=3, qid=f"q{i}")[0]) for i in range(20)}
+    assert len(orders) > 1   # the order depends on the query, so it cannot reveal a system
+
+
+def test_read_user_queries_txt_and_jsonl(tmp_path, tiny_beir):
+    txt = tmp_path / "q.txt"
+    txt.write_text("first query\n\n  second query \n", encoding="utf-8")
+    assert read_user_queries(txt) == {"q1": "first query", "q2": "second query"}
+    assert read_user_queries(tiny_beir / "queries.jsonl")["q2"] == "vitamin d and fractures"
+    (tmp_path / "empty.txt").write_text("\n", encoding="utf-8")
+    with pytest.raises(DataError, match="no queries"):
+        read_user_queries(tmp_path / "empty.txt")
+
+
+def test_pool_is_built_once_stored_and_resumed(tmp_path, tiny_beir, tiny_st, monkeypatch):
+    import kadet.judge as judge
+
+    cfg, out = _cfg(tmp_path), tmp_path / "out"
+    s = JudgeSettings(base=str(tiny_st), candidate=str(tiny_st), depth=2, max_queries=2, random_share=0.5)
+    session = open_session(cfg, tiny_beir, tiny_beir / "queries.jsonl", out, s)
+    stored = json.loads((out / POOL_FILE).read_text())
+    assert stored["settings"]["depth"] == 2 and stored["settings"]["candidate"] == str(tiny_st.resolve())
+    assert [q["pick"] for q in stored["queries"]].count("random") == 1
+    for q in session.pool.queries:
+        assert 2 <= len(q.docs) <= 4 and len(set(q.docs)) == len(q.docs)
+        assert set(session.pool.sources[q.qid]) == set(q.docs)
+        assert q.disagreement == 0.0   # the same model twice
+
+    monkeypatch.setattr(judge, "build_pool", lambda *a: pytest.fail("a rerun must resume the stored pool"))
+    again = open_session(cfg, tiny_beir, tiny_beir / "queries.jsonl", out, s)
+    assert [q.docs for q in again.pool.queries] == [q.docs for q in session.pool.queries]
+    with pytest.raises(KadetError, match=r"other settings \(depth changed"):
+        open_session(cfg, tiny_beir, tiny_beir / "queries.jsonl", out,
+                     JudgeSettings(base=str(tiny_st), candidate=str(tiny_st), depth=3, max_queries=2,
+                                   random_share=0.5))
+
+
+# ---------------------------------------------------------------- answers, status, export
+
+
+def _pool(n: int, docs: list[str], better: str = "candidate") -> Pool:
+    """``n`` queries over ``docs``; ``better`` ranks doc 0 (the one judged relevant) first, the other
+    system ranks it last."""
+    good = {d: 1.0 - i / 10 for i, d in enumerate(docs)}
+    bad = {d: 1.0 - i / 10 for i, d in enumerate(reversed(docs))}
+    qs = [PoolQuery(f"q{i}", f"query {i}", "random" if i % 3 == 0 else "disagreement", 1.0, list(docs))
+          for i in range(1, n + 1)]
+    runs = {"base": {q.qid: bad if better == "candidate" else good for q in qs},
+            "candidate": {q.qid: good if better == "candidate" else bad for q in qs}}
+    return Pool(settings={}, queries=qs, runs=runs)
+
+
+def _session(tmp_path: Path, data: Path, pool: Pool, export_to: Path | None = None) -> Session:
+    return Session(pool=pool, corpus=load_corpus(data).corpus, judgements=Judgements(tmp_path / JUDGEMENTS_FILE),
+                   data_dir=data, export_to=export_to or data)
+
+
+def test_judgements_log_last_answer_wins_and_bad_lines_are_named(tmp_path):
+    j = Judgements(tmp_path / "j.jsonl")
+    j.add("q1", "d1", 2)
+    j.add("q1", "d2", 0)
+    j.add("q1", "d1", 1)
+    assert read_judgements(j.path) == {"q1": {"d1": 1, "d2": 0}}
+    with open(j.path, "a", encoding="utf-8") as fh:
+        fh.write('{"qid": "q1", "doc_id": "d3", "gra')   # a crash mid-write
+    assert read_judgements(j.path) == {"q1": {"d1": 1, "d2": 0}}
+    j.path.write_text('{"qid": "q1", "doc_id": "d1", "grade": 2}\n{"qid": "q1", "doc_id": "d2", "grade": 5}\n')
+    with pytest.raises(DataError, match=r"j\.jsonl:2: field 'grade': grade must be one of"):
+        read_judgements(j.path)
+    j.path.write_text('{"qid": "q1", "grade": 2}\n')
+    with pytest.raises(DataError, match=r"j\.jsonl:1: field 'doc_id'"):
+        read_judgements(j.path)
+
+
+def test_status_decides_only_with_enough_queries_and_stays_blind(tmp_path, tiny_beir):
+    docs = ["d1", "d2", "d3", "d4"]
+    pool = _pool(12, docs)
+    grades = {}
+    for i, q in enumerate(pool.queries[:4]):
+        grades[q.qid] = {"d1": 2, "d2": 0, "d3": 0, "d4": 0}
+    few = decide(pool, grades, confidence=0.9)
+    assert few.done == 4 and not few.decides and few.base < few.candidate
+    assert few.judged == 16 and few.passages == 48
+    grades[pool.queries[4].qid] = {"d1": 2}       # incomplete: not counted
+    assert decide(pool, grades).done == 4
+    for q in pool.queries:
+        grades[q.qid] = {"d1": 2, "d2": 0, "d3": 1 if q.qid == "q2" else 0, "d4": 0}
+    many = decide(pool, grades, confidence=0.9)
+    assert many.done == 12 and many.decides and many.ci[0] > 0
+    assert "enough to decide" in many.message()
+    public = many.public()
+    assert set(public) == {"done", "total", "judged", "passages", "decides", "message"}
+    for word in ("base", "candidate", "ndcg", "ahead", "better"):
+        assert word not in json.dumps(public).lower()
+    # equal systems never decide; the page says more are needed, not who leads
+    tie = _pool(12, docs)
+    tie.runs["base"] = tie.runs["candidate"]
+    assert not decide(tie, grades).decides
+
+
+def test_export_writes_beir_merges_queries_and_refuses_to_overwrite(tmp_path, tiny_beir):
+    from kadet.data import load_beir
+
+    pool = _pool(3, ["d1", "d2", "d3", "d4"])
+    pool.queries[0].text = "does aspirin prevent heart attacks"    # the same id and text as tiny_beir's q1
+    session = _session(tmp_path, tiny_beir, pool)
+    with pytest.raises(KadetError, match="no completely judged query"):
+        export(session)
+    for q in pool.queries[:2]:
+        for d, g in zip(q.docs, (2, 1, 0, 0)):
+            session.judgements.add(q.qid, d, g)
+    session.judgements.add("q3", "d1", 2)                          # q3 incomplete: not exported
+    with pytest.raises(DataError, match=r"qrels/test\.tsv: exists; pass --force"):
+        export(session)
+    # the same id with other text: an error naming file, line and field
+    pool.queries[1].qid = "q2"
+    with pytest.raises(DataError, match=r"queries\.jsonl:2: field 'text': query 'q2' exists with other text"):
+        export(session, force=True)
+    pool.queries[1].qid = "u2"
+    session.judgements.grades["u2"] = session.judgements.grades.pop("q2")
+    before = (tiny_beir / "queries.jsonl").read_text()
+    result = export(session, force=True)
+    assert (result.queries, result.new_queries, result.qrels_rows) == (2, 1, 8)
+    after = (tiny_beir / "queries.jsonl").read_text()
+    assert after.startswith(before) and json.loads(after.splitlines()[-1])["_id"] == "u2"
+    assert (tiny_beir / "qrels" / "test.tsv").read_text().splitlines()[:3] == [
+        "query-id\tcorpus-id\tscore", "q1\td1\t2", "q1\td2\t1"]
+    ds = load_beir(tiny_beir, "test")
+    assert ds.qrels == {"q1": {"d1": 2, "d2": 1, "d3": 0, "d4": 0}, "u2": {"d1": 2, "d2": 1, "d3": 0, "d4": 0}}
+    assert "paired bootstrap" in result.summary() and "base 0." in result.summary()
+
+    # a fresh folder gets the corpus copied, so `kadet evaluate/run --data` works on it
+    fresh = export(session, export_to=tmp_path / "fresh")
+    assert (tmp_path / "fresh" / "corpus.jsonl").read_text() == (tiny_beir / "corpus.jsonl").read_text()
+    assert fresh.new_queries == 2
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def test_cli_export_from_prewritten_judgements(tmp_path, tiny_beir, tiny_st, capsys):
+    from kadet.cli import main
+
+    queries = tmp_path / "logs.txt"
+    queries.write_text("aspirin and heart attack\nbones and vitamin d\ncoffee and the liver\n", encoding="utf-8")
+    out, exp = tmp_path / "judge", tmp_path / "exported"
+    # a 4-passage corpus and depth 10: every query's pool is the whole corpus
+    rel = {"q1": "d1", "q2": "d2", "q3": "d4"}
+    out.mkdir()
+    (out / JUDGEMENTS_FILE).write_text("".join(
+        json.dumps({"qid": q, "doc_id": d, "grade": 2 if d == rel[q] else 0}) + "\n"
+        for q in ("q1", "q2", "q3") for d in ("d1", "d2", "d3", "d4")), encoding="utf-8")
+    argv = ["judge", "--data", str(tiny_beir), "--queries", str(queries), "--model", str(tiny_st),
+            "--out", str(out), "--work-dir", str(tmp_path / "work"), "--no-browser", "--export",
+            "--export-to", str(exp)]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "exported 3 judged queries" in text and "nDCG@10 base" in text and "interval" in text
+    assert "not yet" in text   # 3 queries never decide
+    assert (exp / "qrels" / "test.tsv").read_text().count("\t2\n") == 3
+    assert main(argv) == 2     # the qrels exist now
+    assert "exists; pass --force" in capsys.readouterr().err
+    assert main(argv + ["--force"]) == 0
+    assert main(argv[:-2] + ["--max-queries", "2"]) == 2   # other settings than the stored pool
+    assert "other settings (max_queries changed" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the page, in a real browser
+
+
+def _chrome():
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install -e .[dev])")
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1100,900", "--force-device-scale-factor=1"):
+        opts.add_argument(arg)
+    try:   # an explicit driver path: selenium never downloads one
+        return webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=opts)
+    except WebDriverException as exc:
+        pytest.skip(f"chromium could not be started: {exc.msg}")
+
+
+@pytest.mark.slow
+def test_page_judged_with_the_keyboard_resumes_and_exports(tmp_path, tiny_st, scifact):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from benchmarks.common import scifact_slice
+    from kadet.data import load_beir
+    from kadet.evaluate import evaluate
+
+    data = scifact_slice(tmp_path / "scifact", n_queries=12, n_docs=200)
+    truth = load_beir(data, "test").qrels
+    cfg = _cfg(tmp_path)
+    s = JudgeSettings(base="all-MiniLM-L6-v2", candidate=str(tiny_st), depth=3, max_queries=4)
+    session = open_session(cfg, data, data / "queries.jsonl", tmp_path / "out", s, export_to=tmp_path / "exp")
+    exported: list = []
+    server = make_server(session, on_export=exported.append)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    driver = _chrome()
+    wait = WebDriverWait(driver, 20)
+
+    def ready():
+        wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+
+    def saved():
+        wait.until(lambda d: d.find_element(By.ID, "saved").text == "all answers saved")
+
+    def press(*keys):
+        body = driver.find_element(By.TAG_NAME, "body")
+        for k in keys:
+            body.send_keys(k)
+
+    def judge_current_query():
+        """Grade each passage in order with the keyboard: 2 (or r) for SciFact's relevant ones, else n."""
+        qid = session.pool.queries[int(driver.execute_script("return S.qi"))].qid
+        docs = [c.get_attribute("data-doc") for c in driver.find_elements(By.CSS_SELECTOR, ".passage")]
+        press(*["k"] * len(docs))   # to the top
+        for i, doc in enumerate(docs):
+            press(("2" if i % 2 else "r") if truth.get(qid, {}).get(doc, 0) > 0 else "n")
+        saved()
+        return qid, len(docs)
+
+    try:
+        driver.get(url_of(server))
+        ready()
+        assert driver.find_element(By.ID, "query").text == session.pool.queries[0].text
+        assert "0 of 4 queries done" in driver.find_element(By.ID, "progress").text
+        page = driver.page_source.lower()
+        for word in ("bm25", "candidate", "base model", "minilm", str(tiny_st).lower()):
+            assert word not in page   # blind: no system named anywhere
+        q1, n1 = judge_current_query()
+        press(Keys.ENTER)
+        # half of the second query, then a screenshot and a reload: it must resume right there
+        q2 = session.pool.queries[1]
+        press("1", "0", "j", "k")
+        saved()
+        driver.save_screenshot(str(tmp_path / "judge.png"))
+        driver.refresh()
+        ready()
+        assert driver.find_element(By.ID, "query").text == q2.text
+        assert f"1 of 4 queries done · {n1 + 2} of" in driver.find_element(By.ID, "progress").text
+        shown = {c.get_attribute("data-doc"): c.get_attribute("data-grade") for c in
+                 driver.find_elements(By.CSS_SELECTOR, ".passage")}
+        assert [shown[d] for d in q2.docs[:2]] == ["1", "0"] and shown[q2.docs[2]] is None
+        focus = driver.find_element(By.CSS_SELECTOR, ".passage.focus").get_attribute("data-doc")
+        assert focus == q2.docs[2]   # the first unjudged passage
+        assert "not yet" in driver.find_element(By.ID, "status").text
+        for _ in range(3):
+            judge_current_query()
+            press(Keys.ENTER)
+        assert "4 of 4 queries done" in driver.find_element(By.ID, "progress").text
+        driver.find_element(By.ID, "export").click()
+        wait.until(lambda d: "exported 4 judged queries" in d.find_element(By.ID, "exported").text)
+        assert "ndcg" not in driver.find_element(By.ID, "exported").text.lower()
+    finally:
+        driver.quit()
+        server.shutdown()
+        server.server_close()
+
+    # every keystroke is on disk; the export evaluates with trec_eval like any BEIR folder
+    grades = read_judgements(tmp_path / "out" / JUDGEMENTS_FILE)
+    assert sum(len(g) for g in grades.values()) == sum(len(q.docs) for q in session.pool.queries)
+    assert grades[q2.qid][q2.docs[0]] == (2 if truth[q2.qid].get(q2.docs[0]) else 0)   # re-judged: last wins
+    (result,) = exported
+    cfg.data.data_dir = str(tmp_path / "exp")
+    base = evaluate(cfg, model="all-MiniLM-L6-v2")
+    cand = evaluate(cfg, model=str(tiny_st))
+    assert len(base.per_query) == 4
+    assert base.metrics["ndcg@10"] == pytest.approx(result.decision.base, abs=1e-6)
+    assert cand.metrics["ndcg@10"] == pytest.approx(result.decision.candidate, abs=1e-6)
+    assert base.metrics["ndcg@10"] > 0.3 > cand.metrics["ndcg@10"]   # MiniLM vs a random tiny model
+    if os.environ.get("KADET_JUDGE_SCREENSHOT"):   # how docs/judge.png is made
+        shutil.copyfile(tmp_path / "judge.png", os.environ["KADET_JUDGE_SCREENSHOT"])
