@@ -313,8 +313,10 @@ class Decision:
         if self.total < MIN_DECIDE:
             return (f"not yet: the pool has {self.total} queries; at least {MIN_DECIDE} judged are needed to "
                     "decide (pass a larger --max-queries)")
-        if self.more_needed is None:
-            more = max(1, MIN_DECIDE - self.done)
+        if self.more_needed is None and self.done >= MIN_DECIDE:
+            text = "not yet: the two models score the same on every judged query so far"
+        elif self.more_needed is None:
+            more = MIN_DECIDE - self.done
             text = f"not yet: judge at least {more} more quer{'y' if more == 1 else 'ies'}"
         else:
             text = f"not yet: about {self.more_needed} more judged queries usually needed"
