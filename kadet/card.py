@@ -86,8 +86,8 @@ def section_text(f: Mapping[str, Any]) -> str:
     mode = f.get("mode", "query")
     towers = ("Only the **query tower** was tuned: the model is a sentence-transformers `Router` whose "
               "`document` route is the unchanged base model, so document embeddings already computed with "
-              "the base model stay valid; encode queries with `encode_query` and documents with "
-              "`encode_document`." if mode == "query" else
+              "the base model stay valid. `encode()` and `encode_query()` give the tuned query embeddings; "
+              "encode documents with `encode_document()` (the base model)." if mode == "query" else
               "Both towers were tuned (one shared encoder): re-encode your documents with this model.")
     s = [f"Adapted by kadet from **{f.get('base_model', '?')}** to one corpus "
          f"(fingerprint of the prepared corpus: `{f.get('corpus_fingerprint', '?')}`), "

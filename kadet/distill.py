@@ -402,7 +402,12 @@ def interpolated(model, base_path: Path, base_weight: float):
 
 
 def save_query_side_model(query_model, base_path: Path, out: Path, query_max_len: int) -> None:
-    """A Router model: ``query`` route = the tuned modules, ``document`` route = the base model."""
+    """A Router model: ``query`` route = the tuned modules, ``document`` route = the base model.
+
+    The default route (what ``encode()`` without a task uses) is ``query``: frameworks embed each
+    user query with ``encode()``, and a document default would hand them the base model's query
+    embeddings, silently undoing the training. Documents are indexed with ``encode_document()``
+    (= the base model, so an existing index stays valid), or with ``kadet export``'s ``document/``."""
     import copy
 
     from sentence_transformers import SentenceTransformer
@@ -411,7 +416,7 @@ def save_query_side_model(query_model, base_path: Path, out: Path, query_max_len
     base = SentenceTransformer(str(base_path), device="cpu", local_files_only=True)
     tuned = copy.deepcopy(query_model).to("cpu")
     tuned.max_seq_length = query_max_len
-    router = Router.for_query_document(query_modules=list(tuned), document_modules=list(base))
+    router = Router.for_query_document(query_modules=list(tuned), document_modules=list(base), default_route="query")
     SentenceTransformer(modules=[router], device="cpu").save(str(out))
 
 

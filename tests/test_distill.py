@@ -106,6 +106,24 @@ def test_query_side_mode_freezes_documents(tiny_st, tmp_path):
     assert not np.allclose(tuned.encode_query(["what about aspirin 0"]), base.encode(["what about aspirin 0"]), atol=1e-4)
 
 
+def test_every_way_of_calling_a_query_side_model_gives_the_tuned_queries(tiny_st, tmp_path):
+    """Was: ``SentenceTransformer(path).encode(queries)`` (what LangChain, LlamaIndex and most
+    servers call) routed to the ``document`` tower, i.e. returned the *base* model's embeddings and
+    silently dropped the whole gain. Now ``encode`` = ``encode_query`` = the tuned tower, and
+    documents (``encode_document``) stay the base model's, so the index does not change."""
+    from sentence_transformers import SentenceTransformer
+
+    labels = _labels(tmp_path / "labels.jsonl")
+    distill(_cfg(tiny_st, tmp_path, "distill.mode=query", "distill.epochs=2"), labels, tmp_path / "q")
+    tuned = SentenceTransformer(str(tmp_path / "q" / "model"), device="cpu")
+    base = SentenceTransformer(str(tiny_st), device="cpu")
+    queries, docs = ["what about aspirin 0", "what about liver 7"], ["aspirin heart passage 1", "liver coffee passage 2"]
+    assert not np.allclose(tuned.encode_query(queries), base.encode(queries), atol=1e-4)       # training moved it
+    np.testing.assert_allclose(tuned.encode(queries), tuned.encode_query(queries), atol=1e-6)  # was: == base
+    np.testing.assert_allclose(tuned.encode_document(docs), base.encode(docs), atol=1e-6)
+    assert tuned[0].default_route == "query"
+
+
 def test_query_side_model_reuses_the_base_document_cache(tiny_st, tmp_path, monkeypatch):
     from kadet.encode import Encoder
 
