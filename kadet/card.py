@@ -125,6 +125,15 @@ def section_text(f: Mapping[str, Any]) -> str:
         s += [*head, f"On {ev.get('queries', '?')} {what}; same run, same data for both models.\n\n",
               _table(["model", *ev.get("candidate", {}).keys()],
                      [[name, *(f"{v:.4f}" for v in ev.get(name, {}).values())] for name in ("base", "candidate")])]
+        rets = ev.get("retrievers") or {}
+        if rets:
+            cols = list(ev.get("candidate", {}).keys())
+            label = {"dense": "{} alone (dense)", "hybrid": "{} + BM25 (hybrid, RRF)"}
+            rows = [[label[r].format(who), *(f"{rets[r][who].get(c, float('nan')):.4f}" for c in cols)]
+                    for r in ("dense", "hybrid") if r in rets for who in ("base", "candidate")]
+            if "bm25" in rets:
+                rows.append(["BM25 alone", *(f"{rets['bm25'].get(c, float('nan')):.4f}" for c in cols)])
+            s += [f"\nBy retriever (the gate judged **{ev.get('retriever', 'dense')}**):\n\n", _table(["retriever", *cols], rows)]
         ci = ev.get("gain_ci")
         if ci:
             s.append(f"\nGain in {ci['metric']}: {ci['mean']:+.4f}, {round(100 * ci['confidence'])}% paired "

@@ -7,6 +7,7 @@ Every subcommand takes ``--config FILE`` (YAML, see :mod:`kadet.config`) and any
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -18,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from kadet import __version__
-from kadet.config import (CHOICES, RANGES, KadetConfig, dump_config, field_docs, get_path, load_config, set_path,
-                          validate)
+from kadet.config import (CHOICES, RANGES, KadetConfig, dump_config, field_docs, get_path, load_config,
+                          profile_config, set_path, validate)
 from kadet.errors import KadetError
 from kadet.stages import STAGES, input_path
-from kadet.storage import output_dir, output_dir_for_rank, work_dir_lock
+from kadet.storage import is_s3, output_dir, output_dir_for_rank, work_dir_lock
 
 log = logging.getLogger("kadet")
 
@@ -181,6 +182,18 @@ SUBCOMMANDS: dict[str, tuple[str, str, list[Opt]]] = {
                Opt("--force", help="overwrite an existing qrels/test.tsv on export", kw={"action": "store_true"}),
                Opt("--no-browser", help="do not open a browser, only print the URL", kw={"action": "store_true"})]),
     "config": ("print the effective configuration as YAML", "Print the defaults merged with --config and --set.", []),
+    "export": ("export a model for use without kadet or MLflow: query/, document/, model/, ONNX, README",
+               "Writes --out: query/ and document/ (plain sentence-transformers folders: the query and document "
+               "encoders), model/ (the source as is), onnx/{query,document}/ (model.onnx ending in the sentence "
+               "embedding, int8 copy, tokenizer), README.md with the calls, export.json. Source: --model PATH, "
+               "else --version of register.model_name in the work dir's MLflow registry.",
+               [Opt("--out", help="output folder", kw={"required": True}),
+                Opt("--model", help="a sentence-transformers folder to export (e.g. <work_dir>/distill/model)"),
+                Opt("--version", help="registry version without --model: a number, champion, challenger or "
+                                      "latest (default latest)", kw={"default": "latest"}),
+                Opt("--model-name", "register.model_name"),
+                Opt("--no-onnx", help="skip the ONNX files", kw={"action": "store_true"}),
+                Opt("--force", help="replace --out if it exists", kw={"action": "store_true"})]),
 }
 _REMOTE = [Opt("--host", help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline", kw={"required": True}),
            Opt("--data", help="corpus URI as the cluster sees it (pipeline parameter data_uri)"),
@@ -199,6 +212,21 @@ SUBCOMMANDS["schedule"] = ("create a recurring run (cron, max_concurrency=1, no 
                            [*_REMOTE, Opt("--cron", help='cron, e.g. "0 3 * * 1" (5 fields) or KFP\'s 6 fields',
                                           kw={"required": True}),
                             Opt("--name", help="recurring run name", kw={"default": "kadet-retrain"})])
+SUBCOMMANDS["data"] = ("fetch a public BEIR dataset: kadet data get NAME DIR",
+                       "get: download the dataset's BEIR zip (or --url), unzip it beside DIR, check every file's "
+                       "sha256 against kadet/datasets.py, then move it to DIR (corpus.jsonl, queries.jsonl, "
+                       "qrels/*.tsv). A failed or tampered download leaves no DIR.",
+                       [Opt("action", help="get: download, verify and unpack dataset NAME into DIR",
+                            kw={"choices": ["get"]}),
+                        Opt("name", help="dataset (known: scifact)", kw={"metavar": "NAME"}),
+                        Opt("dir", help="folder to create (must not exist, or be empty)", kw={"metavar": "DIR"}),
+                        Opt("--url", help="download the zip from here instead (a mirror or local copy)")])
+#: Commands whose config comes from a profile, without one kadet's defaults: METHOD.md's scale.
+STAGE_COMMANDS = ("evaluate", "prepare", "generate", "mine", "label", "distill", "teacher-report")
+#: Commands that read no kadet config, so they take no --profile.
+NO_CONFIG = ("submit", "schedule", "data")
+PROFILE_HELP = ("settings under --config/--set: local (kadet/profiles/local.yaml, for a CPU), gpu (METHOD.md's "
+                "scale) or a YAML file (default: kadet's defaults, METHOD.md's scale)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=description)
         for opt in options:
             opt.add_to(p)
+        if name not in NO_CONFIG and not any(opt.flag == "--profile" for opt in options):
+            p.add_argument("--profile", metavar="NAME|FILE", help=PROFILE_HELP)
         p.add_argument("--config", metavar="FILE", help="YAML config file (defaults are in kadet/config.py)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override one config key, e.g. --set retrieval.top_k=200 (repeatable)")
@@ -220,8 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace) -> KadetConfig:
-    """``--config``, then ``--set``, then the command's config shortcuts (``Opt.key``), validated."""
-    cfg = load_config(args.config, args.overrides)
+    """``--profile``, then ``--config``, then ``--set``, then the command's config shortcuts
+    (``Opt.key``), validated. A stage command without ``--profile`` says, once, that it runs at
+    kadet's default (paper) scale."""
+    cfg = load_config(args.config, args.overrides, base=profile_config(getattr(args, "profile", None) or ""))
+    if args.command in STAGE_COMMANDS and not getattr(args, "profile", None):
+        print("kadet: warning: no --profile: using kadet's paper-scale defaults (METHOD.md's scale, meant for a "
+              "GPU); on a CPU pass --profile local (kadet/profiles/local.yaml, what kadet run uses)", file=sys.stderr)
     for opt in SUBCOMMANDS[args.command][2]:
         value = getattr(args, opt.key, None) if opt.key else None
         if value is not None:
@@ -231,6 +266,28 @@ def _load(args: argparse.Namespace) -> KadetConfig:
     return validate(cfg, "command line")
 
 
+@contextlib.contextmanager
+def _fresh_output_dir(uri: str):
+    """:func:`output_dir`, except that when the block fails, the folders it created and left empty
+    are removed again; a folder that existed before is never removed."""
+    created: list[Path] = []
+    if not is_s3(uri):
+        folder = Path(uri).absolute()
+        while not folder.exists():
+            created.append(folder)
+            folder = folder.parent
+    try:
+        with output_dir(uri) as local:
+            yield local
+    except BaseException:
+        for folder in created:  # innermost first; rmdir removes only an empty folder
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from kadet.evaluate import evaluate, format_table
 
@@ -238,7 +295,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not cfg.data.data_dir:
         raise KadetError("no data: pass --data DIR or set data.data_dir")
     out = args.output or str(Path(cfg.work_dir) / "evaluate" / cfg.retrieval.retriever)
-    with output_dir(out) as local:
+    with _fresh_output_dir(out) as local:
         result = evaluate(cfg, output_dir=local, max_queries=args.max_queries)
     label = f"{cfg.retrieval.retriever} ({cfg.retrieval.model})" if cfg.retrieval.retriever != "bm25" else "bm25"
     if args.json:
@@ -257,7 +314,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if not cfg.data.data_dir:
         raise KadetError("no data: pass --data DIR or set data.data_dir")
     out = args.output or str(Path(cfg.work_dir) / "prepare")
-    with output_dir(out) as local:
+    with _fresh_output_dir(out) as local:
         m = prepare(cfg, local)
     print(f"prepare: kept {m.counts['passages']} of {m.counts['corpus']} passages; dropped {m.dropped}; wrote {out}")
     return 0
@@ -353,8 +410,10 @@ def plan_config(args: argparse.Namespace, profile: str):
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from kadet.datasets import check_data
     from kadet.plan import format_plan, make_plan
 
+    check_data(args.data)
     print(format_plan(make_plan(plan_config(args, args.profile)), f"kadet plan: {args.data} (profile {args.profile})"))
     if args.cluster_profile:
         cluster = make_plan(plan_config(args, args.cluster_profile), measure_here=False)
@@ -365,9 +424,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from kadet.comparison import SILVER_CAVEAT
+    from kadet.datasets import check_data
     from kadet.register import display
     from pipelines.local import run_local
 
+    check_data(args.data)  # before the plan and before KFP starts
     print(f"kadet run: {args.data} (profile {args.profile}, work dir {args.work_dir or '.kadet'})", flush=True,
           file=sys.stderr if args.json else sys.stdout)
     plan = None
@@ -395,6 +456,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         ci_text = f" (gain {c[nd] - b[nd]:+.4f}, paired bootstrap CI [{ci[0]:+.4f}, {ci[1]:+.4f}])" if ci else ""
         print(f"{display(nd)} ({summary['eval_kind']}) base {b[nd]:.4f} -> candidate {c[nd]:.4f}{ci_text}; "
               f"{display(rc)} {b[rc]:.4f} -> {c[rc]:.4f}")
+    hybrid, bm25 = (summary.get("retrievers") or {}).get("hybrid") or {}, (summary.get("retrievers") or {}).get("bm25")
+    if hybrid.get("base") and hybrid.get("candidate"):
+        hb, hc = hybrid["base"], hybrid["candidate"]
+        print(f"hybrid (dense + BM25, RRF) {display(nd)} base {hb[nd]:.4f} -> candidate {hc[nd]:.4f} "
+              f"(gain {hc[nd] - hb[nd]:+.4f}); {display(rc)} {hb[rc]:.4f} -> {hc[rc]:.4f}"
+              + (f"; BM25 alone {display(nd)} {bm25[nd]:.4f}" if bm25 else "")
+              + f"; the gate judged {summary.get('gate_retriever', 'dense')}")
     if summary.get("eval_kind") == "silver":
         print(SILVER_CAVEAT)
     print(f"registered version {summary['version']}: {summary['gate']}; champion is version {summary['champion']}")
@@ -436,6 +504,15 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from kadet.export import export_model
+
+    cfg = _load(args)
+    print(export_model(cfg, args.out, model=args.model, version=args.version, onnx=not args.no_onnx,
+                       force=args.force).summary())
+    return 0
+
+
 def cmd_judge(args: argparse.Namespace) -> int:
     from kadet.judge import JudgeSettings, export, make_server, open_session, url_of
 
@@ -471,13 +548,22 @@ def cmd_judge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    from kadet.datasets import get_dataset
+
+    dest = get_dataset(args.name, args.dir, url=args.url)
+    print(f"kadet data: {args.name} in {dest} (checksums verified)")
+    return 0
+
+
 #: Commands that do not write to the work dir, so they take no lock on it. ``judge`` takes it
 #: itself, only while it builds a pool (see cmd_judge).
-UNLOCKED = ("config", "plan", "submit", "schedule", "judge")
+UNLOCKED = ("config", "plan", "submit", "schedule", "judge", "data", "export")
 COMMANDS = {
+    "data": cmd_data,
     "evaluate": cmd_evaluate, "plan": cmd_plan, "prepare": cmd_prepare, "generate": cmd_generate, "mine": cmd_mine,
     "label": cmd_label, "distill": cmd_distill, "teacher-report": cmd_teacher_report, "config": cmd_config, "run": cmd_run,
-    "submit": cmd_submit, "schedule": cmd_schedule, "judge": cmd_judge,
+    "submit": cmd_submit, "schedule": cmd_schedule, "judge": cmd_judge, "export": cmd_export,
 }
 
 
@@ -495,7 +581,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in UNLOCKED or int(os.environ.get("RANK", "0")) > 0:  # torchrun ranks > 0: rank 0 holds it
             return COMMANDS[args.command](args)
-        work_dir = args.work_dir or load_config(args.config, args.overrides).work_dir
+        work_dir = args.work_dir or load_config(args.config, args.overrides,
+                                                base=profile_config(getattr(args, "profile", None) or "")).work_dir
         with work_dir_lock(work_dir, f"kadet {args.command}"):
             return COMMANDS[args.command](args)
     except KadetError as exc:

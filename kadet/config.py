@@ -93,6 +93,9 @@ class EvaluationConfig:
     #: gold: the corpus's judged queries (``qrels/<split>.tsv`` or ``data.qrels``); silver: held-out
     #: synthetic queries judged by the teacher (``label.silver_queries``); auto: gold where judged.
     kind: Literal["auto", "gold", "silver"] = "auto"
+    #: What the gate judges: the candidate as a dense retriever, or in hybrid (its dense run fused
+    #: with BM25 by RRF, as many retrieval stacks serve). Both are always measured and reported.
+    retriever: Literal["dense", "hybrid"] = "dense"
 
     # the one place metric names are spelled (metrics.json, comparison.json, the gate, MLflow)
     @property

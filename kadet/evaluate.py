@@ -247,6 +247,34 @@ def paired_bootstrap(base: Mapping[str, float], candidate: Mapping[str, float], 
             "queries": len(d), "confidence": confidence}
 
 
+#: The retrievers every comparison measures: each model alone, and each model's dense run fused
+#: with the same BM25 run (RRF); BM25 alone is the reference both are read against.
+COMPARED = ("dense", "hybrid")
+
+
+def compare_retrievers(cfg: KadetConfig, ds: Dataset, texts: dict[str, str], qrels: Qrels,
+                       systems: Mapping[str, str]) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """Per-query metrics ``{retriever: {system: {qid: metrics}}}`` for ``dense`` and ``hybrid`` of
+    each model in ``systems`` and for ``bm25`` (system ``bm25``), from one BM25 run and one dense
+    run per model: the same runs :func:`retrieve` makes, without searching twice."""
+    r, e = cfg.retrieval, cfg.evaluation
+
+    def score(run: Run) -> dict[str, dict[str, float]]:
+        run = top_k(run, r.top_k)
+        if e.ignore_identical_ids:
+            run = drop_identical_ids(run)
+        return per_query_metrics(qrels, run, e.ndcg_k, e.recall_k, e.mrr_k)
+
+    depth = max(r.top_k, r.rrf_depth)
+    bm25 = BM25Retriever.from_config(ds.corpus, cfg).search(texts, depth)
+    out: dict = {"dense": {}, "hybrid": {}, "bm25": {"bm25": score(bm25)}}
+    for name, model in systems.items():
+        dense = DenseRetriever(Encoder.from_config(cfg, model), ds.corpus, cfg.data.title_separator).search(texts, depth)
+        out["dense"][name] = score(dense)
+        out["hybrid"][name] = score(reciprocal_rank_fusion([dense, bm25], k=r.rrf_k, depth=r.rrf_depth))
+    return out
+
+
 def compare(cfg: KadetConfig, candidate: str, output_dir: str | Path, labels_path: str | Path | None = None,
             base: str | None = None) -> dict:
     """Base model and candidate on the same test data (and, with ``labels_path``, nDCG@10 per
@@ -268,18 +296,28 @@ def compare(cfg: KadetConfig, candidate: str, output_dir: str | Path, labels_pat
     qrels = {q: ds.qrels[q] for q in eval_q}
     texts = {q: v.text for q, v in eval_q.items()}
     systems = {"base": base, "candidate": candidate}
-    report: dict = {"eval_data": eval_data_fingerprint(ds, cfg.data.split), "data_dir": str(cfg.data.data_dir),
+    gate = cfg.evaluation.retriever
+    # a hybrid gate's numbers are not comparable with a dense champion's: another evaluation
+    eval_data = eval_data_fingerprint(ds, cfg.data.split) + ("+hybrid" if gate == "hybrid" else "")
+    report: dict = {"eval_data": eval_data, "data_dir": str(cfg.data.data_dir), "retriever": gate,
                     "split": cfg.data.split, "queries": len(qrels), "models": systems, "kind": kind}
     if kind == "silver":
         report["silver_dir"] = SILVER_DIR   # relative to this folder: the register step re-evaluates on it
-    per_query = {}
-    for name, model in systems.items():
-        per_query[name] = scored_run(cfg, ds, texts, qrels, "dense", model)[1]
+    runs = compare_retrievers(cfg, ds, texts, qrels, systems)
+    per_query = runs[gate]
+    for name in systems:
         report[name] = aggregate(per_query[name])
     ndcg = cfg.evaluation.ndcg
-    report["delta"] = {ndcg: paired_bootstrap({q: v[ndcg] for q, v in per_query["base"].items()},
-                                              {q: v[ndcg] for q, v in per_query["candidate"].items()},
-                                              confidence=cfg.register.confidence or 0.95, seed=cfg.seed)}
+
+    def gain(pq: Mapping) -> dict:
+        return paired_bootstrap({q: v[ndcg] for q, v in pq["base"].items()},
+                                {q: v[ndcg] for q, v in pq["candidate"].items()},
+                                confidence=cfg.register.confidence or 0.95, seed=cfg.seed)
+
+    report["delta"] = {ndcg: gain(per_query)}
+    # every retriever, the gate's included: {"dense": {"base": .., "candidate": .., "delta": ..}, "bm25": ..}
+    report["retrievers"] = {r: {name: aggregate(pq) for name, pq in runs[r].items()} | {"delta": {ndcg: gain(runs[r])}}
+                            for r in COMPARED} | {"bm25": aggregate(runs["bm25"]["bm25"])}
     if silver_types:   # the held-out synthetic queries have types: nDCG per type from the run above
         report["by_type"] = mean_by_type(per_query, silver_types, ndcg)
     elif labels_path is not None:

@@ -179,7 +179,7 @@ def local_model_dir(model_uri: str) -> Path:
 def evaluate_model(cfg: KadetConfig, model_dir: str | Path) -> dict[str, float]:
     from kadet.evaluate import evaluate
 
-    return evaluate(cfg, model=str(model_dir), retriever="dense").metrics
+    return evaluate(cfg, model=str(model_dir), retriever=cfg.evaluation.retriever).metrics
 
 
 def incumbent_metrics(cfg: KadetConfig, client, comparison: Mapping,
@@ -267,7 +267,14 @@ def card_facts(cfg: KadetConfig, comparison: Mapping, version: str, decision: De
                            "data": comparison.get("eval_data", ""),
                            **{who: {display(n): float(comparison[who][n]) for n in names if n in comparison[who]}
                               for who in ("base", "candidate")},
-                           "gain_ci": {**gain, "metric": display(e.ndcg)} if gain else None},
+                           "gain_ci": {**gain, "metric": display(e.ndcg)} if gain else None,
+                           "retriever": comparison.get("retriever", "dense"),
+                           "retrievers": {r: {who: {display(n): float(v[who][n]) for n in names if n in v[who]}
+                                              for who in ("base", "candidate")}
+                                          for r, v in (comparison.get("retrievers") or {}).items() if r != "bm25"}
+                           | ({"bm25": {display(n): float(comparison["retrievers"]["bm25"][n]) for n in names
+                                        if n in comparison["retrievers"]["bm25"]}}
+                              if "bm25" in (comparison.get("retrievers") or {}) else {})},
             "registry": {"name": cfg.register.model_name, "version": version,
                          "gate": ("" if decision.promote else "refused: ")
                          + gate_text(decision, comparison.get("kind", "gold"))}}

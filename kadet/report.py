@@ -115,7 +115,18 @@ def render(run: Mapping[str, Any], comparison: Mapping[str, Any], gate: Mapping[
         rows.insert(1, [gate.get("incumbent", "champion"), *(f"{incumbent[n]:.4f}" if n in incumbent else "-"
                                                             for n in names)])
     rows.append(["gain", *(f"{comparison['candidate'][n] - comparison['base'][n]:+.4f}" for n in names)])
-    parts += ['<h2 id="metrics">Metrics</h2>', table(["model", *map(display, names)], rows)]
+    gate_r = comparison.get("retriever", "dense")
+    parts += ['<h2 id="metrics">Metrics</h2>', f"<p class=muted>The gate judged the {_e(gate_r)} retriever.</p>",
+              table(["model", *map(display, names)], rows)]
+    rets = comparison.get("retrievers") or {}
+    if rets:
+        label = {"dense": "{} alone (dense)", "hybrid": "{} + BM25 (hybrid, RRF)"}
+        rrows = [[label[r].format(who), *(f"{rets[r][who][n]:.4f}" for n in names)]
+                 for r in ("dense", "hybrid") if r in rets for who in ("base", "candidate")]
+        if "bm25" in rets:
+            rrows.append(["BM25 alone", *(f"{rets['bm25'][n]:.4f}" for n in names)])
+        parts += ["<p>Every retriever, same queries: the adapted model as your stack may serve it.</p>",
+                  table(["retriever", *map(display, names)], rrows)]
     gain = (comparison.get("delta") or {}).get(e.ndcg)
     if gain:
         parts.append(f"<p>{display(e.ndcg)} gain {gain['mean']:+.4f}; {round(100 * gain['confidence'])}% paired "

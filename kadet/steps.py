@@ -202,11 +202,16 @@ def evaluate_step(cfg: KadetConfig, model_dir: str, labels: str | None, out: str
 
     with tracking.stage_run(cfg, "evaluate", pipeline_run, out=out):
         rep = compare(cfg, model_dir, out, labels_path=labels)
-        for who in ("base", "candidate"):
+        for who in ("base", "candidate"):   # what the gate judges (evaluation.retriever)
             mlflow.log_metrics({tracking.metric_name(f"{who}_{k}"): v for k, v in rep[who].items()})
+        for r, figures in rep["retrievers"].items():   # every retriever: dense_*, hybrid_*, bm25_*
+            flat = {f"{r}_{k}": v for k, v in figures.items()} if r == "bm25" else {
+                f"{r}_{who}_{k}": v for who in ("base", "candidate") for k, v in figures[who].items()}
+            mlflow.log_metrics({tracking.metric_name(k): v for k, v in flat.items()})
         nd = cfg.evaluation.ndcg
         mlflow.log_metric(tracking.metric_name(f"delta_{nd}"), rep["candidate"][nd] - rep["base"][nd])
-        mlflow.set_tags({tracking.EVAL_DATA_TAG: rep["eval_data"], tracking.EVAL_KIND_TAG: rep["kind"]})
+        mlflow.set_tags({tracking.EVAL_DATA_TAG: rep["eval_data"], tracking.EVAL_KIND_TAG: rep["kind"],
+                         tracking.GATE_RETRIEVER_TAG: rep["retriever"]})
         tracking.log_manifest(Manifest.read(out), out)
         mlflow.log_artifact(file_in(out, "evaluate", "comparison"))
         if rep.get("by_type"):

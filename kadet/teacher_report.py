@@ -102,8 +102,8 @@ def format_report(report: dict) -> str:
     width = max(len(r["system"]) for r in report["rows"])
     lines = [f"{report['queries']} {report['split']} queries, reranking the base top-{report['depth']}",
              f"{'system':<{width}}  {display(report['metric']):>8}", "-" * (width + 10)]
-    lines += [f"{r['system']:<{width}}  {r['ndcg@10']:>8.4f}" for r in report["rows"]]
+    lines += [f"{r['system']:<{width}}  {r['ndcg']:>8.4f}" for r in report["rows"]]
     if report["grid"]:
         lines += ["", "ensemble weight grid (best first):"]
-        lines += [f"  {json.dumps(g['weights'])}  {g['ndcg@10']:.4f}" for g in report["grid"][:10]]
+        lines += [f"  {json.dumps(g['weights'])}  {g['ndcg']:.4f}" for g in report["grid"][:10]]
     return "\n".join(lines)

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 PIPELINE_TAG = "kadet.pipeline_run"
 STAGE_TAG = "kadet.stage"
 EVAL_DATA_TAG = "kadet.eval_data"
+GATE_RETRIEVER_TAG = "kadet.gate_retriever"  # dense or hybrid: what the gate judged (evaluation.retriever)
 EVAL_KIND_TAG = "kadet.eval_kind"  # gold (judged queries) or silver (held-out synthetic, teacher-judged)
 #: On a failed stage run: the error on one line, and the path of the stage's full log.
 ERROR_TAG = "kadet.error"

@@ -34,8 +34,10 @@ def run_local(data: str, work_dir: str = ".kadet", config: str | None = None, ov
     from kfp import local
 
     from kadet.console import session
+    from kadet.datasets import check_data
     from pipelines.kadet_pipeline import make_pipeline
 
+    check_data(data)  # before any task starts: a wrong --data fails in one line, not inside KFP
     work = Path(work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -124,4 +126,8 @@ def summarise(cfg, seconds: float) -> dict:
         "tracking_uri": tracking.tracking_uri(cfg),
         "metrics": [cfg.evaluation.ndcg, cfg.evaluation.recall],
         "eval_kind": ev.data.tags.get(tracking.EVAL_KIND_TAG, "gold") if ev else None,
+        "gate_retriever": ev.data.tags.get(tracking.GATE_RETRIEVER_TAG, "dense") if ev else None,
+        # every retriever measured: {"dense": {"base": {...}, "candidate": {...}}, "hybrid": ..., "bm25": {...}}
+        "retrievers": {**{r: {who: _prefixed(ev, f"{r}_{who}_") for who in ("base", "candidate")}
+                          for r in ("dense", "hybrid")}, "bm25": _prefixed(ev, "bm25_")},
     } | ({"caveat": SILVER_CAVEAT} if ev and ev.data.tags.get(tracking.EVAL_KIND_TAG) == "silver" else {})

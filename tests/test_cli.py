@@ -73,3 +73,127 @@ def test_flags_are_config_shortcuts_derived_from_the_typed_config(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "{" + ",".join(CHOICES["retrieval.retriever"]) + "}" in out and "(config: retrieval.retriever)" in out
     assert " ".join(field_docs()["data.split"].split()) in out
+
+
+# --- --data checked before anything starts; failed evaluate leaves no empty folder; --profile everywhere ---
+
+
+@pytest.mark.parametrize("make", ["missing", "no_corpus"])
+def test_run_and_plan_check_data_before_any_task(tmp_path, capsys, monkeypatch, make):
+    """A wrong local --data is one line and exit 2, naming the path and what is missing, before KFP
+    (or the plan's timing) starts."""
+    import kfp.local
+
+    import kadet.plan
+
+    def started(*a, **k):
+        raise AssertionError("started before checking --data")
+
+    monkeypatch.setattr(kfp.local, "init", started)
+    monkeypatch.setattr(kadet.plan, "make_plan", started)
+    data = tmp_path / "data"
+    if make == "no_corpus":
+        data.mkdir()
+        (data / "queries.jsonl").write_text("")
+    for argv in (["run", "--no-plan"], ["run"], ["plan"]):
+        rc = main([*argv, "--data", str(data), "--work-dir", str(tmp_path / "work")])
+        out, err = capsys.readouterr()
+        assert rc == 2, argv
+        assert out == "" and len(err.strip().splitlines()) == 1, (argv, out, err)
+        assert f"--data {data}:" in err and "corpus.jsonl" in err
+        assert ("no such file or folder" if make == "missing" else "has no corpus.jsonl or corpus.parquet") in err
+
+
+def test_run_local_checks_data_itself(tmp_path, monkeypatch):
+    import kfp.local
+
+    from kadet.errors import KadetError
+    from pipelines.local import run_local
+
+    monkeypatch.setattr(kfp.local, "init", lambda *a, **k: pytest.fail("KFP started"))
+    with pytest.raises(KadetError, match="no such file or folder"):
+        run_local(str(tmp_path / "nope"), str(tmp_path / "work"))
+
+
+def test_failed_evaluate_leaves_no_empty_folder(tmp_path, capsys):
+    work = tmp_path / "work"
+    rc = main(["evaluate", "--data", str(tmp_path / "nope"), "--retriever", "bm25", "--work-dir", str(work)])
+    assert rc == 2 and "nope" in capsys.readouterr().err
+    assert not (work / "evaluate").exists()
+    # a folder that was there before, with content or empty, is kept as it was
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "old.txt").write_text("x")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for out in (kept, empty, tmp_path / "new" / "deeper"):
+        assert main(["evaluate", "--data", str(tmp_path / "nope"), "--retriever", "bm25", "--work-dir", str(work),
+                     "--output", str(out)]) == 2
+    assert (kept / "old.txt").read_text() == "x" and empty.is_dir() and not (tmp_path / "new").exists()
+
+
+def _config_commands() -> list[str]:
+    from kadet.cli import SUBCOMMANDS
+
+    return [n for n in ("evaluate", "prepare", "generate", "mine", "label", "distill", "teacher-report", "config",
+                        "judge", "export") if n in SUBCOMMANDS]
+
+
+def test_config_profile_local_is_what_run_uses(capsys):
+    from pipelines.local import local_config_text
+
+    assert main(["config", "--profile", "local"]) == 0
+    out, err = capsys.readouterr()
+    assert out == local_config_text(None, None, "local") and err == ""
+    assert main(["config", "--profile", "gpu", "--set", "retrieval.top_k=7"]) == 0
+    assert capsys.readouterr().out == local_config_text(None, ["retrieval.top_k=7"], "gpu")
+
+
+def test_every_config_command_takes_profile(tmp_path, capsys):
+    from kadet.cli import _load
+    from kadet.config import profile_config
+
+    local = profile_config("local")
+    own = tmp_path / "mine.yaml"
+    own.write_text("prepare: {sample_size: 123}\nretrieval: {top_k: 11}\n")
+    extra = {"judge": ["--model", "m"], "export": ["--out", "o"]}
+    parser = build_parser()
+    for name in _config_commands():
+        cfg = _load(parser.parse_args([name, "--profile", "local", *extra.get(name, [])]))
+        assert cfg.prepare.sample_size == local.prepare.sample_size and cfg.distill.mode == local.distill.mode, name
+        cfg = _load(parser.parse_args([name, "--profile", str(own), "--set", "retrieval.top_k=12",
+                                       *extra.get(name, [])]))
+        assert (cfg.prepare.sample_size, cfg.retrieval.top_k) == (123, 12), name  # --set over the profile file
+    assert parser.parse_args(["run", "--data", "d"]).profile == "local"  # run and plan keep their default
+    assert parser.parse_args(["plan", "--data", "d"]).profile == "local"
+    capsys.readouterr()
+
+
+def test_stage_commands_without_profile_warn_once(tmp_path, capsys, tiny_beir):
+    from kadet.cli import _load
+
+    parser = build_parser()
+    required = {"judge": ["--model", "m"], "export": ["--out", "o"]}
+    for name in _config_commands():
+        _load(parser.parse_args([name, *required.get(name, [])]))
+        err = capsys.readouterr().err
+        if name in ("config", "judge", "export"):
+            assert err == "", name
+        else:
+            assert len(err.splitlines()) == 1 and "paper-scale" in err and "--profile local" in err, name
+        _load(parser.parse_args([name, "--profile", "local", *required.get(name, [])]))
+        assert capsys.readouterr().err == ""
+    assert main(["evaluate", "--data", str(tiny_beir), "--retriever", "bm25", "--work-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().err.count("paper-scale") == 1
+
+
+def test_teacher_report_command_prints_its_table(tiny_beir, tmp_path, capsys):
+    """Was: ``kadet teacher-report`` computed its rows, then died with ``KeyError: 'ndcg@10'``."""
+    code = main(["teacher-report", "--data", str(tiny_beir), "--teacher", "dense", "--teacher", "bm25",
+                 "--depth", "3", "--work-dir", str(tmp_path), "--grid", "bm25=0,1", "--profile", "local"])
+    out = capsys.readouterr().out
+    assert code == 0 and "3 test queries, reranking the base top-3" in out
+    rows = {line.split()[0]: float(line.split()[-1]) for line in out.splitlines()
+            if line.split() and line.split()[0] in ("dense", "bm25")}
+    assert set(rows) == {"dense", "bm25"} and all(0 <= v <= 1 for v in rows.values())
+    assert "ensemble weight grid" in out

@@ -64,3 +64,24 @@ def test_scifact_reference_figures(scifact, shared_work, retriever):
     assert len(res.per_query) == 300
     tol = 0.002 if retriever == "dense" else 0.005
     assert res.metrics["ndcg@10"] == pytest.approx(SCIFACT_EXPECTED[retriever], abs=tol)
+
+
+@pytest.mark.slow
+def test_compare_reports_dense_hybrid_and_bm25_and_gates_on_the_configured_one(scifact, shared_work, tmp_path):
+    """Every comparison measures the model alone and in hybrid (its dense run + BM25, RRF) with the
+    same figures ``kadet evaluate --retriever`` gives; ``evaluation.retriever`` picks what the gate
+    judges, and a hybrid gate's evaluation is another one than a dense gate's (eval_data)."""
+    from kadet.evaluate import compare
+
+    cfg = load_config(None, [f"data.data_dir={scifact}", f"work_dir={shared_work}"])
+    dense = compare(cfg, "all-MiniLM-L6-v2", tmp_path / "d")
+    rets = dense["retrievers"]
+    for r in ("dense", "hybrid"):
+        assert rets[r]["candidate"]["ndcg@10"] == pytest.approx(SCIFACT_EXPECTED[r], abs=0.005)
+        assert rets[r]["delta"]["ndcg@10"]["queries"] == 300
+    assert rets["bm25"]["ndcg@10"] == pytest.approx(SCIFACT_EXPECTED["bm25"], abs=0.005)
+    assert dense["base"] == rets["dense"]["base"] and dense["retriever"] == "dense"
+    cfg.evaluation.retriever = "hybrid"
+    hybrid = compare(cfg, "all-MiniLM-L6-v2", tmp_path / "h")
+    assert hybrid["base"] == rets["hybrid"]["base"] and hybrid["retriever"] == "hybrid"
+    assert hybrid["eval_data"] == dense["eval_data"] + "+hybrid"
