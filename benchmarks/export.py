@@ -110,6 +110,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", default=None, help="export folder (default: a temporary one)")
     ap.add_argument("--skip-ndcg", action="store_true")
+    ap.add_argument("--skip-speed", action="store_true", help="only the nDCG parity table")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -132,10 +133,10 @@ def main() -> None:
     qtexts = [ds.queries[q].text for q in judged + [q for q in ds.queries if q not in ds.qrels]][:args.n]
     ptexts = [d.full_text() for d in list(ds.corpus.values())[:args.n]]
     rows = []
-    for name, enc in encoders.items():
+    for name, enc in ([] if args.skip_speed else encoders.items()):
         tq, tp = best_time(lambda: enc(qtexts), args.repeats), best_time(lambda: enc(ptexts), args.repeats)
         rows.append([name, len(qtexts) / tq, len(ptexts) / tp])
-    base_q, base_p = rows[0][1], rows[0][2]
+    base_q, base_p = (rows[0][1], rows[0][2]) if rows else (1.0, 1.0)
     ref_q = encoders["torch (SentenceTransformer)"](qtexts[:200])
     print(f"\nkadet export: {args.model} -> {out} in {export_s:.0f} s ({facts['exporter']} exporter); "
           f"machine: {os.cpu_count()} cores, {cpu_model()}; threads {args.threads} (torch and ORT), batch {args.batch_size}")
