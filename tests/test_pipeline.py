@@ -336,7 +336,7 @@ def test_a_corpus_without_judgements_runs_end_to_end_on_silver(tmp_path):
     mv = c.get_model_version("kadet-ci", summary["version"])
     assert mv.tags["kadet.eval_kind"] == "silver" and "**silver**" in mv.description
     assert "**Silver (no judged queries)" in mv.description and "kadet judge" in mv.description
-    assert c.get_model_version_by_alias("kadet-ci", "challenger").version == summary["version"]
+    assert str(c.get_model_version_by_alias("kadet-ci", "challenger").version) == summary["version"]
     # report.html: on the parent run in MLflow and as the register task's KFP output
     local = mlflow.artifacts.download_artifacts(run_id=summary["parent_run"], artifact_path="report.html",
                                                 dst_path=str(tmp_path / "dl"), tracking_uri=c._tracking_client.tracking_uri)
