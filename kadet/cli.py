@@ -466,6 +466,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if summary.get("eval_kind") == "silver":
         print(SILVER_CAVEAT)
     print(f"registered version {summary['version']}: {summary['gate']}; champion is version {summary['champion']}")
+    if summary.get("version"):
+        from kadet.register import usage
+
+        print("use it: " + "\n        ".join(usage(summary["model_name"], summary["version"])))
     print(f"full output (KFP, warnings): {summary['log']}")
     return 0
 

@@ -257,6 +257,15 @@ def gate_text(decision: Decision, kind: str) -> str:
     return f"{decision.reason} ({what})"
 
 
+def usage(model_name: str, version: str) -> list[str]:
+    """How to use a registered version, as the run summary and report.html print it."""
+    return [f"kadet export --out adapted --version {version} (--model-name {model_name} if not the default): "
+            "plain folders adapted/query (encode your queries) and adapted/document (index with it; for a "
+            "query-side model it is the base model, so your existing index stays valid), and ONNX in adapted/onnx",
+            f"or load it from MLflow: mlflow.sentence_transformers.load_model(\"models:/{model_name}/{version}\"): "
+            "encode() and encode_query() give the tuned query embeddings, encode_document() the document ones"]
+
+
 def card_facts(cfg: KadetConfig, comparison: Mapping, version: str, decision: Decision) -> dict:
     """The evaluation and registry part of the model card (:mod:`kadet.card`)."""
     e = cfg.evaluation

@@ -101,6 +101,12 @@ def render(run: Mapping[str, Any], comparison: Mapping[str, Any], gate: Mapping[
               f"{_e(gate.get('reason', ''))}</p>",
               f"<p>Registered as <code>{_e(gate.get('model_name', ''))}</code> version "
               f"<b>{_e(gate.get('version', '?'))}</b>; compared with {_e(gate.get('incumbent', '?'))}.</p>"]
+    if gate.get("version") and gate.get("model_name"):
+        from kadet.register import usage
+
+        parts.append('<p id="use">Use it:</p><ul>' + "".join(f"<li><code>{_e(line)}</code></li>"
+                                                              for line in usage(gate["model_name"], gate["version"]))
+                     + "</ul>")
 
     links = gate.get("links") or {}
     if links:

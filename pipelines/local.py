@@ -123,7 +123,7 @@ def summarise(cfg, seconds: float) -> dict:
         # a promotion refused at the last moment (the champion moved meanwhile) is on the parent
         "gate": parent.data.tags.get(tracking.GATE_TAG) or (reg.data.tags.get(tracking.GATE_TAG) if reg else None),
         "champion": champ.version if champ else None,
-        "tracking_uri": tracking.tracking_uri(cfg),
+        "tracking_uri": tracking.tracking_uri(cfg), "model_name": cfg.register.model_name,
         "metrics": [cfg.evaluation.ndcg, cfg.evaluation.recall],
         "eval_kind": ev.data.tags.get(tracking.EVAL_KIND_TAG, "gold") if ev else None,
         "gate_retriever": ev.data.tags.get(tracking.GATE_RETRIEVER_TAG, "dense") if ev else None,

@@ -33,6 +33,8 @@ def test_the_page_has_every_section_the_champion_row_links_and_escapes_text():
     assert "<script>" not in page and page.count("&lt;script&gt;") == 5                  # 5 samples per type, escaped
     assert "<td>label-merge</td><td>teacher_inconsistent</td><td>12</td>" in page and "low_top_score" not in page
     assert "[+0.0005, +0.0277]" in page and "promoted" in page and "<td>n/a</td>" in page
+    assert 'id="use"' in page and "kadet export --out adapted --version 4" in page            # how to use it
+    assert "models:/kadet-embedding/4" in page
 
 
 def test_a_silver_page_leads_with_what_silver_cannot_say():
