@@ -1,6 +1,6 @@
 """Submit the compiled pipeline to a Kubeflow Pipelines endpoint, once or on a schedule.
 
-    kadet submit   --host https://kfp.example.com --data s3://corpora/scifact [--param k=v ...]
+    kadet submit   --host https://kfp.example.com --data s3://kadet/corpora/scifact [--param k=v ...]
     kadet schedule --host ... --data ... --cron "0 3 * * 1" [--name kadet-weekly]
 
 Both use ``kfp.Client`` with the committed ``pipelines/kadet_pipeline.yaml`` (or ``--package``).
