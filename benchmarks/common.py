@@ -81,3 +81,20 @@ def make_tiny_st(root: Path, seed: int = 0) -> Path:
     st = SentenceTransformer(modules=[t, models.Pooling(32, "mean"), models.Normalize()], device="cpu")
     st.save(str(root / "st"))
     return root / "st"
+
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+def headless_chrome(width: int = 1100, height: int = 900):
+    """Debian's chromium, headless, driven by selenium through Debian's chromedriver (an explicit
+    driver path: selenium never downloads one). Used by tests/test_judge.py and benchmarks/judged_gate.py."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                f"--window-size={width},{height}", "--force-device-scale-factor=1"):
+        opts.add_argument(arg)
+    return webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=opts)

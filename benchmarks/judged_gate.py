@@ -32,28 +32,18 @@ sys.path.insert(0, str(REPO))
 RESULTS = REPO / "benchmarks" / "results" / "judged_gate.jsonl"
 
 
-def chrome():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = "/usr/bin/chromium"
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1100,900"):
-        opts.add_argument(arg)
-    return webdriver.Chrome(service=Service(executable_path="/usr/bin/chromedriver"), options=opts)
-
-
 def judge_in_browser(session, truth: dict[str, dict[str, int]]) -> float:
     """Grade every pooled passage of every query on the page with the keyboard; returns seconds."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
+    from benchmarks.common import headless_chrome
     from kadet.judge import make_server, url_of
 
     server = make_server(session)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    driver = chrome()
+    driver = headless_chrome()
     wait = WebDriverWait(driver, 30)
     t0 = time.perf_counter()
     try:

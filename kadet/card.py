@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from kadet.comparison import SILVER_CAVEAT
+from kadet.comparison import SILVER_CAVEAT, retriever_rows
 
 CARD = "README.md"
 FACTS = "kadet_card.json"
@@ -128,12 +128,8 @@ def section_text(f: Mapping[str, Any]) -> str:
         rets = ev.get("retrievers") or {}
         if rets:
             cols = list(ev.get("candidate", {}).keys())
-            label = {"dense": "{} alone (dense)", "hybrid": "{} + BM25 (hybrid, RRF)"}
-            rows = [[label[r].format(who), *(f"{rets[r][who].get(c, float('nan')):.4f}" for c in cols)]
-                    for r in ("dense", "hybrid") if r in rets for who in ("base", "candidate")]
-            if "bm25" in rets:
-                rows.append(["BM25 alone", *(f"{rets['bm25'].get(c, float('nan')):.4f}" for c in cols)])
-            s += [f"\nBy retriever (the gate judged **{ev.get('retriever', 'dense')}**):\n\n", _table(["retriever", *cols], rows)]
+            s += [f"\nBy retriever (the gate judged **{ev.get('retriever', 'dense')}**):\n\n",
+                  _table(["retriever", *cols], retriever_rows(rets, cols))]
         ci = ev.get("gain_ci")
         if ci:
             s.append(f"\nGain in {ci['metric']}: {ci['mean']:+.4f}, {round(100 * ci['confidence'])}% paired "

@@ -190,7 +190,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, list[Opt]]] = {
                [Opt("--out", help="output folder", kw={"required": True}),
                 Opt("--model", help="a sentence-transformers folder to export (e.g. <work_dir>/distill/model)"),
                 Opt("--version", help="registry version without --model: a number, champion, challenger or "
-                                      "latest (default latest)", kw={"default": "latest"}),
+                                      "latest (default latest)"),
                 Opt("--model-name", "register.model_name"),
                 Opt("--no-onnx", help="skip the ONNX files", kw={"action": "store_true"}),
                 Opt("--force", help="replace --out if it exists", kw={"action": "store_true"})]),
@@ -469,7 +469,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if summary.get("version"):
         from kadet.register import usage
 
-        print("use it: " + "\n        ".join(usage(summary["model_name"], summary["version"])))
+        print("use it: " + "\n        ".join(usage(summary["model_name"], summary["version"], summary["tracking_uri"])))
     print(f"full output (KFP, warnings): {summary['log']}")
     return 0
 
@@ -531,6 +531,10 @@ def cmd_judge(args: argparse.Namespace) -> int:
                              max_queries=args.max_queries, random_share=args.random_share, seed=cfg.seed)
     # the work-dir lock only while a new pool is built (it writes the embedding cache); serving for
     # hours then holds only <out>'s lock, so other kadet commands can run in the same work dir
+    if args.export and not any((out / f).exists() for f in ("pool.json", "judgements.jsonl")):
+        # nothing judged yet: do not spend minutes building a pool only to say so
+        raise KadetError(f"judge --export: nothing judged in {out} (no pool.json, no judgements.jsonl): run kadet "
+                         "judge without --export first, judge some queries, then export")
     session = open_session(cfg, cfg.data.data_dir, queries, out, settings, args.export_to, args.force,
                            lock=work_dir_lock(cfg.work_dir, "kadet judge (pooling)"))
     if args.export:

@@ -27,3 +27,17 @@ SILVER_REFUSAL = ("silver evaluation cannot promote: held-out synthetic queries 
 def kind_text(kind: str) -> str:
     """"judged queries" / "held-out synthetic queries judged by the teacher"."""
     return KIND_TEXT.get(kind, kind)
+
+
+#: How each retriever of a comparison is named in tables (``{}``: base or candidate).
+RETRIEVER_LABELS = {"dense": "{} alone (dense)", "hybrid": "{} + BM25 (hybrid, RRF)"}
+
+
+def retriever_rows(rets: dict, columns: list[str]) -> list[list[str]]:
+    """Table rows of a comparison's ``retrievers`` (``{"dense": {"base": {col: v}, "candidate": ..},
+    "hybrid": .., "bm25": {col: v}}``): the model alone and in hybrid, base and candidate, then BM25."""
+    rows = [[label.format(who), *(f"{rets[r][who].get(c, float('nan')):.4f}" for c in columns)]
+            for r, label in RETRIEVER_LABELS.items() if r in rets for who in ("base", "candidate")]
+    if "bm25" in rets:
+        rows.append(["BM25 alone", *(f"{rets['bm25'].get(c, float('nan')):.4f}" for c in columns)])
+    return rows

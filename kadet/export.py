@@ -26,6 +26,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import shutil
 import time
 import warnings
@@ -97,7 +98,8 @@ class ExportResult:
             kept = "model_int8.onnx kept" if int8.get("kept") else f"no int8 ({int8.get('reason', 'skipped')})"
             lines.append(f"  {o}/onnx/{route}  model.onnx (max |diff| vs torch {facts['max_abs_diff']:.1e}), {kept}")
         if self.source.model_uri:
-            lines.append(f"  serve: mlflow models serve -m models:/{self.source.name}/{self.source.version} "
+            lines.append(f"  serve: MLFLOW_TRACKING_URI={self.source.tracking_uri} mlflow models serve "
+                         f"-m models:/{self.source.name}/{self.source.version} "
                          "--env-manager local")
         lines.append(f"  see {o}/README.md for the calls; {o}/export.json for fingerprints and checks")
         return "\n".join(lines)
@@ -134,14 +136,29 @@ def _registry_source(cfg: KadetConfig, version: str) -> Source:
     except MlflowException as exc:
         raise KadetError(f"export: model {name!r} version {version} not found in the registry at {uri} "
                          f"({str(exc).splitlines()[0][:200]})") from None
-    tracking.activate(cfg)  # download_artifacts resolves models:/ through the process-wide registry URI
     model_uri = f"models:/{name}/{mv.version}"
-    return Source(path=local_model_dir(model_uri), model_uri=model_uri, name=name, version=str(mv.version),
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    try:
+        tracking.activate(cfg)  # download_artifacts resolves models:/ through the process-wide registry URI
+        path = local_model_dir(model_uri)
+    finally:   # leave the process as it was: a later store in the same process must not resolve here
+        import mlflow
+
+        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
+        mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return Source(path=path, model_uri=model_uri, name=name, version=str(mv.version),
                   alias=alias, tracking_uri=uri, base_model=(mv.tags or {}).get("kadet.base_model", ""))
 
 
 def resolve_source(cfg: KadetConfig, model: str | None = None, version: str | None = None) -> Source:
     """``model`` (a sentence-transformers folder) if given, else ``version`` of the registry (default latest)."""
+    if model and version:
+        raise KadetError("export: pass --model PATH or --version N|champion|challenger|latest, not both")
     if model:
         path = resolve_model_path(model)
         if not (path / "modules.json").exists():

@@ -257,9 +257,16 @@ def gate_text(decision: Decision, kind: str) -> str:
     return f"{decision.reason} ({what})"
 
 
-def usage(model_name: str, version: str) -> list[str]:
-    """How to use a registered version, as the run summary and report.html print it."""
-    return [f"kadet export --out adapted --version {version} (--model-name {model_name} if not the default): "
+def usage(model_name: str, version: str, tracking_uri: str = "") -> list[str]:
+    """How to use a registered version, as the run summary and report.html print it; the export
+    command names the store (``--work-dir`` for kadet's local sqlite store, else its URI)."""
+    where = ""
+    if tracking_uri.startswith("sqlite:///") and tracking_uri.endswith("/mlflow.db"):
+        where = f" --work-dir {tracking_uri.removeprefix('sqlite:///').removesuffix('/mlflow.db')}"
+    elif tracking_uri:
+        where = f" --set tracking.tracking_uri={tracking_uri}"
+    name = "" if model_name == RegisterConfig().model_name else f" --model-name {model_name}"
+    return [f"kadet export --out adapted --version {version}{name}{where}: "
             "plain folders adapted/query (encode your queries) and adapted/document (index with it; for a "
             "query-side model it is the base model, so your existing index stays valid), and ONNX in adapted/onnx",
             f"or load it from MLflow: mlflow.sentence_transformers.load_model(\"models:/{model_name}/{version}\"): "

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kadet.comparison import SILVER_CAVEAT, kind_text
+from kadet.comparison import SILVER_CAVEAT, kind_text, retriever_rows
 from kadet.config import KadetConfig
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,8 @@ def render(run: Mapping[str, Any], comparison: Mapping[str, Any], gate: Mapping[
         from kadet.register import usage
 
         parts.append('<p id="use">Use it:</p><ul>' + "".join(f"<li><code>{_e(line)}</code></li>"
-                                                              for line in usage(gate["model_name"], gate["version"]))
+                                                              for line in usage(gate["model_name"], gate["version"],
+                                                                                gate.get("tracking_uri", "")))
                      + "</ul>")
 
     links = gate.get("links") or {}
@@ -126,13 +127,8 @@ def render(run: Mapping[str, Any], comparison: Mapping[str, Any], gate: Mapping[
               table(["model", *map(display, names)], rows)]
     rets = comparison.get("retrievers") or {}
     if rets:
-        label = {"dense": "{} alone (dense)", "hybrid": "{} + BM25 (hybrid, RRF)"}
-        rrows = [[label[r].format(who), *(f"{rets[r][who][n]:.4f}" for n in names)]
-                 for r in ("dense", "hybrid") if r in rets for who in ("base", "candidate")]
-        if "bm25" in rets:
-            rrows.append(["BM25 alone", *(f"{rets['bm25'][n]:.4f}" for n in names)])
         parts += ["<p>Every retriever, same queries: the adapted model as your stack may serve it.</p>",
-                  table(["retriever", *map(display, names)], rrows)]
+                  table(["retriever", *map(display, names)], retriever_rows(rets, names))]
     gain = (comparison.get("delta") or {}).get(e.ndcg)
     if gain:
         parts.append(f"<p>{display(e.ndcg)} gain {gain['mean']:+.4f}; {round(100 * gain['confidence'])}% paired "

@@ -244,7 +244,8 @@ def register_step(cfg: KadetConfig, model_dir: str, comparison_dir: str, pipelin
         r = register_candidate(cfg, model_dir, comparison, pipeline_run)
         gate = {"promote": r.decision.promote, "reason": gate_text(r.decision, comparison.get("kind", "gold")),
                 "version": r.version, "model_name": r.name, "incumbent": r.decision.incumbent,
-                "incumbent_metrics": r.incumbent_metrics, "links": tracking.links(cfg, pipeline_run, r.name, r.version)}
+                "incumbent_metrics": r.incumbent_metrics, "links": tracking.links(cfg, pipeline_run, r.name, r.version),
+                "tracking_uri": tracking.tracking_uri(cfg)}
         with tempfile.TemporaryDirectory() as tmp:
             report = write_report_or_reason(cfg, pipeline_run, comparison, gate,
                                             report_path or Path(tmp) / "report.html")

@@ -5,7 +5,6 @@ graphs run with onnxruntime + tokenizers (no torch) and match torch, the registr
 from __future__ import annotations
 
 import json
-import random
 import re
 import subprocess
 import sys
@@ -14,32 +13,17 @@ import numpy as np
 import pytest
 
 from kadet.config import load_config
-from kadet.data import write_jsonl
 from kadet.errors import KadetError
+from tests.test_distill import _labels   # noqa: E402  the same tiny training data as the trainer tests
 
 pytest.importorskip("onnxruntime")
 
-WORDS = "aspirin heart vitamin bone sleep obesity coffee liver gene protein cell cancer immune brain".split()
 QUERIES = ["what about aspirin 0", "what about liver 7",
            "a much longer question about coffee and liver disease in adults that runs past the query tower's sixteen "
            "token limit by a good margin"]
 DOCS = ["aspirin heart passage 1", "liver coffee passage 2", " ".join(["vitamin d and bone fractures"] * 20)]
 #: int8 (dynamic, per-channel weights) vs torch on the exported sample texts; what held on tiny and MiniLM.
 INT8_MIN_COSINE = 0.98
-
-
-def _labels(path, n=24, lsize=6, seed=0):
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        topic = WORDS[i % len(WORDS)]
-        passages = [{"doc_id": f"d{i}-{j}", "text": f"{topic} {' '.join(rng.sample(WORDS, 4))} passage {j}",
-                     "score": round(1.0 - j / lsize, 3)} for j in range(lsize)]
-        rows.append({"qid": f"g{i}", "query": f"what about {topic} {i}", "type": "question",
-                     "source_doc_id": passages[0]["doc_id"], "split": "dev" if i % 6 == 0 else "train",
-                     "passages": passages})
-    write_jsonl(path, rows)
-    return path
 
 
 def _cfg(tiny_st, tmp_path, *extra):
@@ -208,6 +192,11 @@ def test_export_from_the_registry(trained, tmp_path, capsys, monkeypatch):
     from kadet import tracking
 
     tracking.client(cfg).set_registered_model_alias("kadet-embedding", "champion", v1)
+    import mlflow
+
+    mlflow.set_tracking_uri(None)                       # _register made the store the process default: undo it,
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)   # so the exports below find it by --work-dir alone
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
 
     assert main(["export", "--work-dir", str(work), "--out", str(tmp_path / "latest"), "--no-onnx"]) == 0
     printed = capsys.readouterr().out
@@ -234,7 +223,11 @@ def test_export_from_the_registry(trained, tmp_path, capsys, monkeypatch):
     assert main(["export", "--work-dir", str(work), "--out", str(tmp_path / "ch"), "--version", "challenger",
                  "--no-onnx"]) == 2
     assert "has no alias 'challenger'" in capsys.readouterr().err
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)   # set by the exports above; it wins over the work dir
+    import os
+
+    assert os.environ.get("MLFLOW_TRACKING_URI") is None       # the exports above left the process as it was
+    assert main(["export", "--work-dir", str(work), "--out", str(tmp_path / "both"), "--model", "m", "--version", "1"]) == 2
+    assert "not both" in capsys.readouterr().err
     assert main(["export", "--work-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "e")]) == 2
     assert "no MLflow store at sqlite:///" in capsys.readouterr().err
     assert not (tmp_path / "empty").exists()                  # a missing store is not created

@@ -17,7 +17,7 @@ from kadet.judge import (JUDGEMENTS_FILE, POOL_FILE, JudgeSettings, Judgements, 
                          disagreement, export, load_corpus, make_server, open_session, pool_docs, read_judgements,
                          read_user_queries, select_queries, url_of)
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+from benchmarks.common import CHROMEDRIVER, CHROMIUM  # noqa: E402
 
 
 def _cfg(tmp_path: Path) -> KadetConfig:
@@ -154,7 +154,10 @@ def test_status_decides_only_with_enough_queries_and_stays_blind(tmp_path, tiny_
     # equal systems never decide; the page says more are needed, not who leads
     tie = _pool(12, docs)
     tie.runs["base"] = tie.runs["candidate"]
-    assert not decide(tie, grades).decides
+    even = decide(tie, grades)
+    assert not even.decides and "score the same" in even.message()
+    for word in ("base", "candidate", "ahead", "better"):
+        assert word not in json.dumps(even.public()).lower()
 
 
 def test_export_writes_beir_merges_queries_and_refuses_to_overwrite(tmp_path, tiny_beir):
@@ -203,6 +206,9 @@ def test_cli_export_from_prewritten_judgements(tmp_path, tiny_beir, tiny_st, cap
     queries = tmp_path / "logs.txt"
     queries.write_text("aspirin and heart attack\nbones and vitamin d\ncoffee and the liver\n", encoding="utf-8")
     out, exp = tmp_path / "judge", tmp_path / "exported"
+    assert main(["judge", "--data", str(tiny_beir), "--queries", str(queries), "--model", str(tiny_st), "--out",
+                 str(out), "--work-dir", str(tmp_path / "work"), "--export"]) == 2       # nothing judged yet
+    assert "nothing judged in" in capsys.readouterr().err and not out.exists()
     # a 4-passage corpus and depth 10: every query's pool is the whole corpus
     rel = {"q1": "d1", "q2": "d2", "q3": "d4"}
     out.mkdir()
@@ -230,17 +236,13 @@ def test_cli_export_from_prewritten_judgements(tmp_path, tiny_beir, tiny_st, cap
 def _chrome():
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
         pytest.skip("needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver)")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install -e .[dev])")
+    pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install -e .[dev])")
     from selenium.common.exceptions import WebDriverException
-    from selenium.webdriver.chrome.service import Service
 
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1100,900", "--force-device-scale-factor=1"):
-        opts.add_argument(arg)
-    try:   # an explicit driver path: selenium never downloads one
-        return webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=opts)
+    from benchmarks.common import headless_chrome
+
+    try:
+        return headless_chrome()
     except WebDriverException as exc:
         pytest.skip(f"chromium could not be started: {exc.msg}")
 

@@ -13,7 +13,10 @@ def test_the_page_has_every_section_the_champion_row_links_and_escapes_text():
                   "candidate": {"ndcg@10": 0.659, "recall@100": 0.921, "mrr@10": 0.62},
                   "delta": {"ndcg@10": {"mean": 0.0139, "ci_low": 0.0005, "ci_high": 0.0277, "p_ahead": 0.96,
                                         "queries": 300, "confidence": 0.9}},
-                  "by_type": {"sentence": {"queries": 10, "base": 0.5, "candidate": 0.6}}}
+                  "by_type": {"sentence": {"queries": 10, "base": 0.5, "candidate": 0.6}},
+                  "retrievers": {"dense": {"base": {"ndcg@10": 0.6451}, "candidate": {"ndcg@10": 0.659}},
+                                 "hybrid": {"base": {"ndcg@10": 0.7171}, "candidate": {"ndcg@10": 0.7141}},
+                                 "bm25": {"ndcg@10": 0.6863}}}
     run = {"pipeline_run": "r1", "parent_run": "abc",
            "stages": [{"name": "label-merge", "seconds": 1.5, "status": "FINISHED",
                        "metrics": {"dropped.teacher_inconsistent": 12.0, "dropped.low_top_score": 0.0}, "tags": {}}],
@@ -33,8 +36,11 @@ def test_the_page_has_every_section_the_champion_row_links_and_escapes_text():
     assert "<script>" not in page and page.count("&lt;script&gt;") == 5                  # 5 samples per type, escaped
     assert "<td>label-merge</td><td>teacher_inconsistent</td><td>12</td>" in page and "low_top_score" not in page
     assert "[+0.0005, +0.0277]" in page and "promoted" in page and "<td>n/a</td>" in page
+    assert "<td>candidate + BM25 (hybrid, RRF)</td><td>0.7141</td>" in page and "<td>BM25 alone</td><td>0.6863" in page
     assert 'id="use"' in page and "kadet export --out adapted --version 4" in page            # how to use it
     assert "models:/kadet-embedding/4" in page
+    gate["tracking_uri"] = "sqlite:////srv/work/mlflow.db"
+    assert "--version 4 --work-dir /srv/work:" in render(run, comparison, gate, cfg, images={})
 
 
 def test_a_silver_page_leads_with_what_silver_cannot_say():
@@ -45,9 +51,9 @@ def test_a_silver_page_leads_with_what_silver_cannot_say():
     comparison = {"kind": "silver", "queries": 120, "base": metrics, "candidate": metrics}
     gate = {"promote": False, "reason": "silver evaluation cannot promote: ...", "version": "2", "model_name": "k"}
     page = render({"pipeline_run": "r", "parent_run": "p", "stages": [], "files": {}}, comparison, gate, cfg, images={})
-    head = page.index("<h1>")
-    assert page.index('id="silver"') < page.index('<h2 id="decision">')        # first thing under the title
-    assert head < page.index("kadet judge") and SILVER_CAVEAT.split(":")[0] in page
+    after_title = page[page.index("</h1>") + len("</h1>"):].lstrip()
+    assert after_title.startswith('<p class=fail id="silver">')               # the first thing under the title
+    assert "kadet judge" in after_title[:after_title.index("</p>")] and SILVER_CAVEAT.split(":")[0] in page
     gold = render({"pipeline_run": "r", "parent_run": "p", "stages": [], "files": {}}, {**comparison, "kind": "gold"},
                   gate, cfg, images={})
     assert 'id="silver"' not in gold
