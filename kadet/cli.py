@@ -465,7 +465,8 @@ def cmd_run(args: argparse.Namespace) -> int:
               + f"; the gate judged {summary.get('gate_retriever', 'dense')}")
     if summary.get("eval_kind") == "silver":
         print(SILVER_CAVEAT)
-    print(f"registered version {summary['version']}: {summary['gate']}; champion is version {summary['champion']}")
+    champion = f"champion is version {summary['champion']}" if summary["champion"] else "there is no champion"
+    print(f"registered version {summary['version']}: {summary['gate']}; {champion}")
     if summary.get("version"):
         from kadet.register import usage
 

@@ -360,7 +360,7 @@ def check_report(text: str, kind: str) -> None:
         def handle_starttag(self, tag, attrs):
             a = dict(attrs)
             if "id" in a:
-                self.ids.append(a["id"])
+                self.ids.append((tag, a["id"]))
             if tag == "img":
                 self.images.append(a.get("src", ""))
             # self-contained: nothing to load (images, scripts, stylesheets); links to follow are fine
@@ -378,7 +378,8 @@ def check_report(text: str, kind: str) -> None:
     page = Page()
     page.feed(text)
     page.close()
-    assert page.ids == list(SECTIONS) and not page.external and page.stack == []
+    assert [i for tag, i in page.ids if tag == "h2"] == list(SECTIONS) and not page.external and page.stack == []
+    assert ("p", "use") in page.ids and (("p", "silver") in page.ids) == (kind == "silver")  # how to use; caveat
     assert len(page.images) == 2                                                       # by type, curves
     for src in page.images:
         head, data = src.split(",", 1)
