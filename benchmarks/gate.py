@@ -102,9 +102,8 @@ def config(root: Path, bare: Path, extra: list[str]):
 
 def silver_path(name: str, root: Path, bare: Path, sample_size: int, timings: dict) -> Path:
     """prepare -> sentence queries -> mine -> label on the corpus alone; returns the label folder."""
-    from kadet.data import write_jsonl
+    from kadet.data import read_corpus, write_jsonl
     from kadet.generate import extract_queries
-    from kadet.data import read_corpus
     from kadet.label import label
     from kadet.mine import mine
     from kadet.prepare import prepare
@@ -161,19 +160,15 @@ def train(name: str, cand: str, root: Path, bare: Path, labels: Path, timings: d
     return out / "model"
 
 
-def per_query(cfg, ds, sets: dict, model: str) -> dict[str, dict[str, float]]:
-    """nDCG@10 per query of ``model`` on each evaluation set ``{name: (texts, qrels)}``."""
-    from kadet.evaluate import scored_run
-
-    nd = cfg.evaluation.ndcg
-    return {s: {q: m[nd] for q, m in scored_run(cfg, ds, texts, qrels, "dense", model)[1].items()}
-            for s, (texts, qrels) in sets.items()}
-
-
-def recall(cfg, ds, texts, qrels, model: str) -> float:
+def per_query(cfg, ds, sets: dict, model: str) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """nDCG@10 per query and mean Recall@100 of ``model`` on each evaluation set ``{name: (texts, qrels)}``,
+    one retrieval per set."""
     from kadet.evaluate import aggregate, scored_run
 
-    return aggregate(scored_run(cfg, ds, texts, qrels, "dense", model)[1])[cfg.evaluation.recall]
+    e = cfg.evaluation
+    runs = {s: scored_run(cfg, ds, texts, qrels, "dense", model)[1] for s, (texts, qrels) in sets.items()}
+    return ({s: {q: m[e.ndcg] for q, m in pq.items()} for s, pq in runs.items()},
+            {s: aggregate(pq)[e.recall] for s, pq in runs.items()})
 
 
 def verdict(cfg, base: dict, cand: dict, base_recall: float, cand_recall: float, margin: float = 0.0) -> dict:
@@ -217,17 +212,15 @@ def run_corpus(name: str, root: Path, cands: list[str], sample_size: int, n_ques
         "question": ({r["qid"]: r["text"] for r in questions}, {r["qid"]: {r["source_doc_id"]: 1} for r in questions}),
     }
     base_model = cfg.retrieval.model
-    base = per_query(cfg, ds, sets, base_model)
-    base_rc = {s: recall(cfg, ds, *sets[s], base_model) for s in sets}
+    base, base_rc = per_query(cfg, ds, sets, base_model)
     train_rows = sum(1 for r in map(json.loads, (labels / "labels.jsonl").read_text().splitlines())
                      if r.get("split") == "train")
     rows = []
     for cand in cands:
         model = str(train(name, cand, root, bare, labels, timings))
-        pq = per_query(cfg, ds, sets, model)
-        v = {s: verdict(cfg, base[s], pq[s], base_rc[s], recall(cfg, ds, *sets[s], model)) for s in sets}
-        v["margin"] = verdict(cfg, base["teacher"], pq["teacher"], base_rc["teacher"],
-                              recall(cfg, ds, *sets["teacher"], model), margin=MARGIN)
+        pq, rc = per_query(cfg, ds, sets, model)
+        v = {s: verdict(cfg, base[s], pq[s], base_rc[s], rc[s]) for s in sets}
+        v["margin"] = verdict(cfg, base["teacher"], pq["teacher"], base_rc["teacher"], rc["teacher"], margin=MARGIN)
         v["all"] = {"promote": all(v[s]["promote"] for s in ("teacher", "source", "question")),
                     "mean": v["teacher"]["mean"]}
         row = {"corpus": name, "candidate": cand, "documents": len(ds.corpus), "gold_queries": len(gold_q),

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import logging
 import math
@@ -40,6 +39,7 @@ from pathlib import Path
 from kadet.config import KadetConfig
 from kadet.data import Dataset, Document, Qrels, _records, corpus_file, json_roundtrip, read_corpus, read_queries
 from kadet.errors import DataError, KadetError
+from kadet.manifest import fingerprint
 from kadet.retrieval import Run, ranked
 
 log = logging.getLogger(__name__)
@@ -164,10 +164,6 @@ def pool_docs(rankings: dict[str, list[str]], depth: int, seed: int,
     return docs, sources
 
 
-def _sha256(path: Path) -> str:
-    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _where(path_or_name: str) -> str:
     """A local path made absolute (so the same folder compares equal); a model name as is."""
     p = Path(path_or_name)
@@ -178,7 +174,7 @@ def pool_settings(data_dir: str | os.PathLike, queries_file: str | os.PathLike, 
     """What ``pool.json`` was built for: the settings, the corpus and the query file (by content)."""
     return json_roundtrip({**asdict(s), "base": _where(s.base), "candidate": _where(s.candidate),
                            "data": _where(str(data_dir)), "queries_file": _where(str(queries_file)),
-                           "queries_sha256": _sha256(Path(queries_file))})
+                           "queries_sha256": fingerprint(Path(queries_file))})
 
 
 def load_corpus(data_dir: str | os.PathLike) -> Dataset:
