@@ -19,8 +19,8 @@ from components import stages
 
 DEFAULT_IMAGE = "ghcr.io/kadet-ml/kadet:0.1.0-cpu"
 DEFAULT_GPU_IMAGE = "ghcr.io/kadet-ml/kadet:0.1.0-cuda"
-NAMES = ("prepare", "generate", "generate_merge", "mine", "label", "label_merge", "distill", "evaluate",
-         "register", "promote", "challenger", "finish", "shard_indices")
+NAMES = ("fingerprint", "unchanged", "prepare", "generate", "generate_merge", "mine", "label", "label_merge",
+         "distill", "evaluate", "register", "promote", "challenger", "finish", "shard_indices")
 
 
 def image() -> str:

@@ -11,13 +11,37 @@ from typing import List, NamedTuple
 from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output, PipelineTaskFinalStatus
 
 
-def prepare(data_uri: str, eval_qrels_uri: str, sample_size: int, config_yaml: str, profile: str, work_dir: str,
-            pipeline_run: str, prepared: Output[Dataset]):
+def fingerprint(data_uri: str, eval_qrels_uri: str, sample_size: int, query_types: dict, teacher: str,
+                list_size: int, training_mode: str, model_name: str, config_yaml: str, profile: str, work_dir: str,
+                pipeline_run: str) -> NamedTuple("Fingerprint", [("corpus", str), ("inputs", str),
+                                                                  ("unchanged_since", str)]):
+    from collections import namedtuple
+
+    from kadet.steps import fingerprint_step, step_config
+
+    cfg = step_config(config_yaml, profile=profile, work_dir=work_dir, data__data_dir=data_uri,
+                      data__qrels=eval_qrels_uri, prepare__sample_size=sample_size, generate__types=query_types,
+                      label__teacher=teacher, label__list_size=list_size, distill__list_size=list_size,
+                      distill__mode=training_mode, register__model_name=model_name)
+    fp = fingerprint_step(cfg, pipeline_run)
+    return namedtuple("Fingerprint", ["corpus", "inputs", "unchanged_since"])(
+        fp["corpus"], fp["inputs"], fp["unchanged_since"])
+
+
+def unchanged(version: str, model_name: str, config_yaml: str, profile: str, work_dir: str, pipeline_run: str):
+    from kadet.steps import step_config, unchanged_step
+
+    unchanged_step(step_config(config_yaml, profile=profile, work_dir=work_dir, register__model_name=model_name),
+                   version, pipeline_run)
+
+
+def prepare(data_uri: str, eval_qrels_uri: str, sample_size: int, corpus_fingerprint: str, inputs_fingerprint: str,
+            config_yaml: str, profile: str, work_dir: str, pipeline_run: str, prepared: Output[Dataset]):
     from kadet.steps import prepare_step, step_config
 
     cfg = step_config(config_yaml, profile=profile, work_dir=work_dir, data__data_dir=data_uri,
                       data__qrels=eval_qrels_uri, prepare__sample_size=sample_size)
-    prepare_step(cfg, prepared.path, pipeline_run)
+    prepare_step(cfg, prepared.path, pipeline_run, {"corpus": corpus_fingerprint, "inputs": inputs_fingerprint})
 
 
 def generate(prepared: Input[Dataset], query_types: dict, shard_index: int, num_shards: int, config_yaml: str,
@@ -102,7 +126,7 @@ def evaluate(model: Input[Model], labels: Input[Dataset], data_uri: str, eval_qr
             metrics.log_metric(metric_name(f"{who}_{name}"), round(value, 4))
 
 
-def register(model: Input[Model], report: Input[Dataset], model_name: str, ndcg_floor: float, min_delta: float,
+def register(model: Input[Model], report: Input[Dataset], prepared: Input[Dataset], model_name: str, ndcg_floor: float, min_delta: float,
              max_recall_drop: float, config_yaml: str, profile: str, work_dir: str, pipeline_run: str,
              run_report: Output[HTML]) -> NamedTuple("Gate", [("decision", str), ("version", str), ("reason", str)]):
     from collections import namedtuple
@@ -112,7 +136,8 @@ def register(model: Input[Model], report: Input[Dataset], model_name: str, ndcg_
     cfg = step_config(config_yaml, profile=profile, work_dir=work_dir, register__model_name=model_name,
                       register__ndcg_floor=ndcg_floor, register__min_delta=min_delta,
                       register__max_recall_drop=max_recall_drop)
-    r = register_step(cfg, str(model_folder(model.path)), report.path, pipeline_run, run_report.path)
+    r = register_step(cfg, str(model_folder(model.path)), report.path, pipeline_run, run_report.path,
+                      prepared_dir=prepared.path)
     gate = namedtuple("Gate", ["decision", "version", "reason"])
     return gate("promote" if r["promote"] else "reject", r["version"], r["reason"])
 

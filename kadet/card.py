@@ -134,6 +134,8 @@ def section_text(f: Mapping[str, Any]) -> str:
         if ci:
             s.append(f"\nGain in {ci['metric']}: {ci['mean']:+.4f}, {round(100 * ci['confidence'])}% paired "
                      f"bootstrap interval [{ci['ci_low']:+.4f}, {ci['ci_high']:+.4f}].\n")
+    if f.get("lineage"):
+        s += ["\n## Lineage\n", *(f"- {line}" for line in f["lineage"])]
     reg = f.get("registry")
     if reg:
         s += ["\n## Registry\n", f"MLflow registered model `{reg['name']}` version **{reg['version']}**"

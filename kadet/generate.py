@@ -47,6 +47,7 @@ from kadet.errors import ConfigError, KadetError
 from kadet.manifest import Manifest
 from kadet.prompts import EXAMPLE_PASSAGES, QUERY_TYPES, QueryType
 from kadet.stages import STAGES, file_in, shard_range
+from kadet.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -420,7 +421,10 @@ def run_generation(cfg: KadetConfig, passages: Sequence[Document], out: Path, ba
     requests = plan_requests(passages, g, cfg.seed)
     done = resume_log(log_path, generation_depends(cfg))
     todo = [r for r in requests if logged_output(done, r) is None]
-    log.info("generate: %d requests, %d already done, %d to do", len(requests), len(requests) - len(todo), len(todo))
+    store = Store.open(cfg.work_dir, "generate", generation_depends(cfg))
+    todo, reused = reuse_stored(store, todo, log_path)
+    log.info("generate: %d requests, %d already done, %d from earlier runs, %d to do", len(requests),
+             len(requests) - len(todo) - reused, reused, len(todo))
     rules = g.clean
     failed = 0
     t0 = time.perf_counter()
@@ -432,25 +436,42 @@ def run_generation(cfg: KadetConfig, passages: Sequence[Document], out: Path, ba
         for start in range(0, len(todo), g.flush_every):
             chunk = todo[start : start + g.flush_every]
             outputs = backend.generate(chunk)
-            records = []
+            records = {}
             for req, raw in zip(chunk, outputs):
                 if isinstance(raw, BaseException):
                     failed += 1  # not logged: a rerun retries it
                     continue
                 text, reason = clean_output(raw, req.qtype, req.passage, rules)
-                records.append({
+                records[store_key(req)] = {
                     "key": req.key, "doc_id": req.doc_id, "type": req.qtype, "k": req.k, "raw": raw,
                     "text": text, "status": reason, "prompt_id": req.prompt_id, "prompt_sha": req.prompt_sha,
                     "backend": backend.name, "model": backend.model_name,
-                })
-            append_jsonl(log_path, records)
+                }
+            append_jsonl(log_path, list(records.values()))
+            store.put(records)
             bar.update(len(chunk))
         bar.close()
-    return finalise(cfg, requests, out, failed, time.perf_counter() - t0, passages)
+    work = {"reused": reused, "generated": len(todo) - failed}
+    return finalise(cfg, requests, out, failed, time.perf_counter() - t0, passages, work)
+
+
+def store_key(req: Request) -> str:
+    """A generation's key in the store: its exact prompt (passage text, shots, template) and ``k``."""
+    return f"{req.prompt_sha}|{req.k}"
+
+
+def reuse_stored(store: Store, todo: Sequence[Request], log_path: Path) -> tuple[list[Request], int]:
+    """Copy the outputs the store holds for ``todo`` (earlier runs, same prompt and settings) into
+    this run's log; returns the requests still to generate and how many were reused."""
+    stored = store.get(store_key(r) for r in todo)
+    records = [{**stored[store_key(r)], "key": r.key, "doc_id": r.doc_id, "k": r.k} for r in todo
+               if store_key(r) in stored]
+    append_jsonl(log_path, records)
+    return [r for r in todo if store_key(r) not in stored], len(records)
 
 
 def finalise(cfg: KadetConfig, requests: Sequence[Request], out: Path, failed: int, seconds: float,
-             passages: Sequence[Document] = ()) -> Manifest:
+             passages: Sequence[Document] = (), work: Mapping[str, int] | None = None) -> Manifest:
     """Write ``queries.jsonl`` (kept, de-duplicated) and the manifest from the generation log,
     then the extracted (``sentence``) queries of ``passages``."""
     done = read_log(out / LOG_NAME)
@@ -501,7 +522,8 @@ def finalise(cfg: KadetConfig, requests: Sequence[Request], out: Path, failed: i
         m.outputs = dict(STAGES["generate"].outputs)
         write_jsonl(file_in(out, "generate", "queries"), rows)
     m.counts = {"requests": len(requests), "finished": len(requests) - missing, "kept": len(rows),
-                "failed_this_run": failed, "missing": missing, **{f"kept_{t}": n for t, n in by_type.items()}}
+                "failed_this_run": failed, "missing": missing, **{f"kept_{t}": n for t, n in by_type.items()},
+                **(work or {})}
     finished = len(requests) - missing
     m.extra = {"usable_fraction": round(llm_kept / finished, 4) if finished else 0.0,
                "seconds_this_run": round(seconds, 1), "backend": cfg.generate.backend, "types": cfg.generate.types}

@@ -36,6 +36,7 @@ from kadet.errors import KadetError
 from kadet.manifest import Manifest
 from kadet.teachers import build_teacher
 from kadet.stages import STAGES, file_in, shard_range
+from kadet.store import Store, digest
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,49 @@ def teacher_depends(cfg: KadetConfig, corpus_fingerprint: str) -> dict:
             "title_separator": cfg.data.title_separator, "corpus": corpus_fingerprint}
 
 
+class StoredTeacher:
+    """A model teacher whose (query, passage) scores outlive the run (:mod:`kadet.store`, keyed by
+    the query's and the passage's text): only pairs no earlier run scored reach the model. Its
+    scores are per pair, so a list mined anew over a grown corpus reuses every pair it shares."""
+
+    def __init__(self, teacher, store: Store, corpus: Mapping[str, Document], title_separator: str = " "):
+        self.teacher, self.store, self.corpus, self.sep = teacher, store, corpus, title_separator
+        self.name = teacher.name
+        self.reused = self.scored = 0
+
+    def score(self, queries: Sequence[str], doc_lists: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        keys = [[digest(q, self.corpus[d].full_text(self.sep)) for d in lst] for q, lst in zip(queries, doc_lists)]
+        have = self.store.get(k for ks in keys for k in ks)
+        todo = [(i, [d for d, k in zip(lst, ks) if k not in have]) for i, (lst, ks) in enumerate(zip(doc_lists, keys))]
+        todo = [(i, missing) for i, missing in todo if missing]
+        new: dict[str, float] = {}
+        if todo:
+            fresh = self.teacher.score([queries[i] for i, _ in todo], [missing for _, missing in todo])
+            for (i, missing), scores in zip(todo, fresh):
+                new.update({digest(queries[i], self.corpus[d].full_text(self.sep)): float(x)
+                            for d, x in zip(missing, scores)})
+            self.store.put(new)
+        self.scored += len(new)
+        self.reused += sum(len(ks) for ks in keys) - len(new)
+        have |= new
+        return [np.asarray([have[k] for k in ks], dtype=np.float64) for ks in keys]
+
+
+def stored_teacher(cfg: KadetConfig, corpus: Mapping[str, Document], corpus_fingerprint: str):
+    """``build_teacher``'s ``wrap``: each model member keeps its scores in the work dir's store."""
+    depends = {k: v for k, v in teacher_depends(cfg, corpus_fingerprint).items()
+               if k not in ("teacher", "ensemble", "corpus")}
+    return lambda spec, teacher: StoredTeacher(teacher, Store.open(cfg.work_dir, "teacher", {**depends, "member": spec}),
+                                               corpus, cfg.data.title_separator)
+
+
+def pair_counts(teacher) -> dict[str, int]:
+    """Pairs reused from the store and scored now, over the stored members of ``teacher``."""
+    members = getattr(teacher, "members", {"": teacher}).values()
+    stored = [t for t in members if isinstance(t, StoredTeacher)]
+    return {"pairs_reused": sum(t.reused for t in stored), "pairs_scored": sum(t.scored for t in stored)}
+
+
 def rerank_list(row: dict, lab: LabelConfig) -> list[str]:
     return [c["doc_id"] for c in row["candidates"][: lab.rerank_depth]]
 
@@ -69,8 +113,9 @@ def scored(done: Mapping[str, dict], row: dict, lab: LabelConfig) -> dict | None
 
 
 def score_shard(cfg: KadetConfig, rows: Sequence[dict], corpus: Mapping[str, Document], out: Path,
-                teacher=None, corpus_fingerprint: str = "") -> int:
-    """Score this worker's shard of ``rows``; returns how many queries were scored now."""
+                teacher=None, corpus_fingerprint: str = "", work: dict | None = None) -> int:
+    """Score this worker's shard of ``rows``; returns how many queries were scored now and adds
+    the teacher pairs reused and scored to ``work``."""
     lab = cfg.label
     out.mkdir(parents=True, exist_ok=True)
     path = shard_file(out, lab.shard_index, lab.num_shards)
@@ -80,7 +125,7 @@ def score_shard(cfg: KadetConfig, rows: Sequence[dict], corpus: Mapping[str, Doc
     log.info("label shard %d/%d: %d queries, %d to score", lab.shard_index, lab.num_shards, len(mine), len(todo))
     if not todo:
         return 0
-    teacher = teacher or build_teacher(lab.teacher, cfg, corpus)
+    teacher = teacher or build_teacher(lab.teacher, cfg, corpus, wrap=stored_teacher(cfg, corpus, corpus_fingerprint))
     from kadet.progress import bar
 
     progress = bar(len(todo), f"label {teacher.name}")
@@ -93,6 +138,8 @@ def score_shard(cfg: KadetConfig, rows: Sequence[dict], corpus: Mapping[str, Doc
         append_jsonl(path, recs)
         progress.update(len(chunk))
     progress.close()
+    if work is not None:
+        work.update(pair_counts(teacher))
     return len(todo)
 
 
@@ -216,7 +263,7 @@ def label(cfg: KadetConfig, candidates_path: str | Path, corpus_path: str | Path
     corpus = read_corpus(corpus_path)
     corpus_fp = m.inputs["corpus"]["fingerprint"]
     if score:
-        m.counts["scored_now"] = score_shard(cfg, rows, corpus, out, teacher, corpus_fp)
+        m.counts["scored_now"] = score_shard(cfg, rows, corpus, out, teacher, corpus_fp, m.counts)
         if not merge:  # a shard's own record (the merge writes the stage's)
             m.outputs = {"scores": shard_file(out, cfg.label.shard_index, cfg.label.num_shards).name}
             m.extra["shard"] = f"{cfg.label.shard_index}-of-{cfg.label.num_shards}"

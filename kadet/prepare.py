@@ -14,11 +14,13 @@ and ``not_sampled``.
 
 from __future__ import annotations
 
-import random
+import hashlib
+import heapq
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from kadet.config import KadetConfig, PrepareConfig
+from kadet.fingerprint import corpus_fingerprint, document_digests, inputs_fingerprint, keep_digests
 from kadet.data import Document, corpus_file, eval_kind, load_beir, normalise, read_corpus, read_qrels, write_jsonl
 from kadet.manifest import Manifest
 from kadet.stages import STAGES
@@ -68,9 +70,12 @@ def clean_corpus(
 
 
 def sample_passages(docs: list[Document], n: int, seed: int, m: Manifest) -> list[Document]:
-    """A seeded sample of ``n`` passages (all when ``n`` is 0), in corpus order."""
+    """A seeded sample of ``n`` passages (all when ``n`` is 0), in corpus order: the ``n`` whose
+    seeded digest of their id is smallest, so a grown corpus keeps every earlier sampled passage
+    that still ranks among the ``n`` (a run over it generates only for the newcomers)."""
     if n and len(docs) > n:
-        sample = set(random.Random(seed).sample(range(len(docs)), n))
+        rank = lambda i: hashlib.sha1(f"{seed}|{docs[i].doc_id}".encode()).digest()  # noqa: E731
+        sample = set(heapq.nsmallest(n, range(len(docs)), key=rank))
         m.drop("not_sampled", len(docs) - n)
         docs = [d for i, d in enumerate(docs) if i in sample]
     m.counts["passages"] = len(docs)
@@ -87,11 +92,14 @@ def excluded_from_qrels(qrels_paths: Iterable[str | Path], corpus: Mapping[str, 
     return ids
 
 
-def prepare(cfg: KadetConfig, output_dir: str | Path) -> Manifest:
-    """Run the stage on ``cfg.data.data_dir`` (a BEIR folder or a corpus file)."""
+def prepare(cfg: KadetConfig, output_dir: str | Path, fingerprint: dict | None = None) -> Manifest:
+    """Run the stage on ``cfg.data.data_dir`` (a BEIR folder or a corpus file). ``fingerprint``
+    (``{"corpus", "inputs"}``, from the pipeline's fingerprint task; computed here when not given)
+    goes into the manifest, and the documents' digests into the work dir's store, for lineage."""
     out = Path(output_dir)
     src = cfg.data.data_dir
     m = Manifest(stage="prepare", config_hash=cfg.hash())
+    m.extra["fingerprint"] = fingerprint or fingerprints(cfg)
     empty: list[str] = []
     # silver: the label step holds synthetic queries out for evaluation (read from this manifest)
     m.extra["eval_kind"] = eval_kind(src, cfg.data.split, cfg.data.qrels, cfg.evaluation.kind)
@@ -114,6 +122,7 @@ def prepare(cfg: KadetConfig, output_dir: str | Path) -> Manifest:
             qrels_files.append(ds.files["qrels"])
     for i, q in enumerate(qrels_files):
         m.add_input(f"exclude_qrels_{i}", q)
+    keep_digests(cfg.work_dir, m.extra["fingerprint"]["corpus"], document_digests(corpus, cfg.data.title_separator))
     if empty:
         m.drop("empty_text", len(empty))
         m.extra["empty_doc_ids"] = empty[:100]
@@ -125,3 +134,12 @@ def prepare(cfg: KadetConfig, output_dir: str | Path) -> Manifest:
     write_jsonl(out / m.outputs["passages"], (d.to_json() for d in passages))
     m.write(out)
     return m
+
+
+def fingerprints(cfg: KadetConfig) -> dict:
+    """``{"corpus": digest, "inputs": digest, "files", "bytes"}`` of the run's corpus (and a qrels
+    file kept elsewhere) and of the settings that shape the model (:mod:`kadet.fingerprint`)."""
+    qrels = cfg.data.qrels if cfg.data.qrels and not str(cfg.data.qrels).startswith(str(cfg.data.data_dir)) else ""
+    fp = corpus_fingerprint(cfg.data.data_dir, qrels)
+    return {"corpus": fp["digest"], "inputs": inputs_fingerprint(cfg, fp["digest"]), "files": fp["files"],
+            "bytes": fp["bytes"]}

@@ -32,6 +32,7 @@ from pathlib import Path
 from kadet.comparison import SILVER_REFUSAL, kind_text
 from kadet.config import EvaluationConfig, KadetConfig, RegisterConfig
 from kadet.errors import KadetError
+from kadet.fingerprint import CHANGES_TAG, CORPUS_TAG, DOCUMENTS_TAG, INPUTS_TAG, PARENT_TAG
 from kadet.models import model_fingerprint
 from kadet.tracking import EVAL_DATA_TAG, EVAL_KIND_TAG, GATE_TAG, MODEL_VERSION_TAG, PIPELINE_TAG
 
@@ -118,6 +119,8 @@ class Registration:
     candidate: dict[str, float]
     incumbent_metrics: dict[str, float] | None
     reused: bool = False
+    #: corpus fingerprint, documents, parent version, changes since it (:func:`lineage`)
+    lineage: dict = field(default_factory=dict)
 
 
 def pip_requirements() -> list[str]:
@@ -155,6 +158,64 @@ def find_version(client, name: str, fingerprint: str):
     return min(hits, key=lambda v: int(v.version)) if hits else None
 
 
+def trained_on(cfg: KadetConfig, inputs: str) -> str:
+    """The first version of ``register.model_name`` trained on ``inputs`` (its
+    ``kadet.inputs_fingerprint`` tag: same corpus content, same settings), or ""."""
+    from kadet.tracking import client
+
+    hits = [v for v in _versions(client(cfg), cfg.register.model_name) if (v.tags or {}).get(INPUTS_TAG) == inputs]
+    return str(min(int(v.version) for v in hits)) if hits else ""
+
+
+def _versions(client, name: str) -> list:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return list(client.search_model_versions(f"name = '{name}'"))
+    except MlflowException:
+        return []
+
+
+def lineage(cfg: KadetConfig, client, prepared_dir: str | Path | None) -> dict:
+    """Where a new version comes from: the corpus it was trained on (fingerprint, documents),
+    its parent (the champion, else the newest version) and what changed in the corpus since the
+    parent was trained. Call before the new version exists."""
+    from kadet.fingerprint import changes, read_digests
+    from kadet.manifest import Manifest
+
+    if prepared_dir is None or not (Path(prepared_dir) / "manifest.json").exists():
+        return {}
+    m = Manifest.read(prepared_dir)
+    fp = m.extra.get("fingerprint") or {}
+    reg = cfg.register
+    parent = alias_version(client, reg.model_name, reg.champion_alias) or max(
+        _versions(client, reg.model_name), key=lambda v: int(v.version), default=None)
+    parent_fp = (parent.tags or {}).get(CORPUS_TAG, "") if parent is not None else ""
+    new = read_digests(cfg.work_dir, fp.get("corpus", ""))
+    return {"corpus_fingerprint": fp.get("corpus", ""), "inputs_fingerprint": fp.get("inputs", ""),
+            "documents": int(m.counts.get("corpus", 0)), "parent_version": str(parent.version) if parent else "",
+            "changes": changes(read_digests(cfg.work_dir, parent_fp), new) if parent is not None and new else None}
+
+
+def lineage_lines(lin: Mapping) -> list[str]:
+    """The lineage as the report and the model card say it (empty when unknown)."""
+    tags = lineage_tags(lin)
+    if not tags:
+        return []
+    return [f"corpus fingerprint {tags[CORPUS_TAG]}, {tags[DOCUMENTS_TAG]} documents",
+            f"parent version: {tags[PARENT_TAG]}", f"corpus changes since the parent: {tags[CHANGES_TAG]}"]
+
+
+def lineage_tags(lin: Mapping) -> dict[str, str]:
+    from kadet.fingerprint import changes_text
+
+    if not lin:
+        return {}
+    return {CORPUS_TAG: lin["corpus_fingerprint"], INPUTS_TAG: lin["inputs_fingerprint"],
+            DOCUMENTS_TAG: str(lin["documents"]), PARENT_TAG: lin["parent_version"] or "none",
+            CHANGES_TAG: changes_text(lin["changes"]) if lin["parent_version"] else "first version"}
+
+
 def alias_version(client, name: str, alias: str):
     """The version an alias (champion, challenger) of model ``name`` points at, or None."""
     from mlflow.exceptions import MlflowException
@@ -165,11 +226,15 @@ def alias_version(client, name: str, alias: str):
         return None
 
 
-def local_model_dir(model_uri: str) -> Path:
-    """Download a logged sentence-transformers model; the folder ``SentenceTransformer`` loads."""
+def local_model_dir(model_uri: str, tracking_uri: str | None = None, dst_path: str | Path | None = None) -> Path:
+    """Download a logged sentence-transformers model; the folder ``SentenceTransformer`` loads.
+    A ``models:/`` URI resolves through the process's registry URI; an artifact URI (a version's
+    ``get_model_version_download_uri``) through ``tracking_uri``. ``dst_path``: where the files
+    go (default: a new temporary folder; a local store's files are used where they are)."""
     import mlflow
 
-    root = Path(mlflow.artifacts.download_artifacts(model_uri))
+    root = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(dst_path) if dst_path else None,
+                                                    tracking_uri=tracking_uri))
     for cand in (root / "model.sentence_transformer", root):
         if (cand / "modules.json").exists():
             return cand
@@ -199,8 +264,10 @@ def incumbent_metrics(cfg: KadetConfig, client, comparison: Mapping,
 
 
 def register_candidate(cfg: KadetConfig, model_dir: str | Path, comparison: Mapping, pipeline_run: str = "",
-                       evaluate_fn: Callable[[KadetConfig, Path], dict] | None = None) -> Registration:
-    """Make the candidate a model version (or find it) and decide the gate. Needs an active run."""
+                       evaluate_fn: Callable[[KadetConfig, Path], dict] | None = None,
+                       prepared_dir: str | Path | None = None) -> Registration:
+    """Make the candidate a model version (or find it) and decide the gate. Needs an active run.
+    ``prepared_dir`` (the prepare step's output) gives the version its lineage."""
     import mlflow
 
     from kadet.tracking import client as get_client, metric_name
@@ -210,6 +277,7 @@ def register_candidate(cfg: KadetConfig, model_dir: str | Path, comparison: Mapp
     fp = model_fingerprint(model_dir)
     cand = {e.ndcg: float(comparison["candidate"][e.ndcg]), e.recall: float(comparison["candidate"][e.recall])}
     existing = find_version(c, reg.model_name, fp)
+    lin = lineage(cfg, c, prepared_dir) if existing is None else {}
     if existing is None:
         from sentence_transformers import SentenceTransformer
 
@@ -223,7 +291,7 @@ def register_candidate(cfg: KadetConfig, model_dir: str | Path, comparison: Mapp
         log.info("model folder already registered as %s v%s: reusing it", reg.model_name, version)
     tags = {FINGERPRINT_TAG: fp, EVAL_TAG: comparison["eval_data"], **{metric_tag(k): f"{v:.6f}" for k, v in cand.items()},
             "kadet.base_model": str(comparison["models"]["base"]),
-            metric_tag(f"base_{e.ndcg}"): f"{comparison['base'][e.ndcg]:.6f}"}
+            metric_tag(f"base_{e.ndcg}"): f"{comparison['base'][e.ndcg]:.6f}", **lineage_tags(lin)}
     if pipeline_run:
         tags[PIPELINE_TAG] = pipeline_run
     for k, v in tags.items():
@@ -233,7 +301,7 @@ def register_candidate(cfg: KadetConfig, model_dir: str | Path, comparison: Mapp
     c.set_model_version_tag(reg.model_name, version, DECIDED_TAG, str(champ.version) if champ else "")
     if champ is not None and str(champ.version) == version:  # rerun of the promoted candidate
         decision = Decision(True, [], incumbent=f"champion v{version} (itself)")
-        return Registration(reg.model_name, version, decision, cand, cand, reused=existing is not None)
+        return Registration(reg.model_name, version, decision, cand, cand, reused=existing is not None, lineage=lin)
     inc, inc_name = incumbent_metrics(cfg, c, comparison, evaluate_fn or evaluate_model)
     gain = (comparison.get("delta") or {}).get(e.ndcg)
     kind = comparison.get("kind", "gold")
@@ -247,8 +315,8 @@ def register_candidate(cfg: KadetConfig, model_dir: str | Path, comparison: Mapp
     c.set_model_version_tag(reg.model_name, version, EVAL_KIND_TAG, kind)
     mlflow.set_tags({GATE_TAG: gate_text(decision, kind), MODEL_VERSION_TAG: version, EVAL_KIND_TAG: kind})
     if existing is None:
-        attach_card(cfg, c, model_dir, comparison, version, decision, info.model_id)
-    return Registration(reg.model_name, version, decision, cand, inc, reused=existing is not None)
+        attach_card(cfg, c, model_dir, comparison, version, decision, info.model_id, lin)
+    return Registration(reg.model_name, version, decision, cand, inc, reused=existing is not None, lineage=lin)
 
 
 def gate_text(decision: Decision, kind: str) -> str:
@@ -273,7 +341,8 @@ def usage(model_name: str, version: str, tracking_uri: str = "") -> list[str]:
             "encode() and encode_query() give the tuned query embeddings, encode_document() the document ones"]
 
 
-def card_facts(cfg: KadetConfig, comparison: Mapping, version: str, decision: Decision) -> dict:
+def card_facts(cfg: KadetConfig, comparison: Mapping, version: str, decision: Decision,
+               lin: Mapping | None = None) -> dict:
     """The evaluation and registry part of the model card (:mod:`kadet.card`)."""
     e = cfg.evaluation
     names = (e.ndcg, e.recall, e.mrr)
@@ -291,13 +360,14 @@ def card_facts(cfg: KadetConfig, comparison: Mapping, version: str, decision: De
                            | ({"bm25": {display(n): float(comparison["retrievers"]["bm25"][n]) for n in names
                                         if n in comparison["retrievers"]["bm25"]}}
                               if "bm25" in (comparison.get("retrievers") or {}) else {})},
+            "lineage": lineage_lines(lin or {}),
             "registry": {"name": cfg.register.model_name, "version": version,
                          "gate": ("" if decision.promote else "refused: ")
                          + gate_text(decision, comparison.get("kind", "gold"))}}
 
 
 def attach_card(cfg: KadetConfig, c, model_dir: str | Path, comparison: Mapping, version: str, decision: Decision,
-                model_id: str) -> None:
+                model_id: str, lin: Mapping | None = None) -> None:
     """The full card (training facts from the folder, evaluation, registry version) into the
     logged model's sentence-transformers folder, the run's artifacts and the version's description."""
     import shutil
@@ -312,7 +382,7 @@ def attach_card(cfg: KadetConfig, c, model_dir: str | Path, comparison: Mapping,
         for name in (card.CARD, card.FACTS):
             if (Path(model_dir) / name).exists():
                 shutil.copy(Path(model_dir) / name, Path(tmp) / name)
-        path = card.update(tmp, **card_facts(cfg, comparison, version, decision))
+        path = card.update(tmp, **card_facts(cfg, comparison, version, decision, lin))
         for name in (card.CARD, card.FACTS):
             c.log_model_artifact(model_id, str(Path(tmp) / name), SENTENCE_TRANSFORMERS_DATA_PATH)
         mlflow.log_artifact(str(path), "model_card")

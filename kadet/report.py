@@ -17,6 +17,7 @@ import base64
 import html
 import json
 import logging
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -79,6 +80,32 @@ def collect(cfg: KadetConfig, pipeline_run: str) -> dict:
     return {"parent_run": parent, "pipeline_run": pipeline_run, "stages": stages, "files": files}
 
 
+#: Per stage, the counts of work taken from the store (kadet/store.py) and done in this run.
+REUSE_COUNTS = {"generate": ("reused", "generated"), "label": ("pairs_reused", "pairs_scored")}
+
+
+def stage_counts(stages, stage: str, keys: tuple[str, str]) -> dict[str, int]:
+    """``{reused key: n, new key: n}`` summed over the stage's runs (its shards, not its merge)."""
+    ms = [s["metrics"] for s in stages if re.fullmatch(rf"{stage}(-\d+-of-\d+)?", s["name"])]
+    return {k: int(sum(m.get(f"count.{k}", 0) for m in ms)) for k in keys}
+
+
+def work_section(run: Mapping[str, Any], lin: Mapping[str, Any]) -> list[str]:
+    """Lineage (corpus, parent version, changes) and, per stage, work reused vs done now."""
+    from kadet.register import lineage_lines
+
+    rows = []
+    for stage, keys in REUSE_COUNTS.items():
+        r, n = stage_counts(run.get("stages", []), stage, keys).values()
+        if r or n:
+            rows.append([stage, r, n, f"{100 * r / (r + n):.0f}%"])
+    parts = ['<h2 id="lineage">Lineage and reuse</h2>']
+    parts += [f"<p>{_e(line)}</p>" for line in lineage_lines(lin)] or ["<p class=muted>No lineage recorded.</p>"]
+    if rows:
+        parts.append(table(["stage", "reused from earlier runs", "done in this run", "reused"], rows))
+    return parts
+
+
 def render(run: Mapping[str, Any], comparison: Mapping[str, Any], gate: Mapping[str, Any],
            cfg: KadetConfig, images: Mapping[str, Path]) -> str:
     """The page. ``gate``: ``promote``, ``reason``, ``version``, ``model_name``, ``incumbent``,
@@ -108,6 +135,8 @@ def render(run: Mapping[str, Any], comparison: Mapping[str, Any], gate: Mapping[
                                                               for line in usage(gate["model_name"], gate["version"],
                                                                                 gate.get("tracking_uri", "")))
                      + "</ul>")
+
+    parts += work_section(run, gate.get("lineage") or {})
 
     links = gate.get("links") or {}
     if links:

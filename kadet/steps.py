@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -25,6 +26,8 @@ from kadet import tracking
 from kadet.config import KadetConfig, config_from_text, profile_config
 from kadet.manifest import Manifest
 from kadet.stages import file_in
+
+log = logging.getLogger(__name__)
 
 
 #: A UI parameter left at its default: the profile and ``config_yaml`` decide that setting.
@@ -51,12 +54,42 @@ def step_config(config_yaml: str = "", overrides: Sequence[str] = (), work_dir: 
     return cfg
 
 
-def prepare_step(cfg: KadetConfig, out: str, pipeline_run: str) -> dict:
+def fingerprint_step(cfg: KadetConfig, pipeline_run: str) -> dict:
+    """What the corpus holds (:func:`kadet.prepare.fingerprints`) and ``unchanged_since``: the
+    registered version trained on these very inputs ("" if none: the run has work to do)."""
+    from kadet.prepare import fingerprints
+    from kadet.register import trained_on
+
+    fp = fingerprints(cfg)
+    version = trained_on(cfg, fp["inputs"])
+    log.info("corpus %s (%d files, %d bytes), inputs %s: %s", fp["corpus"], fp["files"], fp["bytes"], fp["inputs"],
+             f"unchanged since version {version}" if version else "new")
+    return {**fp, "unchanged_since": version}
+
+
+def unchanged_step(cfg: KadetConfig, version: str, pipeline_run: str) -> None:
+    """A run with nothing new: say so on the pipeline's parent run (no stage runs, no version)."""
+    c = tracking.client(cfg)
+    parent = tracking.parent_run_id(cfg, pipeline_run)
+    c.set_tag(parent, tracking.UNCHANGED_TAG, version)
+    c.set_tag(parent, tracking.GATE_TAG, unchanged_text(cfg.register.model_name, version))
+
+
+def unchanged_text(model_name: str, version: str) -> str:
+    return (f"no change since version {version}: the corpus holds what {model_name} v{version} was trained on and "
+            "the settings are the same; nothing was trained or registered")
+
+
+def prepare_step(cfg: KadetConfig, out: str, pipeline_run: str, fingerprint: dict | None = None) -> dict:
     from kadet.prepare import prepare
 
     with tracking.stage_run(cfg, "prepare", pipeline_run, out=out):
-        m = prepare(cfg, out)
+        m = prepare(cfg, out, fingerprint if fingerprint and fingerprint.get("corpus") else None)
         tracking.log_manifest(m, out)
+        import mlflow
+
+        mlflow.set_tags({f"kadet.{k}_fingerprint": v for k, v in m.extra["fingerprint"].items()
+                         if k in ("corpus", "inputs")})
     return m.counts
 
 
@@ -171,7 +204,7 @@ def distill_step(cfg: KadetConfig, labels: str, out: str, pipeline_run: str, tra
     train data-parallel as a Kubeflow Trainer job (``launch``: see :func:`kadet.trainjob.distill_as_job`)."""
     import mlflow
 
-    from kadet.distill import distill
+    from kadet.distill import distill, init_tags
 
     with tracking.stage_run(cfg, "distill", pipeline_run, out=out):
         if trainer_job:
@@ -182,6 +215,7 @@ def distill_step(cfg: KadetConfig, labels: str, out: str, pipeline_run: str, tra
         else:
             m = distill(cfg, labels, out)
         tracking.log_manifest(m, out)
+        mlflow.set_tags(init_tags(m.extra.get("init")))   # base or champion vN, and why a fallback
         curves = json.loads((Path(out) / "curves.json").read_text())
         for e, dev, tr in zip(curves["epoch"], curves["dev_loss"], curves.get("epoch_train_loss", [])):
             mlflow.log_metrics({"dev_loss": dev, "train_loss": tr}, step=int(e))
@@ -227,7 +261,7 @@ def evaluate_step(cfg: KadetConfig, model_dir: str, labels: str | None, out: str
 
 
 def register_step(cfg: KadetConfig, model_dir: str, comparison_dir: str, pipeline_run: str,
-                  report_path: str | None = None) -> dict:
+                  report_path: str | None = None, prepared_dir: str | None = None) -> dict:
     """Log and register the candidate, decide the gate (aliases are set by the next step); write
     the run's ``report.html`` to ``report_path`` (the KFP run page shows it) and log it to MLflow,
     on this step's run and on the pipeline's parent run."""
@@ -241,8 +275,8 @@ def register_step(cfg: KadetConfig, model_dir: str, comparison_dir: str, pipelin
     if comparison.get("silver_dir"):   # a champion is re-evaluated on the same held-out silver queries
         cfg.data.data_dir, cfg.data.qrels, cfg.data.split = str(Path(comparison_dir) / comparison["silver_dir"]), "", "test"
     with tracking.stage_run(cfg, "register", pipeline_run):
-        r = register_candidate(cfg, model_dir, comparison, pipeline_run)
-        gate = {"promote": r.decision.promote, "reason": gate_text(r.decision, comparison.get("kind", "gold")),
+        r = register_candidate(cfg, model_dir, comparison, pipeline_run, prepared_dir=prepared_dir)
+        gate = {"lineage": r.lineage, "promote": r.decision.promote, "reason": gate_text(r.decision, comparison.get("kind", "gold")),
                 "version": r.version, "model_name": r.name, "incumbent": r.decision.incumbent,
                 "incumbent_metrics": r.incumbent_metrics, "links": tracking.links(cfg, pipeline_run, r.name, r.version),
                 "tracking_uri": tracking.tracking_uri(cfg)}

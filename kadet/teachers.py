@@ -309,17 +309,29 @@ class EnsembleTeacher:
         return total
 
 
-def build_teacher(spec: str, cfg, corpus: Mapping[str, Document], cache: dict | None = None) -> Teacher:
-    """A teacher from its name (see the module table); ``cache`` shares built members."""
+def build_teacher(spec: str, cfg, corpus: Mapping[str, Document], cache: dict | None = None,
+                  wrap=None) -> Teacher:
+    """A teacher from its name (see the module table); ``cache`` shares built members; ``wrap(spec,
+    teacher)``, if given, wraps each model teacher (not an ensemble, not BM25, whose scores
+    depend on the whole corpus's statistics): kadet/label.py keeps their scores across runs."""
     cache = {} if cache is None else cache
     if spec in cache:
         return cache[spec]
+    if spec == "ensemble":
+        members = {name: build_teacher(name, cfg, corpus, cache, wrap) for name, w in cfg.label.ensemble.items() if w}
+        teacher = EnsembleTeacher(members, cfg.label.ensemble)
+    else:
+        teacher = _member(spec, cfg, corpus)
+        if wrap is not None and spec != "bm25":
+            teacher = wrap(spec, teacher)
+    cache[spec] = teacher
+    return teacher
+
+
+def _member(spec: str, cfg, corpus: Mapping[str, Document]) -> Teacher:
     lab = cfg.label
     kind, _, arg = spec.partition(":")
-    if spec == "ensemble":
-        members = {name: build_teacher(name, cfg, corpus, cache) for name, w in lab.ensemble.items() if w}
-        teacher = EnsembleTeacher(members, lab.ensemble)
-    elif kind == "dense":
+    if kind == "dense":
         from kadet.encode import Encoder
 
         teacher = DenseTeacher(Encoder.from_config(cfg, arg or None), corpus, cfg.data.title_separator)
@@ -339,5 +351,4 @@ def build_teacher(spec: str, cfg, corpus: Mapping[str, Document], cache: dict | 
     else:
         raise ConfigError(f"label.teacher: unknown teacher {spec!r} (dense, bm25, ql, cross-encoder:PATH, "
                           "monot5:PATH, rankt5:PATH, ensemble)")
-    cache[spec] = teacher
     return teacher

@@ -45,6 +45,7 @@ ARTIFACT_URI_TAG = "kadet.artifact_uri"
 #: (and on the parent run if a promotion is refused at the last moment).
 GATE_TAG = "kadet.gate"
 MODEL_VERSION_TAG = "kadet.model_version"
+UNCHANGED_TAG = "kadet.unchanged_since"  # on a parent run that found nothing new (the version it matched)
 DATASET_ATTEMPTS = 3  # tries to log one input as an MLflow dataset (see log_inputs)
 #: Config sections logged as params on each stage's run (plus ``data`` and ``retrieval``).
 STAGE_SECTIONS = {

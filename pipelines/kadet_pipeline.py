@@ -1,5 +1,11 @@
-"""The kadet DAG: prepare -> generate (sharded) -> mine -> label (sharded) -> distill ->
-evaluate -> register -> promote (``dsl.If``) or mark challenger (``dsl.Else``).
+"""The kadet DAG: fingerprint -> (nothing new: say so) or prepare -> generate (sharded) -> mine ->
+label (sharded) -> distill -> evaluate -> register -> promote (``dsl.If``) or mark challenger.
+
+The fingerprint task is never cached: it reads what the corpus holds now (object names, sizes
+and ETags on S3; file digests locally) and whether a registered version was trained on these
+very inputs (corpus content + settings). If one was, the run trains nothing and says "no change
+since version N"; otherwise prepare takes the corpus fingerprint as an input, so its cache key
+(and that of everything after it) changes with the content, not only with the address.
 
 Compile it (the committed ``pipelines/kadet_pipeline.yaml`` must equal this output; CI checks):
 
@@ -24,8 +30,6 @@ from kadet.steps import NOT_SET
 from pipelines.platform import Platform
 
 PIPELINE_NAME = "kadet"
-#: Tasks whose result depends on the MLflow registry's state, not only on their inputs.
-UNCACHED = ("register", "promote", "challenger")
 #: Retries of a failed data task (backoff 30 s, doubling, at most 10 min).
 RETRIES = 2
 
@@ -88,63 +92,87 @@ def make_pipeline(base_image: str | None = None, platform: Platform | None = Non
         # per-run input and unchanged steps are cached across runs; locally, the job id is passed
         run = "" if platform is not None and platform.run_key_field else dsl.PIPELINE_JOB_ID_PLACEHOLDER
         common = dict(config_yaml=config_yaml, profile=profile, work_dir=work_dir, pipeline_run=run)
+        ui = dict(data_uri=data_uri, eval_qrels_uri=eval_qrels_uri, sample_size=sample_size, query_types=query_types,
+                  generate_shards=generate_shards, teacher=teacher, list_size=list_size, label_shards=label_shards,
+                  training_mode=training_mode, ndcg_floor=ndcg_floor, min_delta=min_delta,
+                  max_recall_drop=max_recall_drop, model_name=model_name)
 
         # closes the MLflow parent run FINISHED or FAILED, whatever happens inside
         closer = c.finish(**common).set_caching_options(False)
         with dsl.ExitHandler(closer, name="kadet-run"):
-            prep = c.prepare(data_uri=data_uri, eval_qrels_uri=eval_qrels_uri, sample_size=sample_size, **common)
-
-            gen_idx = c.shard_indices(num_shards=generate_shards).set_display_name("generate-shards")
-            with dsl.ParallelFor(items=gen_idx.output, name="generate-shard") as i:
-                gen = c.generate(prepared=prep.outputs["prepared"], query_types=query_types, shard_index=i,
-                                 num_shards=generate_shards, **common)
-            queries = c.generate_merge(prepared=prep.outputs["prepared"], shards=dsl.Collected(gen.outputs["shard"]),
-                                       query_types=query_types, num_shards=generate_shards, **common)
-
-            mined = c.mine(prepared=prep.outputs["prepared"], queries=queries.outputs["queries"], **common)
-
-            lab_idx = c.shard_indices(num_shards=label_shards).set_display_name("label-shards")
-            with dsl.ParallelFor(items=lab_idx.output, name="label-shard") as j:
-                scored = c.label(prepared=prep.outputs["prepared"], candidates=mined.outputs["candidates"],
-                                 teacher=teacher, list_size=list_size, shard_index=j, num_shards=label_shards, **common)
-            labels = c.label_merge(prepared=prep.outputs["prepared"], candidates=mined.outputs["candidates"],
-                                   shards=dsl.Collected(scored.outputs["scores"]), teacher=teacher, list_size=list_size,
-                                   num_shards=label_shards, **common)
-
-            trained = c.distill(labels=labels.outputs["labels"], training_mode=training_mode, list_size=list_size,
-                                trainer_job=trainer_job, **common)
-            ev = c.evaluate(model=trained.outputs["model"], labels=labels.outputs["labels"], data_uri=data_uri,
-                            eval_qrels_uri=eval_qrels_uri, **common)
-
-            gate = c.register(model=trained.outputs["model"], report=ev.outputs["report"], model_name=model_name,
-                              ndcg_floor=ndcg_floor, min_delta=min_delta, max_recall_drop=max_recall_drop, **common)
-            with dsl.If(gate.outputs["decision"] == "promote", name="gate-passed"):
-                promoted = c.promote(version=gate.outputs["version"], model_name=model_name, **common)
-            with dsl.Else(name="gate-failed"):
-                held_back = c.challenger(version=gate.outputs["version"], reason=gate.outputs["reason"],
-                                         model_name=model_name, **common)
-
-        for task in (prep, gen, queries, mined, scored, labels, trained, ev):
-            task.set_caching_options(True)
-            # a failed try resumes: generate and label keep their logs under work_dir, distill its checkpoints
-            task.set_retry(num_retries=RETRIES, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="600s")
-        for task, title in ((prep, "1 prepare corpus"), (gen, "2 generate queries"), (queries, "2 merge queries"),
-                            (mined, "3 mine candidates"), (scored, "4 teacher scores"), (labels, "4 filter and split labels"),
-                            (trained, "5 distill"), (ev, "6 evaluate base vs candidate"), (gate, "7 register and gate"),
-                            (promoted, "7 promote to champion"), (held_back, "7 keep as challenger"),
-                            (closer, "close MLflow run")):
-            task.set_display_name(title)
-        for task in (gate, promoted, held_back):
-            task.set_caching_options(False)
+            # never cached: what the corpus holds now, and whether a version was trained on exactly that
+            fp = c.fingerprint(data_uri=data_uri, eval_qrels_uri=eval_qrels_uri, sample_size=sample_size,
+                               query_types=query_types, teacher=teacher, list_size=list_size,
+                               training_mode=training_mode, model_name=model_name, **common)
+            with dsl.If(fp.outputs["unchanged_since"] != "", name="nothing-new"):
+                same = c.unchanged(version=fp.outputs["unchanged_since"], model_name=model_name, **common)
+            with dsl.Else(name="new-content-or-settings"):
+                tasks = _train(c, fp, ui, common, trainer_job)
+        closer.set_display_name("close MLflow run")
+        fp.set_display_name("0 corpus fingerprint").set_caching_options(False)
+        same.set_display_name("0 nothing new: no change since the version trained on it").set_caching_options(False)
         if platform is not None:
-            steps = {"finish": closer, "prepare": prep, "shard_indices": gen_idx, "generate": gen,
-                     "generate_merge": queries, "mine": mined, "label": scored, "label_merge": labels,
-                     "distill": trained, "evaluate": ev, "register": gate, "promote": promoted, "challenger": held_back}
-            for step, task in steps.items():
+            for step, task in [("finish", closer), ("fingerprint", fp), ("unchanged", same), *tasks]:
                 platform.apply(task, step)
-            platform.apply(lab_idx, "shard_indices")
 
     return kadet_pipeline
+
+
+#: Display names of the training branch's tasks, by step.
+TITLES = {"prepare": "1 prepare corpus", "generate": "2 generate queries",
+          "generate_merge": "2 merge queries", "mine": "3 mine candidates", "label": "4 teacher scores",
+          "label_merge": "4 filter and split labels", "distill": "5 distill", "evaluate": "6 evaluate base vs candidate",
+          "register": "7 register and gate", "promote": "7 promote to champion", "challenger": "7 keep as challenger"}
+#: Data tasks: cached on their inputs (prepare's include the corpus fingerprint), retried on failure.
+CACHED = ("prepare", "generate", "generate_merge", "mine", "label", "label_merge", "distill", "evaluate")
+
+
+def _train(c, fp, ui: dict, common: dict, trainer_job: str) -> list[tuple[str, object]]:
+    """The training branch: prepare ... register, then promote or keep as challenger. Returns
+    ``(step, task)`` pairs for the platform settings."""
+    prep = c.prepare(data_uri=ui["data_uri"], eval_qrels_uri=ui["eval_qrels_uri"], sample_size=ui["sample_size"],
+                     corpus_fingerprint=fp.outputs["corpus"], inputs_fingerprint=fp.outputs["inputs"], **common)
+    prepared = prep.outputs["prepared"]
+    gen_idx = c.shard_indices(num_shards=ui["generate_shards"]).set_display_name("generate-shards")
+    with dsl.ParallelFor(items=gen_idx.output, name="generate-shard") as i:
+        gen = c.generate(prepared=prepared, query_types=ui["query_types"], shard_index=i,
+                         num_shards=ui["generate_shards"], **common)
+    queries = c.generate_merge(prepared=prepared, shards=dsl.Collected(gen.outputs["shard"]),
+                               query_types=ui["query_types"], num_shards=ui["generate_shards"], **common)
+    mined = c.mine(prepared=prepared, queries=queries.outputs["queries"], **common)
+    teacher = dict(teacher=ui["teacher"], list_size=ui["list_size"])
+    lab_idx = c.shard_indices(num_shards=ui["label_shards"]).set_display_name("label-shards")
+    with dsl.ParallelFor(items=lab_idx.output, name="label-shard") as j:
+        scored = c.label(prepared=prepared, candidates=mined.outputs["candidates"], shard_index=j,
+                         num_shards=ui["label_shards"], **teacher, **common)
+    labels = c.label_merge(prepared=prepared, candidates=mined.outputs["candidates"],
+                           shards=dsl.Collected(scored.outputs["scores"]), num_shards=ui["label_shards"],
+                           **teacher, **common)
+    trained = c.distill(labels=labels.outputs["labels"], training_mode=ui["training_mode"],
+                        list_size=ui["list_size"], trainer_job=trainer_job, **common)
+    ev = c.evaluate(model=trained.outputs["model"], labels=labels.outputs["labels"], data_uri=ui["data_uri"],
+                    eval_qrels_uri=ui["eval_qrels_uri"], **common)
+    registry = dict(model_name=ui["model_name"], **common)
+    gate = c.register(model=trained.outputs["model"], report=ev.outputs["report"], prepared=prepared,
+                      ndcg_floor=ui["ndcg_floor"], min_delta=ui["min_delta"], max_recall_drop=ui["max_recall_drop"],
+                      **registry)
+    with dsl.If(gate.outputs["decision"] == "promote", name="gate-passed"):
+        promoted = c.promote(version=gate.outputs["version"], **registry)
+    with dsl.Else(name="gate-failed"):
+        held_back = c.challenger(version=gate.outputs["version"], reason=gate.outputs["reason"], **registry)
+    tasks = [("prepare", prep), ("shard_indices", gen_idx), ("generate", gen), ("generate_merge", queries),
+             ("mine", mined), ("shard_indices", lab_idx), ("label", scored), ("label_merge", labels),
+             ("distill", trained), ("evaluate", ev), ("register", gate), ("promote", promoted),
+             ("challenger", held_back)]
+    for step, task in tasks:
+        if step in TITLES:
+            task.set_display_name(TITLES[step])
+        task.set_caching_options(step in CACHED)
+        if step in CACHED:
+            # a failed try resumes: generate and label keep their logs under work_dir, distill its checkpoints
+            task.set_retry(num_retries=RETRIES, backoff_duration="30s", backoff_factor=2.0,
+                           backoff_max_duration="600s")
+    return tasks
 
 
 kadet_pipeline = make_pipeline(platform=Platform.load())

@@ -95,6 +95,15 @@ def _prefixed(run, prefix: str) -> dict[str, float]:
     return {k.removeprefix(prefix).replace("_at_", "@"): v for k, v in run.data.metrics.items() if k.startswith(prefix)}
 
 
+def work_counts(stages) -> dict[str, dict[str, int]]:
+    """Per stage, the work reused from earlier runs and done in this one (report.REUSE_COUNTS)."""
+    from kadet.report import REUSE_COUNTS, stage_counts
+
+    runs = [{"name": n, "metrics": dict(r.data.metrics)} for n, _, r in stages]
+    counts = {stage: list(stage_counts(runs, stage, keys).values()) for stage, keys in REUSE_COUNTS.items()}
+    return {stage: {"reused": reused, "new": new} for stage, (reused, new) in counts.items()}
+
+
 def summarise(cfg, seconds: float) -> dict:
     """The newest pipeline run in MLflow: stage wall times, metrics, registry outcome."""
     from kadet import tracking
@@ -126,6 +135,9 @@ def summarise(cfg, seconds: float) -> dict:
         "tracking_uri": tracking.tracking_uri(cfg), "model_name": cfg.register.model_name,
         "metrics": [cfg.evaluation.ndcg, cfg.evaluation.recall],
         "eval_kind": ev.data.tags.get(tracking.EVAL_KIND_TAG, "gold") if ev else None,
+        # the version trained on this very corpus content and these settings, when nothing was new
+        "unchanged_since": parent.data.tags.get(tracking.UNCHANGED_TAG),
+        "work": work_counts(stages),
         "gate_retriever": ev.data.tags.get(tracking.GATE_RETRIEVER_TAG, "dense") if ev else None,
         # every retriever measured: {"dense": {"base": {...}, "candidate": {...}}, "hybrid": ..., "bm25": {...}}
         "retrievers": {**{r: {who: _prefixed(ev, f"{r}_{who}_") for who in ("base", "candidate")}
