@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from kadet.config import CleanConfig, load_config
-from kadet.data import Document, read_corpus, read_log, write_jsonl
+from kadet.data import Document, read_corpus, read_log, read_records, write_jsonl
 from kadet.errors import ConfigError, KadetError
 from kadet.generate import (
     LOG_NAME, TGIBackend, clean_output, generate, is_copy, plan_requests, run_generation,
@@ -331,3 +331,28 @@ def test_llm_and_sentence_types_mix(tmp_path):
     assert m.counts["kept_sentence"] == 6 and m.counts["requests"] == 6
     with pytest.raises(ConfigError, match="sentence"):
         run_generation(load_config(None, ["generate.types={sentences: 1}"]), docs, tmp_path / "x", ScriptedBackend())
+
+
+def test_a_later_run_generates_only_for_new_or_changed_passages(tmp_path):
+    """Run 1 on 40 passages, run 2 (another output folder, same work dir) on those 40 plus 10
+    new ones and one edited: the backend sees only the 11 new prompts; the other 39 outputs come
+    from the store. (The backend is the scripted fault-injection one: it counts requests.)"""
+    cfg = load_config(None, ["generate.types={question: 1}", "generate.progress=false", f"work_dir={tmp_path}"])
+    first = ScriptedBackend()
+    m1 = run_generation(cfg, _docs(40), tmp_path / "run1", first)
+    assert len(first.seen) == 40 and m1.counts["reused"] == 0 and m1.counts["generated"] == 40
+    grown = _docs(50)
+    grown[3] = Document("d3", "Passage number 3, now rewritten about another topic entirely.")
+    second = ScriptedBackend()
+    m2 = run_generation(cfg, grown, tmp_path / "run2", second)
+    assert sorted(second.seen) == sorted(["d3|question|0", *(f"d{i}|question|0" for i in range(40, 50))])
+    assert m2.counts["reused"] == 39 and m2.counts["generated"] == 11 and m2.counts["finished"] == 50
+    # the reused outputs are the first run's, under this run's keys
+    q1 = {r["qid"]: r["text"] for r in read_records(tmp_path / "run1" / "queries.jsonl", "qid", {"text": str})}
+    q2 = {r["qid"]: r["text"] for r in read_records(tmp_path / "run2" / "queries.jsonl", "qid", {"text": str})}
+    assert all(q2[q] == t for q, t in q1.items() if q != "gen-d3-question-0" and q in q2)
+    # other generation settings: nothing reused
+    hot = load_config(None, ["generate.types={question: 1}", "generate.progress=false", f"work_dir={tmp_path}",
+                             "generate.temperature=1.2"])
+    third = ScriptedBackend()
+    assert run_generation(hot, grown, tmp_path / "run3", third).counts["reused"] == 0 and len(third.seen) == 50

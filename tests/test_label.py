@@ -167,3 +167,30 @@ def test_silver_holdout_takes_whole_source_passages_and_judges_with_the_teacher(
     assert sum(o["split"] == "silver" for o in apply_filters(items[:20], lab, 3, Manifest("x"), silver=True)) <= 4
     plain = apply_filters(items, lab, 3, Manifest("x"))
     assert not any(o["split"] == "silver" for o in plain)
+
+
+def test_teacher_scores_outlive_the_run_per_pair(tmp_path):
+    """The real ensemble (dense on a tiny model + BM25): a second run whose lists share most
+    pairs with the first scores only the new pairs with the model member (BM25 depends on the
+    corpus statistics, so it is never stored), and gives exactly the scores of a teacher
+    without a store."""
+    from kadet.label import pair_counts, stored_teacher
+    from kadet.teachers import build_teacher
+    from tests.conftest import make_tiny_st
+
+    corpus = {f"d{i}": Document(f"d{i}", f"topic{i} word{i} shared text number {i}") for i in range(30)}
+    cfg = load_config(None, [f"retrieval.model={make_tiny_st(tmp_path)}", f"work_dir={tmp_path / 'work'}",
+                             "label.ensemble={dense: 1.0, bm25: 0.5}"])
+    queries = [f"topic{i} word{i}" for i in range(6)]
+    first_lists = [[f"d{(i + j) % 20}" for j in range(10)] for i in range(6)]
+    first = build_teacher("ensemble", cfg, corpus, wrap=stored_teacher(cfg, corpus, "corpus-1"))
+    first.score(queries, first_lists)
+    assert pair_counts(first) == {"pairs_reused": 0, "pairs_scored": 60}
+    # the corpus grew: each list now holds 2 new passages (d20..d29) in place of 2 old ones
+    second_lists = [lst[:8] + [f"d{20 + (i + k) % 10}" for k in range(2)] for i, lst in enumerate(first_lists)]
+    second = build_teacher("ensemble", cfg, corpus, wrap=stored_teacher(cfg, corpus, "corpus-2"))
+    got = second.score(queries, second_lists)
+    assert pair_counts(second) == {"pairs_reused": 48, "pairs_scored": 12}
+    fresh = build_teacher("ensemble", cfg, corpus).score(queries, second_lists)
+    for a, b in zip(got, fresh):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -49,3 +49,20 @@ def test_prepare_stage_never_keeps_test_positives(scifact, tmp_path):
     assert len(positives) == 283 and not kept & positives and not clean & positives
     assert m.dropped["eval_relevant"] == 283 and m.counts["passages"] == len(kept) == 5183 - sum(m.dropped.values())
     assert Manifest.read(tmp_path).inputs["exclude_qrels_0"]["fingerprint"].startswith("sha256:")
+
+
+def test_a_grown_corpus_keeps_the_earlier_sample():
+    """Was a seeded ``random.sample`` of positions: one more document reshuffled the whole sample,
+    so a run over a grown corpus generated for every passage again. Now the ``n`` passages whose
+    seeded id digest is smallest: every passage sampled before that still ranks is sampled again."""
+    from kadet.manifest import Manifest
+    from kadet.prepare import sample_passages
+
+    docs = [Document(f"d{i}", f"passage {i} text") for i in range(1000)]
+    old = {d.doc_id for d in sample_passages(docs[:800], 200, 42, Manifest(stage="prepare"))}
+    new = {d.doc_id for d in sample_passages(docs, 200, 42, Manifest(stage="prepare"))}
+    assert len(old) == len(new) == 200
+    newcomers = new - old
+    assert newcomers <= {f"d{i}" for i in range(800, 1000)}       # only new documents enter
+    assert 20 <= len(newcomers) <= 60                              # ~ a fifth of the sample, as the corpus grew
+    assert sample_passages(docs, 200, 7, Manifest(stage="prepare")) != sample_passages(docs, 200, 42, Manifest(stage="prepare"))

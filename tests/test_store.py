@@ -1,0 +1,30 @@
+"""The store that outlives a run: content keys, whole segments, parallel writers, settings folders."""
+
+from __future__ import annotations
+
+import json
+
+from kadet.store import Store, digest
+
+
+def test_values_survive_the_run_and_writers_do_not_collide(tmp_path):
+    a = Store.open(tmp_path, "teacher", {"member": "dense", "model": "m1"}, run="run-1")
+    b = Store.open(tmp_path, "teacher", {"model": "m1", "member": "dense"}, run="run-1")   # another shard
+    assert a.folder == b.folder
+    a.put({digest("q", "p1"): 0.5})
+    b.put({digest("q", "p2"): 0.25})
+    a.put({})                                                     # nothing: no empty segment
+    assert len(a.segments()) == 2
+    later = Store.open(tmp_path, "teacher", {"member": "dense", "model": "m1"}, run="run-2")
+    assert later.get([digest("q", "p1"), digest("q", "p2"), digest("q", "p3")]) == {
+        digest("q", "p1"): 0.5, digest("q", "p2"): 0.25}
+    assert json.loads((later.folder / "used.json").read_text())["run"] == "run-2"
+    # other settings: another folder, nothing shared
+    assert Store.open(tmp_path, "teacher", {"member": "dense", "model": "m2"}).get([digest("q", "p1")]) == {}
+    assert later.compact() == 2 and len(later.segments()) == 1
+    assert Store.open(tmp_path, "teacher", {"member": "dense", "model": "m1"}).get([digest("q", "p2")])
+
+
+def test_keys_are_content_not_ids():
+    assert digest("what is aspirin", "Aspirin reduces pain.") != digest("what is aspirin", "Aspirin reduces fever.")
+    assert digest("a", "b") == digest("a", "b") and len(digest("a", "b")) == 33
