@@ -1,23 +1,33 @@
-"""Pin every image kadet deploys to its digest: ``make -C images pin`` after ``make push``.
+"""Every image kadet deploys, in your registry, pinned to its digest: ``make -C images pin compile``.
 
-Tags move; a digest names exactly the bytes that were tested. This resolves each image of the
-services' manifests (``manifests/base``) and kadet's own pipeline images to ``sha256:...``
-digests in the registry, then
+    REGISTRY=registry.example.com/kadet make -C images build push pin compile
 
-- writes an ``images:`` list into ``manifests/base/kustomization.yaml`` (kustomize replaces each
-  ``name:tag`` with ``name@sha256:...`` when it renders, so ``kubectl apply -k`` deploys digests);
-- compiles the pipeline against ``kadet@sha256:...`` (CPU and CUDA) into ``build/kadet_pipeline.yaml``.
+Tags move; a digest names exactly the bytes that were pushed. One registry holds everything:
+kadet's images (CPU, CUDA), the MLflow server and the TGI layer (built by ``make build``) and
+copies of the upstream images the manifests run (MinIO for the server and the buckets Job,
+Postgres; pulled and re-tagged by ``make build``). Subcommands:
 
-Resolution needs the registry (``docker buildx imagetools inspect`` or ``crane digest``); the
-rewriting does not, and is what ``tests/test_images.py`` checks.
+- ``targets``: one line per image, ``SOURCE TARGET build|mirror`` (``make`` builds, mirrors and
+  pushes exactly these);
+- ``pin``: resolves each target's digest in the registry and writes kustomize ``images:``
+  (``name`` -> ``newName`` in the registry + ``digest``) into ``manifests/base/kustomization.yaml``
+  (so every ``kubectl apply -k`` deploys ``REGISTRY/...@sha256:...``) and the lock file
+  ``build/images.json``;
+- ``compile``: compiles the pipeline against the lock's ``kadet@sha256:...`` (CPU and CUDA) into
+  ``build/kadet_pipeline.yaml``, the package to submit. The committed
+  ``pipelines/kadet_pipeline.yaml`` is not touched (it stays ``compile --check``'s reference).
 
-    python images/pin.py --kadet-image ghcr.io/kadet-ml/kadet:0.1.0-cpu --gpu-image ghcr.io/kadet-ml/kadet:0.1.0-cuda
+Resolution asks the registry (``--resolver CMD``: ``CMD REF`` prints the digest; default
+``crane digest``, else ``docker buildx imagetools inspect``); the rewriting needs no registry and
+is what ``tests/test_images.py`` runs, with a made-up registry and a stand-in resolver.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -28,7 +38,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "manifests" / "base"
+LOCK = ROOT / "build" / "images.json"
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+#: The images ``make build`` builds (images/Makefile), by repository name; the rest are mirrored.
+BUILT = ("kadet", "mlflow-server", "tgi")
 
 
 def split_ref(ref: str) -> tuple[str, str]:
@@ -63,59 +76,103 @@ def _images(obj):
             yield from _images(v)
 
 
-def resolve_with_registry(ref: str) -> str:
-    """The digest of ``ref`` in its registry (``crane`` if installed, else ``docker buildx``)."""
-    if shutil.which("crane"):
-        cmd = ["crane", "digest", ref]
-    else:
-        cmd = ["docker", "buildx", "imagetools", "inspect", ref, "--format", "{{.Manifest.Digest}}"]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip()
-    if not DIGEST.fullmatch(out):
-        raise SystemExit(f"{' '.join(cmd)}: not a digest: {out!r}")
+def targets(registry: str, version: str, base: Path = BASE) -> list[tuple[str, str, str]]:
+    """``(source, target, build|mirror)`` for kadet's CPU and CUDA images and every manifest image:
+    the target is ``REGISTRY/<repository's last name>:<tag>``."""
+    registry = registry.rstrip("/")
+    if not registry or "://" in registry:
+        raise SystemExit(f"pin: REGISTRY {registry!r}: give it as host[:port]/path, e.g. registry.example.com/kadet")
+    out = [(f"kadet:{version}-{v}", f"{registry}/kadet:{version}-{v}", "build") for v in ("cpu", "cuda")]
+    for ref in manifest_images(base):
+        name, tag = split_ref(ref)
+        short = name.rsplit("/", 1)[-1]
+        out.append((ref, f"{registry}/{short}:{tag}", "build" if short in BUILT else "mirror"))
     return out
 
 
-def pin_kustomization(base: Path, digests: dict[str, str]) -> None:
-    """Write ``images:`` (name, digest) for every ``ref -> digest`` into ``base/kustomization.yaml``."""
-    path = base / "kustomization.yaml"
-    kust = yaml.safe_load(path.read_text())
-    entries = []
-    for ref, digest in digests.items():
-        if not DIGEST.fullmatch(digest):
-            raise ValueError(f"{ref}: {digest!r} is not a sha256 digest")
-        name, tag = split_ref(ref)
-        entries.append({"name": name, "digest": digest})
+def resolver(command: str | None) -> Callable[[str], str]:
+    """``ref -> digest`` through ``command REF`` (or ``crane digest`` / ``docker buildx``)."""
+    if command:
+        cmd = shlex.split(command)
+    elif shutil.which("crane"):
+        cmd = ["crane", "digest"]
+    else:
+        cmd = ["docker", "buildx", "imagetools", "inspect", "--format", "{{.Manifest.Digest}}"]
+
+    def resolve(ref: str) -> str:
+        proc = subprocess.run([*cmd, ref], capture_output=True, text=True)
+        out = proc.stdout.strip()
+        if proc.returncode or not DIGEST.fullmatch(out):
+            raise SystemExit(f"pin: {' '.join(cmd)} {ref}: no digest ({(proc.stderr or out).strip()[:200]}); "
+                             "was it pushed (make push)?")
+        return out
+    return resolve
+
+
+def pin_kustomization(base: Path, entries: list[dict]) -> None:
+    """Write ``images:`` (``name`` -> ``newName`` + ``digest``) into ``base/kustomization.yaml``."""
     names = [e["name"] for e in entries]
     if len(set(names)) != len(names):
-        raise ValueError(f"two tags of one image in the manifests: {names}")
+        raise SystemExit(f"pin: two tags of one image in the manifests: {names}")
+    for e in entries:
+        if not DIGEST.fullmatch(e["digest"]):
+            raise SystemExit(f"pin: {e['name']}: {e['digest']!r} is not a sha256 digest")
+    path = base / "kustomization.yaml"
+    kust = yaml.safe_load(path.read_text())
     kust["images"] = entries
     header = "# images: pinned by images/pin.py (make -C images pin); rerun it after pushing new tags\n"
     path.write_text(header + yaml.safe_dump(kust, sort_keys=False))
 
 
-def pin(resolve: Callable[[str], str], kadet_image: str, gpu_image: str, base: Path = BASE,
-        output: Path = ROOT / "build" / "kadet_pipeline.yaml") -> dict[str, str]:
-    digests = {ref: resolve(ref) for ref in manifest_images(base)}
-    pin_kustomization(base, digests)
+def pin(resolve: Callable[[str], str], registry: str, version: str, base: Path = BASE, lock: Path = LOCK) -> dict:
+    """Resolve every target, pin the manifests, write the lock; returns the lock's content."""
+    pinned, entries = {}, []
+    for source, target, _ in targets(registry, version, base):
+        name = split_ref(target)[0]
+        pinned[target] = f"{name}@{resolve(target)}"
+        if not source.startswith("kadet:"):
+            entries.append({"name": split_ref(source)[0], "newName": name, "digest": pinned[target].split("@")[1]})
+    pin_kustomization(base, entries)
+    content = {"registry": registry.rstrip("/"), "version": version, "images": pinned,
+               "kadet_cpu": pinned[f"{registry.rstrip('/')}/kadet:{version}-cpu"],
+               "kadet_cuda": pinned[f"{registry.rstrip('/')}/kadet:{version}-cuda"]}
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text(json.dumps(content, indent=2) + "\n")
+    return content
+
+
+def compile_pinned(registry: str, output: Path, lock: Path = LOCK) -> Path:
+    """The pipeline compiled against the lock's kadet digests (``make compile``)."""
+    if not lock.exists():
+        raise SystemExit(f"pin: {lock}: nothing pinned yet: run make -C images pin first")
+    content = json.loads(lock.read_text())
+    if content["registry"] != registry.rstrip("/"):
+        raise SystemExit(f"pin: {lock} pins {content['registry']}, not {registry}: run make -C images pin again")
+    sys.path.insert(0, str(ROOT))
     from pipelines.compile import compile_pipeline
 
-    def at(ref: str) -> str:
-        return f"{split_ref(ref)[0]}@{resolve(ref)}"
-
-    compile_pipeline(output, base_image=at(kadet_image), gpu_image=at(gpu_image))
-    return digests
+    return compile_pipeline(output, base_image=content["kadet_cpu"], gpu_image=content["kadet_cuda"])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--kadet-image", required=True)
-    ap.add_argument("--gpu-image", required=True)
-    ap.add_argument("--output", default=str(ROOT / "build" / "kadet_pipeline.yaml"))
-    args = ap.parse_args()
-    sys.path.insert(0, str(ROOT))
-    for ref, digest in pin(resolve_with_registry, args.kadet_image, args.gpu_image, output=Path(args.output)).items():
-        print(f"{ref} -> {digest}")
-    print(f"wrote {BASE / 'kustomization.yaml'} and {args.output}")
+    ap.add_argument("--registry", required=True)
+    ap.add_argument("--version", required=True, help="kadet's version (the kadet image tags VERSION-cpu/-cuda)")
+    ap.add_argument("--base", default=str(BASE), help="the services' kustomize base (default manifests/base)")
+    ap.add_argument("--lock", default=str(LOCK))
+    sub = ap.add_subparsers(dest="action", required=True)
+    sub.add_parser("targets")
+    sub.add_parser("pin").add_argument("--resolver", help="command printing REF's digest (default crane / docker)")
+    sub.add_parser("compile").add_argument("--output", default=str(ROOT / "build" / "kadet_pipeline.yaml"))
+    args = ap.parse_args(argv)
+    if args.action == "targets":
+        print("\n".join(" ".join(t) for t in targets(args.registry, args.version, Path(args.base))))
+    elif args.action == "pin":
+        content = pin(resolver(args.resolver), args.registry, args.version, Path(args.base), Path(args.lock))
+        print("\n".join(content["images"].values()))
+        print(f"wrote {Path(args.base) / 'kustomization.yaml'} and {args.lock}")
+    else:
+        print(f"wrote {compile_pinned(args.registry, Path(args.output), Path(args.lock))}")
 
 
 if __name__ == "__main__":

@@ -128,7 +128,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, list[Opt]]] = {
                 "Trains retrieval.model on the labels: distill.loss listwise or infonce, distill.mode full or "
                 "query. Checkpoints every epoch; rerunning resumes. Writes model/, curves.json, manifest.json.",
                 [*_inputs("distill"), Opt("--mode", "distill.mode"), Opt("--loss", "distill.loss"),
-                 Opt("--epochs", "distill.epochs"), _output("distill")]),
+                 Opt("--epochs", "distill.epochs"), Opt("--init", "distill.init"), _output("distill")]),
     "teacher-report": ("nDCG@10 of each teacher reranking the base model's top-k for human queries",
                        "Reranks the base dense model's top --depth for the judged queries of --split with each "
                        "--teacher and prints nDCG@10; --grid name=w1,w2 scores ensemble weights (choose them on "
@@ -204,14 +204,33 @@ _REMOTE = [Opt("--host", help="KFP API endpoint, e.g. https://kubeflow.example.c
            Opt("--namespace", help="Kubeflow profile namespace (multi-user installs)"),
            Opt("--service-account", help="the pipeline pods' service account", kw={"default": "kadet-pipeline-runner"}),
            Opt("--no-cache", help="disable KFP caching for this run", kw={"action": "store_true"}),
-           Opt("--token", help="bearer token (default $KFP_TOKEN)")]
+           Opt("--token", help="bearer token (default $KFP_TOKEN)"),
+           Opt("--profile", help="the pipeline's profile parameter: gpu (its default), local, '' (kadet's defaults) "
+                                 "or a YAML file (its settings go into config_yaml)", kw={"metavar": "NAME|FILE"})]
+_REMOTE_DOC = ("--config FILE and --set KEY=VALUE become the pipeline's config_yaml (only the settings that differ "
+               "from the profile); --work-dir its work_dir, which must lie on the volume the steps mount "
+               "(/var/cache/kadet). Everything is checked before the first call; a failed call is one line.")
 SUBCOMMANDS["submit"] = ("start one run of the compiled pipeline on a Kubeflow Pipelines endpoint",
-                         "Start one run with kfp.Client; see pipelines/remote.py.", [*_REMOTE, Opt("--run-name")])
+                         "Start one run with kfp.Client; see pipelines/remote.py. " + _REMOTE_DOC,
+                         [*_REMOTE, Opt("--run-name")])
 SUBCOMMANDS["schedule"] = ("create a recurring run (cron, max_concurrency=1, no catch-up)",
-                           "Create a recurring run with kfp.Client; see pipelines/remote.py.",
+                           "Create a recurring run with kfp.Client; see pipelines/remote.py. " + _REMOTE_DOC,
                            [*_REMOTE, Opt("--cron", help='cron, e.g. "0 3 * * 1" (5 fields) or KFP\'s 6 fields',
                                           kw={"required": True}),
                             Opt("--name", help="recurring run name", kw={"default": "kadet-retrain"})])
+SUBCOMMANDS["models"] = (
+    "stage a model onto the model-cache volume or into a bucket, or print the Job that stages it in-cluster",
+    "stage SRC DEST: copy a model (a packaged name, a folder, a .gguf file or an s3:// prefix) to DEST, a folder "
+    "(e.g. /var/cache/kadet/models/NAME on the model-cache volume; written whole or not at all) or "
+    "s3://bucket/prefix; the same model again is a no-op, anything else at DEST is refused. job SRC DEST: print a "
+    "Kubernetes Job that runs `kadet models stage SRC DEST` where pipeline pods run (their Secrets, endpoints and "
+    "model-cache volume, pipelines/platform.yaml): pipe it to `kubectl create -f -`.",
+    [Opt("action", help="stage: copy the model here; job: print the in-cluster Job", kw={"choices": ["stage", "job"]}),
+     Opt("src", help="packaged name, folder, .gguf or s3:// prefix (job: s3:// only)", kw={"metavar": "SRC"}),
+     Opt("dest", help="folder or s3://bucket/prefix (job: a path on the model-cache volume)", kw={"metavar": "DEST"}),
+     Opt("--namespace", help="job: where pipeline pods run (default kubeflow)", kw={"default": "kubeflow"}),
+     Opt("--image", help="job: the image (default the CPU image of --package)"),
+     Opt("--package", help="job: compiled pipeline whose image the Job uses (default pipelines/kadet_pipeline.yaml)")])
 SUBCOMMANDS["data"] = ("fetch a public BEIR dataset: kadet data get NAME DIR",
                        "get: download the dataset's BEIR zip (or --url), unzip it beside DIR, check every file's "
                        "sha256 against kadet/datasets.py, then move it to DIR (corpus.jsonl, queries.jsonl, "
@@ -221,10 +240,19 @@ SUBCOMMANDS["data"] = ("fetch a public BEIR dataset: kadet data get NAME DIR",
                         Opt("name", help="dataset (known: scifact)", kw={"metavar": "NAME"}),
                         Opt("dir", help="folder to create (must not exist, or be empty)", kw={"metavar": "DIR"}),
                         Opt("--url", help="download the zip from here instead (a mirror or local copy)")])
+SUBCOMMANDS["prune"] = (
+    "remove what older runs left in the work dir and refused registry versions (kadet/retention.py)",
+    "Keeps the newest --keep runs' KFP outputs (<work_dir>/kfp), logs and kept generation/teacher stores "
+    "(<work_dir>/store), the resume logs of runs newer than the newest successful one, the newest --keep refused "
+    "registry versions, and always the champion; removes the rest (a refused version with its model files where the "
+    "MLflow store is local). --dry-run prints what it would remove, with sizes.",
+    [Opt("--keep", "retention.keep_runs"),
+     Opt("--dry-run", help="print what would be removed and its size; remove nothing", kw={"action": "store_true"})])
 #: Commands whose config comes from a profile, without one kadet's defaults: METHOD.md's scale.
 STAGE_COMMANDS = ("evaluate", "prepare", "generate", "mine", "label", "distill", "teacher-report")
-#: Commands that read no kadet config, so they take no --profile.
-NO_CONFIG = ("submit", "schedule", "data")
+#: Commands that read no kadet config, so they take no --profile (submit and schedule have their
+#: own: the pipeline's profile parameter).
+NO_CONFIG = ("submit", "schedule", "data", "models")
 PROFILE_HELP = ("settings under --config/--set: local (kadet/profiles/local.yaml, for a CPU), gpu (METHOD.md's "
                 "scale) or a YAML file (default: kadet's defaults, METHOD.md's scale)")
 
@@ -446,6 +474,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     print(f"kadet run: {summary['seconds'] / 60:.1f} min; MLflow {summary['tracking_uri']} "
           f"(parent run {summary['parent_run']})")
+    if summary.get("unchanged_since"):
+        print(summary["gate"])
+        return 0
+    work = "; ".join(f"{stage} {n['new']} new, {n['reused']} reused from earlier runs"
+                     for stage, n in summary.get("work", {}).items() if n["new"] + n["reused"])
+    if work:
+        print(f"work: {work}")
     if plan is not None:
         print("  " + " · ".join(f"{stage} {took:.0f} s (plan {planned:.0f})" for stage, took, planned
                                 in planned_vs_taken(plan, summary["stages"], summary["seconds"])))
@@ -486,21 +521,58 @@ def planned_vs_taken(plan, stages: list[tuple[str, float]], total: float) -> lis
     return [(s.stage, taken.get(s.stage, 0.0), s.seconds) for s in plan.stages]
 
 
-def cmd_submit(args: argparse.Namespace) -> int:
-    from pipelines.remote import parse_params, submit
+def _remote_params(args: argparse.Namespace) -> tuple[str, dict]:
+    """``(package, run parameters)`` of submit / schedule, all checked before any call."""
+    from pipelines.remote import package_path, parse_params, run_params
 
-    run_id = submit(args.host, parse_params(args.param, args.data), args.experiment, args.run_name, args.package,
-                    args.namespace, args.service_account, not args.no_cache, args.token)
-    print(f"submitted run {run_id}")
+    package = package_path(args.package)
+    return package, run_params(parse_params(args.param, args.data), package, args.profile, args.config,
+                               args.overrides, args.work_dir)
+
+
+def _package_line(package: str, params: dict) -> str:
+    from pipelines.remote import package_images
+
+    shown = {k: v for k, v in params.items() if k != "config_yaml"}
+    keys = f"; config_yaml sets {len(params['config_yaml'].splitlines())} line(s)" if "config_yaml" in params else ""
+    return (f"  package {package} (images {', '.join(sorted(set(package_images(package).values())))}); "
+            f"parameters {json.dumps(shown)}{keys}")
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from pipelines.remote import submit
+
+    package, params = _remote_params(args)
+    run_id = submit(args.host, params, args.experiment, args.run_name, package, args.namespace, args.service_account,
+                    not args.no_cache, args.token)
+    print(f"submitted run {run_id}\n{_package_line(package, params)}")
     return 0
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
-    from pipelines.remote import parse_params, schedule
+    from pipelines.remote import kfp_cron, schedule
 
-    job = schedule(args.host, parse_params(args.param, args.data), args.cron, args.name, args.experiment,
-                   args.package, args.namespace, args.service_account, not args.no_cache, args.token)
-    print(f"created recurring run {job}")
+    kfp_cron(args.cron)  # before anything else
+    package, params = _remote_params(args)
+    job = schedule(args.host, params, args.cron, args.name, args.experiment, package, args.namespace,
+                   args.service_account, not args.no_cache, args.token)
+    print(f"created recurring run {job}\n{_package_line(package, params)}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    if args.action == "stage":
+        from kadet.models import stage_model
+
+        print(stage_model(args.src, args.dest).summary(args.src))
+        return 0
+    import yaml
+
+    from pipelines.platform import Platform
+    from pipelines.remote import package_images, package_path
+
+    image = args.image or package_images(package_path(args.package))["exec-prepare"]
+    print(yaml.safe_dump(Platform.load().stage_job(image, args.src, args.dest, args.namespace), sort_keys=False), end="")
     return 0
 
 
@@ -557,6 +629,25 @@ def cmd_judge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    from kadet.retention import format_removals, prune
+
+    cfg = _load(args)
+    removals = prune(cfg, cfg.retention.keep_runs, dry_run=args.dry_run)
+    print(format_removals(removals, args.dry_run, cfg.retention.keep_runs))
+    return 0
+
+
+def cmd_run_then_prune(args: argparse.Namespace) -> int:
+    """``kadet run``; after a successful run with ``retention.auto``, prune what older runs left."""
+    from kadet.retention import auto_prune
+
+    code = cmd_run(args)
+    if code == 0 and (line := auto_prune(_load(args))):
+        print(line, file=sys.stderr if args.json else sys.stdout)
+    return code
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from kadet.datasets import get_dataset
 
@@ -567,12 +658,13 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 #: Commands that do not write to the work dir, so they take no lock on it. ``judge`` takes it
 #: itself, only while it builds a pool (see cmd_judge).
-UNLOCKED = ("config", "plan", "submit", "schedule", "judge", "data", "export")
+UNLOCKED = ("config", "plan", "submit", "schedule", "judge", "data", "export", "models")
 COMMANDS = {
     "data": cmd_data,
     "evaluate": cmd_evaluate, "plan": cmd_plan, "prepare": cmd_prepare, "generate": cmd_generate, "mine": cmd_mine,
-    "label": cmd_label, "distill": cmd_distill, "teacher-report": cmd_teacher_report, "config": cmd_config, "run": cmd_run,
-    "submit": cmd_submit, "schedule": cmd_schedule, "judge": cmd_judge, "export": cmd_export,
+    "label": cmd_label, "distill": cmd_distill, "teacher-report": cmd_teacher_report, "config": cmd_config,
+    "run": cmd_run_then_prune, "prune": cmd_prune,
+    "submit": cmd_submit, "schedule": cmd_schedule, "judge": cmd_judge, "export": cmd_export, "models": cmd_models,
 }
 
 

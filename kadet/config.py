@@ -17,6 +17,7 @@ import functools
 import hashlib
 import json
 import math
+import os
 import sys
 import types
 import typing
@@ -134,8 +135,9 @@ ALL_QUERY_TYPES = ("question", "claim", "keywords", "title", "web", "msmarco")
 class TgiConfig:
     """``generate.backend: tgi``: a text-generation-inference or OpenAI-compatible endpoint."""
 
-    #: Endpoint URL.
-    url: str = "http://127.0.0.1:8080"
+    #: Endpoint URL. Default: ``$KADET_TGI_URL`` (a cluster pipeline's pods get the TGI Service's
+    #: address from pipelines/platform.yaml), else http://127.0.0.1:8080.
+    url: str = field(default_factory=lambda: os.environ.get("KADET_TGI_URL") or "http://127.0.0.1:8080")
     #: ``chat`` (chat_completion) or ``text_generation`` (raw prompts).
     api: Literal["chat", "text_generation"] = "chat"
     #: Name of the environment variable holding the endpoint token (never logged).
@@ -280,6 +282,12 @@ class DistillConfig:
 
     #: ``full`` fine-tuning or ``query``-side tuning (frozen document tower, index stays valid).
     mode: Literal["full", "query"] = "full"
+    #: Where training starts: ``base`` (retrieval.model) or ``champion``, the registry's current
+    #: champion (register.champion_alias of register.model_name): in query mode its query tower
+    #: (the document tower stays the base model's, so the corpus index stays valid), in full mode
+    #: the whole model. Without a usable champion (none yet, another mode, another base model) it
+    #: starts from the base model and says why: log, distill manifest (extra.init), MLflow tags.
+    init: Literal["base", "champion"] = "base"
     #: ``listwise`` (KL + nce_weight x InfoNCE) or ``infonce`` (InfoNCE only, the paper's contrast).
     loss: Literal["listwise", "infonce"] = "listwise"
     kl_weight: float = 1.0
@@ -360,6 +368,19 @@ class RegisterConfig:
 
 
 @dataclass
+class RetentionConfig:
+    """What ``kadet prune`` keeps of what grows with every run (see kadet/retention.py)."""
+
+    #: Keep what the newest this many runs left in the work dir (KFP outputs, logs, the kept
+    #: generation and teacher stores they used) and the newest this many refused registry
+    #: versions; never the champion, the newest successful run's stores, or the resume logs
+    #: of runs newer than it.
+    keep_runs: int = 3
+    #: Prune after every successful ``kadet run`` (off: run ``kadet prune`` yourself).
+    auto: bool = False
+
+
+@dataclass
 class KadetConfig:
     """Root of the configuration tree."""
 
@@ -373,6 +394,7 @@ class KadetConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     register: RegisterConfig = field(default_factory=RegisterConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     #: Where each pipeline step also publishes its output folder, as
     #: ``<artifact_uri>/<pipeline run>/<step>/`` (``s3://bucket/prefix`` or a local folder);
     #: empty = only the KFP artifact store holds them.
@@ -482,6 +504,7 @@ RANGES: dict[str, tuple[float, float | None, bool]] = {
     **{k: (0, 1, True) for k in ("distill.base_weight", "register.ndcg_floor", "generate.top_p",
                                  "label.dev_fraction", "label.silver_min_score")},
     "label.list_size": (2, None, True),
+    "retention.keep_runs": (1, None, True),   # the newest run's outputs are never pruned
     "register.confidence": (0, 1, True),   # 0 = no paired test
 }
 

@@ -31,8 +31,9 @@ WIDTH = 14  # stage name column
 
 
 #: The counts worth a glance, per stage (a stage not named here shows its first few counts).
-HEADLINE = {"prepare": ("corpus", "passages"), "generate": ("kept", "failed_this_run"),
-            "mine": ("queries", "kept"), "label": ("scored_now", "labelled", "train", "dev", "silver"),
+HEADLINE = {"prepare": ("corpus", "passages"), "generate": ("kept", "failed_this_run", "generated", "reused"),
+            "mine": ("queries", "kept"),
+            "label": ("scored_now", "pairs_scored", "pairs_reused", "labelled", "train", "dev", "silver"),
             "distill": ("train_queries", "dev_queries", "epochs"), "evaluate": ("queries", "documents")}
 
 

@@ -15,6 +15,12 @@ Modes (``distill.mode``):
            ``document`` route is the untouched base model), so ``SentenceTransformer(path)``
            loads it and ``encode_query`` / ``encode_document`` pick the right tower.
 
+Start (``distill.init``): the base model (``retrieval.model``), or the registry's current champion
+(:func:`resolve_init`): in query mode the student's query tower starts from the champion's query
+tower and the document tower stays the base model; in full mode the whole model starts from the
+champion. Without a usable champion the student starts from the base model, and the log, the
+manifest (``extra.init``) and the MLflow run (:data:`INIT_TAGS`) say why.
+
 Loop: AdamW, warmup for half an epoch then linear decay to 0.1 x, gradient clip 1.0, a
 checkpoint every epoch (``checkpoints/epoch-N``; rerunning resumes from the last one), early
 stopping on dev loss (patience 2), bf16 autocast on CUDA, seeded. Under ``torchrun
@@ -36,9 +42,11 @@ import math
 import pickle
 import random
 import shutil
+import tempfile
 import time
 from contextlib import nullcontext
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +81,120 @@ def _no_dropout(model: torch.nn.Module) -> None:
             m.p = 0.0
 
 
+#: Tags of the distill stage's MLflow run: where training started (``base`` or ``champion``), the
+#: champion version, and why a champion start fell back to the base model.
+INIT_TAGS = {"from": "kadet.init_from", "version": "kadet.init_version", "reason": "kadet.init_reason"}
+
+
+class NoChampion(Exception):
+    """Why ``distill.init: champion`` cannot start from the champion (it starts from the base)."""
+
+
+@dataclass
+class Init:
+    """Where the student starts: ``path`` is a plain sentence-transformers folder it loads."""
+
+    source: str                       # "base" or "champion"
+    path: Path
+    version: str | None = None        # the champion's registry version
+    reason: str = ""                  # why a champion start fell back to the base model
+    key: str = ""                     # what a checkpoint records of the start ("" = the base model)
+    scratch: tempfile.TemporaryDirectory | None = None
+
+    def record(self) -> dict:
+        """``manifest.extra["init"]``: ``{"from": ..., "version": N or None[, "reason": ...]}``."""
+        return {"from": self.source, "version": int(self.version) if self.version else None,
+                **({"reason": self.reason} if self.reason else {})}
+
+    def close(self) -> None:
+        if self.scratch is not None:
+            self.scratch.cleanup()
+            self.scratch = None
+
+
+def init_tags(record: Mapping | None) -> dict[str, str]:
+    """The MLflow tags (:data:`INIT_TAGS`) of a manifest's ``extra["init"]`` (none for an older one)."""
+    return {INIT_TAGS[k]: str(v) for k, v in (record or {}).items() if k in INIT_TAGS and v is not None}
+
+
+def resolve_init(cfg: KadetConfig, base_path: Path) -> Init:
+    """``distill.init``: the base model, or the champion's weights (:func:`champion_start`); a
+    champion that cannot be used (none yet, another mode or base model) falls back to the base."""
+    if cfg.distill.init == "base":
+        return Init("base", base_path)
+    cfg.cache_dir.mkdir(parents=True, exist_ok=True)
+    scratch = tempfile.TemporaryDirectory(prefix="init-", dir=cfg.cache_dir)
+    try:
+        version, path, key = champion_start(cfg, base_path, Path(scratch.name))
+    except NoChampion as why:
+        scratch.cleanup()
+        log.warning("distill: distill.init is champion, but %s: starting from the base model %s",
+                    why, cfg.retrieval.model)
+        return Init("base", base_path, reason=str(why))
+    except BaseException:
+        scratch.cleanup()
+        raise
+    log.info("distill: starting from champion v%s of %s (distill.init: champion, %s mode)", version,
+             cfg.register.model_name, cfg.distill.mode)
+    return Init("champion", path, version=version, key=key, scratch=scratch)
+
+
+def champion_start(cfg: KadetConfig, base_path: Path, scratch: Path) -> tuple[str, Path, str]:
+    """``(version, folder the student loads, checkpoint key)`` of the registry's champion; raises
+    :class:`NoChampion` saying why it cannot be the start."""
+    from kadet import tracking
+    from kadet.register import FINGERPRINT_TAG, alias_version, local_model_dir
+
+    reg, uri = cfg.register, tracking.tracking_uri(cfg)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        raise NoChampion(f"there is no MLflow store at {uri} yet")
+    c = tracking.client(cfg)
+    mv = alias_version(c, reg.model_name, reg.champion_alias)
+    if mv is None:
+        raise NoChampion(f"{reg.model_name} has no {reg.champion_alias!r} version yet in {uri}")
+    trained_from = (mv.tags or {}).get("kadet.base_model", "")
+    if trained_from and not same_model(trained_from, cfg.retrieval.model):
+        raise NoChampion(f"champion v{mv.version} was trained from {trained_from}, "
+                         f"not from retrieval.model {cfg.retrieval.model}")
+    source = c.get_model_version_download_uri(reg.model_name, mv.version)
+    local = "://" not in source or source.startswith("file:")
+    folder = local_model_dir(source, tracking_uri=uri, dst_path=None if local else scratch / "champion")
+    path = start_tower(cfg, folder, base_path, str(mv.version), scratch)
+    return str(mv.version), path, f"champion {reg.model_name} v{mv.version} {(mv.tags or {}).get(FINGERPRINT_TAG, '')}"
+
+
+def same_model(a: str, b: str) -> bool:
+    """Whether two ``retrieval.model`` values name the same model (a packaged name or a folder)."""
+    if a == b:
+        return True
+    try:
+        return resolve_model_path(a).resolve() == resolve_model_path(b).resolve()
+    except KadetError:
+        return False
+
+
+def start_tower(cfg: KadetConfig, folder: Path, base_path: Path, version: str, scratch: Path) -> Path:
+    """The champion folder the student starts from: a full-mode champion as it is; of a query-side
+    champion its query tower, written to ``scratch`` as a plain folder, if its document tower is
+    the base model (else the corpus index would not match)."""
+    from sentence_transformers import SentenceTransformer
+
+    from kadet.encode import route_fingerprint
+    from kadet.export import model_mode, save_tower
+
+    mode = model_mode(folder)
+    if mode != cfg.distill.mode:
+        raise NoChampion(f"champion v{version} is a {mode}-mode model and distill.mode is {cfg.distill.mode}")
+    if mode == "full":
+        return folder
+    champion = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
+    base = SentenceTransformer(str(base_path), device="cpu", local_files_only=True)
+    if route_fingerprint(champion, "document") != route_fingerprint(base, "document"):
+        raise NoChampion(f"champion v{version}'s document tower is not the base model {cfg.retrieval.model}")
+    save_tower(champion, "query", scratch / "query-tower")
+    return scratch / "query-tower"
+
+
 class Distiller:
     """Holds the model, data, optimizer and schedule; :meth:`train` runs or resumes training."""
 
@@ -94,7 +216,9 @@ class Distiller:
         self.device = self.ranks.device(device)
         torch.manual_seed(cfg.seed)
         self.base_path = resolve_model_path(cfg.retrieval.model)
-        self.model = SentenceTransformer(str(self.base_path), device=self.device, local_files_only=True)
+        self.init = resolve_init(cfg, self.base_path)
+        self._check_init_agrees()
+        self.model = SentenceTransformer(str(self.init.path), device=self.device, local_files_only=True)
         _no_dropout(self.model)
         self.dim = int(self.model.get_embedding_dimension())
         doc_ids = sorted({p["doc_id"] for r in rows for p in r["passages"]})
@@ -110,7 +234,7 @@ class Distiller:
             emb = enc.encode([self.doc_text[d] for d in self.ranks.share(doc_ids)], kind="document")
             self.doc_emb = self.ranks.gather(torch.from_numpy(emb).reshape(-1, self.dim).to(self.device))[0]
             del enc
-        self.run_key = self._run_key(cfg, labels_path)
+        self.run_key = self._run_key(cfg, labels_path, self.init.key)
         self.teacher_temp = self.d.teacher_temp
         if self.d.auto_teacher_temp:
             self.teacher_temp = self.calibrate_teacher_temp()
@@ -126,12 +250,22 @@ class Distiller:
                                  "epoch_train_loss": []}}
 
     @staticmethod
-    def _run_key(cfg: KadetConfig, labels_path) -> str:
-        """What a checkpoint depends on: the training settings, base model, seed and labels."""
+    def _run_key(cfg: KadetConfig, labels_path, init_key: str = "") -> str:
+        """What a checkpoint depends on: the training settings, base model, start, seed and labels."""
         d = {k: v for k, v in dataclasses.asdict(cfg.distill).items() if k not in ("progress", "device")}
-        blob = json.dumps({"distill": d, "model": cfg.retrieval.model, "seed": cfg.seed,
+        blob = json.dumps({"distill": d, "model": cfg.retrieval.model, "seed": cfg.seed, "init": init_key,
                            "labels": fingerprint(labels_path)}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def _check_init_agrees(self) -> None:
+        """Data-parallel ranks each resolve the champion: they must have found the same version."""
+        if not self.ranks.parallel:
+            return
+        mine = torch.tensor([[int(self.init.version or 0)]], device=self.device)
+        seen = sorted({int(v) for v in self.ranks.gather(mine)[0].reshape(-1)})
+        if len(seen) > 1:
+            raise KadetError(f"distill.init champion: the ranks started from different champion versions {seen} "
+                             "(the alias moved while they started); rerun the distill step")
 
     @torch.no_grad()
     def calibrate_teacher_temp(self, grid: int = 41) -> float:
@@ -353,7 +487,7 @@ class Distiller:
         shutil.rmtree(tmp, ignore_errors=True)
         model = self.model
         if self.d.base_weight:
-            model = interpolated(self.model, self.base_path, self.d.base_weight)
+            model = interpolated(self.model, self.init.path, self.d.base_weight)
         if self.d.mode == "full":
             model.max_seq_length = self.d.passage_max_len
             model.save(str(tmp))
@@ -382,7 +516,8 @@ def listwise_kl_at(kls: torch.Tensor, temps: torch.Tensor, temp: float) -> float
 def interpolated(model, base_path: Path, base_weight: float):
     """A copy of ``model`` with every floating-point weight ``w`` replaced by
     ``base_weight x w_base + (1 - base_weight) x w`` (WiSE-FT); ``base_path`` is the model the
-    tuning started from, so the parameter names match."""
+    tuning started from (the base model, or the champion's tower with ``distill.init: champion``),
+    so the parameter names match."""
     import copy
 
     from sentence_transformers import SentenceTransformer
@@ -431,11 +566,12 @@ def distill(cfg: KadetConfig, labels_path: str | Path, output_dir: str | Path,
         result = trainer.train(max_epochs_this_run)
     finally:
         trainer.ranks.close()
+        trainer.init.close()
     m.counts = {"train_queries": len(trainer.train_rows), "dev_queries": len(trainer.dev_rows),
                 "epochs": result["epochs"]}
     m.outputs = {"model": "model", "curves": "curves.json"}
     m.extra = {**result, "teacher_temp": trainer.teacher_temp, "mode": cfg.distill.mode, "loss": cfg.distill.loss,
-               "base_model": cfg.retrieval.model, "processes": trainer.ranks.world}
+               "base_model": cfg.retrieval.model, "processes": trainer.ranks.world, "init": trainer.init.record()}
     if not trainer.ranks.main:
         return m
     if (out / "model").is_dir():

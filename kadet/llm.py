@@ -29,9 +29,9 @@ def load_causal_lm(name: str, cache_dir: Path, device: str):
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from kadet.models import smollm2_gguf
+    from kadet.models import PACKAGED_LLMS, smollm2_gguf
 
-    path = smollm2_gguf() if name in ("smollm2", "SmolLM2-135M-Instruct") else Path(name)
+    path = smollm2_gguf() if name in PACKAGED_LLMS else Path(name)
     if not path.exists():
         raise KadetError(f"generate.model {name!r}: no such file or folder; kadet never downloads models")
     if path.suffix == ".gguf":
@@ -43,15 +43,18 @@ def load_causal_lm(name: str, cache_dir: Path, device: str):
             model.hf_quantizer = None
             if hasattr(model.config, "quantization_config"):
                 del model.config.quantization_config
-            tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
+            # unique per pod: label shards on a cluster share this folder (the model-cache volume)
+            # and their processes may all have the same pid
+            import shutil
+            import socket
+
+            tmp = cached.with_name(cached.name + f".tmp-{socket.gethostname()}-{os.getpid()}")
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
-            if cached.exists():
-                import shutil
-
-                shutil.rmtree(tmp)
-            else:
+            try:
                 os.replace(tmp, cached)
+            except OSError:  # another pod finished first: its copy is the same model
+                shutil.rmtree(tmp, ignore_errors=True)
         path = cached
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path).to(device).eval()

@@ -1,9 +1,12 @@
 """Compile the kadet pipeline to KFP IR YAML.
 
-    python -m pipelines.compile [--output pipelines/kadet_pipeline.yaml] [--image IMAGE] [--gpu-image IMAGE] [--check]
+    python -m pipelines.compile [--output pipelines/kadet_pipeline.yaml] [--check]
+    python -m pipelines.compile --image REG/kadet@sha256:... --gpu-image REG/kadet@sha256:...   # -> build/
 
 ``--check`` compiles to a temporary file and exits 1 (with a diff summary) if the committed
-YAML differs: CI runs it through ``tests/test_pipeline.py``.
+YAML differs: CI runs it through ``tests/test_pipeline.py``. The committed YAML is compiled
+with the default images and stays that reference: with ``--image``/``--gpu-image`` (your
+registry's, e.g. ``make -C images compile``) the output goes to ``build/kadet_pipeline.yaml``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import tempfile
 from pathlib import Path
 
 DEFAULT_OUTPUT = Path(__file__).with_name("kadet_pipeline.yaml")
+#: Where a pipeline compiled against other images goes (git-ignored): the package to submit.
+BUILD_OUTPUT = Path(__file__).resolve().parents[1] / "build" / "kadet_pipeline.yaml"
 
 
 def compile_pipeline(output: str | Path, base_image: str | None = None, platform: str | Path | None = None,
@@ -48,11 +53,19 @@ def stale_diff(committed: str | Path = DEFAULT_OUTPUT, base_image: str | None = 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--output", default=str(DEFAULT_OUTPUT))
+    ap.add_argument("--output", help=f"default {DEFAULT_OUTPUT.name} beside this file; with --image/--gpu-image "
+                                      "build/kadet_pipeline.yaml")
     ap.add_argument("--image", help="component image (default $KADET_IMAGE or components.DEFAULT_IMAGE)")
     ap.add_argument("--gpu-image", help="image of the GPU steps (default $KADET_GPU_IMAGE or components.DEFAULT_GPU_IMAGE)")
     ap.add_argument("--check", action="store_true", help="fail if --output is not what a compile gives")
     args = ap.parse_args(argv)
+    custom = bool(args.image or args.gpu_image)
+    args.output = args.output or str(BUILD_OUTPUT if custom and not args.check else DEFAULT_OUTPUT)
+    if custom and not args.check and Path(args.output).resolve() == DEFAULT_OUTPUT.resolve():
+        print(f"{args.output} is the committed reference (default images; compile --check compares it): write "
+              f"your images' pipeline elsewhere, e.g. {BUILD_OUTPUT}", file=sys.stderr)
+        return 2
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     if args.check:
         diff = stale_diff(args.output, args.image, args.gpu_image)
         if diff:

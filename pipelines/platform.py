@@ -50,19 +50,55 @@ class Platform:
             return ""
         from kadet.trainjob import JobSettings
 
-        env = [{"name": k, "value": v} for k, v in self.env.items()]
-        env += [{"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
-                for secret, keys in self.secrets.items() for key, var in keys.items()]
-        camel = {k: "".join(w.capitalize() if i else w for i, w in enumerate(k.split("_")))
-                 for k in self.security_context}
         res = self.resources.get("distill", self.resources.get("default", {}))
         return JobSettings(image=image, gpus_per_node=self.gpu_count, nodes=self.trainer_nodes, kind=self.trainer_kind,
                            runtime=self.trainer_runtime, accelerator=self.accelerator,
-                           resources={k: res[k] for k in ("cpu", "memory") if k in res}, env=env,
+                           resources={k: res[k] for k in ("cpu", "memory") if k in res}, env=self.pod_env(),
                            pvc=self.cache_pvc, mount=self.cache_mount, node_selector=dict(self.gpu_node_selector),
-                           tolerations=list(self.gpu_tolerations),
-                           security_context={camel[k]: v for k, v in self.security_context.items()},
+                           tolerations=list(self.gpu_tolerations), security_context=self.k8s_security_context(),
                            labels=dict(self.pod_labels), shm_size=self.shm_size).to_json()
+
+    def pod_env(self) -> list[dict]:
+        """The steps' environment as Kubernetes ``env`` entries: the endpoints, then the Secrets' keys."""
+        env = [{"name": k, "value": v} for k, v in self.env.items()]
+        return env + [{"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+                      for secret, keys in self.secrets.items() for key, var in keys.items()]
+
+    def k8s_security_context(self) -> dict:
+        """``security_context`` with Kubernetes' field names (runAsUser, ...)."""
+        return {"".join(w.capitalize() if i else w for i, w in enumerate(k.split("_"))): v
+                for k, v in self.security_context.items()}
+
+    def stage_job(self, image: str, src: str, dest: str, namespace: str) -> dict:
+        """A Job that runs ``kadet models stage SRC DEST`` where pipeline pods run (``namespace``),
+        with their identity, endpoints, Secrets and the model-cache volume: how a model in the
+        bucket gets onto that volume (``kadet models job``, then ``kubectl create -f -``)."""
+        from kadet.errors import KadetError
+
+        mount = self.cache_mount.rstrip("/")
+        if not dest.startswith(mount + "/"):
+            raise KadetError(f"{dest}: the Job writes to the model-cache volume: give a path under {mount}/, "
+                             f"e.g. {mount}/models/<name>")
+        if not src.startswith("s3://"):
+            raise KadetError(f"{src}: the Job's pod sees the bucket, not this machine: stage the model into "
+                             "s3://... first (kadet models stage FOLDER s3://kadet/models/<name>)")
+        res = self.resources.get("default", {})
+        container = {
+            "name": "stage", "image": image, "command": ["kadet", "models", "stage", src, dest],
+            "env": self.pod_env(), "resources": {"requests": dict(res), "limits": dict(res)},
+            "securityContext": {**self.k8s_security_context(), "allowPrivilegeEscalation": False,
+                                "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}},
+            "volumeMounts": [{"name": "cache", "mountPath": mount}, {"name": "tmp", "mountPath": "/tmp"}]}
+        pod = {"restartPolicy": "Never", "automountServiceAccountToken": False,
+               "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+               "containers": [container],
+               "volumes": [{"name": "cache", "persistentVolumeClaim": {"claimName": self.cache_pvc}},
+                           {"name": "tmp", "emptyDir": {}}]}
+        return {"apiVersion": "batch/v1", "kind": "Job",
+                "metadata": {"generateName": "kadet-stage-model-", "namespace": namespace,
+                             "labels": {"app.kubernetes.io/part-of": "kadet", "app.kubernetes.io/name": "kadet-stage-model"}},
+                "spec": {"backoffLimit": 2, "ttlSecondsAfterFinished": 86400,
+                         "template": {"metadata": {"labels": dict(self.pod_labels)}, "spec": pod}}}
 
     @classmethod
     def load(cls, path: str | Path = DEFAULT_PLATFORM) -> "Platform":

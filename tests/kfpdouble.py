@@ -1,6 +1,12 @@
 """A local HTTP double of the Kubeflow Pipelines v2beta1 REST API: records every request and
 answers with the minimal JSON a real server returns. It checks request *shape* only; no KFP
-server can run here (no Kubernetes), so nothing is executed."""
+server can run here (no Kubernetes), so nothing is executed.
+
+Namespaces as KFP models them: a pipeline uploaded with ``namespace`` belongs to that (profile)
+namespace, one without to the shared ones; listing pipelines or experiments returns those of the
+``namespace`` asked for (none: the shared ones); a pipeline name is unique per namespace (KFP's
+database keys pipelines by namespace and name), so a second upload of the same name answers
+409 ALREADY_EXISTS."""
 
 from __future__ import annotations
 
@@ -27,8 +33,11 @@ def _name_filter(path: str) -> str | None:
 
 
 class KfpDouble:
-    def __init__(self, version: str = "2.17.3"):
+    def __init__(self, version: str = "2.17.3", token: str | None = None):
         self.version = version
+        #: With a token, every request without ``Authorization: Bearer <token>`` gets 401 (as the
+        #: KFP API behind oauth2-proxy / Istio answers an unauthenticated call).
+        self.token = token
         self.requests: list[dict] = []
         self.experiments: dict[str, dict] = {}
         self.pipelines: dict[str, dict] = {}
@@ -46,11 +55,15 @@ class KfpDouble:
         if route.endswith("/healthz"):
             return 200, {"commit_sha": "double", "tag_name": self.version, "multi_user": False}
         if route == "/apis/v2beta1/pipelines" and method == "GET":
-            name = _name_filter(path)
-            found = [p for p in self.pipelines.values() if name is None or p["display_name"] == name]
+            name, ns = _name_filter(path), q.get("namespace", "")
+            found = [p for p in self.pipelines.values() if (name is None or p["display_name"] == name)
+                     and p["namespace"] == ns]
             return 200, {"pipelines": found, "total_size": len(found)}
         if route == "/apis/v2beta1/pipelines/upload" and method == "POST":   # like KFP: a first version too
-            p = {"pipeline_id": str(uuid.uuid4()), "display_name": q.get("name", "")}
+            p = {"pipeline_id": str(uuid.uuid4()), "display_name": q.get("name", ""), "namespace": q.get("namespace", "")}
+            if any((o["display_name"], o["namespace"]) == (p["display_name"], p["namespace"]) for o in self.pipelines.values()):
+                return 409, {"error": f"Failed to create a pipeline: pipeline {p['display_name']!r} already exists in "
+                                      f"namespace {p['namespace']!r}", "code": 6}
             self.pipelines[p["pipeline_id"]] = p
             self._upload_version(p["pipeline_id"], p["display_name"])
             return 200, p
@@ -76,8 +89,9 @@ class KfpDouble:
             self.experiments[exp["experiment_id"]] = exp
             return 200, exp
         if route == "/apis/v2beta1/experiments" and method == "GET":
-            name = _name_filter(path)
-            found = [e for e in self.experiments.values() if name is None or e["display_name"] == name]
+            name, ns = _name_filter(path), q.get("namespace", "")
+            found = [e for e in self.experiments.values() if (name is None or e["display_name"] == name)
+                     and e["namespace"] == ns]
             return 200, {"experiments": found, "total_size": len(found)}
         if route.startswith("/apis/v2beta1/experiments/") and method == "GET":
             return 200, self.experiments.get(route.rsplit("/", 1)[1], {})
@@ -91,9 +105,9 @@ class KfpDouble:
 
 
 @contextmanager
-def kfp_double(version: str = "2.17.3"):
+def kfp_double(version: str = "2.17.3", token: str | None = None):
     """Serve a :class:`KfpDouble` (a backend of ``version``) on 127.0.0.1; yields ``(host, double)``."""
-    double = KfpDouble(version)
+    double = KfpDouble(version, token)
 
     class Handler(BaseHTTPRequestHandler):
         def _serve(self):
@@ -103,7 +117,10 @@ def kfp_double(version: str = "2.17.3"):
             body = {"upload": raw.decode("utf-8", "replace")} if multipart else (json.loads(raw) if raw else None)
             double.requests.append({"method": self.command, "path": self.path, "body": body,
                                     "headers": dict(self.headers)})
-            status, payload = double.answer(self.command, self.path, body)
+            if double.token and self.headers.get("Authorization") != f"Bearer {double.token}":
+                status, payload = 401, {"error": "Unauthorized", "code": 16}
+            else:
+                status, payload = double.answer(self.command, self.path, body)
             data = json.dumps(payload).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")

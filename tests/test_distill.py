@@ -14,6 +14,7 @@ from kadet.config import load_config
 from kadet.data import write_jsonl
 from kadet.distill import Distiller, distill, lr_factor
 from kadet.manifest import Manifest
+from tests.conftest import make_tiny_st
 
 
 WORDS = "aspirin heart vitamin bone sleep obesity coffee liver gene protein cell cancer immune brain".split()
@@ -220,3 +221,155 @@ def test_the_model_folder_carries_a_model_card(tiny_st, tmp_path):
     assert text2.count(card.START) == 1 and "version **3**" in text2 and "**silver**" in text2
     assert card.split_front_matter(text2)[0]["model-index"][0]["results"][0]["metrics"][0]["value"] == 0.6
     assert card.render(card.read_facts(again.parent), text2) == text2
+
+
+# ---------------------------------------------------------------- warm start (distill.init)
+# A champion registered through the real register path in a real MLflow sqlite store
+# (<work_dir>/mlflow.db, as a local run has it); tiny models, so this is plumbing, not quality.
+
+QUERIES = ["what about aspirin 0", "what about liver 7"]
+DOCS = ["aspirin heart passage 1", "liver coffee passage 2"]
+
+
+def _store_cfg(tiny_st, tmp_path, *extra):
+    """Training settings plus a registry in ``tmp_path/work`` where every gate passes at once."""
+    return _cfg(tiny_st, tmp_path, "distill.epochs=1", "register.confidence=0", "register.ndcg_floor=0",
+                "register.promote_settle_s=0", *extra)
+
+
+def _make_champion(cfg, model_dir, comparison) -> str:
+    """Register ``model_dir`` the way the register and promote steps do; returns its version."""
+    from kadet import tracking
+    from kadet.register import apply_decision, register_candidate
+
+    with tracking.stage_run(cfg, "register", pipeline_run="champion-run"):
+        r = register_candidate(cfg, model_dir, comparison, "champion-run")
+    assert apply_decision(cfg, r).promote, r.decision.reason
+    import mlflow
+
+    mlflow.set_tracking_uri(None)        # the stage run made this store the process default: undo it,
+    mlflow.set_registry_uri(None)        # so a later config finds its own store (or none)
+    return r.version
+
+
+def _comparison(tiny_st, eval_data="sha256:elsewhere"):
+    return {"eval_data": eval_data, "candidate": {"ndcg@10": 0.9, "recall@100": 1.0},
+            "base": {"ndcg@10": 0.5, "recall@100": 1.0}, "models": {"base": str(tiny_st)}}
+
+
+@pytest.fixture(scope="module")
+def query_champion(tiny_st, tmp_path_factory):
+    """A query-side model trained here (2 epochs) and registered as champion v1 of its own store."""
+    root = tmp_path_factory.mktemp("champion")
+    labels = _labels(root / "labels.jsonl")
+    cfg = _store_cfg(tiny_st, root, "distill.mode=query", "distill.epochs=2")
+    distill(cfg, labels, root / "trained")
+    version = _make_champion(cfg, root / "trained" / "model", _comparison(tiny_st))
+    return {"root": root, "labels": labels, "model": root / "trained" / "model", "version": version}
+
+
+def _student_queries(trainer):
+    with torch.no_grad():
+        trainer.model.eval()
+        return trainer._encode(QUERIES, trainer.d.query_max_len).cpu().numpy()
+
+
+def test_warm_start_begins_from_the_champions_query_tower(tiny_st, query_champion, tmp_path):
+    """Before any step the student's query embeddings are the champion's (not the base's); the
+    document side stays the base model, in the cached embeddings it trains against and in the
+    saved model; the manifest and the distill run's tags say where it started."""
+    from sentence_transformers import SentenceTransformer
+
+    root = query_champion["root"]
+    cfg = _store_cfg(tiny_st, root, "distill.mode=query", "distill.init=champion")
+    champion = SentenceTransformer(str(query_champion["model"]), device="cpu")
+    base = SentenceTransformer(str(tiny_st), device="cpu")
+    trainer = Distiller(cfg, query_champion["labels"], tmp_path / "probe")
+    assert trainer.init.source == "champion" and trainer.init.version == query_champion["version"] == "1"
+    start = _student_queries(trainer)
+    np.testing.assert_allclose(start, champion.encode_query(QUERIES), atol=1e-5)
+    assert not np.allclose(start, base.encode(QUERIES), atol=1e-3)
+    ids = [trainer.doc_index[d] for d in sorted(trainer.doc_index)[:5]]
+    np.testing.assert_allclose(trainer.doc_emb[ids].cpu().numpy(),
+                               base.encode([trainer.doc_text[d] for d in sorted(trainer.doc_index)[:5]]), atol=1e-5)
+    trainer.init.close()
+
+    from kadet import tracking
+    from kadet.steps import distill_step
+
+    out = tmp_path / "warm"
+    distill_step(cfg, str(query_champion["labels"]), str(out), "warm-run")
+    assert Manifest.read(out).extra["init"] == {"from": "champion", "version": 1}
+    tuned = SentenceTransformer(str(out / "model"), device="cpu")
+    np.testing.assert_allclose(tuned.encode_document(DOCS), base.encode(DOCS), atol=1e-6)   # the index stays valid
+    assert not np.allclose(tuned.encode_query(QUERIES), champion.encode_query(QUERIES), atol=1e-4)  # it trained
+    runs = tracking.client(cfg).search_runs([tracking.experiment_id(cfg)],
+                                            filter_string="tags.`kadet.pipeline_run` = 'warm-run'")
+    tags = next(r for r in runs if r.info.run_name == "distill").data.tags
+    assert tags["kadet.init_from"] == "champion" and tags["kadet.init_version"] == "1"
+    assert not list(cfg.cache_dir.glob("init-*"))                     # the extracted tower is cleaned up
+
+
+def test_no_usable_champion_falls_back_to_the_base_model_and_says_why(tiny_st, query_champion, tmp_path, caplog):
+    from sentence_transformers import SentenceTransformer
+
+    labels = query_champion["labels"]
+    base_q = SentenceTransformer(str(tiny_st), device="cpu").encode(QUERIES)
+    cases = [  # (settings, where the reason must say it)
+        (_store_cfg(tiny_st, tmp_path, "distill.mode=query", "distill.init=champion"), "no MLflow store at sqlite:///"),
+        (_store_cfg(tiny_st, query_champion["root"], "distill.mode=query", "distill.init=champion",
+                    "register.model_name=never-registered"), "never-registered has no 'champion' version yet"),
+        (_store_cfg(tiny_st, query_champion["root"], "distill.mode=full", "distill.init=champion"),
+         "champion v1 is a query-mode model and distill.mode is full"),
+    ]
+    for cfg, reason in cases:
+        trainer = Distiller(cfg, labels, tmp_path / "probe")
+        assert trainer.init.source == "base" and reason in trainer.init.reason, trainer.init.reason
+        np.testing.assert_allclose(_student_queries(trainer), base_q, atol=1e-5)
+        assert reason in caplog.text and "starting from the base model" in caplog.text
+    m = distill(cases[1][0], labels, tmp_path / "fallback")
+    assert m.extra["init"]["from"] == "base" and m.extra["init"]["version"] is None
+    assert "has no 'champion' version yet" in m.extra["init"]["reason"]
+    plain = distill(_store_cfg(tiny_st, tmp_path, "distill.mode=query"), labels, tmp_path / "plain")
+    assert plain.extra["init"] == {"from": "base", "version": None}            # the default: distill.init base
+
+
+def test_a_champion_trained_from_another_base_model_is_not_a_start(tiny_st, query_champion, tmp_path):
+    other = make_tiny_st(tmp_path / "other", seed=7)
+    cfg = _store_cfg(other, query_champion["root"], "distill.mode=query", "distill.init=champion")
+    trainer = Distiller(cfg, query_champion["labels"], tmp_path / "probe")
+    assert trainer.init.source == "base" and f"trained from {tiny_st}" in trainer.init.reason
+
+
+def test_warm_start_from_a_full_mode_champion_takes_the_whole_model(tiny_st, tmp_path):
+    labels = _labels(tmp_path / "labels.jsonl")
+    cfg = _store_cfg(tiny_st, tmp_path, "distill.mode=full", "distill.epochs=2")
+    distill(cfg, labels, tmp_path / "trained")
+    _make_champion(cfg, tmp_path / "trained" / "model", _comparison(tiny_st))
+    cfg.distill.init = "champion"
+    trainer = Distiller(cfg, labels, tmp_path / "probe")
+    assert trainer.init.source == "champion" and trainer.init.version == "1"
+    champion = _weights(tmp_path / "trained" / "model")
+    start = trainer.model.state_dict()
+    assert champion.keys() == start.keys() and all(torch.equal(champion[k], start[k]) for k in champion)
+
+
+def test_the_gate_measures_a_warm_started_candidate_against_its_champion_on_this_data(
+        tiny_st, query_champion, tmp_path, tiny_beir):
+    """The champion's metrics were recorded on other test data (the corpus has grown since): the
+    register step evaluates the champion again on this run's data and compares on that."""
+    from kadet import tracking
+    from kadet.evaluate import compare, evaluate
+    from kadet.register import register_candidate
+
+    cfg = _store_cfg(tiny_st, query_champion["root"], "distill.mode=query", "distill.init=champion",
+                     f"data.data_dir={tiny_beir}")
+    distill(cfg, query_champion["labels"], tmp_path / "warm")
+    comparison = compare(cfg, str(tmp_path / "warm" / "model"), tmp_path / "ev")
+    assert comparison["models"]["base"] == str(tiny_st)                  # evaluate still reports base vs candidate
+    champion_here = evaluate(cfg, model=str(query_champion["model"]), retriever="dense").metrics
+    with tracking.stage_run(cfg, "register", pipeline_run="warm-gate"):
+        r = register_candidate(cfg, tmp_path / "warm" / "model", comparison, "warm-gate")
+    assert r.decision.incumbent == "champion v1 (re-evaluated)"
+    assert r.incumbent_metrics == pytest.approx({k: champion_here[k] for k in ("ndcg@10", "recall@100")})
+    assert r.incumbent_metrics != pytest.approx(_comparison(tiny_st)["candidate"])   # not the tags from elsewhere

@@ -359,3 +359,266 @@ def test_mlflow_refuses_anonymous_calls_and_guards_the_champion_alias(tmp_path):
         finally:
             os.environ.pop("MLFLOW_TRACKING_USERNAME", None)
             os.environ.pop("MLFLOW_TRACKING_PASSWORD", None)
+
+
+def test_every_overlay_patch_matches_a_resource():
+    """kustomize applies a patch whose target matches nothing silently. Was: the dev overlay
+    resized ``kadet-model-cache``, which lives in pipeline-access/, not in the services."""
+    for target in ("overlays/dev", "overlays/prod"):
+        kust = yaml.safe_load((MANIFESTS / target / "kustomization.yaml").read_text())
+        docs = {(d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(render(target)) if d}
+        for patch in kust.get("patches", []):
+            t = patch["target"]
+            assert (t["kind"], t["name"]) in docs, (target, t)
+
+
+#: Labels of the namespaces pipeline pods run in: standalone KFP, and a multi-user profile.
+POD_NAMESPACES = ({"kubernetes.io/metadata.name": "kubeflow"},
+                  {"kubernetes.io/metadata.name": "team-a", "app.kubernetes.io/part-of": "kubeflow-profile"})
+
+
+def _admits(policy: dict, pod_labels: dict, ns_labels: dict, port: int) -> bool:
+    """Does an ingress rule of ``policy`` admit a pod with these labels, from a namespace with
+    these labels, on ``port``?"""
+    def subset(sel, labels):
+        return all(labels.get(k) == v for k, v in (sel or {}).get("matchLabels", {}).items())
+
+    for rule in policy["spec"].get("ingress", []):
+        ports = {p["port"] for p in rule.get("ports", [])}
+        if ports and port not in ports:
+            continue
+        for src in rule.get("from", []):
+            if "namespaceSelector" in src and subset(src["namespaceSelector"], ns_labels) and \
+                    subset(src.get("podSelector"), pod_labels):
+                return True
+    return False
+
+
+def endpoint_problem(url: str, pod_labels: dict, docs: list[dict]) -> str | None:
+    """Why a pipeline pod with ``pod_labels`` cannot reach ``url`` through the rendered services
+    ``docs`` (no such Service, port, workload, or no NetworkPolicy admitting it), or None."""
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    m = re.fullmatch(r"([a-z0-9-]+)\.([a-z0-9-]+)\.svc\.cluster\.local", u.hostname or "")
+    if not m:
+        return f"{url}: not a Service's cluster DNS name (it must resolve from the pods' namespace)"
+    name, ns = m.groups()
+    svc = next((d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == name
+                and d["metadata"].get("namespace") == ns), None)
+    sport = next((p for p in (svc or {}).get("spec", {}).get("ports", []) if p["port"] == u.port), None)
+    if sport is None:
+        return f"{url}: no Service {name} with port {u.port} in namespace {ns}"
+    sel = svc["spec"]["selector"]
+    pod = next((containers(d) for d in docs if d["kind"] in ("Deployment", "StatefulSet") and
+                sel.items() <= d["spec"]["template"]["metadata"]["labels"].items()), None)
+    if pod is None:
+        return f"{url}: no workload behind Service {name}"
+    target = sport["targetPort"]
+    cport = target if isinstance(target, int) else next(
+        p["containerPort"] for c in pod[1] for p in c.get("ports", []) if p.get("name") == target)
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"].get("namespace") == ns
+                and d["spec"]["podSelector"].get("matchLabels", {}).items() <= sel.items()]
+    for ns_labels in POD_NAMESPACES:
+        if not any(_admits(p, pod_labels, ns_labels, cport) for p in policies):
+            return f"{url}: no NetworkPolicy admits {pod_labels} from namespace {ns_labels}"
+    return None
+
+
+def model_problem(value: str, mounts: list[str], image_packages: set[str]) -> str | None:
+    """Why a step's pod cannot load the model ``value``: a packaged name whose package the image
+    does not install, a path off the volumes the step mounts, an s3:// URI outside bucket kadet."""
+    from kadet.models import PACKAGED_DISTRIBUTIONS, model_source
+
+    if value in PACKAGED_DISTRIBUTIONS:
+        model_source(value)  # the name is one kadet resolves (here, from the same packages)
+        dist = PACKAGED_DISTRIBUTIONS[value]
+        return None if dist in image_packages else f"{value}: package {dist} is not installed in the image"
+    if value.startswith("s3://"):
+        return None if value.startswith("s3://kadet/") else f"{value}: the pipeline's MinIO user reads bucket kadet only"
+    if any(value.startswith(m.rstrip("/") + "/") for m in mounts):
+        return None  # on the model-cache volume, where `kadet models stage` / `kadet models job` put it
+    return f"{value}: neither packaged in the image, nor on a volume the step mounts ({mounts}), nor in s3://kadet"
+
+
+def image_packages() -> set[str]:
+    """The distributions images/Dockerfile installs: every requirements file it pip-installs."""
+    text = (REPO / "images" / "Dockerfile").read_text()
+    files = re.findall(r"pip install (?:--no-deps )?-r (images/\S+)", text)
+    copied = {f for line in re.findall(r"^COPY (.+)$", text, re.M) for f in line.split()[:-1]}
+    assert files and set(files) <= copied, (files, copied)
+    return {ln.split("==")[0] for f in files for ln in (REPO / f).read_text().splitlines()
+            if ln and not ln.startswith("#")}
+
+
+def test_every_step_of_the_default_pipeline_finds_its_models_and_endpoints(tmp_path, monkeypatch):
+    """Compile the pipeline as a cluster gets it; for every step, build the config its pod builds
+    from the pipeline's defaults (profile gpu, no config_yaml, only a corpus in bucket kadet) in
+    the environment the platform gives the pod, and resolve each model and endpoint the step will
+    use (kadet.models.step_needs) against what the image installs (images/Dockerfile) and the
+    manifests serve (Service, port, workload, NetworkPolicy from both install modes). Was: the
+    packaged models were in no image (ModuleNotFoundError on the first model), and generate sent
+    the gpu profile's requests to TGI at http://127.0.0.1:8080, inside its own pod."""
+    from kadet.models import step_needs
+    from kadet.steps import step_config
+    from pipelines.compile import compile_pipeline
+
+    spec, k8s = yaml.safe_load_all(compile_pipeline(tmp_path / "p.yaml").read_text())
+    defaults = {k: v.get("defaultValue") for k, v in spec["root"]["inputDefinitions"]["parameters"].items()}
+    docs = [d for d in yaml.safe_load_all(render("base")) if d]
+    packages, problems, seen = image_packages(), [], set()
+    platform = k8s["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for name, ex in spec["deploymentSpec"]["executors"].items():
+        step = re.sub(r"-\d+$", "", name.removeprefix("exec-")).replace("-", "_")
+        env = {e["name"]: e["value"] for e in ex["container"].get("env", [])}
+        for var in ("KADET_TGI_URL", "MLFLOW_TRACKING_URI", "KADET_S3_ENDPOINT"):
+            monkeypatch.delenv(var, raising=False)
+        for var, value in env.items():
+            monkeypatch.setenv(var, value)
+        cfg = step_config(defaults["config_yaml"], profile=defaults["profile"], work_dir=defaults["work_dir"],
+                          data__data_dir="s3://kadet/corpora/mycorpus")
+        mounts = [m["mountPath"] for m in platform[name].get("pvcMount", [])]
+        labels = platform[name].get("podMetadata", {}).get("labels", {})
+        for need in step_needs(cfg, step, env):
+            seen.add((step, need.kind, need.value))
+            problem = (model_problem(need.value, mounts, packages) if need.kind == "model"
+                       else endpoint_problem(need.value, labels, docs))
+            if problem:
+                problems.append(f"{step} ({need.setting}): {problem}")
+    assert problems == []
+    assert {("generate", "endpoint", "http://tgi.kadet.svc.cluster.local:8080"),
+            ("label", "model", "smollm2"), ("distill", "model", "all-MiniLM-L6-v2"),
+            ("register", "endpoint", "http://mlflow.kadet.svc.cluster.local:5000"),
+            ("prepare", "endpoint", "http://minio.kadet.svc.cluster.local:9000"),
+            ("fingerprint", "endpoint", "http://minio.kadet.svc.cluster.local:9000")} <= seen
+
+
+def test_the_checks_catch_what_a_cluster_would_not_provide():
+    docs = [d for d in yaml.safe_load_all(render("base")) if d]
+    pipeline = {"kadet.io/role": "pipeline"}
+    assert "not a Service" in endpoint_problem("http://127.0.0.1:8080", pipeline, docs)
+    assert "no Service tgi with port 80" in endpoint_problem("http://tgi.kadet.svc.cluster.local:80", pipeline, docs)
+    assert "no NetworkPolicy admits" in endpoint_problem("http://tgi.kadet.svc.cluster.local:8080", {}, docs)
+    assert "no NetworkPolicy admits" in endpoint_problem("http://postgres.kadet.svc.cluster.local:5432", pipeline, docs)
+    assert "is not installed" in model_problem("all-MiniLM-L6-v2", [], {"kfp"})
+    assert "neither packaged" in model_problem("/models/bge", ["/var/cache/kadet"], set())
+    assert model_problem("/var/cache/kadet/models/bge", ["/var/cache/kadet"], set()) is None
+    assert "bucket kadet only" in model_problem("s3://mlflow-artifacts/m", [], set())
+
+
+def test_the_staging_job_runs_where_pipeline_pods_run_with_their_access(tmp_path, capsys):
+    """``kadet models job SRC DEST``: the Job that puts a model from the bucket onto the model-cache
+    volume, in each install mode's namespace, validates strictly, passes the house checks and gets
+    what a pipeline pod gets (the PVC, the MinIO Secret, the endpoints, the label MinIO admits)."""
+    from kadet.cli import main
+    from pipelines.compile import DEFAULT_OUTPUT
+    from pipelines.platform import Platform
+    from pipelines.remote import package_images
+
+    platform = Platform.load()
+    docs = [d for d in yaml.safe_load_all(render("base")) if d]
+    for ns in ACCESS.values():
+        assert main(["models", "job", "s3://kadet/models/bge-reranker", "/var/cache/kadet/models/bge-reranker",
+                     "--namespace", ns]) == 0
+        job = yaml.safe_load(capsys.readouterr().out)
+        path = tmp_path / f"{ns}.yaml"
+        path.write_text(yaml.safe_dump(job))
+        check = subprocess.run([str(Path(sys.executable).parent / "kubernetes-validate"), "--strict", "-k", K8S_VERSION,
+                                "--quiet", str(path)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert problems([job]) == [] and job["metadata"]["namespace"] == ns
+        pod, (c,) = containers(job)
+        assert c["command"] == ["kadet", "models", "stage", "s3://kadet/models/bge-reranker",
+                                "/var/cache/kadet/models/bge-reranker"]
+        assert c["image"] == package_images(DEFAULT_OUTPUT)["exec-prepare"]
+        assert {"name": "cache", "persistentVolumeClaim": {"claimName": platform.cache_pvc}} in pod["volumes"]
+        refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in c["env"] if "valueFrom" in e}
+        assert "kadet-minio" in refs
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        labels = job["spec"]["template"]["metadata"]["labels"]
+        assert endpoint_problem(env["KADET_S3_ENDPOINT"], labels, docs) is None
+    for bad, message in ((["/tmp/x", "/var/cache/kadet/models/x"], "stage the model into s3://"),
+                         (["s3://kadet/models/x", "/models/x"], "give a path under /var/cache/kadet/")):
+        assert main(["models", "job", *bad]) == 2
+        assert message in capsys.readouterr().err
+
+
+#: Guide commands that need the cluster (or install software): the guide test knows them and
+#: does not run them; any other command in the guide's steps must run here.
+CLUSTER_ONLY = ("kubectl create namespace ", "kubectl -n ", "kubectl label ", "IMG=$(kubectl ",
+                "bash scripts/bootstrap.sh", "$EDITOR ", "export KFP_TOKEN=", "export AWS_SECRET_ACCESS_KEY=")
+
+
+def guide_commands(text: str) -> list[str]:
+    """The commands of the guide's ``## Install, step by step`` section (bash blocks, one per line,
+    a trailing ``  # comment`` dropped)."""
+    section = text.split("## Install, step by step", 1)[1].split("\n## ", 1)[0]
+    lines = [ln for block in re.findall(r"```bash\n(.*?)```", section, re.S) for ln in block.splitlines()]
+    return [re.sub(r"\s{2,}#.*$", "", ln).strip() for ln in lines if ln.strip()]
+
+
+def run_guide_command(cmd: str, cwd: Path, env: dict, forced: dict) -> str:
+    """Run one guide command here the way it can run without a cluster; returns what ran."""
+    import shlex
+
+    if cmd.startswith(CLUSTER_ONLY):
+        key = cmd.removeprefix("export ").split("=")[0] if cmd.startswith("export ") else ""
+        if key in forced:  # what the cluster would answer (here: the test's S3 server's secret)
+            env[key] = forced[key]
+        return "cluster"
+    if cmd.startswith("export ") and "$(" not in cmd:
+        for item in shlex.split(cmd)[1:]:
+            key, _, value = item.partition("=")
+            env[key] = forced.get(key, value)
+        return "export"
+    if cmd.startswith("kubectl apply -k "):
+        cmd = "kubectl kustomize " + cmd.split()[-1]
+    elif cmd.endswith("| kubectl create -f -"):
+        validate = f"{Path(sys.executable).parent / 'kubernetes-validate'} --strict -k {K8S_VERSION} --quiet -"
+        cmd = cmd.removesuffix("| kubectl create -f -") + f"> job.yaml && {validate} < job.yaml"
+    elif not cmd.startswith(("make -C images ", "cp ", "mkdir ", "printf ", ".venv/bin/")):
+        raise AssertionError(f"a guide command neither run here nor known as cluster-only: {cmd}")
+    tools = {"kadet": f"{sys.executable} -m kadet.cli", "python": sys.executable}
+    cmd = re.sub(r"(?<![\w/])\.venv/bin/(kadet|python)\b", lambda m: tools[m.group(1)], cmd)
+    proc = subprocess.run(["bash", "-c", cmd], cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, (cmd, proc.stdout[-2000:], proc.stderr[-2000:])
+    return proc.stdout
+
+
+def test_the_install_guide_runs_here(tmp_path):
+    """Every command of manifests/README.md's install steps, in order, as written, on a copy of
+    the repository: those that need a cluster are only checked against :data:`CLUSTER_ONLY`; the
+    rest run, with made-up values where the guide has the admin's (the registry is made up, the
+    digests come from a stand-in, ``docker`` records; MinIO is a real S3 server, KFP the API
+    double): ``make -C images build push pin compile``, each ``kubectl apply -k`` as ``kubectl
+    kustomize``, the env files, the multi-user overlay, the corpus upload, ``kadet models stage``,
+    ``kadet models job`` through ``kubernetes-validate --strict``, ``kadet submit`` / ``schedule``."""
+    import os
+    import shutil
+
+    from kadet.models import resolve_model_path
+    from tests.kfpdouble import kfp_double
+    from tests.s3server import rclone_s3, s3_env
+    from tests.test_images import registry_tools, repo_copy
+
+    copy = repo_copy(tmp_path)
+    (copy / "mycorpus").mkdir()
+    (copy / "mycorpus" / "corpus.jsonl").write_text('{"_id": "1", "title": "t", "text": "a passage"}\n')
+    shutil.copytree(resolve_model_path("all-MiniLM-L6-v2"), copy / "bge-reranker-v2-m3")  # a real model folder
+    commands = guide_commands((MANIFESTS / "README.md").read_text())
+    with rclone_s3(tmp_path / "s3") as endpoint, kfp_double() as (host, double):
+        forced = {**s3_env(endpoint), "KFP": host}
+        env = {**os.environ, **registry_tools(tmp_path), "PYTHON": sys.executable, "KADET_S3_CACHE": str(tmp_path / "c")}
+        ran = [(cmd, run_guide_command(cmd, copy, env, forced)) for cmd in commands]
+    assert any(c.startswith("make -C images build push pin compile") for c, _ in ran)
+    profile = [d for d in yaml.safe_load_all(next(out for c, out in ran if "pipeline-access-$PROFILE" in c
+                                                  and c.startswith("kubectl")))]
+    assert {d["metadata"].get("namespace") for d in profile if d["kind"] != "Namespace"} == {"team-a"}
+    assert (tmp_path / "s3" / "kadet" / "corpora" / "mycorpus" / "corpus.jsonl").is_file()
+    assert (tmp_path / "s3" / "kadet" / "models" / "bge-reranker-v2-m3" / "config.json").is_file()
+    runs = [r["body"] for r in double.requests if r["method"] == "POST" and r["path"] == "/apis/v2beta1/runs"]
+    assert len(runs) == 3 and len(double.recurring) == 2
+    assert "cross-encoder:/var/cache/kadet/models/bge-reranker-v2-m3" in runs[1]["runtime_config"]["parameters"]["config_yaml"]
+    assert {p["namespace"] for p in double.pipelines.values()} == {"", "team-a"}
+    assert all("registry.example.com/kadet/kadet@sha256:" in r["body"]["upload"] for r in double.requests
+               if r["path"].startswith("/apis/v2beta1/pipelines/upload"))
