@@ -214,7 +214,13 @@ SUBCOMMANDS["submit"] = ("start one run of the compiled pipeline on a Kubeflow P
                          "Start one run with kfp.Client; see pipelines/remote.py. " + _REMOTE_DOC,
                          [*_REMOTE, Opt("--run-name")])
 SUBCOMMANDS["schedule"] = ("create a recurring run (cron, max_concurrency=1, no catch-up)",
-                           "Create a recurring run with kfp.Client; see pipelines/remote.py. " + _REMOTE_DOC,
+                           "Create a recurring run with kfp.Client; see pipelines/remote.py. Each time it fires: "
+                           "an uncached task lists what --data holds, and if a registered version was trained on that "
+                           "very content with the same settings the run trains and registers nothing (\"no change "
+                           "since version N\"); otherwise it runs again, generating only for new or changed passages "
+                           "and scoring only teacher pairs no earlier run scored (kept on the cache volume); the new "
+                           "model is gated against the champion on today's data and registered with its lineage. "
+                           + _REMOTE_DOC,
                            [*_REMOTE, Opt("--cron", help='cron, e.g. "0 3 * * 1" (5 fields) or KFP\'s 6 fields',
                                           kw={"required": True}),
                             Opt("--name", help="recurring run name", kw={"default": "kadet-retrain"})])
