@@ -3,7 +3,8 @@
 KFP serialises each function's source into the component, so every import is inside the body
 and the image (``base_image``, see :func:`components.build`) must have kadet installed. Inputs
 and outputs are KFP artifacts (folders); ``config_yaml`` is the whole kadet config as YAML text
-and the other parameters are the Kubeflow UI's, each mapped onto one config key.
+and the other parameters are the Kubeflow UI's: each component names the ones it takes in its
+signature and passes ``ui=locals()``; ``kadet.steps.UI_SETTINGS`` maps them onto settings.
 """
 
 from typing import List, NamedTuple
@@ -19,10 +20,7 @@ def fingerprint(data_uri: str, eval_qrels_uri: str, sample_size: int, query_type
 
     from kadet.steps import fingerprint_step, step_config
 
-    cfg = step_config(config_yaml, profile=profile, work_dir=work_dir, data__data_dir=data_uri,
-                      data__qrels=eval_qrels_uri, prepare__sample_size=sample_size, generate__types=query_types,
-                      label__teacher=teacher, label__list_size=list_size, distill__list_size=list_size,
-                      distill__mode=training_mode, register__model_name=model_name)
+    cfg = step_config(config_yaml, profile=profile, work_dir=work_dir, ui=locals())
     fp = fingerprint_step(cfg, pipeline_run)
     return namedtuple("Fingerprint", ["corpus", "inputs", "unchanged_since"])(
         fp["corpus"], fp["inputs"], fp["unchanged_since"])
@@ -31,16 +29,14 @@ def fingerprint(data_uri: str, eval_qrels_uri: str, sample_size: int, query_type
 def unchanged(version: str, model_name: str, config_yaml: str, profile: str, work_dir: str, pipeline_run: str):
     from kadet.steps import step_config, unchanged_step
 
-    unchanged_step(step_config(config_yaml, profile=profile, work_dir=work_dir, register__model_name=model_name),
-                   version, pipeline_run)
+    unchanged_step(step_config(config_yaml, profile=profile, work_dir=work_dir, ui=locals()), version, pipeline_run)
 
 
 def prepare(data_uri: str, eval_qrels_uri: str, sample_size: int, corpus_fingerprint: str, inputs_fingerprint: str,
             config_yaml: str, profile: str, work_dir: str, pipeline_run: str, prepared: Output[Dataset]):
     from kadet.steps import prepare_step, step_config
 
-    cfg = step_config(config_yaml, profile=profile, work_dir=work_dir, data__data_dir=data_uri,
-                      data__qrels=eval_qrels_uri, prepare__sample_size=sample_size)
+    cfg = step_config(config_yaml, profile=profile, work_dir=work_dir, ui=locals())
     prepare_step(cfg, prepared.path, pipeline_run, {"corpus": corpus_fingerprint, "inputs": inputs_fingerprint})
 
 
@@ -49,7 +45,7 @@ def generate(prepared: Input[Dataset], query_types: dict, shard_index: int, num_
     from kadet.steps import generate_step, step_config
     from kadet.stages import file_in
 
-    cfg = step_config(config_yaml, profile=profile, work_dir=work_dir, generate__types=query_types,
+    cfg = step_config(config_yaml, profile=profile, work_dir=work_dir, ui=locals(),
                       generate__shard_index=int(shard_index), generate__num_shards=int(num_shards))
     generate_step(cfg, file_in(prepared.path, "prepare", "passages"), shard.path, pipeline_run)
 
@@ -59,7 +55,7 @@ def generate_merge(prepared: Input[Dataset], shards: Input[List[Dataset]], query
     from kadet.steps import generate_merge_step, step_config
     from kadet.stages import file_in
 
-    cfg = step_config(config_yaml, profile=profile, work_dir=work_dir, generate__types=query_types,
+    cfg = step_config(config_yaml, profile=profile, work_dir=work_dir, ui=locals(),
                       generate__num_shards=int(num_shards))
     generate_merge_step(cfg, file_in(prepared.path, "prepare", "passages"), [s.path for s in shards], queries.path,
                         pipeline_run)
@@ -80,9 +76,8 @@ def label(prepared: Input[Dataset], candidates: Input[Dataset], teacher: str, li
     from kadet.steps import label_step, step_config
     from kadet.stages import file_in
 
-    cfg = step_config(config_yaml, profile=profile, work_dir=work_dir, label__teacher=teacher,
-                      label__list_size=list_size, label__shard_index=int(shard_index),
-                      label__num_shards=int(num_shards))
+    cfg = step_config(config_yaml, profile=profile, work_dir=work_dir, ui=locals(),
+                      label__shard_index=int(shard_index), label__num_shards=int(num_shards))
     label_step(cfg, file_in(candidates.path, "mine", "candidates"), file_in(prepared.path, "prepare", "corpus"),
                scores.path, pipeline_run)
 
@@ -93,8 +88,8 @@ def label_merge(prepared: Input[Dataset], candidates: Input[Dataset], shards: In
     from kadet.steps import label_merge_step, step_config
     from kadet.stages import file_in
 
-    cfg = step_config(config_yaml, profile=profile, work_dir=work_dir, label__teacher=teacher,
-                      label__list_size=list_size, label__num_shards=int(num_shards))
+    cfg = step_config(config_yaml, profile=profile, work_dir=work_dir, ui=locals(),
+                      label__num_shards=int(num_shards))
     label_merge_step(cfg, file_in(candidates.path, "mine", "candidates"), file_in(prepared.path, "prepare", "corpus"),
                      [s.path for s in shards], labels.path, pipeline_run)
 
@@ -104,8 +99,7 @@ def distill(labels: Input[Dataset], training_mode: str, list_size: int, config_y
     from kadet.steps import distill_step, step_config
     from kadet.stages import file_in
 
-    cfg = step_config(config_yaml, profile=profile, work_dir=work_dir, distill__mode=training_mode,
-                      distill__list_size=list_size)
+    cfg = step_config(config_yaml, profile=profile, work_dir=work_dir, ui=locals())
     distill_step(cfg, file_in(labels.path, "label", "labels"), model.path, pipeline_run, trainer_job=trainer_job)
     model.metadata["mode"] = training_mode
     model.metadata["framework"] = "sentence-transformers"
@@ -117,8 +111,7 @@ def evaluate(model: Input[Model], labels: Input[Dataset], data_uri: str, eval_qr
     from kadet.stages import file_in
     from kadet.tracking import metric_name
 
-    cfg = step_config(config_yaml, profile=profile, work_dir=work_dir, data__data_dir=data_uri,
-                      data__qrels=eval_qrels_uri)
+    cfg = step_config(config_yaml, profile=profile, work_dir=work_dir, ui=locals())
     rep = evaluate_step(cfg, str(model_folder(model.path)), file_in(labels.path, "label", "labels"), report.path,
                         pipeline_run)
     for who in ("base", "candidate"):
@@ -133,9 +126,7 @@ def register(model: Input[Model], report: Input[Dataset], prepared: Input[Datase
 
     from kadet.steps import model_folder, register_step, step_config
 
-    cfg = step_config(config_yaml, profile=profile, work_dir=work_dir, register__model_name=model_name,
-                      register__ndcg_floor=ndcg_floor, register__min_delta=min_delta,
-                      register__max_recall_drop=max_recall_drop)
+    cfg = step_config(config_yaml, profile=profile, work_dir=work_dir, ui=locals())
     r = register_step(cfg, str(model_folder(model.path)), report.path, pipeline_run, run_report.path,
                       prepared_dir=prepared.path)
     gate = namedtuple("Gate", ["decision", "version", "reason"])
@@ -145,15 +136,14 @@ def register(model: Input[Model], report: Input[Dataset], prepared: Input[Datase
 def promote(version: str, model_name: str, config_yaml: str, profile: str, work_dir: str, pipeline_run: str):
     from kadet.steps import promote_step, step_config
 
-    promote_step(step_config(config_yaml, profile=profile, work_dir=work_dir, register__model_name=model_name),
-                 version, pipeline_run)
+    promote_step(step_config(config_yaml, profile=profile, work_dir=work_dir, ui=locals()), version, pipeline_run)
 
 
 def challenger(version: str, reason: str, model_name: str, config_yaml: str, profile: str, work_dir: str,
                pipeline_run: str):
     from kadet.steps import challenger_step, step_config
 
-    cfg = step_config(config_yaml, profile=profile, work_dir=work_dir, register__model_name=model_name)
+    cfg = step_config(config_yaml, profile=profile, work_dir=work_dir, ui=locals())
     challenger_step(cfg, version, reason, pipeline_run)
 
 

@@ -41,11 +41,31 @@ def is_set(value) -> bool:
     return not (isinstance(value, (int, float)) and not isinstance(value, bool) and value == NOT_SET)
 
 
+#: The Kubeflow UI's run parameters, in one table: parameter -> the setting(s) it sets. A component
+#: names a parameter once, in its signature, and passes ``ui=locals()``; the pipeline's signature
+#: (KFP needs a real one) is checked against this table by tests/test_pipeline.py.
+UI_SETTINGS: dict[str, tuple[str, ...]] = {
+    "data_uri": ("data.data_dir",), "eval_qrels_uri": ("data.qrels",), "sample_size": ("prepare.sample_size",),
+    "query_types": ("generate.types",), "teacher": ("label.teacher",),
+    "list_size": ("label.list_size", "distill.list_size"), "training_mode": ("distill.mode",),
+    "ndcg_floor": ("register.ndcg_floor",), "min_delta": ("register.min_delta",),
+    "max_recall_drop": ("register.max_recall_drop",), "model_name": ("register.model_name",),
+}
+
+
+def ui_keys(ui: dict) -> dict:
+    """``{"section__key": value}`` for the UI parameters in ``ui`` (other names are ignored)."""
+    return {setting.replace(".", "__", 1): ui[name] for name, settings in UI_SETTINGS.items() if name in ui
+            for setting in settings}
+
+
 def step_config(config_yaml: str = "", overrides: Sequence[str] = (), work_dir: str = "", profile: str = "",
-                **keys) -> KadetConfig:
+                ui: dict | None = None, **keys) -> KadetConfig:
     """The pipeline's config: the ``profile`` (none: the defaults), its ``config_yaml`` text,
-    ``overrides``, then ``keys`` given as ``section__key=value`` (UI parameters; one left at its
-    "not set" default, see :func:`is_set`, leaves the key to the profile and config_yaml)."""
+    ``overrides``, then the UI parameters in ``ui`` (:data:`UI_SETTINGS`) and ``keys`` given as
+    ``section__key=value``; one left at its "not set" default (:func:`is_set`) leaves the
+    setting to the profile and config_yaml."""
+    keys = {**ui_keys(ui or {}), **keys}
     # JSON is YAML: a string stays a string whatever it holds (a URI with ": ", "true", "1e-5")
     sets = [f"{name.replace('__', '.', 1)}={json.dumps(value)}" for name, value in keys.items() if is_set(value)]
     cfg = config_from_text(config_yaml, [*overrides, *sets], source="pipeline config", base=profile_config(profile))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -114,6 +113,28 @@ def test_a_task_finds_its_run_key_in_the_environment(tmp_path, monkeypatch):
     with tracking.stage_run(cfg, "prepare", ""):
         pass
     assert tracking.parent_run_id(cfg, "") == tracking.parent_run_id(cfg, "kadet-x7k2p")
+
+
+def test_every_ui_parameter_is_in_the_one_table(spec):
+    """The pipeline's run parameters that set a setting are exactly ``kadet.steps.UI_SETTINGS``'s,
+    each names real settings, and every component parameter of that name goes through the table."""
+    import inspect
+
+    from components import stages
+    from kadet.config import KadetConfig
+    from kadet.steps import UI_SETTINGS
+
+    run_options = {"profile", "config_yaml", "work_dir", "generate_shards", "label_shards"}
+    assert set(spec["root"]["inputDefinitions"]["parameters"]) - run_options == set(UI_SETTINGS)
+    d = KadetConfig().to_dict()
+    for settings in UI_SETTINGS.values():
+        for setting in settings:
+            section, key = setting.split(".")
+            assert key in d[section], setting
+    for name, fn in inspect.getmembers(stages, inspect.isfunction):
+        params = set(inspect.signature(fn).parameters) & set(UI_SETTINGS)
+        if params:
+            assert "ui=locals()" in inspect.getsource(fn), name
 
 
 def test_dag_shape(spec):
@@ -233,10 +254,8 @@ def test_local_kfp_run_of_the_real_dag_on_s3(tmp_path, monkeypatch, capfd):
         server_env = {"MLFLOW_S3_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": ACCESS_KEY,
                       "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_DEFAULT_REGION": "us-east-1"}
         with mlflow_server(tmp_path / "mlflow", server_env, artifacts_destination="s3://mlflow/artifacts") as uri:
-            t0 = time.perf_counter()
             summary = run_local("s3://kadet/corpora/scifact-slice", str(tmp_path / "work"), str(tmp_path / "tiny.yaml"),
                                 [f"tracking.tracking_uri={uri}", "artifact_uri=s3://kadet/runs"], shards=2)
-            seconds = time.perf_counter() - t0
             # the console: a start and an end line per stage, nothing of KFP's (that is in the log)
             shown = capfd.readouterr().out
             for stage in ("prepare", "generate-1-of-2", "mine", "label-merge", "distill", "evaluate", "register"):
@@ -290,7 +309,6 @@ def test_local_kfp_run_of_the_real_dag_on_s3(tmp_path, monkeypatch, capfd):
             mlflow.set_tracking_uri(uri)
             model = mlflow.sentence_transformers.load_model(f"models:/kadet-ci/{version}")
             assert model.encode_query(["does aspirin prevent heart attacks"]).shape == (1, 384)
-    assert seconds < 300, f"local run took {seconds:.0f} s"
 
 
 @pytest.mark.slow
