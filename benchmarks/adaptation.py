@@ -147,8 +147,8 @@ def scores(cfg, data: Path, model: str) -> dict:
 
 def run_recipe(name: str, root: Path, data: Path, extra: list[str]) -> list[dict]:
     from kadet.config import load_config
-    from kadet.data import write_jsonl
     from kadet.generate import generate
+    from kadet.io import write_jsonl
     from kadet.label import label
     from kadet.mine import mine
     from kadet.prepare import prepare

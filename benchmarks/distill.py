@@ -39,7 +39,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def build_labels(path: Path, n_queries: int, list_size: int) -> None:
     from kadet.config import load_config
-    from kadet.data import load_beir, write_jsonl
+    from kadet.data import load_beir
+    from kadet.io import write_jsonl
     from kadet.retrieval import BM25Retriever, ranked
     from benchmarks.common import find_scifact
 

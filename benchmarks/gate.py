@@ -102,8 +102,9 @@ def config(root: Path, bare: Path, extra: list[str]):
 
 def silver_path(name: str, root: Path, bare: Path, sample_size: int, timings: dict) -> Path:
     """prepare -> sentence queries -> mine -> label on the corpus alone; returns the label folder."""
-    from kadet.data import read_corpus, write_jsonl
+    from kadet.data import read_corpus
     from kadet.generate import extract_queries
+    from kadet.io import write_jsonl
     from kadet.label import label
     from kadet.mine import mine
     from kadet.prepare import prepare
@@ -135,8 +136,9 @@ def silver_rows(labels: Path) -> list[dict]:
 
 def question_set(name: str, root: Path, bare: Path, silver: list[dict], n: int) -> list[dict]:
     """Questions by the packaged LLM for up to ``n`` held-out silver source passages (never trained on)."""
-    from kadet.data import read_corpus, read_records, write_jsonl
+    from kadet.data import read_corpus, read_records
     from kadet.generate import generate
+    from kadet.io import write_jsonl
 
     out = root / name / "question"
     queries = out / "generate" / "queries.jsonl"

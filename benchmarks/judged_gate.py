@@ -76,10 +76,10 @@ def gate(cfg, data: Path, candidate: str, out: Path) -> dict:
     cfg.data.data_dir, cfg.data.qrels, cfg.data.split = str(data), "", "test"
     comp = compare(cfg, candidate, out)
     e = cfg.evaluation
-    d = decide(comp["candidate"], comp["base"], cfg.register, "base model", comp["delta"][e.ndcg], e, comp["kind"])
-    g = comp["delta"][e.ndcg]
-    return {"kind": comp["kind"], "queries": comp["queries"], "base": round(comp["base"][e.ndcg], 4),
-            "candidate": round(comp["candidate"][e.ndcg], 4), "gain": round(g["mean"], 4),
+    g = comp.gain(e.ndcg)
+    d = decide(comp.candidate, comp.base, cfg.register, "base model", g, e, comp.kind)
+    return {"kind": comp.kind, "queries": comp.queries, "base": round(comp.base[e.ndcg], 4),
+            "candidate": round(comp.candidate[e.ndcg], 4), "gain": round(g["mean"], 4),
             "ci": [round(g["ci_low"], 4), round(g["ci_high"], 4)], "promote": d.promote, "reason": d.reason}
 
 

@@ -10,11 +10,11 @@ item at both sizes and their ratio (1.0 = linear; 10 would be quadratic). Report
 
 =============  =================================================================
 prepare        clean (normalise, sort-based near-duplicate check) + sample, per passage
-generate       plan requests + sentence queries + finalise from a full log, per passage
+generate       plan requests + sentence queries + ``write_queries`` from a full log, per passage
 label          the filters, normalisation and split of ``apply_filters``, per query list
 distill        one epoch, query-side, tiny model, batch 32, per training query
 evaluate       trec_eval metrics of a run (100 documents per query), per query
-logs           ``append_jsonl`` + ``read_log`` of a resumable log, per record
+logs           ``Journal.append`` + ``Journal.records`` of a resumable log, per record
 =============  =================================================================
 """
 
@@ -58,8 +58,8 @@ def bench_prepare(n: int) -> float:
 
 def bench_generate(n: int) -> float:
     from kadet.config import load_config
-    from kadet.generate import LOG_NAME, finalise, plan_requests
-    from kadet.data import append_jsonl
+    from kadet.generate import LOG_NAME, plan_requests, write_queries
+    from kadet.io import append_jsonl
 
     cfg = load_config(None, ["generate.types={question: 1, sentence: 1}"])
     docs = _docs(n)
@@ -70,7 +70,7 @@ def bench_generate(n: int) -> float:
             {"key": r.key, "doc_id": r.doc_id, "type": r.qtype, "k": r.k, "raw": f"what binds {r.passage.split()[1]} {i}",
              "text": "", "status": "ok", "prompt_id": r.prompt_id, "prompt_sha": r.prompt_sha, "backend": "b",
              "model": "m"} for i, r in enumerate(reqs)])
-        finalise(cfg, reqs, Path(tmp), 0, 0.0, docs)
+        write_queries(cfg, reqs, Path(tmp), 0, 0.0, docs)
         return time.perf_counter() - t
 
 
@@ -89,8 +89,8 @@ def bench_label(n: int) -> float:
 
 def bench_distill(n: int, model: Path, work: Path) -> float:
     from kadet.config import load_config
-    from kadet.data import write_jsonl
     from kadet.distill import distill
+    from kadet.io import write_jsonl
 
     docs = _docs(n * 4, seed=1)
     rng = random.Random(0)
@@ -120,15 +120,15 @@ def bench_evaluate(n: int) -> float:
 
 
 def bench_logs(n: int) -> float:
-    from kadet.data import append_jsonl, read_log
+    from kadet.journal import Journal
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "log.jsonl"
+        journal = Journal(Path(tmp) / "log.jsonl")
         t = time.perf_counter()
         for s in range(0, n, 64):
-            append_jsonl(path, [{"key": f"k{i}", "raw": "a generated query", "scores": [0.5] * 20}
-                                for i in range(s, min(n, s + 64))])
-        read_log(path)
+            journal.append([{"key": f"k{i}", "raw": "a generated query", "scores": [0.5] * 20}
+                            for i in range(s, min(n, s + 64))])
+        journal.records()
         return time.perf_counter() - t
 
 

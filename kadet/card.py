@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from kadet.comparison import SILVER_CAVEAT, retriever_rows
+from kadet.comparison import SILVER_CAVEAT, Comparison, display, gain_text, kind_text, retriever_rows
 
 CARD = "README.md"
 FACTS = "kadet_card.json"
@@ -53,11 +53,11 @@ def render(facts: Mapping[str, Any], st_card: str = "") -> str:
     if base and "/" in str(base) and not str(base).startswith(("/", ".")):
         meta["base_model"] = str(base)                       # a hub id; a local path is not metadata
     ev = facts.get("evaluation")
-    if ev:
+    if ev:   # written by evaluation_facts, kind included
         meta["model-index"] = [{"name": facts.get("model_name", "kadet-embedding"), "results": [{
             "task": {"type": "information-retrieval", "name": "Information Retrieval"},
-            "dataset": {"name": ev.get("data", "corpus"), "type": ev.get("kind", "gold")},
-            "metrics": [{"type": k, "value": round(float(v), 4), "name": f"{k} ({ev.get('kind', 'gold')})"}
+            "dataset": {"name": ev.get("data", "corpus"), "type": ev["kind"]},
+            "metrics": [{"type": k, "value": round(float(v), 4), "name": f"{k} ({ev['kind']})"}
                         for k, v in ev.get("candidate", {}).items()]}]}]
     title = f"# {facts.get('model_name', 'kadet-embedding')}: an embedding model adapted to one corpus by kadet"
     lines = body.lstrip("\n").split("\n")
@@ -81,23 +81,74 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(out) + "\n"
 
 
+def evaluation_facts(comparison: Comparison, metrics) -> dict:
+    """The card's evaluation facts from a comparison: kind, queries, the data digest, base and
+    candidate (and every retriever) under the metrics' display names, the gain's interval.
+    ``metrics``: :class:`kadet.config.EvaluationConfig` (which nDCG, Recall and MRR cut-offs)."""
+    names = (metrics.ndcg, metrics.recall, metrics.mrr)
+
+    def shown(figures: Mapping[str, float]) -> dict[str, float]:
+        return {display(n): float(figures[n]) for n in names if n in figures}
+
+    rets = {r: {who: shown(v[who]) for who in ("base", "candidate")}
+            for r, v in comparison.retrievers.items() if r != "bm25"}
+    if "bm25" in comparison.retrievers:
+        rets["bm25"] = shown(comparison.retrievers["bm25"])
+    gain = comparison.gain(metrics.ndcg)
+    return {"kind": comparison.kind, "queries": comparison.queries, "data": comparison.eval_data,
+            "base": shown(comparison.base), "candidate": shown(comparison.candidate),
+            "gain_ci": {**gain, "metric": display(metrics.ndcg)} if gain else None,
+            "retriever": comparison.retriever, "retrievers": rets}
+
+
+def loss_text(distill, teacher_temp: float) -> str:
+    """What training minimised, for the card: ``distill.loss`` and the terms it weighs
+    (:func:`kadet.losses.distill_loss`). ``distill``: :class:`kadet.config.DistillConfig`;
+    ``teacher_temp``: the temperature used (calibrated when ``auto_teacher_temp``)."""
+    if distill.loss == "infonce":
+        return (f"infonce (InfoNCE alone, temperature {distill.nce_temp:g}: the teacher's top passage as the "
+                "positive, the other passages in the batch as negatives, likely false negatives masked)")
+    kl = "" if distill.kl_weight == 1 else f"{distill.kl_weight:g} x "
+    nce = f", plus {distill.nce_weight:g} x InfoNCE" if distill.nce_weight else ""
+    return f"listwise ({kl}listwise KL, teacher temperature {teacher_temp:g}{nce})"
+
+
 def section_text(f: Mapping[str, Any]) -> str:
     """kadet's part of the card, as Markdown."""
+    s = [*intro_text(f), *training_text(f)]
+    if f.get("evaluation"):
+        s += evaluation_text(f["evaluation"])
+    if f.get("lineage"):
+        s += ["\n## Lineage\n", *(f"- {line}" for line in f["lineage"])]
+    reg = f.get("registry")
+    if reg:
+        s += ["\n## Registry\n", f"MLflow registered model `{reg['name']}` version **{reg['version']}**"
+              + (f"; gate: {reg['gate']}" if reg.get("gate") else "") + ".\n"]
+    return "\n".join(x.rstrip("\n") + "\n" for x in s)
+
+
+def intro_text(f: Mapping[str, Any]) -> list[str]:
+    """Where the model comes from, how to load it and which tower was tuned."""
     mode = f.get("mode", "query")
     towers = ("Only the **query tower** was tuned: the model is a sentence-transformers `Router` whose "
               "`document` route is the unchanged base model, so document embeddings already computed with "
               "the base model stay valid. `encode()` and `encode_query()` give the tuned query embeddings; "
               "encode documents with `encode_document()` (the base model)." if mode == "query" else
               "Both towers were tuned (one shared encoder): re-encode your documents with this model.")
-    s = [f"Adapted by kadet from **{f.get('base_model', '?')}** to one corpus "
-         f"(fingerprint of the prepared corpus: `{f.get('corpus_fingerprint', '?')}`), "
-         "with synthetic queries, mined candidates and a teacher's listwise scores (CADET-style distillation).\n",
-         "## How to load\n",
-         "```python\nfrom sentence_transformers import SentenceTransformer\n\n"
-         "model = SentenceTransformer(\"path/to/this/folder\")  # or mlflow.sentence_transformers.load_model("
-         f"\"models:/{f.get('model_name', 'kadet-embedding')}@champion\")\n"
-         "q = model.encode_query([\"which genes regulate ...\"])\nd = model.encode_document([\"passage text\"])\n"
-         "scores = model.similarity(q, d)\n```\n", towers + "\n"]
+    return [f"Adapted by kadet from **{f.get('base_model', '?')}** to one corpus "
+            f"(fingerprint of the prepared corpus: `{f.get('corpus_fingerprint', '?')}`), "
+            "with synthetic queries, mined candidates and a teacher's listwise scores (CADET-style distillation).\n",
+            "## How to load\n",
+            "```python\nfrom sentence_transformers import SentenceTransformer\n\n"
+            "model = SentenceTransformer(\"path/to/this/folder\")  # or mlflow.sentence_transformers.load_model("
+            f"\"models:/{f.get('model_name', 'kadet-embedding')}@champion\")\n"
+            "q = model.encode_query([\"which genes regulate ...\"])\nd = model.encode_document([\"passage text\"])\n"
+            "scores = model.similarity(q, d)\n```\n", towers + "\n"]
+
+
+def training_text(f: Mapping[str, Any]) -> list[str]:
+    """Training data by query type, the teacher, the loss and the hyperparameters."""
+    s = []
     by_type = f.get("train_queries_by_type") or {}
     if by_type:
         s += ["## Training data\n", _table(["query type", "training queries"],
@@ -114,30 +165,22 @@ def section_text(f: Mapping[str, Any]) -> str:
         s += ["\n## Training\n", f"Loss: {f.get('loss', '?')}; best epoch {f.get('best_epoch', '?')}"
               + (f" (dev loss {dev:.4f})" if isinstance(dev, (int, float)) else "") + ".\n\n",
               _table(["hyperparameter", "value"], [[k, f"`{v}`"] for k, v in sorted(hp.items())])]
-    ev = f.get("evaluation")
-    if ev:
-        kind = ev.get("kind", "gold")
-        what = ("judged queries of the corpus (gold qrels)" if kind == "gold" else
-                "held-out synthetic queries judged by the teacher (**silver**: indicative, not human judgements)")
-        head = ["\n## Evaluation\n"]
-        if kind == "silver":
-            head.append(f"**{SILVER_CAVEAT}**\n\n")
-        s += [*head, f"On {ev.get('queries', '?')} {what}; same run, same data for both models.\n\n",
-              _table(["model", *ev.get("candidate", {}).keys()],
-                     [[name, *(f"{v:.4f}" for v in ev.get(name, {}).values())] for name in ("base", "candidate")])]
-        rets = ev.get("retrievers") or {}
-        if rets:
-            cols = list(ev.get("candidate", {}).keys())
-            s += [f"\nBy retriever (the gate judged **{ev.get('retriever', 'dense')}**):\n\n",
-                  _table(["retriever", *cols], retriever_rows(rets, cols))]
-        ci = ev.get("gain_ci")
-        if ci:
-            s.append(f"\nGain in {ci['metric']}: {ci['mean']:+.4f}, {round(100 * ci['confidence'])}% paired "
-                     f"bootstrap interval [{ci['ci_low']:+.4f}, {ci['ci_high']:+.4f}].\n")
-    if f.get("lineage"):
-        s += ["\n## Lineage\n", *(f"- {line}" for line in f["lineage"])]
-    reg = f.get("registry")
-    if reg:
-        s += ["\n## Registry\n", f"MLflow registered model `{reg['name']}` version **{reg['version']}**"
-              + (f"; gate: {reg['gate']}" if reg.get("gate") else "") + ".\n"]
-    return "\n".join(x.rstrip("\n") + "\n" for x in s)
+    return s
+
+
+def evaluation_text(ev: Mapping[str, Any]) -> list[str]:
+    """Base vs candidate (:func:`evaluation_facts`): gold or silver, every retriever, the gain's interval."""
+    kind = ev["kind"]
+    s = ["\n## Evaluation\n", *([f"**{SILVER_CAVEAT}**\n\n"] if kind == "silver" else []),
+         f"On {ev.get('queries', '?')} {kind_text(kind)} (**{kind}**); same run, same data for both models.\n\n",
+         _table(["model", *ev.get("candidate", {}).keys()],
+                [[name, *(f"{v:.4f}" for v in ev.get(name, {}).values())] for name in ("base", "candidate")])]
+    rets = ev.get("retrievers") or {}
+    if rets:
+        cols = list(ev.get("candidate", {}).keys())
+        s += [f"\nBy retriever (the gate judged **{ev['retriever']}**):\n\n",
+              _table(["retriever", *cols], retriever_rows(rets, cols))]
+    ci = ev.get("gain_ci")
+    if ci:
+        s.append(f"\n{gain_text(ci, ci['metric'])}.\n")
+    return s

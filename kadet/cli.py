@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from kadet import __version__
-from kadet.config import (CHOICES, RANGES, KadetConfig, dump_config, field_docs, get_path, load_config,
-                          profile_config, set_path, validate)
+from kadet.config import (CHOICES, RANGES, TEACHERS, KadetConfig, dump_config, field_docs, get_path, load_config,
+                          names_component, profile_config, set_path, validate)
 from kadet.errors import KadetError
 from kadet.stages import STAGES, input_path
 from kadet.storage import is_s3, output_dir, output_dir_for_rank, work_dir_lock
@@ -50,13 +50,15 @@ class Opt:
     """One flag of a subcommand. With ``key`` it is a shortcut for that config setting: its type,
     choices and help come from :mod:`kadet.config` (the one typed source) and ``_load`` applies it;
     ``to`` converts the text first (e.g. ``--types a,b`` to a mapping). Without ``key`` it is the
-    command's own option (``kw`` goes to argparse as is)."""
+    command's own option (``kw`` goes to argparse as is); with ``extends`` too, ``_load`` adds its
+    values (an ``append`` flag's) to that list setting."""
 
     flag: str
     key: str | None = None
     help: str = ""
     to: Callable[[str], Any] | None = None
     kw: dict = field(default_factory=dict)
+    extends: str | None = None
 
     def add_to(self, p: argparse.ArgumentParser) -> None:
         if self.key is None:
@@ -102,7 +104,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, list[Opt]]] = {
                 "prepare.sample_size passages (seeded). Writes passages.jsonl, corpus.jsonl and manifest.json.",
                 [DATA, Opt("--sample-size", "prepare.sample_size"),
                  Opt("--exclude-qrels", help="extra qrels file whose relevant passages are excluded (repeatable)",
-                     kw={"action": "append", "default": [], "metavar": "TSV"}),
+                     kw={"action": "append", "default": [], "metavar": "TSV"}, extends="prepare.exclude_qrels"),
                  _output("prepare")]),
     "generate": ("synthetic queries of several types per passage (local model or TGI endpoint)",
                  "Generates generate.types queries per passage, cleans them and writes queries.jsonl + "
@@ -295,6 +297,8 @@ def _load(args: argparse.Namespace) -> KadetConfig:
         value = getattr(args, opt.key, None) if opt.key else None
         if value is not None:
             set_path(cfg, opt.key, value)
+        if opt.extends:
+            get_path(cfg, opt.extends).extend(getattr(args, opt.flag.lstrip("-").replace("-", "_")))
     if getattr(args, "work_dir", None):
         cfg.work_dir = args.work_dir
     return validate(cfg, "command line")
@@ -322,96 +326,93 @@ def _fresh_output_dir(uri: str):
         raise
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from kadet.evaluate import evaluate, format_table
+@dataclass(frozen=True)
+class StageCommand:
+    """What differs between the stage subcommands; :func:`cmd_stage` does the rest: the config,
+    each input (``--<input>`` or the upstream stage's output in the work dir), the output folder
+    (``--output`` or ``<work_dir>/<folder>``, local or ``s3://``), the call, the summary line."""
 
-    cfg = _load(args)
-    if not cfg.data.data_dir:
-        raise KadetError("no data: pass --data DIR or set data.data_dir")
-    out = args.output or str(Path(cfg.work_dir) / "evaluate" / cfg.retrieval.retriever)
-    with _fresh_output_dir(out) as local:
-        result = evaluate(cfg, output_dir=local, max_queries=args.max_queries)
-    label = f"{cfg.retrieval.retriever} ({cfg.retrieval.model})" if cfg.retrieval.retriever != "bm25" else "bm25"
+    #: ``module:function`` of the stage, called as ``function(cfg, *inputs, output folder, **options(args))``.
+    target: str
+    #: The line(s) printed when it is done: ``summary(what the function returned, output, cfg, args)``.
+    summary: Callable[[Any, str, KadetConfig, argparse.Namespace], str]
+    #: Its inputs (names in kadet/stages.py), in the function's order.
+    inputs: tuple[str, ...] = ()
+    #: Keyword arguments of the call, from the command's own flags.
+    options: Callable[[argparse.Namespace], dict] = lambda args: {}
+    #: The output folder under the work dir (default: the command's name).
+    folder: Callable[[KadetConfig], str] | None = None
+    #: Reads ``data.data_dir``: without one it fails before anything is written.
+    needs_data: bool = False
+    #: A failed run removes the output folders it created and left empty (:func:`_fresh_output_dir`).
+    fresh: bool = False
+    #: Runs under torchrun too: rank 0 writes and prints, the other ranks train beside it.
+    ranked: bool = False
+
+
+def _evaluate_summary(result, out: str, cfg: KadetConfig, args: argparse.Namespace) -> str:
+    from kadet.evaluate import format_table
+
     if args.json:
-        print(json.dumps(result.metrics, indent=2))
-    else:
-        print(format_table([(label, result.metrics)]))
-        print(f"\n{len(result.per_query)} queries, split {cfg.data.split}, {result.seconds:.1f} s; wrote {out}/metrics.json")
-    return 0
+        return json.dumps(result.metrics, indent=2)
+    r = cfg.retrieval
+    name = f"{r.retriever} ({r.model})" if r.retriever != "bm25" else "bm25"
+    return (f"{format_table([(name, result.metrics)])}\n\n{len(result.per_query)} queries, split {cfg.data.split}, "
+            f"{result.seconds:.1f} s; wrote {out}/metrics.json")
 
 
-def cmd_prepare(args: argparse.Namespace) -> int:
-    from kadet.prepare import prepare
-
-    cfg = _load(args)
-    cfg.prepare.exclude_qrels += args.exclude_qrels
-    if not cfg.data.data_dir:
-        raise KadetError("no data: pass --data DIR or set data.data_dir")
-    out = args.output or str(Path(cfg.work_dir) / "prepare")
-    with _fresh_output_dir(out) as local:
-        m = prepare(cfg, local)
-    print(f"prepare: kept {m.counts['passages']} of {m.counts['corpus']} passages; dropped {m.dropped}; wrote {out}")
-    return 0
-
-
-def cmd_generate(args: argparse.Namespace) -> int:
-    from kadet.generate import generate
-
-    cfg = _load(args)
-    passages = args.passages or input_path(cfg.work_dir, "generate", "passages")
-    out = args.output or str(Path(cfg.work_dir) / "generate")
-    with output_dir(out) as local:
-        m = generate(cfg, passages, local)
-    print(f"generate: kept {m.counts['kept']} of {m.counts['finished']} outputs "
-          f"({100 * m.extra['usable_fraction']:.1f}% usable); dropped {m.dropped}; wrote {out}/queries.jsonl")
-    return 0
-
-
-def cmd_mine(args: argparse.Namespace) -> int:
-    from kadet.mine import mine
-
-    cfg = _load(args)
-    work = Path(cfg.work_dir)
-    out = args.output or str(work / "mine")
-    with output_dir(out) as local:
-        m = mine(cfg, args.queries or input_path(work, "mine", "queries"), args.corpus or input_path(work, "mine", "corpus"),
-                 local)
-    print(f"mine: kept {m.counts['kept']} of {m.counts['queries']} queries; dropped {m.dropped}; "
-          f"round-trip hits {m.extra['round_trip_hits']}; wrote {out}/candidates.jsonl")
-    return 0
-
-
-def cmd_label(args: argparse.Namespace) -> int:
-    from kadet.label import label
-
-    cfg = _load(args)
-    work = Path(cfg.work_dir)
-    out = args.output or str(work / "label")
-    with output_dir(out) as local:
-        m = label(cfg, args.candidates or input_path(work, "label", "candidates"),
-                  args.corpus or input_path(work, "label", "corpus"), local, score=not args.merge_only,
-                  merge=not args.score_only)
+def _label_summary(m, out: str, cfg: KadetConfig, args: argparse.Namespace) -> str:
     if args.score_only:
-        print(f"label: scored {m.counts.get('scored_now', 0)} queries in shard {cfg.label.shard_index}/{cfg.label.num_shards}")
-    else:
-        print(f"label: {m.counts['labelled']} of {m.counts['queries']} queries labelled "
-              f"({m.counts['train']} train / {m.counts['dev']} dev); dropped {m.dropped}; wrote {out}/labels.jsonl")
-    return 0
+        return (f"label: scored {m.counts.get('scored_now', 0)} queries in shard "
+                f"{cfg.label.shard_index}/{cfg.label.num_shards}")
+    return (f"label: {m.counts['labelled']} of {m.counts['queries']} queries labelled "
+            f"({m.counts['train']} train / {m.counts['dev']} dev); dropped {m.dropped}; wrote {out}/labels.jsonl")
 
 
-def cmd_distill(args: argparse.Namespace) -> int:
-    from kadet.distill import distill
+#: The stage subcommands (their flags are in SUBCOMMANDS).
+STAGE_RUNS: dict[str, StageCommand] = {
+    "evaluate": StageCommand("kadet.evaluate:evaluate", _evaluate_summary, needs_data=True, fresh=True,
+                             folder=lambda cfg: f"evaluate/{cfg.retrieval.retriever}",
+                             options=lambda args: {"max_queries": args.max_queries}),
+    "prepare": StageCommand("kadet.prepare:prepare", lambda m, out, cfg, args: (
+        f"prepare: kept {m.counts['passages']} of {m.counts['corpus']} passages; dropped {m.dropped}; wrote {out}"),
+        needs_data=True, fresh=True),
+    "generate": StageCommand("kadet.generate:generate", lambda m, out, cfg, args: (
+        f"generate: kept {m.counts['kept']} of {m.counts['finished']} outputs "
+        f"({100 * m.extra['usable_fraction']:.1f}% usable); dropped {m.dropped}; wrote {out}/queries.jsonl"),
+        inputs=tuple(STAGES["generate"].inputs)),
+    "mine": StageCommand("kadet.mine:mine", lambda m, out, cfg, args: (
+        f"mine: kept {m.counts['kept']} of {m.counts['queries']} queries; dropped {m.dropped}; "
+        f"round-trip hits {m.extra['round_trip_hits']}; wrote {out}/candidates.jsonl"),
+        inputs=tuple(STAGES["mine"].inputs)),
+    "label": StageCommand("kadet.label:label", _label_summary, inputs=tuple(STAGES["label"].inputs),
+                          options=lambda args: {"score": not args.merge_only, "merge": not args.score_only}),
+    "distill": StageCommand("kadet.distill:distill", lambda m, out, cfg, args: (
+        f"distill: {m.counts['epochs']} epochs, best epoch {m.extra['best_epoch']} "
+        f"(dev loss {m.extra['best_dev_loss']}); wrote {out}/model"
+        + (f" ({m.extra['processes']} processes)" if m.extra["processes"] > 1 else "")),
+        inputs=tuple(STAGES["distill"].inputs), ranked=True),
+}
 
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    """A stage subcommand, as its :data:`STAGE_RUNS` entry describes it."""
+    import importlib
+
+    spec = STAGE_RUNS[args.command]
     cfg = _load(args)
+    if spec.needs_data and not cfg.data.data_dir:
+        raise KadetError("no data: pass --data DIR or set data.data_dir")
     work = Path(cfg.work_dir)
-    out = args.output or str(work / "distill")
-    rank = int(os.environ.get("RANK", "0"))  # under torchrun: rank 0 writes, the others train beside it
-    with output_dir_for_rank(out, rank) as local:
-        m = distill(cfg, args.labels or input_path(work, "distill", "labels"), local)
+    out = args.output or str(work / (spec.folder(cfg) if spec.folder else args.command))
+    inputs = [getattr(args, name) or input_path(work, args.command, name) for name in spec.inputs]
+    module, _, function = spec.target.partition(":")
+    run = getattr(importlib.import_module(module), function)
+    rank = int(os.environ.get("RANK", "0")) if spec.ranked else 0
+    with (_fresh_output_dir(out) if spec.fresh else output_dir_for_rank(out, rank)) as local:
+        result = run(cfg, *inputs, local, **spec.options(args))
     if rank == 0:
-        print(f"distill: {m.counts['epochs']} epochs, best epoch {m.extra['best_epoch']} "
-              f"(dev loss {m.extra['best_dev_loss']}); wrote {out}/model"
-              + (f" ({m.extra['processes']} processes)" if m.extra["processes"] > 1 else ""))
+        print(spec.summary(result, out, cfg, args))
     return 0
 
 
@@ -428,8 +429,11 @@ def cmd_teacher_report(args: argparse.Namespace) -> int:
             grid[name.strip()] = [float(v) for v in values.split(",")]
         except ValueError:
             raise KadetError(f"--grid {g!r}: expected NAME=W1,W2,...") from None
-    report = teacher_report(cfg, args.teacher or ["dense", "bm25", "ql", "ensemble"], args.split, args.depth,
-                            args.max_queries, grid, Path(cfg.work_dir) / "teacher-report")
+    teachers = args.teacher or ["dense", "bm25", "ql", "ensemble"]
+    if bad := [name for name in teachers if not names_component(name, TEACHERS)]:  # before the base model runs
+        raise KadetError(f"--teacher {bad[0]!r} must be one of {', '.join(TEACHERS)}")
+    report = teacher_report(cfg, teachers, args.split, args.depth, args.max_queries, grid,
+                            Path(cfg.work_dir) / "teacher-report")
     print(format_report(report))
     return 0
 
@@ -457,9 +461,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from kadet.comparison import SILVER_CAVEAT
     from kadet.datasets import check_data
-    from kadet.register import display
     from pipelines.local import run_local
 
     check_data(args.data)  # before the plan and before KFP starts
@@ -477,12 +479,21 @@ def cmd_run(args: argparse.Namespace) -> int:
                         profile=args.profile, verbose=args.verbose, console_to_stderr=args.json)
     if args.json:
         print(json.dumps(summary, indent=2))
-        return 0
+    else:
+        print_run_summary(summary, plan)
+    return 0
+
+
+def print_run_summary(summary: dict, plan=None) -> None:
+    """``kadet run``'s closing lines: wall time, work done, the plan against the time taken,
+    base vs candidate, the registry outcome and how to use the model."""
+    from kadet.comparison import SILVER_CAVEAT, display, gain_text
+
     print(f"kadet run: {summary['seconds'] / 60:.1f} min; MLflow {summary['tracking_uri']} "
           f"(parent run {summary['parent_run']})")
     if summary.get("unchanged_since"):
         print(summary["gate"])
-        return 0
+        return
     work = "; ".join(f"{stage} {n['new']} new, {n['reused']} reused from earlier runs"
                      for stage, n in summary.get("work", {}).items() if n["new"] + n["reused"])
     if work:
@@ -494,7 +505,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     nd, rc = summary["metrics"]
     if b and c:
         ci = summary.get("gain_ci")
-        ci_text = f" (gain {c[nd] - b[nd]:+.4f}, paired bootstrap CI [{ci[0]:+.4f}, {ci[1]:+.4f}])" if ci else ""
+        ci_text = f" ({gain_text({'mean': c[nd] - b[nd], 'ci_low': ci[0], 'ci_high': ci[1]})})" if ci else ""
         print(f"{display(nd)} ({summary['eval_kind']}) base {b[nd]:.4f} -> candidate {c[nd]:.4f}{ci_text}; "
               f"{display(rc)} {b[rc]:.4f} -> {c[rc]:.4f}")
     hybrid, bm25 = (summary.get("retrievers") or {}).get("hybrid") or {}, (summary.get("retrievers") or {}).get("bm25")
@@ -513,7 +524,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         print("use it: " + "\n        ".join(usage(summary["model_name"], summary["version"], summary["tracking_uri"])))
     print(f"full output (KFP, warnings): {summary['log']}")
-    return 0
 
 
 def planned_vs_taken(plan, stages: list[tuple[str, float]], total: float) -> list[tuple[str, float, float]]:
@@ -667,8 +677,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 UNLOCKED = ("config", "plan", "submit", "schedule", "judge", "data", "export", "models")
 COMMANDS = {
     "data": cmd_data,
-    "evaluate": cmd_evaluate, "plan": cmd_plan, "prepare": cmd_prepare, "generate": cmd_generate, "mine": cmd_mine,
-    "label": cmd_label, "distill": cmd_distill, "teacher-report": cmd_teacher_report, "config": cmd_config,
+    **{name: cmd_stage for name in STAGE_RUNS}, "plan": cmd_plan, "teacher-report": cmd_teacher_report,
+    "config": cmd_config,
     "run": cmd_run_then_prune, "prune": cmd_prune,
     "submit": cmd_submit, "schedule": cmd_schedule, "judge": cmd_judge, "export": cmd_export, "models": cmd_models,
 }

@@ -6,8 +6,13 @@ overrides (the CLI's ``--set``), in that order::
     cfg = load_config("kadet.yaml", overrides=["retrieval.top_k=200"])
     cfg.retrieval.top_k  # 200
 
-Unknown keys and values of the wrong type raise :class:`~kadet.errors.ConfigError` naming
-the key and where it came from.
+Each setting is declared once, with its default, help text and rules (range, choices, the
+components it may name: :func:`setting`); the CLI's flag help, :func:`validate` and
+:func:`field_docs` read them there, so adding a setting is one field declaration.
+
+Unknown keys, values of the wrong type and values outside a setting's rules raise
+:class:`~kadet.errors.ConfigError` naming the key and where it came from, when the config is
+loaded (before any stage runs).
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ import hashlib
 import json
 import math
 import os
-import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,75 +32,102 @@ from typing import Any, Literal
 import yaml
 
 from kadet.errors import ConfigError
+from kadet.prompts import ALL_TYPES, LLM_TYPES
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+#: What ``label.teacher`` and the members of ``label.ensemble`` may name (kadet/teachers.py
+#: builds each; an upper-case part stands for any non-empty text, e.g. ``cross-encoder:/models/x``).
+TEACHERS = ("dense", "dense:PATH", "bm25", "ql", "ql:MODEL", "cross-encoder:PATH", "monot5:PATH", "rankt5:PATH",
+            "ensemble")
+ENSEMBLE_MEMBERS = tuple(t for t in TEACHERS if t != "ensemble")
+#: What ``mine.retrievers`` may name (kadet/mine.py builds each).
+MINE_RETRIEVERS = ("dense", "dense:MODEL", "bm25")
+
+
+def names_component(spec: str, names: tuple[str, ...]) -> bool:
+    """Is ``spec`` one of ``names``: a bare name as it is, or ``KIND:ARG`` with a non-empty ARG
+    where ``names`` has ``KIND:<PLACEHOLDER>``?"""
+    kind, colon, arg = spec.partition(":")
+    if not colon:
+        return spec in names
+    return bool(arg) and any(n.partition(":")[0] == kind and ":" in n for n in names)
+
+
+def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING,
+            low: float | None = None, above: float | None = None, high: float | None = None,
+            names: tuple[str, ...] = (), below: str = "", check: Any = None) -> Any:
+    """A setting with its rules beside it, as ``dataclasses.field`` metadata that the CLI's help,
+    :func:`validate` and :func:`field_docs` read (a choice among fixed words is its ``Literal`` type):
+
+    - ``low`` / ``above``: the number must be ``>= low`` / ``> above`` (and ``<= high`` if given);
+    - ``names``: a component name (a string, each item of a list, each key of a mapping) among
+      these (:func:`names_component`); a list also needs at least one;
+    - ``below``: the number must be below the sibling setting of that name;
+    - ``check(value)``: ``None``, or what is wrong, as the rest of the error after ``'key'``.
+    """
+    meta: dict[str, Any] = {"help": help}
+    if low is not None or above is not None:
+        meta["range"] = (low, high, True) if low is not None else (above, high, False)
+    meta.update({k: v for k, v in (("names", names), ("below", below), ("check", check)) if v})
+    return field(default=default, default_factory=factory, metadata=meta)
 
 
 @dataclass
 class DataConfig:
     """Where the corpus and evaluation data are."""
 
-    #: A BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv), local or ``s3://``.
-    data_dir: str = ""
-    #: Evaluation split, i.e. the file ``qrels/<split>.tsv``.
-    split: str = "test"
-    #: Evaluation qrels file (local or ``s3://``) replacing ``qrels/<split>.tsv``; its relevant
-    #: passages are also excluded from training.
-    qrels: str = ""
-    #: Passage text = title + separator + text, as BEIR does.
-    title_separator: str = " "
+    data_dir: str = setting("", "A BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv), local or s3://.")
+    split: str = setting("test", "Evaluation split, i.e. the file qrels/<split>.tsv.")
+    qrels: str = setting("", "Evaluation qrels file (local or s3://) replacing qrels/<split>.tsv; its relevant "
+                             "passages are also excluded from training.")
+    title_separator: str = setting(" ", "Passage text = title + separator + text, as BEIR does.")
 
 
 @dataclass
 class RetrievalConfig:
     """Dense and lexical retrieval settings shared by mining and evaluation."""
 
-    #: A sentence-transformers folder, or a packaged model name (``all-MiniLM-L6-v2``).
-    model: str = DEFAULT_MODEL
-    #: ``dense``, ``bm25`` or ``hybrid`` (reciprocal rank fusion of both).
-    retriever: Literal["dense", "bm25", "hybrid"] = "dense"
-    top_k: int = 100
-    #: At most this many texts per forward pass when encoding.
-    batch_size: int = 128
-    #: Token budget per forward pass (texts x longest); ``None``: 4,096 on CPU, 65,536 on GPU.
-    max_tokens: int | None = None
-    #: Truncate to this many tokens; ``None`` keeps the model's own setting.
-    max_seq_length: int | None = None
-    #: Prompt prepended to queries / passages (e.g. ``"query: "`` for e5); empty by default.
-    query_prompt: str = ""
-    passage_prompt: str = ""
-    #: ``cpu``, ``cuda``, ``cuda:1``...; ``None`` picks CUDA when available.
-    device: str | None = None
-    #: Reciprocal rank fusion constant (evaluation's hybrid retriever and mining's fusion).
-    rrf_k: int = 60
-    #: How many results per retriever go into the fusion.
-    rrf_depth: int = 100
-    bm25_method: Literal["lucene", "robertson", "atire", "bm25l", "bm25+"] = "lucene"
-    bm25_k1: float = 1.5
-    bm25_b: float = 0.75
-    #: Snowball stemmer language for BM25 (empty string disables stemming).
-    bm25_stemmer: str = "english"
-    bm25_stopwords: str = "en"
-    #: Cache embeddings on disk keyed by model fingerprint and text hash.
-    embedding_cache: bool = True
+    model: str = setting(DEFAULT_MODEL, "A sentence-transformers folder, or a packaged model name "
+                                        "(all-MiniLM-L6-v2).")
+    retriever: Literal["dense", "bm25", "hybrid"] = setting(
+        "dense", "dense, bm25 or hybrid (reciprocal rank fusion of both).")
+    top_k: int = setting(100, "Documents retrieved per query.", low=1)
+    batch_size: int = setting(128, "At most this many texts per forward pass when encoding.", low=1)
+    max_tokens: int | None = setting(None, "Token budget per forward pass (texts x longest); None: 4,096 on CPU, "
+                                           "65,536 on GPU.")
+    max_seq_length: int | None = setting(None, "Truncate to this many tokens; None keeps the model's own setting.")
+    query_prompt: str = setting("", 'Prompt prepended to queries / passages (e.g. "query: " for e5); empty by '
+                                    "default.")
+    passage_prompt: str = setting("", "Prompt prepended to passages (see query_prompt).")
+    device: str | None = setting(None, "cpu, cuda, cuda:1...; None picks CUDA when available.")
+    rrf_k: int = setting(60, "Reciprocal rank fusion constant (evaluation's hybrid retriever and mining's fusion).",
+                         low=1)
+    rrf_depth: int = setting(100, "How many results per retriever go into the fusion.", low=1)
+    bm25_method: Literal["lucene", "robertson", "atire", "bm25l", "bm25+"] = setting(
+        "lucene", "The BM25 variant (bm25s).")
+    bm25_k1: float = setting(1.5, "BM25 term-frequency saturation.", low=0)
+    bm25_b: float = setting(0.75, "BM25 length normalisation.", low=0)
+    bm25_stemmer: str = setting("english", "Snowball stemmer language for BM25 (empty string disables stemming).")
+    bm25_stopwords: str = setting("en", "Stopword list for BM25 (bm25s).")
+    embedding_cache: bool = setting(True, "Cache embeddings on disk keyed by model fingerprint and text hash.")
 
 
 @dataclass
 class EvaluationConfig:
     """What ``kadet evaluate`` measures."""
 
-    #: trec_eval measures reported: nDCG@10, Recall@100, MRR@10.
-    ndcg_k: int = 10
-    recall_k: int = 100
-    mrr_k: int = 10
-    #: Drop a retrieved document whose id equals the query id (BEIR's default).
-    ignore_identical_ids: bool = True
-    #: gold: the corpus's judged queries (``qrels/<split>.tsv`` or ``data.qrels``); silver: held-out
-    #: synthetic queries judged by the teacher (``label.silver_queries``); auto: gold where judged.
-    kind: Literal["auto", "gold", "silver"] = "auto"
-    #: What the gate judges: the candidate as a dense retriever, or in hybrid (its dense run fused
-    #: with BM25 by RRF, as many retrieval stacks serve). Both are always measured and reported.
-    retriever: Literal["dense", "hybrid"] = "dense"
+    ndcg_k: int = setting(10, "trec_eval measures reported: nDCG@10, Recall@100, MRR@10.", low=1)
+    recall_k: int = setting(100, "The k of Recall@k.", low=1)
+    mrr_k: int = setting(10, "The k of MRR@k.", low=1)
+    ignore_identical_ids: bool = setting(True, "Drop a retrieved document whose id equals the query id (BEIR's "
+                                               "default).")
+    kind: Literal["auto", "gold", "silver"] = setting(
+        "auto", "gold: the corpus's judged queries (qrels/<split>.tsv or data.qrels); silver: held-out synthetic "
+                "queries judged by the teacher (label.silver_queries); auto: gold where judged.")
+    retriever: Literal["dense", "hybrid"] = setting(
+        "dense", "What the gate judges: the candidate as a dense retriever, or in hybrid (its dense run fused with "
+                 "BM25 by RRF, as many retrieval stacks serve). Both are always measured and reported.")
 
     # the one place metric names are spelled (metrics.json, comparison.json, the gate, MLflow)
     @property
@@ -116,41 +147,31 @@ class EvaluationConfig:
 class PrepareConfig:
     """Passage selection before query generation."""
 
-    #: Sample at most this many passages (seeded); 0 keeps all.
-    sample_size: int = 100_000
-    #: Drop passages whose normalised text is shorter than this.
-    min_chars: int = 10
-    #: Drop exact and near-duplicates (substring of a sorted neighbour).
-    dedupe: bool = True
-    #: qrels splits of the BEIR folder whose relevant passages are excluded (no test leakage).
-    exclude_splits: list[str] = field(default_factory=lambda: ["test"])
-    #: Extra qrels files (paths or s3:// URIs) whose relevant passages are excluded too.
-    exclude_qrels: list[str] = field(default_factory=list)
-
-
-ALL_QUERY_TYPES = ("question", "claim", "keywords", "title", "web", "msmarco")
+    sample_size: int = setting(100_000, "Sample at most this many passages (seeded); 0 keeps all.", low=0)
+    min_chars: int = setting(10, "Drop passages whose normalised text is shorter than this.", low=0)
+    dedupe: bool = setting(True, "Drop exact and near-duplicates (substring of a sorted neighbour).")
+    exclude_splits: list[str] = setting(factory=lambda: ["test"], help="qrels splits of the BEIR folder whose "
+                                        "relevant passages are excluded (no test leakage).")
+    exclude_qrels: list[str] = setting(factory=list, help="Extra qrels files (paths or s3:// URIs) whose relevant "
+                                                          "passages are excluded too.")
 
 
 @dataclass
 class TgiConfig:
     """``generate.backend: tgi``: a text-generation-inference or OpenAI-compatible endpoint."""
 
-    #: Endpoint URL. Default: ``$KADET_TGI_URL`` (a cluster pipeline's pods get the TGI Service's
-    #: address from pipelines/platform.yaml), else http://127.0.0.1:8080.
-    url: str = field(default_factory=lambda: os.environ.get("KADET_TGI_URL") or "http://127.0.0.1:8080")
-    #: ``chat`` (chat_completion) or ``text_generation`` (raw prompts).
-    api: Literal["chat", "text_generation"] = "chat"
-    #: Name of the environment variable holding the endpoint token (never logged).
-    token_env: str = "HF_TOKEN"
-    #: Requests in flight.
-    concurrency: int = 8
-    #: Seconds per request before it counts as a transient failure.
-    timeout_s: float = 60.0
-    #: Retries of a transient failure (5xx, 429, timeout, dropped connection, malformed reply),
-    #: with exponential backoff from backoff_s up to backoff_max_s.
-    max_retries: int = 4
-    backoff_s: float = 1.0
-    backoff_max_s: float = 30.0
+    url: str = setting(factory=lambda: os.environ.get("KADET_TGI_URL") or "http://127.0.0.1:8080",
+                       help="Endpoint URL. Default: $KADET_TGI_URL (a cluster pipeline's pods get the TGI Service's "
+                            "address from pipelines/platform.yaml), else http://127.0.0.1:8080.")
+    api: Literal["chat", "text_generation"] = setting(
+        "chat", "chat (chat_completion) or text_generation (raw prompts).")
+    token_env: str = setting("HF_TOKEN", "Name of the environment variable holding the endpoint token (never logged).")
+    concurrency: int = setting(8, "Requests in flight.", low=1)
+    timeout_s: float = setting(60.0, "Seconds per request before it counts as a transient failure.", low=0)
+    max_retries: int = setting(4, "Retries of a transient failure (5xx, 429, timeout, dropped connection, malformed "
+                                  "reply), with exponential backoff from backoff_s up to backoff_max_s.", low=0)
+    backoff_s: float = setting(1.0, "First backoff of a retry, in seconds (doubling).", low=0)
+    backoff_max_s: float = setting(30.0, "Longest backoff of a retry, in seconds.", low=0)
 
 
 @dataclass
@@ -158,226 +179,223 @@ class CleanConfig:
     """Rules for each raw generation; re-applied when the stage finalises, so changing them
     needs no new generation."""
 
-    #: Length bounds of a kept query (characters, words).
-    min_chars: int = 5
-    max_chars: int = 200
-    min_words: int = 2
-    max_words: int = 32
-    #: An n-gram of this many words shared with the passage marks a copy.
-    copy_ngram: int = 8
-    #: ``keywords`` queries keep at most this many keywords.
-    max_keywords: int = 5
+    min_chars: int = setting(5, "Length bounds of a kept query (characters, words).", low=0)
+    max_chars: int = setting(200, "Longest kept query, in characters.", low=0)
+    min_words: int = setting(2, "Shortest kept query, in words.", low=0)
+    max_words: int = setting(32, "Longest kept query, in words.", low=0)
+    copy_ngram: int = setting(8, "An n-gram of this many words shared with the passage marks a copy.", low=1)
+    max_keywords: int = setting(5, "keywords queries keep at most this many keywords.", low=1)
+
+
+def _query_types_problem(weights: dict[str, float]) -> str | None:
+    """What is wrong with ``generate.types`` (a check of :func:`setting`), if anything."""
+    unknown = [t for t in weights if t not in ALL_TYPES]
+    if unknown:
+        return f": unknown query type(s) {unknown} (known: {', '.join(ALL_TYPES)})"
+    if not all(math.isfinite(w) and w >= 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
+        return f" = {weights!r}: weights must be >= 0, at least one > 0"
+    return None
 
 
 @dataclass
 class GenerateConfig:
-    """Synthetic query generation (see kadet/generate.py and kadet/prompts.py)."""
+    """Synthetic query generation (see kadet/generate/ and kadet/prompts.py)."""
 
-    #: ``local`` (in-process transformers) or ``tgi`` (text-generation-inference client).
-    backend: Literal["local", "tgi"] = "local"
-    #: Queries per passage for each type; a fraction is a probability (0.5 = every other passage).
-    #: ``web`` is zero-shot; the packaged 135M model cannot follow a bare instruction (1 usable
-    #: output in 8 on SciFact), so it is off by default: turn it on with a real LLM behind tgi.
-    types: dict[str, float] = field(
-        default_factory=lambda: {t: (0.0 if t == "web" else 1.0) for t in ALL_QUERY_TYPES}
-    )
-    #: Local: ``smollm2`` (packaged GGUF), a ``.gguf`` file or a causal-LM folder.
-    #: tgi: the model name sent to the server.
-    model: str = "smollm2"
-    #: Few-shot examples per prompt (``None``: each type's own, 3; ``web`` is zero-shot).
-    shots: int | None = None
-    max_new_tokens: int = 48
-    #: Local backend: logit bonus for tokens that occur in the passage, which keeps a small
-    #: model on the passage's topic instead of drifting to the few-shot examples' topics.
-    passage_bias: float = 1.5
-    #: Local backend: forbid repeating an n-gram of the generated text (small models loop
-    #: otherwise; the prompt is not counted, so terms can still be quoted), penalise repeats.
-    no_repeat_ngram_size: int = 3
-    repetition_penalty: float = 1.0
-    #: Local backend: never copy this many passage tokens in a row (0: no limit).
-    max_copy_tokens: int = 6
-    #: 0 = greedy. The defaults suit the packaged 135M model (measured on 30 SciFact passages x
-    #: 3 types: 90% usable vs 64% at temperature 0.7 without the three local-only controls
-    #: above); with a real LLM behind tgi use temperature 0.8 as the paper does.
-    temperature: float = 0.0
-    top_p: float = 0.95
-    #: Passages are cut to this many characters in prompts.
-    max_passage_chars: int = 600
-    #: Use only the first N passages (0: all).
-    max_passages: int = 0
-    #: Local backend: prompts per generate() call, and the device (None: CUDA if available).
-    batch_size: int = 16
-    device: str | None = None
-    #: tgi backend: the endpoint and its transport (``generate.tgi.*``).
-    tgi: TgiConfig = field(default_factory=lambda: TgiConfig())
-    #: Cleaning rules for every raw output (``generate.clean.*``).
-    clean: CleanConfig = field(default_factory=lambda: CleanConfig())
-    #: Outputs appended to the log (with fsync) after each group of this many requests.
-    flush_every: int = 64
-    #: Shard by contiguous passage ranges (ParallelFor; ``shard_range``, as labelling does).
-    shard_index: int = 0
-    num_shards: int = 1
-    progress: bool = True
+    backend: Literal["local", "tgi"] = setting(
+        "local", "local (in-process transformers) or tgi (text-generation-inference client).")
+    types: dict[str, float] = setting(
+        factory=lambda: {t: (0.0 if t == "web" else 1.0) for t in LLM_TYPES}, check=_query_types_problem,
+        help="Queries per passage for each type; a fraction is a probability (0.5 = every other passage). web is "
+             "zero-shot; the packaged 135M model cannot follow a bare instruction (1 usable output in 8 on SciFact), "
+             "so it is off by default: turn it on with a real LLM behind tgi.")
+    model: str = setting("smollm2", "Local: smollm2 (packaged GGUF), a .gguf file or a causal-LM folder. tgi: the "
+                                    "model name sent to the server.")
+    shots: int | None = setting(None, "Few-shot examples per prompt (None: each type's own, 3; web is zero-shot).")
+    max_new_tokens: int = setting(48, "At most this many new tokens per generation.", low=1)
+    passage_bias: float = setting(1.5, "Local backend: logit bonus for tokens that occur in the passage, which keeps "
+                                       "a small model on the passage's topic instead of drifting to the few-shot "
+                                       "examples' topics.")
+    no_repeat_ngram_size: int = setting(3, "Local backend: forbid repeating an n-gram of the generated text (small "
+                                           "models loop otherwise; the prompt is not counted, so terms can still be "
+                                           "quoted), penalise repeats.")
+    repetition_penalty: float = setting(1.0, "Local backend: penalty of a repeated token (1: none).", low=0)
+    max_copy_tokens: int = setting(6, "Local backend: never copy this many passage tokens in a row (0: no limit).")
+    temperature: float = setting(0.0, "0 = greedy. The defaults suit the packaged 135M model (measured on 30 SciFact "
+                                      "passages x 3 types: 90% usable vs 64% at temperature 0.7 without the three "
+                                      "local-only controls above); with a real LLM behind tgi use temperature 0.8 as "
+                                      "the paper does.", low=0)
+    top_p: float = setting(0.95, "Nucleus sampling: sample among the tokens of this much probability mass.",
+                           low=0, high=1)
+    max_passage_chars: int = setting(600, "Passages are cut to this many characters in prompts.", low=1)
+    max_passages: int = setting(0, "Use only the first N passages (0: all).", low=0)
+    batch_size: int = setting(16, "Local backend: prompts per generate() call, and the device (None: CUDA if "
+                                  "available).", low=1)
+    device: str | None = setting(None, "Local backend: cpu, cuda, cuda:1...; None picks CUDA when available.")
+    tgi: TgiConfig = setting(factory=TgiConfig, help="tgi backend: the endpoint and its transport (generate.tgi.*).")
+    clean: CleanConfig = setting(factory=CleanConfig, help="Cleaning rules for every raw output (generate.clean.*).")
+    flush_every: int = setting(64, "Outputs appended to the log (with fsync) after each group of this many requests.",
+                               low=1)
+    shard_index: int = setting(0, "Shard by contiguous passage ranges (ParallelFor; shard_range, as labelling "
+                                  "does).", low=0, below="num_shards")
+    num_shards: int = setting(1, "How many generation shards there are (see shard_index).", low=1)
+    progress: bool = setting(True, "Show a progress bar.")
 
 
 @dataclass
 class MineConfig:
     """Candidate mining: retrievers, round-trip filter, fusion."""
 
-    #: ``dense`` (retrieval.model), ``dense:PATH`` (another dense model), ``bm25``.
-    retrievers: list[str] = field(default_factory=lambda: ["dense", "bm25"])
-    #: Candidates retrieved per retriever; 0 = retrieval.top_k.
-    top_k: int = 0
-    #: Keep a query only if its source passage is in this many top results ...
-    round_trip_depth: int = 20
-    #: ... of ``any`` retriever, of ``all`` of them, or ``off``.
-    round_trip: Literal["any", "all", "off"] = "any"
-    #: A query needs at least this many fused candidates; lists are cut at max_candidates.
-    min_candidates: int = 20
-    max_candidates: int = 100
+    retrievers: list[str] = setting(factory=lambda: ["dense", "bm25"], names=MINE_RETRIEVERS,
+                                    help="dense (retrieval.model), dense:PATH (another dense model), bm25.")
+    top_k: int = setting(0, "Candidates retrieved per retriever; 0 = retrieval.top_k.", low=0)
+    round_trip_depth: int = setting(20, "Keep a query only if its source passage is in this many top results ...",
+                                    low=1)
+    round_trip: Literal["any", "all", "off"] = setting("any", "... of any retriever, of all of them, or off.")
+    min_candidates: int = setting(20, "A query needs at least this many fused candidates; lists are cut at "
+                                      "max_candidates.", low=0)
+    max_candidates: int = setting(100, "Fused candidates kept per query.", low=1)
 
 
 @dataclass
 class LabelConfig:
     """Teacher labelling and the filters that follow it (see kadet/label.py, kadet/teachers.py)."""
 
-    #: dense, bm25, ql, cross-encoder:PATH, monot5:PATH, rankt5:PATH or ensemble.
-    teacher: str = "ensemble"
-    #: Member weights of the ensemble (z-normalised per query). Chosen on SciFact's *train*
-    #: queries (first 100, base top-20) with `kadet teacher-report --split train --grid ...`:
-    #: best {dense 1, bm25 0.5, ql 0.5} nDCG@10 0.7324; best without ql 0.7159; base 0.6975.
-    ensemble: dict[str, float] = field(default_factory=lambda: {"dense": 1.0, "bm25": 0.5, "ql": 0.5})
-    #: Causal LM of the ql teacher: smollm2 (packaged), a .gguf file or a folder.
-    llm_model: str = "smollm2"
-    max_passage_tokens: int = 256
-    batch_size: int = 16
-    device: str | None = None
-    #: How many fused candidates of each query the teacher scores.
-    rerank_depth: int = 100
-    #: Keep a query only if the teacher ranks its source passage first.
-    consistency: bool = True
-    #: Drop queries whose top teacher score is below this percentile of all scores (METHOD.md).
-    min_top_percentile: float = 25.0
-    #: Min-max normalise scores with these percentiles of all scores, clamped to [0, 1].
-    norm_low_percentile: float = 1.0
-    norm_high_percentile: float = 99.0
-    #: Passages kept per query, in teacher order.
-    list_size: int = 20
-    dev_fraction: float = 0.1
-    #: With silver evaluation: synthetic queries held out of training (at most a fifth of them),
-    #: judged by the teacher: the source passage is relevant (2), and so is (1) any candidate
-    #: whose normalised teacher score reaches ``silver_min_score``.
-    silver_queries: int = 300
-    silver_min_score: float = 0.9
-    #: Scoring is sharded by query range: this worker scores shard shard_index of num_shards.
-    shard_index: int = 0
-    num_shards: int = 1
-    #: Queries scored between appends to the (resumable) score log.
-    flush_every: int = 32
+    teacher: str = setting("ensemble", f"The teacher: {', '.join(TEACHERS)} (see kadet/teachers.py).", names=TEACHERS)
+    ensemble: dict[str, float] = setting(
+        factory=lambda: {"dense": 1.0, "bm25": 0.5, "ql": 0.5}, names=ENSEMBLE_MEMBERS,
+        help="Member weights of the ensemble (z-normalised per query). Chosen on SciFact's *train* queries (first "
+             "100, base top-20) with `kadet teacher-report --split train --grid ...`: best {dense 1, bm25 0.5, ql "
+             "0.5} nDCG@10 0.7324; best without ql 0.7159; base 0.6975.")
+    llm_model: str = setting("smollm2", "Causal LM of the ql teacher: smollm2 (packaged), a .gguf file or a folder.")
+    max_passage_tokens: int = setting(256, "The ql teacher cuts passages to this many tokens.", low=1)
+    batch_size: int = setting(16, "Model teachers (ql, cross-encoder, monot5, rankt5): items per forward pass.",
+                              low=1)
+    device: str | None = setting(None, "Model teachers (ql, cross-encoder, monot5, rankt5): cpu, cuda...; None "
+                                       "picks CUDA when available.")
+    rerank_depth: int = setting(100, "How many fused candidates of each query the teacher scores.", low=1)
+    consistency: bool = setting(True, "Keep a query only if the teacher ranks its source passage first.")
+    min_top_percentile: float = setting(25.0, "Drop queries whose top teacher score is below this percentile of all "
+                                              "scores (METHOD.md).", low=0, high=100)
+    norm_low_percentile: float = setting(1.0, "Min-max normalise scores with these percentiles of all scores, "
+                                              "clamped to [0, 1].", low=0, high=100, below="norm_high_percentile")
+    norm_high_percentile: float = setting(99.0, "The upper percentile of the normalisation (see "
+                                                "norm_low_percentile).", low=0, high=100)
+    list_size: int = setting(20, "Passages kept per query, in teacher order.", low=2)
+    dev_fraction: float = setting(0.1, "Share of the labelled queries held out as the training's dev set.",
+                                  low=0, high=1)
+    silver_queries: int = setting(300, "With silver evaluation: synthetic queries held out of training (at most a "
+                                       "fifth of them), judged by the teacher: the source passage is relevant (2), "
+                                       "and so is (1) any candidate whose normalised teacher score reaches "
+                                       "silver_min_score.", low=0)
+    silver_min_score: float = setting(0.9, "See silver_queries.", low=0, high=1)
+    shard_index: int = setting(0, "Scoring is sharded by query range: this worker scores shard shard_index of "
+                                  "num_shards.", low=0, below="num_shards")
+    num_shards: int = setting(1, "How many scoring shards there are (see shard_index).", low=1)
+    flush_every: int = setting(32, "Queries scored between appends to the (resumable) score log.", low=1)
+
+
+def _list_size_problem(size: int) -> str | None:
+    """What is wrong with ``distill.list_size`` (a check of :func:`setting`), if anything."""
+    return f" = {size}: a list needs 2 passages or more (0 = as labelled)" if size == 1 else None
 
 
 @dataclass
 class DistillConfig:
-    """Training (METHOD.md defaults; see kadet/distill.py)."""
+    """Training (METHOD.md defaults; see kadet/distill/)."""
 
-    #: ``full`` fine-tuning or ``query``-side tuning (frozen document tower, index stays valid).
-    mode: Literal["full", "query"] = "full"
-    #: Where training starts: ``base`` (retrieval.model) or ``champion``, the registry's current
-    #: champion (register.champion_alias of register.model_name): in query mode its query tower
-    #: (the document tower stays the base model's, so the corpus index stays valid), in full mode
-    #: the whole model. Without a usable champion (none yet, another mode, another base model) it
-    #: starts from the base model and says why: log, distill manifest (extra.init), MLflow tags.
-    init: Literal["base", "champion"] = "base"
-    #: ``listwise`` (KL + nce_weight x InfoNCE) or ``infonce`` (InfoNCE only, the paper's contrast).
-    loss: Literal["listwise", "infonce"] = "listwise"
-    kl_weight: float = 1.0
-    nce_weight: float = 0.1
-    student_temp: float = 0.05
-    teacher_temp: float = 0.3
-    #: Set ``teacher_temp`` from the data: the value (on a log grid) at which the teacher's target
-    #: distributions are closest (mean KL) to the *base* student's own on the training lists, so
-    #: the loss asks for a better order, not a flatter or sharper list. METHOD.md's 0.3 suits
-    #: bge-base, whose cosines lie close together; MiniLM's spread more, and 0.3 flattened them.
-    auto_teacher_temp: bool = False
-    nce_temp: float = 0.01
-    #: Hard negatives scoring above this x the query's top teacher score are masked.
-    fn_threshold: float = 0.6
-    lr: float = 2e-4
-    weight_decay: float = 0.01
-    warmup_epochs: float = 0.5
-    final_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-    epochs: int = 30
-    patience: int = 2
-    #: Queries per optimizer step (GradCache makes this independent of memory) ...
-    batch_size: int = 4096
-    #: ... and texts per forward pass.
-    chunk_size: int = 64
-    #: Passages per query used in training, from the top of each labelled list; 0 = the whole
-    #: list as labelled (label.list_size). Fewer makes a full-tuning step cheaper.
-    list_size: int = 0
-    query_max_len: int = 64
-    passage_max_len: int = 512
-    max_train_queries: int = 0
-    #: WiSE-FT: the saved model is ``base_weight x base + (1 - base_weight) x tuned``, weight by
-    #: weight (Wortsman et al., 2022). 0 keeps the tuned weights as they are.
-    base_weight: float = 0.0
-    bf16: bool = True
-    device: str | None = None
-    progress: bool = True
+    mode: Literal["full", "query"] = setting(
+        "full", "full fine-tuning or query-side tuning (frozen document tower, index stays valid).")
+    init: Literal["base", "champion"] = setting(
+        "base", "Where training starts: base (retrieval.model) or champion, the registry's current champion "
+                "(register.champion_alias of register.model_name): in query mode its query tower (the document tower "
+                "stays the base model's, so the corpus index stays valid), in full mode the whole model. Without a "
+                "usable champion (none yet, another mode, another base model) it starts from the base model and says "
+                "why: log, distill manifest (extra.init), MLflow tags.")
+    loss: Literal["listwise", "infonce"] = setting(
+        "listwise", "listwise (KL + nce_weight x InfoNCE) or infonce (InfoNCE only, the paper's contrast).")
+    kl_weight: float = setting(1.0, "Weight of the listwise KL term.", low=0)
+    nce_weight: float = setting(0.1, "Weight of the InfoNCE term.", low=0)
+    student_temp: float = setting(0.05, "Temperature of the student's list distribution.", above=0)
+    teacher_temp: float = setting(0.3, "Temperature of the teacher's target distribution.", above=0)
+    auto_teacher_temp: bool = setting(
+        False, "Set teacher_temp from the data: the value (on a log grid) at which the teacher's target distributions "
+               "are closest (mean KL) to the *base* student's own on the training lists, so the loss asks for a "
+               "better order, not a flatter or sharper list. METHOD.md's 0.3 suits bge-base, whose cosines lie close "
+               "together; MiniLM's spread more, and 0.3 flattened them.")
+    nce_temp: float = setting(0.01, "Temperature of InfoNCE.", above=0)
+    fn_threshold: float = setting(0.6, "Hard negatives scoring above this x the query's top teacher score are "
+                                       "masked.")
+    lr: float = setting(2e-4, "Peak learning rate.", above=0)
+    weight_decay: float = setting(0.01, "AdamW weight decay.", low=0)
+    warmup_epochs: float = setting(0.5, "Linear warm-up of the learning rate, in epochs.", low=0)
+    final_lr_ratio: float = setting(0.1, "After the warm-up the learning rate decays linearly to this fraction of "
+                                         "lr at the last step.", low=0)
+    grad_clip: float = setting(1.0, "Clip the gradient norm to this.", low=0)
+    epochs: int = setting(30, "Most epochs to train.", low=1)
+    patience: int = setting(2, "Stop after this many epochs without a better dev loss.", low=1)
+    batch_size: int = setting(4096, "Queries per optimizer step (GradCache makes this independent of memory) ...",
+                              low=1)
+    chunk_size: int = setting(64, "... and texts per forward pass.", low=1)
+    list_size: int = setting(0, "Passages per query used in training, from the top of each labelled list; 0 = the "
+                                "whole list as labelled (label.list_size). Fewer makes a full-tuning step cheaper.",
+                             check=_list_size_problem)
+    query_max_len: int = setting(64, "Queries are cut to this many tokens.", low=1)
+    passage_max_len: int = setting(512, "Passages are cut to this many tokens.", low=1)
+    max_train_queries: int = setting(0, "Train on at most this many queries (0: all).", low=0)
+    base_weight: float = setting(0.0, "WiSE-FT: the saved model is base_weight x base + (1 - base_weight) x tuned, "
+                                      "weight by weight (Wortsman et al., 2022). 0 keeps the tuned weights as they "
+                                      "are.", low=0, high=1)
+    bf16: bool = setting(True, "bfloat16 autocast on CUDA.")
+    device: str | None = setting(None, "cpu, cuda, cuda:1...; None picks CUDA when available.")
+    progress: bool = setting(True, "Show a progress bar.")
 
 
 @dataclass
 class TrackingConfig:
     """MLflow tracking (see kadet/tracking.py)."""
 
-    #: Tracking URI; empty = ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<work_dir>/mlflow.db``.
-    tracking_uri: str = ""
-    experiment: str = "kadet"
-    #: Synthetic queries logged as a sample artifact of the generate run.
-    sample_queries: int = 50
+    tracking_uri: str = setting("", "Tracking URI; empty = $MLFLOW_TRACKING_URI, else "
+                                    "sqlite:///<work_dir>/mlflow.db.")
+    experiment: str = setting("kadet", "The MLflow experiment of the runs.")
+    sample_queries: int = setting(50, "Synthetic queries logged as a sample artifact of the generate run.", low=0)
 
 
 @dataclass
 class RegisterConfig:
     """The registry gate (see kadet/register.py)."""
 
-    model_name: str = "kadet-embedding"
-    champion_alias: str = "champion"
-    challenger_alias: str = "challenger"
-    #: The candidate's nDCG@10 must reach this absolute floor ...
-    ndcg_floor: float = 0.1
-    #: ... and the incumbent's nDCG@10 on the same test data plus this delta (the incumbent is
-    #: the champion, or the base model while there is none) ...
-    min_delta: float = 0.0
-    #: ... and its Recall@100 may fall at most this much below the incumbent's.
-    max_recall_drop: float = 0.01
-    #: ... and, with a confidence > 0, the paired bootstrap interval (over the evaluation
-    #: queries) of its nDCG@10 gain over the base model must lie above 0 at this level: a gain
-    #: within noise is not a gain. 0 turns the test off.
-    confidence: float = 0.9
-    #: Whether a candidate judged only on *silver* queries (held-out synthetic queries judged by
-    #: the teacher it learned from) may be promoted. Off: silver measured agreement with the
-    #: teacher, not retrieval quality, and promoted models that real queries show are worse
-    #: (``python benchmarks/gate.py``); such a candidate becomes challenger. Judge 30-50 real
-    #: queries with ``kadet judge`` for a gold gate, or set this true to accept silver.
-    silver_promotes: bool = False
-    #: Seconds a promotion waits before reading the champion alias back (compare-and-set; see
-    #: kadet/register.py ``promote``): longer than a concurrent run's read-to-write window.
-    promote_settle_s: float = 2.0
+    model_name: str = setting("kadet-embedding", "The registered model's name in the MLflow registry.")
+    champion_alias: str = setting("champion", "Alias of the promoted version.")
+    challenger_alias: str = setting("challenger", "Alias of the newest version the gate did not promote.")
+    ndcg_floor: float = setting(0.1, "The candidate's nDCG@10 must reach this absolute floor ...", low=0, high=1)
+    min_delta: float = setting(0.0, "... and the incumbent's nDCG@10 on the same test data plus this delta (the "
+                                    "incumbent is the champion, or the base model while there is none) ...", low=0)
+    max_recall_drop: float = setting(0.01, "... and its Recall@100 may fall at most this much below the "
+                                           "incumbent's.", low=0)
+    confidence: float = setting(0.9, "... and, with a confidence > 0, the paired bootstrap interval (over the "
+                                     "evaluation queries) of its nDCG@10 gain over the base model must lie above 0 at "
+                                     "this level: a gain within noise is not a gain. 0 turns the test off.",
+                                low=0, high=1)
+    silver_promotes: bool = setting(
+        False, "Whether a candidate judged only on *silver* queries (held-out synthetic queries judged by the teacher "
+               "it learned from) may be promoted. Off: silver measured agreement with the teacher, not retrieval "
+               "quality, and promoted models that real queries show are worse (python benchmarks/gate.py); such a "
+               "candidate becomes challenger. Judge 30-50 real queries with kadet judge for a gold gate, or set this "
+               "true to accept silver.")
+    promote_settle_s: float = setting(2.0, "Seconds a promotion waits before reading the champion alias back "
+                                           "(compare-and-set; see kadet/register.py promote): longer than a "
+                                           "concurrent run's read-to-write window.", low=0)
 
 
 @dataclass
 class RetentionConfig:
     """What ``kadet prune`` keeps of what grows with every run (see kadet/retention.py)."""
 
-    #: Keep what the newest this many runs left in the work dir (KFP outputs, logs, the kept
-    #: generation and teacher stores they used) and the newest this many refused registry
-    #: versions; never the champion, the newest successful run's stores, or the resume logs
-    #: of runs newer than it.
-    keep_runs: int = 3
-    #: Prune after every successful ``kadet run`` (off: run ``kadet prune`` yourself).
-    auto: bool = False
+    keep_runs: int = setting(3, "Keep what the newest this many runs left in the work dir (KFP outputs, logs, the "
+                                "kept generation and teacher stores they used) and the newest this many refused "
+                                "registry versions; never the champion, the newest successful run's stores, or the "
+                                "resume logs of runs newer than it.", low=1)  # the newest run's are never pruned
+    auto: bool = setting(False, "Prune after every successful kadet run (off: run kadet prune yourself).")
 
 
 @dataclass
@@ -395,13 +413,11 @@ class KadetConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     register: RegisterConfig = field(default_factory=RegisterConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
-    #: Where each pipeline step also publishes its output folder, as
-    #: ``<artifact_uri>/<pipeline run>/<step>/`` (``s3://bucket/prefix`` or a local folder);
-    #: empty = only the KFP artifact store holds them.
-    artifact_uri: str = ""
-    #: Working folder for outputs, caches and the local MLflow store.
-    work_dir: str = ".kadet"
-    seed: int = 42
+    artifact_uri: str = setting("", "Where each pipeline step also publishes its output folder, as "
+                                    "<artifact_uri>/<pipeline run>/<step>/ (s3://bucket/prefix or a local folder); "
+                                    "empty = only the KFP artifact store holds them.")
+    work_dir: str = setting(".kadet", "Working folder for outputs, caches and the local MLflow store.")
+    seed: int = setting(42, "Seed of every sampling and shuffling step.")
 
     @property
     def cache_dir(self) -> Path:
@@ -416,39 +432,31 @@ class KadetConfig:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-@functools.lru_cache(maxsize=1)
-def field_docs() -> dict[str, str]:
-    """``{"section.key": doc}`` from the ``#:`` comments above each setting in this file: the
-    help text of the CLI's config flags, so a setting is described in one place."""
-    import inspect
-    import re
-
-    paths = {type(get_path(KadetConfig(), k.rsplit(".", 1)[0])).__name__: k.rsplit(".", 1)[0]
-             for k, _ in _walk(KadetConfig()) if "." in k}
-    docs, section, pending = {}, None, []
-    for line in inspect.getsource(sys.modules[__name__]).splitlines():
-        if m := re.match(r"class (\w+Config)\b", line):
-            section, pending = paths.get(m.group(1)), []
-        elif m := re.match(r"    #: ?(.*)", line):
-            pending.append(m.group(1))
-        elif (m := re.match(r"    (\w+): [^=]+=", line)) and section:
-            if pending:
-                docs[f"{section}.{m.group(1)}"] = " ".join(pending).replace("``", "")
-            pending = []
-        elif not line.strip().startswith("#"):
-            pending = []
-    return docs
+def _fields(obj: Any, prefix: str = ""):
+    """``(dotted key, dataclasses.Field, the dataclass holding it)`` of every setting under the
+    dataclass ``obj``, sections (``generate.tgi``) included, each before the settings inside it."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        yield f"{prefix}{f.name}", f, obj
+        if dataclasses.is_dataclass(value):
+            yield from _fields(value, f"{prefix}{f.name}.")
 
 
 def _walk(obj: Any, prefix: str = ""):
     """``(dotted key, type hint)`` of every leaf setting under the dataclass ``obj``."""
-    hints = typing.get_type_hints(type(obj))
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            yield from _walk(value, f"{prefix}{f.name}.")
-        else:
-            yield f"{prefix}{f.name}", hints[f.name]
+    hints: dict[type, dict[str, Any]] = {}
+    for key, f, owner in _fields(obj, prefix):
+        if not dataclasses.is_dataclass(getattr(owner, f.name)):
+            if type(owner) not in hints:
+                hints[type(owner)] = typing.get_type_hints(type(owner))
+            yield key, hints[type(owner)][f.name]
+
+
+@functools.lru_cache(maxsize=1)
+def field_docs() -> dict[str, str]:
+    """``{"section.key": help}`` of every setting, from its :func:`setting` declaration: the help
+    text of the CLI's config flags, so a setting is described in one place."""
+    return {key: f.metadata["help"] for key, f, _ in _fields(KadetConfig()) if f.metadata.get("help")}
 
 
 def get_path(cfg: Any, key: str) -> Any:
@@ -467,6 +475,11 @@ def set_path(cfg: Any, key: str, value: Any) -> None:
 CHOICES: dict[str, tuple[str, ...]] = {
     key: typing.get_args(tp) for key, tp in _walk(KadetConfig()) if typing.get_origin(tp) is Literal
 }
+#: ``key: (low, high, low_inclusive)`` of the numbers that must lie in a range (high None =
+#: unbounded), from the ``low`` / ``above`` / ``high`` of each :func:`setting`.
+RANGES: dict[str, tuple[float, float | None, bool]] = {
+    key: f.metadata["range"] for key, f, _ in _fields(KadetConfig()) if "range" in f.metadata
+}
 #: Keys that moved: an old key still works (with a warning) and lands on the new one.
 RENAMED: dict[str, str] = {
     **{f"generate.{old}": f"generate.tgi.{new}" for old, new in (
@@ -479,69 +492,41 @@ RENAMED: dict[str, str] = {
 }
 
 
-#: ``key: (low, high, low_inclusive)``: numbers must lie in the range (high None = unbounded).
-RANGES: dict[str, tuple[float, float | None, bool]] = {
-    **{k: (1, None, True) for k in (
-        "retrieval.top_k", "retrieval.batch_size", "retrieval.rrf_k", "retrieval.rrf_depth", "evaluation.ndcg_k",
-        "evaluation.recall_k", "evaluation.mrr_k", "generate.max_new_tokens", "generate.max_passage_chars",
-        "generate.batch_size", "generate.tgi.concurrency", "generate.flush_every", "generate.num_shards",
-        "generate.clean.copy_ngram", "generate.clean.max_keywords", "mine.round_trip_depth", "mine.max_candidates", "label.batch_size",
-        "label.rerank_depth", "label.max_passage_tokens", "label.num_shards", "label.flush_every",
-        "distill.epochs", "distill.patience", "distill.batch_size", "distill.chunk_size", "distill.query_max_len",
-        "distill.passage_max_len")},
-    **{k: (0, None, True) for k in (
-        "prepare.sample_size", "prepare.min_chars", "generate.max_passages", "generate.shard_index",
-        "label.shard_index", "mine.min_candidates", "distill.max_train_queries", "distill.kl_weight",
-        "distill.nce_weight", "distill.weight_decay", "distill.warmup_epochs", "distill.final_lr_ratio",
-        "distill.grad_clip", "generate.temperature", "generate.tgi.timeout_s", "generate.tgi.backoff_s",
-        "generate.tgi.backoff_max_s", "generate.tgi.max_retries", "generate.clean.min_chars",
-        "generate.clean.max_chars", "generate.clean.min_words", "generate.clean.max_words", "mine.top_k",
-        "tracking.sample_queries", "label.silver_queries", "register.min_delta", "register.max_recall_drop",
-        "retrieval.bm25_k1", "retrieval.bm25_b", "generate.repetition_penalty", "register.promote_settle_s")},
-    **{k: (0, None, False) for k in ("distill.lr", "distill.student_temp", "distill.teacher_temp", "distill.nce_temp")},
-    **{k: (0, 100, True) for k in ("label.min_top_percentile", "label.norm_low_percentile",
-                                   "label.norm_high_percentile")},
-    **{k: (0, 1, True) for k in ("distill.base_weight", "register.ndcg_floor", "generate.top_p",
-                                 "label.dev_fraction", "label.silver_min_score")},
-    "label.list_size": (2, None, True),
-    "retention.keep_runs": (1, None, True),   # the newest run's outputs are never pruned
-    "register.confidence": (0, 1, True),   # 0 = no paired test
-}
+def _own_problem(key: str, value: Any, meta: Any) -> str | None:
+    """What is wrong with one setting on its own (choice, range, component names, check), if anything."""
+    allowed = CHOICES.get(key)
+    if allowed and value not in allowed:
+        return f"'{key}' = {value!r} must be one of {', '.join(allowed)}"
+    if "range" in meta and value is not None:
+        low, high, inclusive = meta["range"]
+        if not math.isfinite(value) or (value < low if inclusive else value <= low) or \
+                (high is not None and value > high):
+            bound = f">= {low}" if inclusive else f"> {low}"
+            return f"'{key}' = {value!r} must be {bound}" + (f" and <= {high}" if high is not None else "")
+    names = meta.get("names")
+    if names and isinstance(value, str) and not names_component(value, names):
+        return f"'{key}' = {value!r} must be one of {', '.join(names)}"
+    if names and isinstance(value, list) and (not value or not all(names_component(v, names) for v in value)):
+        return f"'{key}' = {value!r}: each must be one of {', '.join(names)}, and at least one"
+    if names and isinstance(value, dict) and (unknown := [k for k in value if not names_component(k, names)]):
+        return f"'{key}': unknown name(s) {unknown} (known: {', '.join(names)})"
+    tail = meta["check"](value) if "check" in meta else None
+    return f"'{key}'{tail}" if tail else None
 
 
 def validate(cfg: "KadetConfig", source: str = "config") -> "KadetConfig":
-    """Check ranges, choices and the settings that depend on each other; one ConfigError naming
-    the key. ``load_config`` and ``config_from_text`` call it on every config they build."""
-    for key, allowed in CHOICES.items():
-        if get_path(cfg, key) not in allowed:
-            raise ConfigError(f"{source}: '{key}' = {get_path(cfg, key)!r} must be one of {', '.join(allowed)}")
-    for key, (low, high, inclusive) in RANGES.items():
-        v = get_path(cfg, key)
-        if v is None:
-            continue
-        if not math.isfinite(v) or (v < low if inclusive else v <= low) or (high is not None and v > high):
-            bound = f">= {low}" if inclusive else f"> {low}"
-            raise ConfigError(f"{source}: '{key}' = {v!r} must be {bound}" + (f" and <= {high}" if high is not None else ""))
-    for section in ("generate", "label"):
-        c = getattr(cfg, section)
-        if c.shard_index >= c.num_shards:
-            raise ConfigError(f"{source}: '{section}.shard_index' = {c.shard_index} must be < "
-                              f"{section}.num_shards ({c.num_shards})")
-    unknown = [r for r in cfg.mine.retrievers if r.partition(":")[0] not in ("dense", "bm25")]
-    if unknown or not cfg.mine.retrievers:
-        raise ConfigError(f"{source}: 'mine.retrievers' = {cfg.mine.retrievers!r}: each must be dense, "
-                          "dense:MODEL or bm25, and at least one")
-    known = (*ALL_QUERY_TYPES, "sentence")
-    unknown = [t for t in cfg.generate.types if t not in known]
-    if unknown:
-        raise ConfigError(f"{source}: 'generate.types': unknown query type(s) {unknown} (known: {', '.join(known)})")
-    if not all(math.isfinite(w) and w >= 0 for w in cfg.generate.types.values()) or \
-            not any(w > 0 for w in cfg.generate.types.values()):
-        raise ConfigError(f"{source}: 'generate.types' = {cfg.generate.types!r}: weights must be >= 0, at least one > 0")
-    if cfg.distill.list_size == 1:
-        raise ConfigError(f"{source}: 'distill.list_size' = 1: a list needs 2 passages or more (0 = as labelled)")
-    if cfg.label.norm_low_percentile >= cfg.label.norm_high_percentile:
-        raise ConfigError(f"{source}: 'label.norm_low_percentile' must be below 'label.norm_high_percentile'")
+    """Check every setting against the rules its :func:`setting` declares (then the ones that
+    depend on a sibling: ``below``); one ConfigError naming the key. ``config_from_text`` (and
+    so ``load_config``) calls it on every config it builds, the CLI after its flags."""
+    fields = list(_fields(cfg))
+    for key, f, owner in fields:
+        if problem := _own_problem(key, getattr(owner, f.name), f.metadata):
+            raise ConfigError(f"{source}: {problem}")
+    for key, f, owner in fields:
+        if (below := f.metadata.get("below")) and getattr(owner, f.name) >= getattr(owner, below):
+            sibling = key[: -len(f.name)] + below
+            raise ConfigError(f"{source}: '{key}' = {getattr(owner, f.name)!r} must be < {sibling} "
+                              f"({getattr(owner, below)!r})")
     return cfg
 
 
@@ -555,18 +540,7 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             raise ConfigError(f"{source}: '{key}' = {value!r} must be one of {', '.join(choices)}")
         return text
     if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            if type(None) in args:
-                return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key, source)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{source}: '{key}' = {value!r} is not a valid {tp}")
+        return _coerce_union(value, tp, key, source)
     if origin in (list, tuple):
         (inner, *_) = typing.get_args(tp) or (Any,)
         if isinstance(value, str):
@@ -579,8 +553,27 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             raise ConfigError(f"{source}: '{key}' = {value!r} must be a mapping")
         _, vt = typing.get_args(tp) or (str, Any)
         return {str(k): _coerce(v, vt, f"{key}.{k}", source) for k, v in value.items()}
-    if tp is Any:
-        return value
+    return _coerce_scalar(value, tp, key, source)
+
+
+def _coerce_union(value: Any, tp: Any, key: str, source: str) -> Any:
+    """``value`` as the first member of the union ``tp`` it converts to (``none``/``null``: None)."""
+    args = typing.get_args(tp)
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+        if type(None) in args:
+            return None
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _coerce(value, arg, key, source)
+        except ConfigError:
+            continue
+    raise ConfigError(f"{source}: '{key}' = {value!r} is not a valid {tp}")
+
+
+def _coerce_scalar(value: Any, tp: Any, key: str, source: str) -> Any:
+    """``value`` as a bool, int, float or str (``Any`` and other types: as it is)."""
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -670,24 +663,16 @@ def apply_overrides(cfg: KadetConfig, overrides: list[str], source: str = "--set
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 base: KadetConfig | None = None) -> KadetConfig:
-    """Defaults (or ``base``), then the YAML file at ``path`` (if any), then ``overrides``."""
-    cfg = base if base is not None else KadetConfig()
-    if path:
-        p = Path(path)
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{p}: config file not found") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = f":{mark.line + 1}" if mark else ""
-            raise ConfigError(f"{p}{line}: invalid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: top level must be a mapping")
-        _apply(cfg, data, str(p))
-    if overrides:
-        apply_overrides(cfg, overrides)
-    return validate(cfg, str(path) if path else "config")
+    """Defaults (or ``base``), then the YAML file at ``path`` (if any), then ``overrides``: what
+    :func:`config_from_text` makes of the file's text."""
+    if not path:
+        return config_from_text("", overrides, base=base)
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    return config_from_text(text, overrides, source=str(p), base=base)
 
 
 #: Packaged profiles (``kadet/profiles/<name>.yaml``): ``local`` (CPU, ``kadet run``'s default)
@@ -718,13 +703,16 @@ def profile_config(profile: str = "") -> KadetConfig:
 
 def config_from_text(text: str, overrides: list[str] | None = None, source: str = "config",
                      base: KadetConfig | None = None) -> KadetConfig:
-    """Defaults (or ``base``), then a YAML document given as text (e.g. a pipeline parameter),
-    then overrides."""
+    """Defaults (or ``base``), then a YAML document given as text (a config file's, a profile's,
+    a pipeline parameter), then overrides, validated: the one path every config is built on.
+    Errors name ``source`` (and the line of a YAML syntax error)."""
     cfg = base if base is not None else KadetConfig()
     try:
         data = yaml.safe_load(text or "") or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: invalid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{source}{line}: invalid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: top level must be a mapping")
     _apply(cfg, data, source)

@@ -13,6 +13,9 @@ Formats
                    have the same columns.
 ``queries.jsonl``  ``{"_id": str, "text": str}``
 ``qrels/<s>.tsv``  header line, then ``query-id<TAB>corpus-id<TAB>score`` (integer score)
+
+Also here: :func:`normalise`, the text key of duplicate checks. Files are written by
+:mod:`kadet.io` (atomic writers); resumable logs are :mod:`kadet.journal`.
 """
 
 from __future__ import annotations
@@ -21,14 +24,13 @@ import json
 import logging
 import os
 import re
-import time
 import unicodedata
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kadet.errors import DataError
+from kadet.manifest import require_complete
 from kadet.storage import localize
 
 log = logging.getLogger(__name__)
@@ -79,10 +81,6 @@ class Dataset:
     def eval_queries(self) -> dict[str, Query]:
         """The queries that have at least one judgement in this split."""
         return {qid: q for qid, q in self.queries.items() if qid in self.qrels}
-
-    def relevant_doc_ids(self) -> set[str]:
-        """Every document judged relevant (score > 0) for some query of this split."""
-        return {d for rels in self.qrels.values() for d, s in rels.items() if s > 0}
 
 
 _SPACE = re.compile(r"\s+")
@@ -220,8 +218,6 @@ def read_records(path: str | os.PathLike, id_field: str, fields: dict[str, type]
 
     ``fields`` maps required field names to their type (``str``, ``list``, ``dict``, ``float``).
     """
-    from kadet.manifest import require_complete
-
     require_complete(localize(path))
     rows = []
     for local, lineno, rid, obj in _records(path, (id_field,)):
@@ -320,114 +316,3 @@ def load_beir(data_dir: str | os.PathLike, split: str = "test", qrels: str | os.
     if not judged:
         raise DataError(files["qrels"], "no judgements (a header only?): nothing to evaluate on")
     return Dataset(corpus=corpus, queries=queries, qrels=judged, source=str(data_dir), files=files, empty_doc_ids=empty)
-
-
-def write_jsonl(path: str | os.PathLike, rows: list[dict] | Iterator[dict]) -> int:
-    """Write rows as UTF-8 JSONL atomically (temp file + rename); returns the row count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # a unique hidden temp name in the same folder: two writers never share it, readers never match it
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    n = 0
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-                n += 1
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return n
-
-
-def resume_log(path: str | os.PathLike, depends: dict) -> dict[str, dict]:
-    """``read_log`` for a log whose records hold only for the settings and inputs ``depends``.
-
-    ``<log>.depends.json`` records them. When it is missing (a log of an older kadet) or differs,
-    the old log is moved aside to ``<stem>.stale-<time>.jsonl`` (kept, never deleted), the
-    change is logged and the run starts over; otherwise the finished records are returned.
-    """
-    path = Path(path)
-    want = json_roundtrip(depends)
-    if path.exists():
-        have = log_depends(path)
-        if have != want:
-            aside = path.with_name(f"{path.stem}.stale-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.jsonl")
-            changed = sorted(k for k in set(want) | set(have or {}) if (have or {}).get(k) != want.get(k))
-            log.warning("%s was written for other settings or inputs (%s changed): starting over; "
-                        "the old records are kept in %s", path, ", ".join(changed) or "unknown", aside.name)
-            os.replace(path, aside)
-    if not path.exists():
-        write_json(_depends_file(path), want, sort_keys=True)
-    return read_log(path)
-
-
-def _depends_file(log_path: Path) -> Path:
-    return log_path.with_name(log_path.name + ".depends.json")
-
-
-def log_depends(path: str | os.PathLike) -> dict | None:
-    """What the log at ``path`` was written for (see ``resume_log``); None if unknown."""
-    try:
-        return json.loads(_depends_file(Path(path)).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def written_for(path: str | os.PathLike, depends: dict) -> bool:
-    """Was the log at ``path`` written for ``depends`` (see ``resume_log``)?"""
-    return log_depends(path) == json_roundtrip(depends)
-
-
-def json_roundtrip(obj) -> dict:
-    """``obj`` as it reads back from JSON (tuples become lists), for comparisons with stored JSON."""
-    return json.loads(json.dumps(obj, sort_keys=True, default=str))
-
-
-def write_json(path: str | os.PathLike, obj, indent: int = 2, sort_keys: bool = False) -> None:
-    """Write ``obj`` as JSON atomically (unique temp name in the same folder + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_text(json.dumps(obj, indent=indent, sort_keys=sort_keys, default=str) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def append_jsonl(path: str | os.PathLike, records: list[dict]) -> None:
-    """Append records to a JSONL log and fsync, so a crash loses at most the group in flight."""
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def read_log(path: str | os.PathLike) -> dict[str, dict]:
-    """Records of an append-only JSONL log by their ``key``. A torn last line (a crash in the
-    middle of a write: no newline at the end) is cut off the file so the next append starts
-    clean; any other unreadable line is reported as ``file:line`` and skipped, never deleted
-    with the good records after it."""
-    path = Path(path)
-    done: dict[str, dict] = {}
-    if not path.exists():
-        return done
-    end = 0
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if not raw.endswith(b"\n"):
-                log.warning("%s:%d: torn last line (interrupted write) cut off", path, lineno)
-                break
-            end += len(raw)
-            try:
-                rec = json.loads(raw)
-                key = rec["key"]
-            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
-                log.warning("%s:%d: unreadable log record skipped (%s)", path, lineno, exc)
-                continue
-            done[key] = rec
-    if end != path.stat().st_size:
-        with open(path, "r+b") as fh:
-            fh.truncate(end)
-    return done

@@ -17,10 +17,12 @@ from pathlib import Path
 
 import pytrec_eval
 
+from kadet.comparison import Comparison
 from kadet.config import KadetConfig
-from kadet.data import Dataset, Qrels, eval_kind, load_beir, write_json
+from kadet.data import Dataset, Qrels, eval_kind, load_beir
 from kadet.errors import DataError, KadetError
 from kadet.encode import Encoder
+from kadet.io import write_json
 from kadet.manifest import Manifest
 from kadet.retrieval import BM25Retriever, DenseRetriever, Run, reciprocal_rank_fusion, top_k
 from kadet.stages import STAGES, file_in
@@ -205,7 +207,8 @@ def write_silver_set(cfg: KadetConfig, labels_path: str | Path, out: Path) -> tu
     teacher) as a BEIR folder over the whole corpus; returns it and each query's type."""
     import shutil
 
-    from kadet.data import corpus_file, read_records, write_jsonl
+    from kadet.data import corpus_file, read_records
+    from kadet.io import write_jsonl
 
     rows = [r for r in read_records(labels_path, "qid", {"query": str, "type": str}) if r.get("split") == "silver"]
     if not rows:
@@ -276,65 +279,76 @@ def compare_retrievers(cfg: KadetConfig, ds: Dataset, texts: dict[str, str], qre
 
 
 def compare(cfg: KadetConfig, candidate: str, output_dir: str | Path, labels_path: str | Path | None = None,
-            base: str | None = None) -> dict:
+            base: str | None = None) -> Comparison:
     """Base model and candidate on the same test data (and, with ``labels_path``, nDCG@10 per
     synthetic query type on the dev queries). Writes ``comparison.json`` and returns it."""
     start = time.perf_counter()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    kind = eval_kind(cfg.data.data_dir, cfg.data.split, cfg.data.qrels, cfg.evaluation.kind)
-    silver_types: dict[str, str] = {}
-    if kind == "silver":
-        if labels_path is None:
-            raise KadetError("silver evaluation (no judged queries for this corpus) needs the label step's labels.jsonl")
-        silver_dir, silver_types = write_silver_set(cfg, labels_path, out / SILVER_DIR)
-        ds = load_beir(silver_dir, "test")
-    else:
-        ds = load_beir(cfg.data.data_dir, cfg.data.split, cfg.data.qrels or None)
-    base = base or cfg.retrieval.model
+    kind, ds, silver_types = eval_set(cfg, out, labels_path)
     eval_q = ds.eval_queries()
     qrels = {q: ds.qrels[q] for q in eval_q}
-    texts = {q: v.text for q, v in eval_q.items()}
-    systems = {"base": base, "candidate": candidate}
-    gate = cfg.evaluation.retriever
-    # a hybrid gate's numbers are not comparable with a dense champion's: another evaluation
-    eval_data = eval_data_fingerprint(ds, cfg.data.split) + ("+hybrid" if gate == "hybrid" else "")
-    report: dict = {"eval_data": eval_data, "data_dir": str(cfg.data.data_dir), "retriever": gate,
-                    "split": cfg.data.split, "queries": len(qrels), "models": systems, "kind": kind}
-    if kind == "silver":
-        report["silver_dir"] = SILVER_DIR   # relative to this folder: the register step re-evaluates on it
-    runs = compare_retrievers(cfg, ds, texts, qrels, systems)
+    systems = {"base": base or cfg.retrieval.model, "candidate": candidate}
+    gate, ndcg = cfg.evaluation.retriever, cfg.evaluation.ndcg
+    runs = compare_retrievers(cfg, ds, {q: v.text for q, v in eval_q.items()}, qrels, systems)
     per_query = runs[gate]
-    for name in systems:
-        report[name] = aggregate(per_query[name])
-    ndcg = cfg.evaluation.ndcg
-
-    def gain(pq: Mapping) -> dict:
-        return paired_bootstrap({q: v[ndcg] for q, v in pq["base"].items()},
-                                {q: v[ndcg] for q, v in pq["candidate"].items()},
-                                confidence=cfg.register.confidence or 0.95, seed=cfg.seed)
-
-    report["delta"] = {ndcg: gain(per_query)}
-    # every retriever, the gate's included: {"dense": {"base": .., "candidate": .., "delta": ..}, "bm25": ..}
-    report["retrievers"] = {r: {name: aggregate(pq) for name, pq in runs[r].items()} | {"delta": {ndcg: gain(runs[r])}}
-                            for r in COMPARED} | {"bm25": aggregate(runs["bm25"]["bm25"])}
+    comp = Comparison(
+        # a hybrid gate's numbers are not comparable with a dense champion's: another evaluation
+        eval_data=eval_data_fingerprint(ds, cfg.data.split) + ("+hybrid" if gate == "hybrid" else ""),
+        data_dir=str(cfg.data.data_dir), retriever=gate, split=cfg.data.split, queries=len(qrels), models=systems,
+        kind=kind, silver_dir=SILVER_DIR if kind == "silver" else "",   # the register step re-evaluates on it
+        base=aggregate(per_query["base"]), candidate=aggregate(per_query["candidate"]),
+        delta={ndcg: _gain(cfg, per_query)},
+        # every retriever, the gate's included: {"dense": {"base": .., "candidate": .., "delta": ..}, "bm25": ..}
+        retrievers={r: {name: aggregate(pq) for name, pq in runs[r].items()} | {"delta": {ndcg: _gain(cfg, runs[r])}}
+                    for r in COMPARED} | {"bm25": aggregate(runs["bm25"]["bm25"])})
     if silver_types:   # the held-out synthetic queries have types: nDCG per type from the run above
-        report["by_type"] = mean_by_type(per_query, silver_types, ndcg)
+        comp.by_type = mean_by_type(per_query, silver_types, ndcg)
     elif labels_path is not None:
-        dev_texts, dev_types, dev_qrels = synthetic_dev_qrels(labels_path)
-        dev = {name: scored_run(cfg, ds, dev_texts, dev_qrels, "dense", model)[1] for name, model in systems.items()
-               } if dev_texts else {}
-        report["by_type"] = mean_by_type(dev, dev_types, ndcg)
-    report["seconds"] = round(time.perf_counter() - start, 1)
-    write_json(file_in(out, "evaluate", "comparison"), report)
+        comp.by_type = dev_by_type(cfg, ds, labels_path, systems)
+    comp.seconds = round(time.perf_counter() - start, 1)
+    write_json(file_in(out, "evaluate", "comparison"), comp.to_json())
     write_json(file_in(out, "evaluate", "per_query"), per_query, indent=1)
+    write_compare_manifest(cfg, out, ds, labels_path, comp)
+    return comp
+
+
+def eval_set(cfg: KadetConfig, out: Path, labels_path: str | Path | None) -> tuple[str, Dataset, dict[str, str]]:
+    """``(kind, dataset, query types)``: the corpus's judged queries (gold, no types), or, without
+    them, the held-out silver queries of ``labels_path`` written to ``out/silver`` with their types."""
+    kind = eval_kind(cfg.data.data_dir, cfg.data.split, cfg.data.qrels, cfg.evaluation.kind)
+    if kind != "silver":
+        return kind, load_beir(cfg.data.data_dir, cfg.data.split, cfg.data.qrels or None), {}
+    if labels_path is None:
+        raise KadetError("silver evaluation (no judged queries for this corpus) needs the label step's labels.jsonl")
+    silver_dir, silver_types = write_silver_set(cfg, labels_path, out / SILVER_DIR)
+    return kind, load_beir(silver_dir, "test"), silver_types
+
+
+def _gain(cfg: KadetConfig, per_query: Mapping) -> dict:
+    """The paired bootstrap of the candidate's nDCG over the base model's in ``per_query[system]``."""
+    ndcg = cfg.evaluation.ndcg
+    return paired_bootstrap({q: v[ndcg] for q, v in per_query["base"].items()},
+                            {q: v[ndcg] for q, v in per_query["candidate"].items()},
+                            confidence=cfg.register.confidence or 0.95, seed=cfg.seed)
+
+
+def dev_by_type(cfg: KadetConfig, ds: Dataset, labels_path: str | Path, systems: Mapping[str, str]) -> dict:
+    """nDCG per synthetic query type of each system (dense) on the dev queries of ``labels.jsonl``."""
+    dev_texts, dev_types, dev_qrels = synthetic_dev_qrels(labels_path)
+    dev = {name: scored_run(cfg, ds, dev_texts, dev_qrels, "dense", model)[1] for name, model in systems.items()
+           } if dev_texts else {}
+    return mean_by_type(dev, dev_types, cfg.evaluation.ndcg)
+
+
+def write_compare_manifest(cfg: KadetConfig, out: Path, ds: Dataset, labels_path: str | Path | None,
+                           comp: Comparison) -> None:
     m = Manifest(stage="evaluate", config_hash=cfg.hash())
     for name, path in ds.files.items():
         m.add_input(name, path)
     if labels_path is not None:
         m.add_input("labels", labels_path)
     m.outputs = dict(STAGES["evaluate"].outputs)
-    m.counts = {"queries": len(qrels), "documents": len(ds.corpus)}
-    m.extra = {"base": report["base"], "candidate": report["candidate"], "eval_data": report["eval_data"]}
+    m.counts = {"queries": comp.queries, "documents": len(ds.corpus)}
+    m.extra = {"base": comp.base, "candidate": comp.candidate, "eval_data": comp.eval_data}
     m.write(out)
-    return report

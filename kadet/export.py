@@ -414,8 +414,20 @@ def _onnx_readme(config: dict, facts: dict) -> str:
 def readme(out: Path, source: Source, mode: str, info: dict) -> str:
     """DIR/README.md. Every ```python block runs as written (tests/test_export.py executes them)."""
     o = out.resolve()
-    same = mode == "full"
     one_onnx = bool(info.get("onnx")) and "document" not in info["onnx"]
+    parts = [*_readme_folders(source, mode, info, one_onnx), *_readme_sentence_transformers(o),
+             *_readme_frameworks(o)]
+    if info.get("onnx"):
+        parts += _readme_onnx(o, info["onnx"]["query"], one_onnx)
+    if source.model_uri:
+        parts += _readme_mlflow(source)
+    parts.append("Paths in the snippets are this folder's location at export time; change them if you move it.\n")
+    return "\n".join(parts)
+
+
+def _readme_folders(source: Source, mode: str, info: dict, one_onnx: bool) -> list[str]:
+    """The README's head: where the model came from and what each folder is for."""
+    same = mode == "full"
     parts = [
         "# Exported embedding model\n",
         f"Exported by kadet {__version__} from `{source.describe()}`; a **{mode}** model"
@@ -439,7 +451,12 @@ def readme(out: Path, source: Source, mode: str, info: dict) -> str:
         parts.append("Queries and documents go through **different** encoders: embed queries with `query/` and "
                      "documents with `document/`. Embedding queries with `document/` silently gives the base "
                      "model's results.\n")
-    parts += [
+    return parts
+
+
+def _readme_sentence_transformers(o: Path) -> list[str]:
+    """The sentence-transformers snippet: the two plain folders, then the one two-tower folder."""
+    return [
         "## sentence-transformers\n",
         "```python",
         "from sentence_transformers import SentenceTransformer",
@@ -455,6 +472,12 @@ def readme(out: Path, source: Source, mode: str, info: dict) -> str:
         f'q2 = both.encode_query(["{EXAMPLE_QUERY}"])',
         f'd2 = both.encode_document(["{EXAMPLE_DOC}"])',
         "```\n",
+    ]
+
+
+def _readme_frameworks(o: Path) -> list[str]:
+    """LangChain / LlamaIndex: which folder each side uses, and a LangChain-style class."""
+    return [
         "## LangChain / LlamaIndex\n",
         "Point the framework's Hugging Face embeddings class at `query/` for queries and `document/` for "
         "indexing (LangChain `HuggingFaceEmbeddings(model_name=...)`, LlamaIndex "
@@ -483,49 +506,52 @@ def readme(out: Path, source: Source, mode: str, info: dict) -> str:
         f'query_vector = emb.embed_query("{EXAMPLE_QUERY}")',
         "```\n",
     ]
-    if info.get("onnx"):
-        q = info["onnx"]["query"]
-        parts += [
-            "## onnxruntime + tokenizers (no torch)\n",
-            "The graph's output is the final embedding (pooling and normalisation included); "
-            f"max |diff| vs torch at export {q['max_abs_diff']:.1e}"
-            + (f"; `model_int8.onnx`: min cosine to torch {q['int8']['min_cosine']:.4f} on the sample texts, "
-               "about 2x faster on CPU" if q["int8"]["kept"] else f"; no int8 copy ({q['int8'].get('reason')})")
-            + ". For documents use `onnx/" + ("query" if one_onnx else "document") + "/` the same way.\n",
-            "```python",
-            "import json",
-            "",
-            "import numpy as np",
-            "import onnxruntime as ort",
-            "from tokenizers import Tokenizer",
-            "",
-            f'folder = "{o}/onnx/query"',
-            'cfg = json.load(open(f"{folder}/config.json"))',
-            'tok = Tokenizer.from_file(f"{folder}/tokenizer.json")',
-            'tok.enable_truncation(max_length=cfg["max_seq_length"])',
-            'tok.enable_padding(pad_id=cfg["pad_token_id"], pad_token=cfg["pad_token"], direction=cfg["padding_side"])',
-            'session = ort.InferenceSession(f"{folder}/model.onnx", providers=["CPUExecutionProvider"])',
-            f'encodings = tok.encode_batch([cfg["prompt"] + t for t in ["{EXAMPLE_QUERY}"]])',
-            'feed = {name: np.array([getattr(e, attr) for e in encodings], dtype=np.int64)',
-            '        for name, attr in cfg["inputs"].items()}',
-            'embeddings = session.run(["sentence_embedding"], feed)[0]   # [batch, dim]',
-            "```\n",
-        ]
-    if source.model_uri:
-        parts += [
-            "## MLflow serving\n",
-            f"The same model is version {source.version} of `{source.name}` in the MLflow registry at "
-            f"`{source.tracking_uri}`. Serve it (queries by default; `\"params\": {{\"task\": \"document\"}}` "
-            "for documents):\n",
-            "```bash",
-            f"MLFLOW_TRACKING_URI={source.tracking_uri} mlflow models serve -m models:/{source.name}/{source.version} "
-            "--env-manager local -h 127.0.0.1 -p 5001",
-            "curl -s http://127.0.0.1:5001/invocations -H 'Content-Type: application/json' "
-            f"-d '{{\"inputs\": [\"{EXAMPLE_QUERY}\"], \"params\": {{\"task\": \"query\"}}}}'",
-            "```\n",
-        ]
-    parts.append("Paths in the snippets are this folder's location at export time; change them if you move it.\n")
-    return "\n".join(parts)
+
+
+def _readme_onnx(o: Path, q: dict, one_onnx: bool) -> list[str]:
+    """The onnxruntime + tokenizers snippet; ``q`` is the query tower's ONNX check (``info["onnx"]["query"]``)."""
+    return [
+        "## onnxruntime + tokenizers (no torch)\n",
+        "The graph's output is the final embedding (pooling and normalisation included); "
+        f"max |diff| vs torch at export {q['max_abs_diff']:.1e}"
+        + (f"; `model_int8.onnx`: min cosine to torch {q['int8']['min_cosine']:.4f} on the sample texts, "
+           "about 2x faster on CPU" if q["int8"]["kept"] else f"; no int8 copy ({q['int8'].get('reason')})")
+        + ". For documents use `onnx/" + ("query" if one_onnx else "document") + "/` the same way.\n",
+        "```python",
+        "import json",
+        "",
+        "import numpy as np",
+        "import onnxruntime as ort",
+        "from tokenizers import Tokenizer",
+        "",
+        f'folder = "{o}/onnx/query"',
+        'cfg = json.load(open(f"{folder}/config.json"))',
+        'tok = Tokenizer.from_file(f"{folder}/tokenizer.json")',
+        'tok.enable_truncation(max_length=cfg["max_seq_length"])',
+        'tok.enable_padding(pad_id=cfg["pad_token_id"], pad_token=cfg["pad_token"], direction=cfg["padding_side"])',
+        'session = ort.InferenceSession(f"{folder}/model.onnx", providers=["CPUExecutionProvider"])',
+        f'encodings = tok.encode_batch([cfg["prompt"] + t for t in ["{EXAMPLE_QUERY}"]])',
+        'feed = {name: np.array([getattr(e, attr) for e in encodings], dtype=np.int64)',
+        '        for name, attr in cfg["inputs"].items()}',
+        'embeddings = session.run(["sentence_embedding"], feed)[0]   # [batch, dim]',
+        "```\n",
+    ]
+
+
+def _readme_mlflow(source: Source) -> list[str]:
+    """How to serve the registry version the export came from (only for a registry source)."""
+    return [
+        "## MLflow serving\n",
+        f"The same model is version {source.version} of `{source.name}` in the MLflow registry at "
+        f"`{source.tracking_uri}`. Serve it (queries by default; `\"params\": {{\"task\": \"document\"}}` "
+        "for documents):\n",
+        "```bash",
+        f"MLFLOW_TRACKING_URI={source.tracking_uri} mlflow models serve -m models:/{source.name}/{source.version} "
+        "--env-manager local -h 127.0.0.1 -p 5001",
+        "curl -s http://127.0.0.1:5001/invocations -H 'Content-Type: application/json' "
+        f"-d '{{\"inputs\": [\"{EXAMPLE_QUERY}\"], \"params\": {{\"task\": \"query\"}}}}'",
+        "```\n",
+    ]
 
 
 # --- the export ------------------------------------------------------------------------------

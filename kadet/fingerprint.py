@@ -112,7 +112,7 @@ def digests_path(work_dir: str | os.PathLike, corpus_digest: str) -> Path:
 
 def keep_digests(work_dir: str | os.PathLike, corpus_digest: str, digests: Mapping[str, str]) -> Path:
     """Keep a corpus's document digests in the work dir's store (written once per content)."""
-    from kadet.data import write_json
+    from kadet.io import write_json
 
     path = digests_path(work_dir, corpus_digest)
     if not path.exists():

@@ -9,8 +9,10 @@ embeddings, not the activations that produced them. So:
    which accumulates exactly the parameter gradients of the full-batch loss.
 
 Peak activation memory is that of one chunk; the gradients equal the uncached computation
-(up to floating point), which tests/test_gradcache.py checks. Random state (dropout) is
-saved per chunk in step 1 and restored in step 3, so both passes see the same masks.
+(up to floating point), which tests/test_gradcache.py checks. That needs ``encode`` to be
+deterministic: step 3 must get the embeddings step 1 got. No random state is replayed between
+the passes, so the model must have no dropout active (the distill trainer turns dropout off, as
+METHOD.md's recipe says, and checks it: :func:`kadet.distill.start.no_dropout`).
 
 Data-parallel (``gather``, see :mod:`kadet.parallel`): each rank's towers hold only its share
 of the batch; after step 1 the cached embeddings of all ranks are gathered, every rank computes
@@ -52,19 +54,6 @@ class Tower:
         return torch.cat([self.encode(c) for c in self.chunks])
 
 
-class _RandState:
-    """CPU (and CUDA) RNG state, to replay a chunk's dropout masks."""
-
-    def __init__(self):
-        self.cpu = torch.get_rng_state()
-        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-
-    def restore(self):
-        torch.set_rng_state(self.cpu)
-        if self.cuda is not None:
-            torch.cuda.set_rng_state_all(self.cuda)
-
-
 Gather = Callable[[torch.Tensor], "tuple[torch.Tensor, int]"]
 
 
@@ -80,30 +69,21 @@ def grad_cache_step(towers: Sequence[Tower], loss_fn: Callable[..., torch.Tensor
     """
     leaves: list[torch.Tensor] = []
     offsets: list[int] = []
-    states: list[list[_RandState]] = []
     for tower in towers:
-        reps, st = [], []
         with torch.no_grad():
-            for chunk in tower.chunks:
-                st.append(_RandState())
-                reps.append(tower.encode(chunk))
+            reps = [tower.encode(chunk) for chunk in tower.chunks]
         local = torch.cat(reps).detach() if reps else torch.empty(0, tower.dim, device=tower.device)
         full, start = gather(local) if gather else (local, 0)
         leaves.append(full.detach().requires_grad_(tower.trainable))
         offsets.append(start)
-        states.append(st)
     loss = loss_fn(*leaves)
     loss.backward()
-    for tower, leaf, st, start in zip(towers, leaves, states, offsets):
+    for tower, leaf, start in zip(towers, leaves, offsets):
         if not tower.trainable:
             continue
-        encode, chunks = tower.encode, tower.chunks
         grads = leaf.grad
-        for chunk, state in zip(chunks, st):
-            current = _RandState()
-            state.restore()
-            rep = encode(chunk)
-            current.restore()
+        for chunk in tower.chunks:
+            rep = tower.encode(chunk)
             n = rep.shape[0]
             if rep.requires_grad:
                 rep.backward(gradient=grads[start : start + n].to(rep.dtype))

@@ -37,8 +37,9 @@ from importlib import resources
 from pathlib import Path
 
 from kadet.config import KadetConfig
-from kadet.data import Dataset, Document, Qrels, _records, corpus_file, json_roundtrip, read_corpus, read_queries
+from kadet.data import Dataset, Document, Qrels, _records, corpus_file, read_corpus, read_queries
 from kadet.errors import DataError, KadetError
+from kadet.io import json_roundtrip
 from kadet.manifest import fingerprint
 from kadet.retrieval import Run, ranked
 
@@ -534,78 +535,90 @@ def make_server(session: Session, host: str = "127.0.0.1", port: int = 0,
     "grade"}`` (saved before the reply); ``POST /api/export``. ``on_export(result)`` is called
     after an export from the page (the CLI prints the figures there; the page never shows them).
     """
-    html = resources.files("kadet").joinpath("judge.html").read_bytes()
-
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "kadet-judge"
-
-        def log_message(self, fmt, *args):  # quiet: one debug line per request
-            log.debug("judge: %s %s", self.address_string(), fmt % args)
-
-        def _send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _json(self, obj, status: int = 200) -> None:
-            self._send(status, json.dumps(obj, ensure_ascii=False).encode("utf-8"))
-
-        def _host_ok(self) -> bool:  # DNS rebinding: only our own address may be asked
-            name = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]")
-            return name in ("127.0.0.1", "localhost", "::1", host)
-
-        def do_GET(self):
-            if not self._host_ok():
-                return self._json({"error": "bad Host header"}, HTTPStatus.FORBIDDEN)
-            route = self.path.split("?", 1)[0]
-            if route in ("/", "/index.html"):
-                return self._send(200, html, "text/html; charset=utf-8")
-            if route == "/api/state":
-                return self._json(page_state(session))
-            if route == "/api/status":
-                return self._json(session.decision().public())
-            return self._json({"error": f"no such page {route}"}, HTTPStatus.NOT_FOUND)
-
-        def do_POST(self):
-            if not self._host_ok() or self.headers.get(CSRF_HEADER) != "1":
-                return self._json({"error": f"forbidden: missing {CSRF_HEADER} header"}, HTTPStatus.FORBIDDEN)
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}") if length < 1_000_000 else None
-            except (ValueError, json.JSONDecodeError):
-                body = None
-            if not isinstance(body, dict):
-                return self._json({"error": "expected a JSON object"}, HTTPStatus.BAD_REQUEST)
-            route = self.path.split("?", 1)[0]
-            if route == "/api/judge":
-                return self._judge(body)
-            if route == "/api/export":
-                try:
-                    result = export(session)
-                except KadetError as exc:
-                    return self._json({"ok": False, "error": str(exc)}, HTTPStatus.CONFLICT)
-                if on_export is not None:
-                    on_export(result)
-                return self._json({"ok": True, "message": f"exported {result.queries} judged queries to "
-                                   f"{result.folder} (queries.jsonl, qrels/test.tsv); the figures are in the terminal"})
-            return self._json({"error": f"no such endpoint {route}"}, HTTPStatus.NOT_FOUND)
-
-        def _judge(self, body: dict) -> None:
-            qid, doc, grade = body.get("qid"), body.get("doc_id"), body.get("grade")
-            q = session.pool.query(qid) if isinstance(qid, str) else None
-            if q is None or doc not in q.docs:
-                return self._json({"error": f"unknown query {qid!r} or passage {doc!r} of it"}, HTTPStatus.BAD_REQUEST)
-            if grade not in GRADES or isinstance(grade, bool):
-                return self._json({"error": f"grade must be one of {GRADES}"}, HTTPStatus.BAD_REQUEST)
-            session.judgements.add(qid, doc, grade)
-            return self._json({"ok": True, "status": session.decision().public()})
-
-    server = ThreadingHTTPServer((host, port), Handler)
+    handler = type("Handler", (JudgeHandler,), {
+        "session": session, "host": host, "on_export": staticmethod(on_export) if on_export else None,
+        "html": resources.files("kadet").joinpath("judge.html").read_bytes()})
+    server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     return server
+
+
+class JudgeHandler(BaseHTTPRequestHandler):
+    """The judging page's requests (see :func:`make_server`, which binds the class attributes)."""
+
+    server_version = "kadet-judge"
+    session: Session
+    host: str = "127.0.0.1"          # the address served: a Host header may name it
+    on_export = None                 # called with the ExportResult after an export from the page
+    html: bytes = b""
+
+    def log_message(self, fmt, *args):  # quiet: one debug line per request
+        log.debug("judge: %s %s", self.address_string(), fmt % args)
+
+    def _send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, obj, status: int = 200) -> None:
+        self._send(status, json.dumps(obj, ensure_ascii=False).encode("utf-8"))
+
+    def _host_ok(self) -> bool:  # DNS rebinding: only our own address may be asked
+        name = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]")
+        return name in ("127.0.0.1", "localhost", "::1", self.host)
+
+    def do_GET(self):
+        if not self._host_ok():
+            return self._json({"error": "bad Host header"}, HTTPStatus.FORBIDDEN)
+        route = self.path.split("?", 1)[0]
+        if route in ("/", "/index.html"):
+            return self._send(200, self.html, "text/html; charset=utf-8")
+        if route == "/api/state":
+            return self._json(page_state(self.session))
+        if route == "/api/status":
+            return self._json(self.session.decision().public())
+        return self._json({"error": f"no such page {route}"}, HTTPStatus.NOT_FOUND)
+
+    def do_POST(self):
+        if not self._host_ok() or self.headers.get(CSRF_HEADER) != "1":
+            return self._json({"error": f"forbidden: missing {CSRF_HEADER} header"}, HTTPStatus.FORBIDDEN)
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(length) or b"{}") if length < 1_000_000 else None
+        except (ValueError, json.JSONDecodeError):
+            body = None
+        if not isinstance(body, dict):
+            return self._json({"error": "expected a JSON object"}, HTTPStatus.BAD_REQUEST)
+        route = self.path.split("?", 1)[0]
+        if route == "/api/judge":
+            return self._judge(body)
+        if route == "/api/export":
+            return self._export()
+        return self._json({"error": f"no such endpoint {route}"}, HTTPStatus.NOT_FOUND)
+
+    def _judge(self, body: dict) -> None:
+        session = self.session
+        qid, doc, grade = body.get("qid"), body.get("doc_id"), body.get("grade")
+        q = session.pool.query(qid) if isinstance(qid, str) else None
+        if q is None or doc not in q.docs:
+            return self._json({"error": f"unknown query {qid!r} or passage {doc!r} of it"}, HTTPStatus.BAD_REQUEST)
+        if grade not in GRADES or isinstance(grade, bool):
+            return self._json({"error": f"grade must be one of {GRADES}"}, HTTPStatus.BAD_REQUEST)
+        session.judgements.add(qid, doc, grade)
+        return self._json({"ok": True, "status": session.decision().public()})
+
+    def _export(self) -> None:
+        try:
+            result = export(self.session)
+        except KadetError as exc:
+            return self._json({"ok": False, "error": str(exc)}, HTTPStatus.CONFLICT)
+        if self.on_export is not None:
+            self.on_export(result)
+        return self._json({"ok": True, "message": f"exported {result.queries} judged queries to "
+                           f"{result.folder} (queries.jsonl, qrels/test.tsv); the figures are in the terminal"})
 
 
 def url_of(server: ThreadingHTTPServer) -> str:

@@ -2,7 +2,8 @@
 
 Scoring is sharded by query range (``label.shard_index`` of ``label.num_shards``) and resumable:
 scores are appended per group of queries to ``scores.shard-<i>-of-<n>.jsonl``; a rerun skips
-queries already there. :func:`finalise` then reads every shard and applies, in order:
+queries already there (each shard's log is a :class:`~kadet.journal.Journal`). :func:`write_labels`
+then merges every shard's scores and applies, in order:
 
 1. **consistency**: keep a query only if the teacher ranks its source passage first;
 2. **percentile cut**: drop queries whose top score is below the ``min_top_percentile``-th
@@ -30,11 +31,11 @@ from pathlib import Path
 import numpy as np
 
 from kadet.config import KadetConfig, LabelConfig
-from kadet.data import (Document, append_jsonl, read_corpus, read_log, read_records, resume_log, write_jsonl,
-                        written_for)
+from kadet.data import Document, read_corpus, read_records
 from kadet.errors import KadetError
+from kadet.io import write_jsonl
+from kadet.journal import Journal, merge_logs
 from kadet.manifest import Manifest
-from kadet.teachers import build_teacher
 from kadet.stages import STAGES, file_in, shard_range
 from kadet.store import Store, digest
 
@@ -44,6 +45,7 @@ CANDIDATE_FIELDS = {"query": str, "type": str, "source_doc_id": str, "candidates
 
 
 def shard_file(out: Path, index: int, shards: int) -> Path:
+    """The scores log of shard ``index`` of ``shards`` in ``out``."""
     return out / f"scores.shard-{index}-of-{shards}.jsonl"
 
 
@@ -105,7 +107,7 @@ def rerank_list(row: dict, lab: LabelConfig) -> list[str]:
     return [c["doc_id"] for c in row["candidates"][: lab.rerank_depth]]
 
 
-def scored(done: Mapping[str, dict], row: dict, lab: LabelConfig) -> dict | None:
+def logged_scores(done: Mapping[str, dict], row: dict, lab: LabelConfig) -> dict | None:
     """The logged scores of ``row`` if they are for this query text and candidate list."""
     rec = done.get(row["qid"])
     ok = rec is not None and rec.get("query") == row["query"] and rec.get("doc_ids") == rerank_list(row, lab)
@@ -118,13 +120,15 @@ def score_shard(cfg: KadetConfig, rows: Sequence[dict], corpus: Mapping[str, Doc
     the teacher pairs reused and scored to ``work``."""
     lab = cfg.label
     out.mkdir(parents=True, exist_ok=True)
-    path = shard_file(out, lab.shard_index, lab.num_shards)
-    done = resume_log(path, teacher_depends(cfg, corpus_fingerprint))
+    journal = Journal(shard_file(out, lab.shard_index, lab.num_shards), teacher_depends(cfg, corpus_fingerprint))
+    done = journal.resume()
     mine = [rows[i] for i in shard_range(len(rows), lab.shard_index, lab.num_shards)]
-    todo = [r for r in mine if scored(done, r, lab) is None]
+    todo = [r for r in mine if logged_scores(done, r, lab) is None]
     log.info("label shard %d/%d: %d queries, %d to score", lab.shard_index, lab.num_shards, len(mine), len(todo))
     if not todo:
         return 0
+    from kadet.teachers import build_teacher  # torch: only when there is something to score
+
     teacher = teacher or build_teacher(lab.teacher, cfg, corpus, wrap=stored_teacher(cfg, corpus, corpus_fingerprint))
     from kadet.progress import bar
 
@@ -135,7 +139,7 @@ def score_shard(cfg: KadetConfig, rows: Sequence[dict], corpus: Mapping[str, Doc
         scores = teacher.score([r["query"] for r in chunk], lists)
         recs = [{"key": r["qid"], "query": r["query"], "doc_ids": lst, "scores": [round(float(x), 6) for x in sc]}
                 for r, lst, sc in zip(chunk, lists, scores)]
-        append_jsonl(path, recs)
+        journal.append(recs)
         progress.update(len(chunk))
     progress.close()
     if work is not None:
@@ -171,7 +175,7 @@ def apply_filters(items: list[dict], lab: LabelConfig, seed: int, m: Manifest, s
     m.extra["normalisation"] = {"low": float(lo), "high": float(hi)}
     qids = sorted(it["qid"] for it in kept)
     random.Random(seed).shuffle(qids)
-    held = silver_holdout(kept, min(lab.silver_queries, len(qids) // 5), seed) if silver else set()
+    held = silver_holdout(kept, silver_holdout_size(lab.silver_queries, len(qids)), seed) if silver else set()
     rest = [q for q in qids if q not in held]
     dev = set(rest[: int(round(len(rest) * lab.dev_fraction))])
     out = []
@@ -189,6 +193,12 @@ def apply_filters(items: list[dict], lab: LabelConfig, seed: int, m: Manifest, s
     if not silver:
         del m.counts["silver"]
     return out
+
+
+def silver_holdout_size(wanted: int, queries: int) -> int:
+    """How many of ``queries`` kept queries the silver evaluation holds out: ``wanted``
+    (``label.silver_queries``), at most a fifth of them."""
+    return min(wanted, queries // 5)
 
 
 def silver_holdout(items: Sequence[dict], n: int, seed: int) -> set[str]:
@@ -216,19 +226,15 @@ def prepared_eval_kind(cfg: KadetConfig, corpus_path: str | Path) -> str:
     return Manifest.read(manifest.parent).extra.get("eval_kind", "gold") if manifest.exists() else "gold"
 
 
-def finalise(cfg: KadetConfig, rows: Sequence[dict], corpus: Mapping[str, Document], out: Path,
-             m: Manifest, corpus_fingerprint: str = "", silver: bool = False) -> Manifest:
-    """Merge every shard's scores, filter, normalise, split; write ``labels.jsonl``."""
+def write_labels(cfg: KadetConfig, rows: Sequence[dict], corpus: Mapping[str, Document], out: Path,
+                 m: Manifest, corpus_fingerprint: str = "", silver: bool = False) -> Manifest:
+    """Merge every shard's scores in ``out``, filter, normalise, split; write ``labels.jsonl``."""
     lab = cfg.label
-    scores: dict[str, dict] = {}
     depends = teacher_depends(cfg, corpus_fingerprint)
-    for i in range(lab.num_shards):
-        path = shard_file(out, i, lab.num_shards)
-        if path.exists() and not written_for(path, depends):
-            raise KadetError(f"label: {path} was scored for other teacher settings or another corpus than "
-                             f"this merge's; rerun shard {i} with the same configuration")
-        scores.update(read_log(path))
-    missing = [r["qid"] for r in rows if scored(scores, r, lab) is None]
+    scores = merge_logs((Journal(shard_file(out, i, lab.num_shards), depends) for i in range(lab.num_shards)),
+                        missing_ok=True, refuse=lambda i, shard: f"label: {shard.path} was scored for other teacher "
+                        f"settings or another corpus than this merge's; rerun shard {i} with the same configuration")
+    missing = [r["qid"] for r in rows if logged_scores(scores, r, lab) is None]
     if missing:
         raise KadetError(f"label: {len(missing)} queries have no scores for their current candidate list yet "
                          f"(e.g. {missing[0]!r}); run every shard 0..{lab.num_shards - 1} first")
@@ -269,23 +275,18 @@ def label(cfg: KadetConfig, candidates_path: str | Path, corpus_path: str | Path
             m.extra["shard"] = f"{cfg.label.shard_index}-of-{cfg.label.num_shards}"
             m.write(out)
     if merge:
-        finalise(cfg, rows, corpus, out, m, corpus_fp, silver=prepared_eval_kind(cfg, corpus_path) == "silver")
+        write_labels(cfg, rows, corpus, out, m, corpus_fp, silver=prepared_eval_kind(cfg, corpus_path) == "silver")
     return m
 
 
-def merge_shards(cfg: KadetConfig, candidates_path: str | Path, corpus_path: str | Path,
-                 shard_dirs: Sequence[str | Path], output_dir: str | Path) -> Manifest:
-    """Gather the score files of ``label.num_shards`` workers (each in its own folder) into
+def merge_score_shards(cfg: KadetConfig, candidates_path: str | Path, corpus_path: str | Path,
+                       shard_dirs: Sequence[str | Path], output_dir: str | Path) -> Manifest:
+    """Gather the score logs of ``label.num_shards`` workers (each in its own folder) into
     ``output_dir`` and merge them: filter, normalise, split, write ``labels.jsonl``."""
-    import shutil
-
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     n = cfg.label.num_shards
     for d in shard_dirs:
         for i in range(n):
-            f = shard_file(Path(d), i, n)
-            for part in (f, f.with_name(f.name + ".depends.json")):
-                if part.exists():
-                    shutil.copyfile(part, out / part.name)
+            Journal(shard_file(Path(d), i, n)).copy_into(out)
     return label(cfg, candidates_path, corpus_path, out, score=False, merge=True)

@@ -29,6 +29,7 @@ from typing import Any
 
 from kadet import __version__
 from kadet.errors import KadetError
+from kadet.io import write_json
 
 MANIFEST_NAME = "manifest.json"
 
@@ -76,8 +77,6 @@ class Manifest:
     def write(self, out_dir: str | os.PathLike) -> Path:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        from kadet.data import write_json
-
         path = out / MANIFEST_NAME
         write_json(path, asdict(self))  # atomic, unique temp name: concurrent writers never share it
         return path

@@ -26,10 +26,11 @@ from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
-from kadet.config import KadetConfig
-from kadet.data import Document, read_corpus, read_records, write_jsonl
+from kadet.config import MINE_RETRIEVERS, KadetConfig
+from kadet.data import Document, read_corpus, read_records
 from kadet.encode import Encoder
 from kadet.errors import ConfigError
+from kadet.io import write_jsonl
 from kadet.manifest import Manifest
 from kadet.retrieval import BM25Retriever, DenseRetriever, Run, ranked, reciprocal_rank_fusion
 from kadet.stages import STAGES, file_in
@@ -49,7 +50,7 @@ def build_retrievers(cfg: KadetConfig, corpus: Mapping[str, Document], names: li
         elif kind == "bm25":
             out[name] = BM25Retriever.from_config(corpus, cfg)
         else:
-            raise ConfigError(f"mine.retrievers: unknown retriever {name!r} (use dense, dense:PATH or bm25)")
+            raise ConfigError(f"mine.retrievers: unknown retriever {name!r} (use {', '.join(MINE_RETRIEVERS)})")
     return out
 
 

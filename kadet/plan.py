@@ -20,7 +20,6 @@ Training queries are an upper bound (the label filters drop some).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import math
 import os
@@ -59,9 +58,6 @@ class Plan:
     def seconds(self) -> float:
         return sum(s.seconds for s in self.stages)
 
-    def stage_seconds(self, stage: str) -> float:
-        return sum(s.seconds for s in self.stages if s.stage == stage)
-
 
 def machine() -> str:
     import torch
@@ -79,15 +75,11 @@ def _timed(fn, repeat: int = 1) -> float:
     return (time.perf_counter() - t0) / repeat
 
 
-def whole_run(g):
-    """The generate settings of all shards at once (planning counts the whole run)."""
-    return dataclasses.replace(g, shard_index=0, num_shards=1)
-
-
 def count_work(cfg: KadetConfig, tmp: Path) -> tuple[dict[str, Any], dict[str, int], list, list[str]]:
     """Counts of everything the run will process, from the real prepare and generate planning."""
     from kadet.data import load_beir, read_corpus
-    from kadet.generate import EXTRACTED_TYPES, extract_queries, plan_requests
+    from kadet.generate import EXTRACTED_TYPES, extract_queries, plan_requests, unsharded
+    from kadet.label import silver_holdout_size
     from kadet.prepare import prepare
 
     t0 = time.perf_counter()
@@ -95,7 +87,7 @@ def count_work(cfg: KadetConfig, tmp: Path) -> tuple[dict[str, Any], dict[str, i
     prepare_s = time.perf_counter() - t0
     passages = list(read_corpus(tmp / "prepare" / "passages.jsonl").values())
     g = cfg.generate
-    requests = plan_requests(passages, whole_run(g), cfg.seed)
+    requests = plan_requests(passages, unsharded(cfg).generate, cfg.seed)
     by_type: dict[str, int] = {}
     for r in requests:
         by_type[r.qtype] = by_type.get(r.qtype, 0) + 1
@@ -109,7 +101,7 @@ def count_work(cfg: KadetConfig, tmp: Path) -> tuple[dict[str, Any], dict[str, i
     depth = cfg.label.rerank_depth
     train = math.floor(queries * (1 - cfg.label.dev_fraction))
     if m.extra.get("eval_kind") == "silver":
-        eval_queries = min(cfg.label.silver_queries, queries // 5)
+        eval_queries = silver_holdout_size(cfg.label.silver_queries, queries)
         train -= eval_queries
     else:
         eval_queries = len(load_beir(cfg.data.data_dir, cfg.data.split, cfg.data.qrels or None).eval_queries())
@@ -181,8 +173,8 @@ def time_teacher(cfg: KadetConfig, corpus: dict, queries: list[str]) -> tuple[fl
 def time_distill(cfg: KadetConfig, sample: list, queries: list[str], tmp: Path) -> dict[str, float]:
     """Distillation's parts: setup (models, document embeddings), one step of ``batch_size``
     queries, the dev loss per dev query, and saving the model and checkpoint each epoch."""
-    from kadet.data import write_jsonl
     from kadet.distill import Distiller
+    from kadet.io import write_jsonl
 
     lsize = cfg.distill.list_size or cfg.label.list_size
     n = cfg.distill.batch_size
@@ -208,11 +200,11 @@ def time_distill(cfg: KadetConfig, sample: list, queries: list[str], tmp: Path) 
 
 
 def time_llm(cfg: KadetConfig, sample: list) -> float:
-    from kadet.generate import make_backend, plan_requests
+    from kadet.generate import make_backend, plan_requests, unsharded
 
     if cfg.generate.backend == "tgi":
         return 0.0                                           # a server elsewhere: not timed from here
-    requests = plan_requests(sample[:4], whole_run(cfg.generate), cfg.seed)[:2]
+    requests = plan_requests(sample[:4], unsharded(cfg).generate, cfg.seed)[:2]
     if not requests:
         return 0.0
     backend = make_backend(cfg)

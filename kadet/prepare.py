@@ -21,7 +21,8 @@ from pathlib import Path
 
 from kadet.config import KadetConfig, PrepareConfig
 from kadet.fingerprint import corpus_fingerprint, document_digests, inputs_fingerprint, keep_digests
-from kadet.data import Document, corpus_file, eval_kind, load_beir, normalise, read_corpus, read_qrels, write_jsonl
+from kadet.data import Document, corpus_file, eval_kind, load_beir, normalise, read_corpus, read_qrels
+from kadet.io import write_jsonl
 from kadet.manifest import Manifest
 from kadet.stages import STAGES
 

@@ -9,6 +9,10 @@ chosen with a seeded RNG; ``prompt_id`` records which, e.g. ``question/v1/2.5.7`
     messages = qt.chat_messages(passage_text, examples=[0, 4, 9])
 
 ``web`` is zero-shot by default (``shots = 0``): the instruction alone, as in the paper.
+
+This module is the one list of query types: the LLM types are the keys of :data:`QUERY_TYPES`,
+the extracted ones (no LLM, taken from the passage) are :data:`EXTRACTED_TYPES`; the config's
+defaults and checks (kadet/config.py) and the generate stage (kadet/generate/) read them here.
 """
 
 from __future__ import annotations
@@ -185,3 +189,11 @@ QUERY_TYPES: dict[str, QueryType] = {
         ),
     ]
 }
+
+#: The query types an LLM writes from the prompts above (``generate.types`` defaults, in this order).
+LLM_TYPES: tuple[str, ...] = tuple(QUERY_TYPES)
+#: Query types taken from the passage itself, no LLM: ``sentence`` (Inverse Cloze Task style,
+#: kadet/generate/extract.py).
+EXTRACTED_TYPES: tuple[str, ...] = ("sentence",)
+#: Every query type ``generate.types`` may name.
+ALL_TYPES: tuple[str, ...] = LLM_TYPES + EXTRACTED_TYPES

@@ -2,34 +2,49 @@
 
 The candidate (a sentence-transformers folder) is logged with ``mlflow.sentence_transformers``
 and becomes a new version of ``register.model_name``. It is promoted to the champion alias only
-if all hold (:func:`decide`):
+if all hold (:func:`decide`; nDCG@10 and Recall@100 are ``evaluation.ndcg_k`` / ``recall_k``):
 
-1. nDCG@10 >= ``register.ndcg_floor``;
-2. nDCG@10 >= the incumbent's nDCG@10 on the *same* test data + ``register.min_delta``;
-3. Recall@100 >= the incumbent's Recall@100 - ``register.max_recall_drop``;
-4. its nDCG@10 gain over the base model is not noise (paired bootstrap, ``register.confidence``);
-5. the evaluation is gold (judged queries), unless ``register.silver_promotes`` accepts silver.
+1. every figure and gate setting compared is a finite number (a NaN never promotes);
+2. nDCG@10 >= ``register.ndcg_floor``;
+3. nDCG@10 >= the incumbent's nDCG@10 on the *same* test data + ``register.min_delta``;
+4. Recall@100 >= the incumbent's Recall@100 - ``register.max_recall_drop``;
+5. with ``register.confidence`` > 0 and the gain measured (``comparison.json``'s ``delta``), its
+   nDCG@10 gain over the base model is not noise: the lower end of the gain's paired bootstrap
+   interval at that confidence is above 0;
+6. the evaluation is gold (judged queries), unless ``register.silver_promotes`` accepts silver.
+
+Figures that tie to 1e-9 count as equal. The reasons list every rule that fails, except that a
+figure that is not finite ends the check (its reason and silver's are the only ones).
 
 The incumbent is the current champion; while there is none, it is the base model measured in
 the same evaluation run. A champion measured on other test data (its version tag
-``kadet.eval_data`` differs) is evaluated again on this data first. A candidate that fails gets
-the challenger alias and a ``kadet.gate_failure`` tag; the champion stays. Rerunning with the
-same model folder finds its existing version (tag ``kadet.model_fingerprint``) instead of
+``kadet.eval_data`` differs) is evaluated again on this data first. Rerunning with the same
+model folder finds its existing version (tag ``kadet.model_fingerprint``) instead of
 registering a duplicate, and a version that already is champion stays champion.
 
-    result = register_candidate(cfg, model_dir, comparison, pipeline_run)   # version + decision
-    apply_decision(cfg, result)                                              # aliases and tags
+The decision and the aliases are two steps, as the pipeline runs them (two tasks, the second
+chosen by the first's outcome): a candidate that passed is promoted by :func:`promote`, a
+compare-and-set that decides again if the champion moved meanwhile; one that failed gets the
+challenger alias and a ``kadet.gate_failure`` tag from :func:`mark_challenger`; the champion stays.
+
+    r = register_candidate(cfg, model_dir, comparison, pipeline_run)   # version + decision
+    if r.decision.promote:
+        promote(cfg, r.version)                                      # may still refuse
+    else:
+        mark_challenger(cfg, r.version, r.decision.reason)
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kadet.comparison import SILVER_REFUSAL, kind_text
+from kadet import card
+from kadet.comparison import SILVER_REFUSAL, Comparison, display, kind_text, metric_name
 from kadet.config import EvaluationConfig, KadetConfig, RegisterConfig
 from kadet.errors import KadetError
 from kadet.fingerprint import CHANGES_TAG, CORPUS_TAG, DOCUMENTS_TAG, INPUTS_TAG, PARENT_TAG
@@ -64,13 +79,7 @@ class Decision:
 
 def metric_tag(name: str) -> str:
     """The model-version tag holding metric ``name``: "ndcg@10" -> "kadet.ndcg_at_10"."""
-    return "kadet." + name.replace("@", "_at_")
-
-
-def display(name: str) -> str:
-    """"ndcg@10" -> "nDCG@10", "recall@100" -> "Recall@100"."""
-    kind, _, k = name.partition("@")
-    return {"ndcg": "nDCG", "recall": "Recall", "mrr": "MRR"}.get(kind, kind) + "@" + k
+    return "kadet." + metric_name(name)
 
 
 def decide(candidate: Mapping[str, float], incumbent: Mapping[str, float] | None, gate: RegisterConfig,
@@ -247,15 +256,15 @@ def evaluate_model(cfg: KadetConfig, model_dir: str | Path) -> dict[str, float]:
     return evaluate(cfg, model=str(model_dir), retriever=cfg.evaluation.retriever).metrics
 
 
-def incumbent_metrics(cfg: KadetConfig, client, comparison: Mapping,
+def incumbent_metrics(cfg: KadetConfig, client, comparison: Comparison,
                       evaluate_fn: Callable[[KadetConfig, Path], dict] = evaluate_model):
     """``(metrics on this test data, label)`` of the champion, or of the base model if none."""
     reg = cfg.register
     champ = alias_version(client, reg.model_name, reg.champion_alias)
     if champ is None:
-        return dict(comparison["base"]), "base model"
+        return dict(comparison.base), "base model"
     tagged = version_metrics(champ, cfg.evaluation)
-    if (champ.tags or {}).get(EVAL_TAG) == comparison["eval_data"] and tagged is not None:
+    if (champ.tags or {}).get(EVAL_TAG) == comparison.eval_data and tagged is not None:
         return tagged, f"champion v{champ.version}"
     log.info("champion v%s was measured on other test data: evaluating it on this data", champ.version)
     metrics = evaluate_fn(cfg, local_model_dir(f"models:/{reg.model_name}/{champ.version}"))
@@ -263,35 +272,27 @@ def incumbent_metrics(cfg: KadetConfig, client, comparison: Mapping,
     return {e.ndcg: metrics[e.ndcg], e.recall: metrics[e.recall]}, f"champion v{champ.version} (re-evaluated)"
 
 
-def register_candidate(cfg: KadetConfig, model_dir: str | Path, comparison: Mapping, pipeline_run: str = "",
+def register_candidate(cfg: KadetConfig, model_dir: str | Path, comparison: Comparison, pipeline_run: str = "",
                        evaluate_fn: Callable[[KadetConfig, Path], dict] | None = None,
                        prepared_dir: str | Path | None = None) -> Registration:
     """Make the candidate a model version (or find it) and decide the gate. Needs an active run.
     ``prepared_dir`` (the prepare step's output) gives the version its lineage."""
-    import mlflow
-
-    from kadet.tracking import client as get_client, metric_name
+    from kadet.tracking import client as get_client
 
     reg, e = cfg.register, cfg.evaluation
     c = get_client(cfg)
     fp = model_fingerprint(model_dir)
-    cand = {e.ndcg: float(comparison["candidate"][e.ndcg]), e.recall: float(comparison["candidate"][e.recall])}
+    cand = {e.ndcg: float(comparison.candidate[e.ndcg]), e.recall: float(comparison.candidate[e.recall])}
     existing = find_version(c, reg.model_name, fp)
     lin = lineage(cfg, c, prepared_dir) if existing is None else {}
     if existing is None:
-        from sentence_transformers import SentenceTransformer
-
-        st = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
-        info = mlflow.sentence_transformers.log_model(st, name="model", pip_requirements=pip_requirements(),
-                                                      signature=serving_signature(st), input_example=SERVING_EXAMPLE)
-        mv = mlflow.register_model(info.model_uri, reg.model_name)
-        version = str(mv.version)
+        version, model_id = log_version(model_dir, reg.model_name)
     else:
-        version = str(existing.version)
+        version, model_id = str(existing.version), ""
         log.info("model folder already registered as %s v%s: reusing it", reg.model_name, version)
-    tags = {FINGERPRINT_TAG: fp, EVAL_TAG: comparison["eval_data"], **{metric_tag(k): f"{v:.6f}" for k, v in cand.items()},
-            "kadet.base_model": str(comparison["models"]["base"]),
-            metric_tag(f"base_{e.ndcg}"): f"{comparison['base'][e.ndcg]:.6f}", **lineage_tags(lin)}
+    tags = {FINGERPRINT_TAG: fp, EVAL_TAG: comparison.eval_data, **{metric_tag(k): f"{v:.6f}" for k, v in cand.items()},
+            "kadet.base_model": str(comparison.models["base"]),
+            metric_tag(f"base_{e.ndcg}"): f"{comparison.base[e.ndcg]:.6f}", **lineage_tags(lin)}
     if pipeline_run:
         tags[PIPELINE_TAG] = pipeline_run
     for k, v in tags.items():
@@ -303,20 +304,42 @@ def register_candidate(cfg: KadetConfig, model_dir: str | Path, comparison: Mapp
         decision = Decision(True, [], incumbent=f"champion v{version} (itself)")
         return Registration(reg.model_name, version, decision, cand, cand, reused=existing is not None, lineage=lin)
     inc, inc_name = incumbent_metrics(cfg, c, comparison, evaluate_fn or evaluate_model)
-    gain = (comparison.get("delta") or {}).get(e.ndcg)
-    kind = comparison.get("kind", "gold")
-    decision = decide(cand, inc, reg, inc_name, gain, e, kind)
+    decision = decide(cand, inc, reg, inc_name, comparison.gain(e.ndcg), e, comparison.kind)
+    log_decision(cfg, c, version, decision, cand, inc, comparison)
+    if existing is None:
+        attach_card(cfg, c, model_dir, comparison, version, decision, model_id, lin)
+    return Registration(reg.model_name, version, decision, cand, inc, reused=existing is not None, lineage=lin)
+
+
+def log_version(model_dir: str | Path, model_name: str) -> tuple[str, str]:
+    """Log the folder as an MLflow sentence-transformers model on the active run and register it
+    as a new version of ``model_name``: ``(version, logged model id)``."""
+    import mlflow
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
+    info = mlflow.sentence_transformers.log_model(st, name="model", pip_requirements=pip_requirements(),
+                                                  signature=serving_signature(st), input_example=SERVING_EXAMPLE)
+    return str(mlflow.register_model(info.model_uri, model_name).version), info.model_id
+
+
+def log_decision(cfg: KadetConfig, c, version: str, decision: Decision, cand: Mapping[str, float],
+                 inc: Mapping[str, float], comparison: Comparison) -> None:
+    """The gate's figures as metrics of the active run; the decision and its kind of evaluation as
+    tags of the run and the version."""
+    import mlflow
+
+    e = cfg.evaluation
+    gain = comparison.gain(e.ndcg)
     if gain is not None:
         mlflow.log_metrics({metric_name(f"gate.gain_{e.ndcg}"): gain["mean"], "gate.gain_ci_low": gain["ci_low"],
                             "gate.gain_ci_high": gain["ci_high"]})
     mlflow.log_metrics({metric_name(f"gate.candidate_{k}"): v for k, v in cand.items()}
                        | {metric_name(f"gate.incumbent_{k}"): v for k, v in inc.items()}
                        | {"gate.promote": float(decision.promote)})
-    c.set_model_version_tag(reg.model_name, version, EVAL_KIND_TAG, kind)
-    mlflow.set_tags({GATE_TAG: gate_text(decision, kind), MODEL_VERSION_TAG: version, EVAL_KIND_TAG: kind})
-    if existing is None:
-        attach_card(cfg, c, model_dir, comparison, version, decision, info.model_id, lin)
-    return Registration(reg.model_name, version, decision, cand, inc, reused=existing is not None, lineage=lin)
+    c.set_model_version_tag(cfg.register.model_name, version, EVAL_KIND_TAG, comparison.kind)
+    mlflow.set_tags({GATE_TAG: gate_text(decision, comparison.kind), MODEL_VERSION_TAG: version,
+                     EVAL_KIND_TAG: comparison.kind})
 
 
 def gate_text(decision: Decision, kind: str) -> str:
@@ -341,32 +364,17 @@ def usage(model_name: str, version: str, tracking_uri: str = "") -> list[str]:
             "encode() and encode_query() give the tuned query embeddings, encode_document() the document ones"]
 
 
-def card_facts(cfg: KadetConfig, comparison: Mapping, version: str, decision: Decision,
+def card_facts(cfg: KadetConfig, comparison: Comparison, version: str, decision: Decision,
                lin: Mapping | None = None) -> dict:
     """The evaluation and registry part of the model card (:mod:`kadet.card`)."""
-    e = cfg.evaluation
-    names = (e.ndcg, e.recall, e.mrr)
-    gain = (comparison.get("delta") or {}).get(e.ndcg)
     return {"model_name": cfg.register.model_name,
-            "evaluation": {"kind": comparison.get("kind", "gold"), "queries": comparison.get("queries"),
-                           "data": comparison.get("eval_data", ""),
-                           **{who: {display(n): float(comparison[who][n]) for n in names if n in comparison[who]}
-                              for who in ("base", "candidate")},
-                           "gain_ci": {**gain, "metric": display(e.ndcg)} if gain else None,
-                           "retriever": comparison.get("retriever", "dense"),
-                           "retrievers": {r: {who: {display(n): float(v[who][n]) for n in names if n in v[who]}
-                                              for who in ("base", "candidate")}
-                                          for r, v in (comparison.get("retrievers") or {}).items() if r != "bm25"}
-                           | ({"bm25": {display(n): float(comparison["retrievers"]["bm25"][n]) for n in names
-                                        if n in comparison["retrievers"]["bm25"]}}
-                              if "bm25" in (comparison.get("retrievers") or {}) else {})},
+            "evaluation": card.evaluation_facts(comparison, cfg.evaluation),
             "lineage": lineage_lines(lin or {}),
             "registry": {"name": cfg.register.model_name, "version": version,
-                         "gate": ("" if decision.promote else "refused: ")
-                         + gate_text(decision, comparison.get("kind", "gold"))}}
+                         "gate": ("" if decision.promote else "refused: ") + gate_text(decision, comparison.kind)}}
 
 
-def attach_card(cfg: KadetConfig, c, model_dir: str | Path, comparison: Mapping, version: str, decision: Decision,
+def attach_card(cfg: KadetConfig, c, model_dir: str | Path, comparison: Comparison, version: str, decision: Decision,
                 model_id: str, lin: Mapping | None = None) -> None:
     """The full card (training facts from the folder, evaluation, registry version) into the
     logged model's sentence-transformers folder, the run's artifacts and the version's description."""
@@ -375,8 +383,6 @@ def attach_card(cfg: KadetConfig, c, model_dir: str | Path, comparison: Mapping,
 
     import mlflow
     from mlflow.sentence_transformers import SENTENCE_TRANSFORMERS_DATA_PATH
-
-    from kadet import card
 
     with tempfile.TemporaryDirectory() as tmp:
         for name in (card.CARD, card.FACTS):
@@ -388,11 +394,6 @@ def attach_card(cfg: KadetConfig, c, model_dir: str | Path, comparison: Mapping,
         mlflow.log_artifact(str(path), "model_card")
         text = path.read_text()
         c.update_model_version(cfg.register.model_name, version, description=card.split_front_matter(text)[1][:5000])
-
-
-def _before_set_alias() -> None:
-    """A no-op hook between reading the champion and moving the alias (tests inject a pause here
-    to force two promotions to interleave: fault injection, not a fake)."""
 
 
 def version_metrics(version, metrics: EvaluationConfig = DEFAULT_METRICS) -> dict[str, float] | None:
@@ -409,47 +410,27 @@ def promote(cfg: KadetConfig, version: str, attempts: int = 5) -> Decision:
 
     The register step decided against the champion of its time (tag ``kadet.decided_against``);
     another run may have moved the alias since. So: re-read the champion; if it is another
-    version than the one decided against, decide again against it (its tagged metrics on the
-    same test data; other test data: refuse, a rerun re-evaluates it); set the alias; wait
-    ``register.promote_settle_s`` and read it back. If a concurrent run moved it meanwhile,
-    repeat against that run's version. Each promoter keeps the better of the two, so two runs
-    racing converge on the better model whatever the interleaving.
+    version than the one decided against, decide again against it (:func:`decide_again`); set the
+    alias; wait ``register.promote_settle_s`` and read it back. If a concurrent run moved it
+    meanwhile, repeat against that run's version. Each promoter keeps the better of the two, so
+    two runs racing converge on the better model whatever the interleaving.
     """
-    import time
-
-    from mlflow.exceptions import MlflowException
-
     from kadet.tracking import client as get_client
 
     reg, c = cfg.register, get_client(cfg)
     mv = c.get_model_version(reg.model_name, version)
-    mine = version_metrics(mv, cfg.evaluation)
     decided_against = (mv.tags or {}).get(DECIDED_TAG, "")
     for _ in range(attempts):
         champ = alias_version(c, reg.model_name, reg.champion_alias)
         if champ is None or str(champ.version) != version:
             if champ is not None and str(champ.version) != decided_against:
-                theirs = version_metrics(champ, cfg.evaluation)
-                same_data = (champ.tags or {}).get(EVAL_TAG) == (mv.tags or {}).get(EVAL_TAG)
-                if theirs is None or mine is None or not same_data:
-                    d = Decision(False, [f"champion moved to v{champ.version} during this run and was measured on "
-                                         "other test data; rerun the register step to compare on the same data"],
-                                 f"champion v{champ.version}")
-                else:
-                    d = decide(mine, theirs, reg, f"champion v{champ.version}", metrics=cfg.evaluation,
-                               kind=(mv.tags or {}).get(EVAL_KIND_TAG, "gold"))
+                d = decide_again(cfg, mv, champ)
                 if not d.promote:
                     log.info("promote v%s: champion is now v%s, better or as good: %s", version, champ.version, d.reason)
                     mark_challenger(cfg, version, d.reason)
                     return d
                 decided_against = str(champ.version)
-            _before_set_alias()
-            try:
-                c.set_registered_model_alias(reg.model_name, reg.champion_alias, version)
-            except MlflowException as exc:  # a concurrent write of the same alias (the store's unique key)
-                log.info("promote v%s: the champion alias was being written by another run (%s): re-reading",
-                         version, str(exc).splitlines()[0][:200])
-                time.sleep(reg.promote_settle_s)
+            if not set_champion_alias(c, reg, version):
                 continue
         time.sleep(reg.promote_settle_s)
         now = alias_version(c, reg.model_name, reg.champion_alias)
@@ -460,13 +441,46 @@ def promote(cfg: KadetConfig, version: str, attempts: int = 5) -> Decision:
     else:
         raise KadetError(f"register: the champion alias of {reg.model_name} kept moving; v{version} not promoted "
                          f"after {attempts} tries (are many runs promoting at once?)")
+    mark_champion(c, reg, version)
+    return Decision(True, [], f"champion v{decided_against}" if decided_against else "base model")
+
+
+def decide_again(cfg: KadetConfig, mv, champ) -> Decision:
+    """Version ``mv`` against ``champ``, a champion that moved in after the register step decided:
+    their tagged metrics on the same test data; other test data: refused (a rerun re-evaluates it)."""
+    mine, theirs = version_metrics(mv, cfg.evaluation), version_metrics(champ, cfg.evaluation)
+    same_data = (champ.tags or {}).get(EVAL_TAG) == (mv.tags or {}).get(EVAL_TAG)
+    if theirs is None or mine is None or not same_data:
+        return Decision(False, [f"champion moved to v{champ.version} during this run and was measured on "
+                                "other test data; rerun the register step to compare on the same data"],
+                        f"champion v{champ.version}")
+    return decide(mine, theirs, cfg.register, f"champion v{champ.version}", metrics=cfg.evaluation,
+                  kind=(mv.tags or {}).get(EVAL_KIND_TAG, "gold"))
+
+
+def set_champion_alias(c, reg: RegisterConfig, version: str) -> bool:
+    """Point the champion alias at ``version``; False (after ``register.promote_settle_s``) when a
+    concurrent write of the same alias made the store refuse (its unique key): read it again."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        c.set_registered_model_alias(reg.model_name, reg.champion_alias, version)
+        return True
+    except MlflowException as exc:
+        log.info("promote v%s: the champion alias was being written by another run (%s): re-reading",
+                 version, str(exc).splitlines()[0][:200])
+        time.sleep(reg.promote_settle_s)
+        return False
+
+
+def mark_champion(c, reg: RegisterConfig, version: str) -> None:
+    """Tag a promoted version as passed: its failure tag and the challenger alias on it go."""
     c.set_model_version_tag(reg.model_name, version, GATE_TAG, "passed")
     if FAILURE_TAG in (c.get_model_version(reg.model_name, version).tags or {}):
         c.delete_model_version_tag(reg.model_name, version, FAILURE_TAG)
     chall = alias_version(c, reg.model_name, reg.challenger_alias)
     if chall is not None and str(chall.version) == version:
         c.delete_registered_model_alias(reg.model_name, reg.challenger_alias)
-    return Decision(True, [], f"champion v{decided_against}" if decided_against else "base model")
 
 
 def mark_challenger(cfg: KadetConfig, version: str, reason: str) -> None:
@@ -477,12 +491,3 @@ def mark_challenger(cfg: KadetConfig, version: str, reason: str) -> None:
     c.set_registered_model_alias(reg.model_name, reg.challenger_alias, version)
     c.set_model_version_tag(reg.model_name, version, GATE_TAG, "failed")
     c.set_model_version_tag(reg.model_name, version, FAILURE_TAG, reason)
-
-
-def apply_decision(cfg: KadetConfig, r: Registration) -> Decision:
-    """Set the aliases for the register step's decision; a promotion re-checks the champion
-    (``promote``), so the returned decision may be a refusal after all."""
-    if r.decision.promote:
-        return promote(cfg, r.version)
-    mark_challenger(cfg, r.version, r.decision.reason)
-    return r.decision

@@ -1,8 +1,10 @@
 """``report.html``: one self-contained page (inline CSS, images as data URIs, no script, opens
 offline) about one pipeline run, written by the register step.
 
-Sections (each an ``<h2 id=...>``): ``decision`` (the gate's outcome and reasons, registry
-version, kind of evaluation), ``metrics`` (base vs candidate, the paired bootstrap interval of the
+Under the title (the silver caveat first, for a silver evaluation), the sections of
+:data:`SECTIONS` in order, each an ``<h2 id=...>``: ``decision`` (the gate's outcome and reasons,
+registry version, how to use it), ``lineage`` (corpus, parent version, work reused; where to find
+the run), ``metrics`` (base vs candidate, every retriever, the paired bootstrap interval of the
 gain), ``by-type`` (nDCG per query type, table and chart), ``teacher`` (label statistics: scores,
 splits and types), ``training`` (loss and dev curves), ``drops`` (what each stage dropped and
 why), ``samples`` (up to 5 generated queries per type), ``timings`` (wall time per stage).
@@ -19,16 +21,18 @@ import json
 import logging
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kadet.comparison import SILVER_CAVEAT, kind_text, retriever_rows
+from kadet import plots
+from kadet.comparison import SILVER_CAVEAT, Comparison, display, gain_text, kind_text, retriever_rows
 from kadet.config import KadetConfig
+from kadet.register import lineage_lines, usage
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("decision", "metrics", "by-type", "teacher", "training", "drops", "samples", "timings")
 SAMPLES_PER_TYPE = 5
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;color:#222}
@@ -92,8 +96,6 @@ def stage_counts(stages, stage: str, keys: tuple[str, str]) -> dict[str, int]:
 
 def work_section(run: Mapping[str, Any], lin: Mapping[str, Any]) -> list[str]:
     """Lineage (corpus, parent version, changes) and, per stage, work reused vs done now."""
-    from kadet.register import lineage_lines
-
     rows = []
     for stage, keys in REUSE_COUNTS.items():
         r, n = stage_counts(run.get("stages", []), stage, keys).values()
@@ -106,123 +108,168 @@ def work_section(run: Mapping[str, Any], lin: Mapping[str, Any]) -> list[str]:
     return parts
 
 
-def render(run: Mapping[str, Any], comparison: Mapping[str, Any], gate: Mapping[str, Any],
+@dataclass
+class Page:
+    """What the page is made of: :func:`render`'s arguments, handed to each section."""
+
+    run: Mapping[str, Any]
+    comparison: Comparison
+    gate: Mapping[str, Any]
+    cfg: KadetConfig
+    images: Mapping[str, Path]
+
+
+def render(run: Mapping[str, Any], comparison: Comparison, gate: Mapping[str, Any],
            cfg: KadetConfig, images: Mapping[str, Path]) -> str:
-    """The page. ``gate``: ``promote``, ``reason``, ``version``, ``model_name``, ``incumbent``,
-    ``incumbent_metrics``, ``links`` (name: URI, e.g. the MLflow run and model version);
-    ``images``: PNG files to embed by section (``by-type``, ``training``)."""
-    from kadet.register import display
+    """The page. ``run``: :func:`collect`'s; ``gate``: ``promote``, ``reason``, ``version``,
+    ``model_name``, ``incumbent``, ``incumbent_metrics``, ``lineage``, ``tracking_uri``, ``links``
+    (name: URI, e.g. the MLflow run and model version); ``images``: PNG files to embed by section
+    (``by-type``, ``training``)."""
+    page = Page(run, comparison, gate, cfg, images)
+    parts = [*title(page), *(part for section in SECTIONS.values() for part in section(page))]
+    return ("<!doctype html><html lang=en><head><meta charset=utf-8><title>kadet run report</title>"
+            f"<style>{CSS}</style></head><body>" + "\n".join(parts) + "</body></html>\n")
 
-    e = cfg.evaluation
-    kind = comparison.get("kind", "gold")
-    files = run.get("files", {})
-    parts = [f"<h1>kadet run <code>{_e(run.get('pipeline_run', ''))}</code></h1>",
-             *([f'<p class=fail id="silver"><b>{_e(SILVER_CAVEAT)}</b></p>'] if kind == "silver" else []),
-             f"<p class=muted>MLflow parent run <code>{_e(run.get('parent_run', ''))}</code>; evaluation: "
-             f"<b>{_e(kind)}</b> ({_e(kind_text(kind))}), "
-             f"{_e(comparison.get('queries', '?'))} queries.</p>"]
 
-    ok = gate.get("promote")
-    parts += ['<h2 id="decision">Decision</h2>',
-              f"<p class={'pass' if ok else 'fail'}><b>{'promoted' if ok else 'not promoted'}</b>: "
-              f"{_e(gate.get('reason', ''))}</p>",
-              f"<p>Registered as <code>{_e(gate.get('model_name', ''))}</code> version "
-              f"<b>{_e(gate.get('version', '?'))}</b>; compared with {_e(gate.get('incumbent', '?'))}.</p>"]
+def title(p: Page) -> list[str]:
+    """The run's key, the silver caveat (silver only), the parent run and the kind of evaluation."""
+    kind, queries = p.comparison.kind, p.comparison.queries
+    return [f"<h1>kadet run <code>{_e(p.run.get('pipeline_run', ''))}</code></h1>",
+            *([f'<p class=fail id="silver"><b>{_e(SILVER_CAVEAT)}</b></p>'] if kind == "silver" else []),
+            f"<p class=muted>MLflow parent run <code>{_e(p.run.get('parent_run', ''))}</code>; evaluation: "
+            f"<b>{_e(kind)}</b> ({_e(kind_text(kind))}), {_e('?' if queries is None else queries)} queries.</p>"]
+
+
+def decision_section(p: Page) -> list[str]:
+    """The gate's outcome and reasons, the registered version and how to use it."""
+    gate, ok = p.gate, p.gate.get("promote")
+    parts = ['<h2 id="decision">Decision</h2>',
+             f"<p class={'pass' if ok else 'fail'}><b>{'promoted' if ok else 'not promoted'}</b>: "
+             f"{_e(gate.get('reason', ''))}</p>",
+             f"<p>Registered as <code>{_e(gate.get('model_name', ''))}</code> version "
+             f"<b>{_e(gate.get('version', '?'))}</b>; compared with {_e(gate.get('incumbent', '?'))}.</p>"]
     if gate.get("version") and gate.get("model_name"):
-        from kadet.register import usage
-
         parts.append('<p id="use">Use it:</p><ul>' + "".join(f"<li><code>{_e(line)}</code></li>"
                                                               for line in usage(gate["model_name"], gate["version"],
                                                                                 gate.get("tracking_uri", "")))
                      + "</ul>")
+    return parts
 
-    parts += work_section(run, gate.get("lineage") or {})
 
-    links = gate.get("links") or {}
+def lineage_section(p: Page) -> list[str]:
+    """:func:`work_section`, then where to find the run and the version (``gate["links"]``)."""
+    parts = work_section(p.run, p.gate.get("lineage") or {})
+    links = p.gate.get("links") or {}
     if links:
         parts.append("<p>" + " · ".join(
             f'{_e(k)}: <a href="{_e(v)}">{_e(v)}</a>' if str(v).startswith("http") else f"{_e(k)}: <code>{_e(v)}</code>"
             for k, v in links.items()) + "</p>")
+    return parts
 
-    names = [n for n in (e.ndcg, e.recall, e.mrr) if n in comparison.get("candidate", {})]
-    rows = [[who, *(f"{comparison[who][n]:.4f}" for n in names)] for who in ("base", "candidate")]
+
+def metrics_section(p: Page) -> list[str]:
+    """Base, champion (if it was the incumbent) and candidate; every retriever; the gain's interval."""
+    e, comp, gate = p.cfg.evaluation, p.comparison, p.gate
+    names = [n for n in (e.ndcg, e.recall, e.mrr) if n in comp.candidate]
+    rows = [[who, *(f"{figures[n]:.4f}" for n in names)] for who, figures in (("base", comp.base),
+                                                                              ("candidate", comp.candidate))]
     incumbent = gate.get("incumbent_metrics") or {}
     if incumbent and not str(gate.get("incumbent", "")).startswith("base"):
         rows.insert(1, [gate.get("incumbent", "champion"), *(f"{incumbent[n]:.4f}" if n in incumbent else "-"
                                                             for n in names)])
-    rows.append(["gain", *(f"{comparison['candidate'][n] - comparison['base'][n]:+.4f}" for n in names)])
-    gate_r = comparison.get("retriever", "dense")
-    parts += ['<h2 id="metrics">Metrics</h2>', f"<p class=muted>The gate judged the {_e(gate_r)} retriever.</p>",
-              table(["model", *map(display, names)], rows)]
-    rets = comparison.get("retrievers") or {}
-    if rets:
+    rows.append(["gain", *(f"{comp.candidate[n] - comp.base[n]:+.4f}" for n in names)])
+    parts = ['<h2 id="metrics">Metrics</h2>', f"<p class=muted>The gate judged the {_e(comp.retriever)} retriever.</p>",
+             table(["model", *map(display, names)], rows)]
+    if comp.retrievers:
         parts += ["<p>Every retriever, same queries: the adapted model as your stack may serve it.</p>",
-                  table(["retriever", *map(display, names)], retriever_rows(rets, names))]
-    gain = (comparison.get("delta") or {}).get(e.ndcg)
+                  table(["retriever", *map(display, names)], retriever_rows(comp.retrievers, names))]
+    gain = comp.gain(e.ndcg)
     if gain:
-        parts.append(f"<p>{display(e.ndcg)} gain {gain['mean']:+.4f}; {round(100 * gain['confidence'])}% paired "
-                     f"bootstrap interval over {gain['queries']} queries [{gain['ci_low']:+.4f}, "
-                     f"{gain['ci_high']:+.4f}]; the candidate is ahead in {100 * gain['p_ahead']:.0f}% of resamples.</p>")
+        parts.append(f"<p>{gain_text(gain, e.ndcg)}.</p>")
+    return parts
 
-    by_type = comparison.get("by_type") or {}
-    parts.append('<h2 id="by-type">nDCG by query type</h2>')
-    if by_type:
-        src = "held-out silver queries" if kind == "silver" else "synthetic dev queries"
-        parts += [f"<p class=muted>{display(e.ndcg)} on the {src}, by type.</p>",
-                  table(["type", "queries", "base", "candidate"],
-                        [[t, r["queries"], f"{r['base']:.4f}", f"{r['candidate']:.4f}"] for t, r in by_type.items()])]
-        if images.get("by-type"):
-            parts.append(image(images["by-type"], f"{display(e.ndcg)} by query type"))
-    else:
-        parts.append("<p class=muted>No typed queries to break the metric down by.</p>")
 
-    stats = files.get("label_statistics.json") or {}
-    parts.append('<h2 id="teacher">Teacher</h2>')
-    if stats:
-        pct = stats.get("score_percentiles", {})
-        parts += [f"<p>Teacher <code>{_e(cfg.label.teacher)}</code>: {stats.get('queries', 0)} labelled queries, "
-                  f"{stats.get('list_length_mean', 0):.1f} passages per list on average.</p>",
-                  table(["score percentile", *pct.keys()], [["normalised score", *(f"{v:.3f}" for v in pct.values())]]),
-                  table(["split/type", "queries"], [[k, v] for k, v in stats.get("by_split_and_type", {}).items()])]
-    else:
-        parts.append("<p class=muted>No label statistics recorded.</p>")
+def by_type_section(p: Page) -> list[str]:
+    """nDCG per query type of base and candidate: table and chart."""
+    ndcg, by_type = p.cfg.evaluation.ndcg, p.comparison.by_type or {}
+    parts = ['<h2 id="by-type">nDCG by query type</h2>']
+    if not by_type:
+        return [*parts, "<p class=muted>No typed queries to break the metric down by.</p>"]
+    src = "held-out silver queries" if p.comparison.kind == "silver" else "synthetic dev queries"
+    parts += [f"<p class=muted>{display(ndcg)} on the {src}, by type.</p>",
+              table(["type", "queries", "base", "candidate"],
+                    [[t, r["queries"], f"{r['base']:.4f}", f"{r['candidate']:.4f}"] for t, r in by_type.items()])]
+    if p.images.get("by-type"):
+        parts.append(image(p.images["by-type"], f"{display(ndcg)} by query type"))
+    return parts
 
-    curves = files.get("curves.json") or {}
-    parts.append('<h2 id="training">Training</h2>')
-    if curves.get("epoch"):
-        parts.append(table(["epoch", "train loss", "dev loss"],
-                           [[ep, f"{tr:.4f}", "n/a" if dv is None else f"{dv:.4f}"] for ep, tr, dv in
-                            zip(curves["epoch"], curves.get("epoch_train_loss", []), curves.get("dev_loss", []))]))
-        if images.get("training"):
-            parts.append(image(images["training"], "loss and dev curves"))
-    else:
-        parts.append("<p class=muted>No training curves recorded.</p>")
 
-    drops = [[s["name"], k.removeprefix("dropped."), int(v)] for s in run.get("stages", [])
+def teacher_section(p: Page) -> list[str]:
+    """The label statistics: queries, list length, score percentiles, splits and types."""
+    stats = p.run.get("files", {}).get("label_statistics.json") or {}
+    if not stats:
+        return ['<h2 id="teacher">Teacher</h2>', "<p class=muted>No label statistics recorded.</p>"]
+    pct = stats.get("score_percentiles", {})
+    return ['<h2 id="teacher">Teacher</h2>',
+            f"<p>Teacher <code>{_e(p.cfg.label.teacher)}</code>: {stats.get('queries', 0)} labelled queries, "
+            f"{stats.get('list_length_mean', 0):.1f} passages per list on average.</p>",
+            table(["score percentile", *pct.keys()], [["normalised score", *(f"{v:.3f}" for v in pct.values())]]),
+            table(["split/type", "queries"], [[k, v] for k, v in stats.get("by_split_and_type", {}).items()])]
+
+
+def training_section(p: Page) -> list[str]:
+    """Train and dev loss per epoch: table and chart."""
+    curves = p.run.get("files", {}).get("curves.json") or {}
+    if not curves.get("epoch"):
+        return ['<h2 id="training">Training</h2>', "<p class=muted>No training curves recorded.</p>"]
+    parts = ['<h2 id="training">Training</h2>',
+             table(["epoch", "train loss", "dev loss"],
+                   [[ep, f"{tr:.4f}", "n/a" if dv is None else f"{dv:.4f}"] for ep, tr, dv in
+                    zip(curves["epoch"], curves.get("epoch_train_loss", []), curves.get("dev_loss", []))])]
+    if p.images.get("training"):
+        parts.append(image(p.images["training"], "loss and dev curves"))
+    return parts
+
+
+def drops_section(p: Page) -> list[str]:
+    """What each stage dropped, by reason (the ``dropped.*`` metrics of its run)."""
+    drops = [[s["name"], k.removeprefix("dropped."), int(v)] for s in p.run.get("stages", [])
              for k, v in sorted(s["metrics"].items()) if k.startswith("dropped.") and v]
-    parts += ['<h2 id="drops">Dropped, by stage and reason</h2>',
-              table(["stage", "reason", "count"], drops) if drops else "<p class=muted>Nothing dropped.</p>"]
+    return ['<h2 id="drops">Dropped, by stage and reason</h2>',
+            table(["stage", "reason", "count"], drops) if drops else "<p class=muted>Nothing dropped.</p>"]
 
-    sample = files.get("queries_sample.json") or {}
+
+def samples_section(p: Page) -> list[str]:
+    """Up to :data:`SAMPLES_PER_TYPE` generated queries of each type."""
+    sample = p.run.get("files", {}).get("queries_sample.json") or {}
     cols = sample.get("columns", [])
     per_type: dict[str, list[list[Any]]] = {}
     for row in sample.get("data", []):
         r = dict(zip(cols, row))
         if len(per_type.setdefault(r.get("type", "?"), [])) < SAMPLES_PER_TYPE:
             per_type[r.get("type", "?")].append([r.get("type", "?"), r.get("text", ""), r.get("source_doc_id", "")])
-    parts += ['<h2 id="samples">Sample queries</h2>',
-              table(["type", "query", "source passage"], [x for rows_ in per_type.values() for x in rows_])
-              if per_type else "<p class=muted>No sample recorded.</p>"]
-
-    parts += ['<h2 id="timings">Timings</h2>',
-              table(["stage", "seconds", "status"], [[s["name"], f"{s['seconds']:.1f}" if s["status"] != "RUNNING" else "",
-                                                      s["status"] if s["status"] != "RUNNING" else "writing this report"]
-                                                     for s in run.get("stages", [])])]
-    return ("<!doctype html><html lang=en><head><meta charset=utf-8><title>kadet run report</title>"
-            f"<style>{CSS}</style></head><body>" + "\n".join(parts) + "</body></html>\n")
+    return ['<h2 id="samples">Sample queries</h2>',
+            table(["type", "query", "source passage"], [x for rows in per_type.values() for x in rows])
+            if per_type else "<p class=muted>No sample recorded.</p>"]
 
 
-def write_report_or_reason(cfg: KadetConfig, pipeline_run: str, comparison: Mapping[str, Any],
+def timings_section(p: Page) -> list[str]:
+    """Wall time and status of each stage run (this one is still running: it writes the page)."""
+    return ['<h2 id="timings">Timings</h2>',
+            table(["stage", "seconds", "status"], [[s["name"], f"{s['seconds']:.1f}" if s["status"] != "RUNNING" else "",
+                                                    s["status"] if s["status"] != "RUNNING" else "writing this report"]
+                                                   for s in p.run.get("stages", [])])]
+
+
+#: The page's sections in order, by their ``<h2>`` id.
+SECTIONS: dict[str, Callable[[Page], list[str]]] = {
+    "decision": decision_section, "lineage": lineage_section, "metrics": metrics_section, "by-type": by_type_section,
+    "teacher": teacher_section, "training": training_section, "drops": drops_section, "samples": samples_section,
+    "timings": timings_section,
+}
+
+
+def write_report_or_reason(cfg: KadetConfig, pipeline_run: str, comparison: Comparison,
                            gate: Mapping[str, Any], path: str | Path) -> Path:
     """:func:`write_report`, or, if that fails, a page at ``path`` that says why and gives the gate's
     reason: a report never costs the registration it reports on."""
@@ -238,21 +285,17 @@ def write_report_or_reason(cfg: KadetConfig, pipeline_run: str, comparison: Mapp
         return path
 
 
-def write_report(cfg: KadetConfig, pipeline_run: str, comparison: Mapping[str, Any], gate: Mapping[str, Any],
+def write_report(cfg: KadetConfig, pipeline_run: str, comparison: Comparison, gate: Mapping[str, Any],
                  path: str | Path) -> Path:
     """Collect the run from MLflow, draw the charts, write ``path``."""
-    from kadet import tracking
-
     run = collect(cfg, pipeline_run)
     with tempfile.TemporaryDirectory() as tmp:
         images = {}
-        by_type = comparison.get("by_type") or {}
-        if by_type:
-            images["by-type"] = tracking.plot_by_type(
-                {t: {"base": r["base"], "candidate": r["candidate"]} for t, r in by_type.items()},
-                Path(tmp) / "by_type.png", cfg.evaluation.ndcg)
+        if comparison.by_type:
+            images["by-type"] = plots.plot_by_type(plots.by_type_bars(comparison.by_type), Path(tmp) / "by_type.png",
+                                                   cfg.evaluation.ndcg)
         if (run["files"].get("curves.json") or {}).get("epoch"):
-            images["training"] = tracking.plot_curves(run["files"]["curves.json"], Path(tmp) / "curves.png")
+            images["training"] = plots.plot_curves(run["files"]["curves.json"], Path(tmp) / "curves.png")
         text = render(run, comparison, gate, cfg, images)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from kadet import tracking
+from kadet import plots, tracking
 from kadet.config import KadetConfig, config_from_text, profile_config
 from kadet.manifest import Manifest
 from kadet.stages import file_in
@@ -146,10 +146,10 @@ def generate_merge_step(cfg: KadetConfig, passages: str, shard_dirs: Sequence[st
                         pipeline_run: str) -> dict:
     """Join the generation shards; log usable fraction and a sample of queries."""
     from kadet.data import read_records
-    from kadet.generate import merge_shards
+    from kadet.generate import merge_generation_shards
 
     with tracking.stage_run(cfg, "generate", pipeline_run, shard="merge", out=out):
-        m = merge_shards(cfg, passages, shard_dirs, out)
+        m = merge_generation_shards(cfg, passages, shard_dirs, out)
         tracking.log_manifest(m, out)
         import mlflow
 
@@ -190,10 +190,10 @@ def label_merge_step(cfg: KadetConfig, candidates: str, corpus: str, shard_dirs:
     """Merge the teacher's shards: filters, normalisation, split; log label statistics."""
     import mlflow
 
-    from kadet.label import merge_shards
+    from kadet.label import merge_score_shards
 
     with tracking.stage_run(cfg, "label", pipeline_run, shard="merge", out=out):
-        m = merge_shards(cfg, candidates, corpus, shard_dirs, out)
+        m = merge_score_shards(cfg, candidates, corpus, shard_dirs, out)
         tracking.log_manifest(m, out)
         mlflow.log_dict(label_statistics(Path(file_in(out, "label", "labels")), m), "label_statistics.json")
     return m.counts
@@ -241,7 +241,7 @@ def distill_step(cfg: KadetConfig, labels: str, out: str, pipeline_run: str, tra
             mlflow.log_metrics({"dev_loss": dev, "train_loss": tr}, step=int(e))
         mlflow.log_metrics({"best_dev_loss": m.extra["best_dev_loss"], "best_epoch": m.extra["best_epoch"]})
         with tempfile.TemporaryDirectory() as tmp:
-            tracking.plot_curves(curves, Path(tmp) / "loss_curves.png")
+            plots.plot_curves(curves, Path(tmp) / "loss_curves.png")
             mlflow.log_artifact(str(Path(tmp) / "loss_curves.png"))
         mlflow.log_artifact(str(Path(out) / "curves.json"))
         shutil.rmtree(Path(out) / "checkpoints", ignore_errors=True)  # resume state, not a product
@@ -249,35 +249,42 @@ def distill_step(cfg: KadetConfig, labels: str, out: str, pipeline_run: str, tra
 
 
 def evaluate_step(cfg: KadetConfig, model_dir: str, labels: str | None, out: str, pipeline_run: str) -> dict:
-    """Base model and candidate on the same test data; nDCG by query type as table and PNG."""
+    """Base model and candidate on the same test data; nDCG by query type as table and PNG.
+    Returns ``comparison.json``'s object (:meth:`kadet.comparison.Comparison.to_json`)."""
     import mlflow
 
+    from kadet.comparison import metric_name
     from kadet.evaluate import compare
 
     with tracking.stage_run(cfg, "evaluate", pipeline_run, out=out):
-        rep = compare(cfg, model_dir, out, labels_path=labels)
-        for who in ("base", "candidate"):   # what the gate judges (evaluation.retriever)
-            mlflow.log_metrics({tracking.metric_name(f"{who}_{k}"): v for k, v in rep[who].items()})
-        for r, figures in rep["retrievers"].items():   # every retriever: dense_*, hybrid_*, bm25_*
+        comp = compare(cfg, model_dir, out, labels_path=labels)
+        for who, figures in (("base", comp.base), ("candidate", comp.candidate)):   # what the gate judges
+            mlflow.log_metrics({metric_name(f"{who}_{k}"): v for k, v in figures.items()})
+        for r, figures in comp.retrievers.items():   # every retriever: dense_*, hybrid_*, bm25_*
             flat = {f"{r}_{k}": v for k, v in figures.items()} if r == "bm25" else {
                 f"{r}_{who}_{k}": v for who in ("base", "candidate") for k, v in figures[who].items()}
-            mlflow.log_metrics({tracking.metric_name(k): v for k, v in flat.items()})
+            mlflow.log_metrics({metric_name(k): v for k, v in flat.items()})
         nd = cfg.evaluation.ndcg
-        mlflow.log_metric(tracking.metric_name(f"delta_{nd}"), rep["candidate"][nd] - rep["base"][nd])
-        mlflow.set_tags({tracking.EVAL_DATA_TAG: rep["eval_data"], tracking.EVAL_KIND_TAG: rep["kind"],
-                         tracking.GATE_RETRIEVER_TAG: rep["retriever"]})
+        mlflow.log_metric(metric_name(f"delta_{nd}"), comp.candidate[nd] - comp.base[nd])
+        mlflow.set_tags({tracking.EVAL_DATA_TAG: comp.eval_data, tracking.EVAL_KIND_TAG: comp.kind,
+                         tracking.GATE_RETRIEVER_TAG: comp.retriever})
         tracking.log_manifest(Manifest.read(out), out)
         mlflow.log_artifact(file_in(out, "evaluate", "comparison"))
-        if rep.get("by_type"):
-            table = {"columns": ["type", "queries", f"base_{nd}", f"candidate_{nd}"],
-                     "data": [[t, r["queries"], round(r["base"], 4), round(r["candidate"], 4)]
-                              for t, r in rep["by_type"].items()]}
-            mlflow.log_dict(table, "ndcg_by_query_type.json")
-            with tempfile.TemporaryDirectory() as tmp:
-                plot = {t: {"base": r["base"], "candidate": r["candidate"]} for t, r in rep["by_type"].items()}
-                tracking.plot_by_type(plot, Path(tmp) / "ndcg_by_query_type.png", nd)
-                mlflow.log_artifact(str(Path(tmp) / "ndcg_by_query_type.png"))
-    return rep
+        if comp.by_type:
+            log_by_type(comp.by_type, nd)
+    return comp.to_json()
+
+
+def log_by_type(by_type: dict, ndcg: str) -> None:
+    """nDCG per query type on the active run: ``ndcg_by_query_type.json`` (a table) and ``.png``."""
+    import mlflow
+
+    table = {"columns": ["type", "queries", f"base_{ndcg}", f"candidate_{ndcg}"],
+             "data": [[t, r["queries"], round(r["base"], 4), round(r["candidate"], 4)] for t, r in by_type.items()]}
+    mlflow.log_dict(table, "ndcg_by_query_type.json")
+    with tempfile.TemporaryDirectory() as tmp:
+        plots.plot_by_type(plots.by_type_bars(by_type), Path(tmp) / "ndcg_by_query_type.png", ndcg)
+        mlflow.log_artifact(str(Path(tmp) / "ndcg_by_query_type.png"))
 
 
 def register_step(cfg: KadetConfig, model_dir: str, comparison_dir: str, pipeline_run: str,
@@ -287,16 +294,17 @@ def register_step(cfg: KadetConfig, model_dir: str, comparison_dir: str, pipelin
     on this step's run and on the pipeline's parent run."""
     import mlflow
 
+    from kadet.comparison import Comparison
     from kadet.register import gate_text, register_candidate
     from kadet.report import write_report_or_reason
 
     pipeline_run = tracking.run_key(pipeline_run)
-    comparison = json.loads(Path(file_in(comparison_dir, "evaluate", "comparison")).read_text())
-    if comparison.get("silver_dir"):   # a champion is re-evaluated on the same held-out silver queries
-        cfg.data.data_dir, cfg.data.qrels, cfg.data.split = str(Path(comparison_dir) / comparison["silver_dir"]), "", "test"
+    comparison = Comparison.from_json(json.loads(Path(file_in(comparison_dir, "evaluate", "comparison")).read_text()))
+    if comparison.silver_dir:   # a champion is re-evaluated on the same held-out silver queries
+        cfg.data.data_dir, cfg.data.qrels, cfg.data.split = str(Path(comparison_dir) / comparison.silver_dir), "", "test"
     with tracking.stage_run(cfg, "register", pipeline_run):
         r = register_candidate(cfg, model_dir, comparison, pipeline_run, prepared_dir=prepared_dir)
-        gate = {"lineage": r.lineage, "promote": r.decision.promote, "reason": gate_text(r.decision, comparison.get("kind", "gold")),
+        gate = {"lineage": r.lineage, "promote": r.decision.promote, "reason": gate_text(r.decision, comparison.kind),
                 "version": r.version, "model_name": r.name, "incumbent": r.decision.incumbent,
                 "incumbent_metrics": r.incumbent_metrics, "links": tracking.links(cfg, pipeline_run, r.name, r.version),
                 "tracking_uri": tracking.tracking_uri(cfg)}

@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from kadet.data import write_json, write_jsonl
+from kadet.io import write_json, write_jsonl
 
 
 def digest(*parts: str) -> str:

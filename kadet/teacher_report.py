@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from kadet.config import KadetConfig
-from kadet.data import load_beir, write_json
+from kadet.data import load_beir
 from kadet.evaluate import aggregate, drop_identical_ids, per_query_metrics, retrieve
+from kadet.io import write_json
 from kadet.retrieval import ranked
 from kadet.teachers import EnsembleTeacher, build_teacher
 
@@ -97,7 +98,7 @@ def teacher_report(cfg: KadetConfig, teachers: list[str], split: str = "test", d
 
 
 def format_report(report: dict) -> str:
-    from kadet.register import display
+    from kadet.comparison import display
 
     width = max(len(r["system"]) for r in report["rows"])
     lines = [f"{report['queries']} {report['split']} queries, reranking the base top-{report['depth']}",

@@ -1,10 +1,13 @@
-"""Teachers: score (query, passage) lists for labelling. Chosen by name in ``label.teacher``.
+"""Teachers: score (query, passage) lists for labelling. Chosen by name in ``label.teacher``
+(the names are kadet/config.py's ``TEACHERS``, checked when the config is loaded).
 
 =========================  ===============================================================
 ``dense``                  cosine of the base embedding model (``retrieval.model``)
+``dense:PATH``             cosine of another sentence-transformers model
 ``bm25``                   BM25 score over the clean corpus
 ``ql``                     LLM query likelihood: mean log P(query tokens | passage prompt)
                            (UPR / ART style; ``label.llm_model``, default packaged SmolLM2)
+``ql:MODEL``               the same with another causal LM
 ``cross-encoder:PATH``     any Hugging Face AutoModelForSequenceClassification reranker
 ``monot5:PATH``            monoT5: log-softmax of the "true" vs "false" first-token logits
 ``rankt5:PATH``            RankT5: the ``<extra_id_10>`` logit of the first decoder step
@@ -31,6 +34,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from kadet.config import TEACHERS
 from kadet.data import Document
 from kadet.errors import ConfigError, KadetError
 from kadet.models import resolve_device
@@ -349,6 +353,5 @@ def _member(spec: str, cfg, corpus: Mapping[str, Document]) -> Teacher:
         teacher = T5Teacher(arg, corpus, kind, lab.batch_size, device=lab.device,
                             title_separator=cfg.data.title_separator)
     else:
-        raise ConfigError(f"label.teacher: unknown teacher {spec!r} (dense, bm25, ql, cross-encoder:PATH, "
-                          "monot5:PATH, rankt5:PATH, ensemble)")
+        raise ConfigError(f"label.teacher: unknown teacher {spec!r} ({', '.join(TEACHERS)})")
     return teacher

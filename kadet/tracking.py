@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from kadet import progress
+from kadet.comparison import metric_name  # noqa: F401 - re-exported: components/stages.py imports it from here
 from kadet.config import KadetConfig
 from kadet.manifest import Manifest
 
@@ -54,11 +55,6 @@ STAGE_SECTIONS = {
 }
 
 
-def metric_name(name: str) -> str:
-    """An MLflow-legal name for a kadet metric: ``ndcg@10`` -> ``ndcg_at_10``."""
-    return name.replace("@", "_at_")
-
-
 def tracking_uri(cfg: KadetConfig) -> str:
     if cfg.tracking.tracking_uri:
         return cfg.tracking.tracking_uri
@@ -68,8 +64,10 @@ def tracking_uri(cfg: KadetConfig) -> str:
 
 
 def _registry_uri(uri: str) -> str | None:
-    """A local store is its own registry; a server's registry is the server (MLflow's default)."""
-    return uri if uri.startswith("sqlite:") or "://" not in uri else None
+    """The registry of a tracking store: the store itself, a local one or a server, named
+    explicitly (left to MLflow's default, a client would follow whatever registry URI the
+    process last set); Databricks keeps its own default (its workspace registry)."""
+    return None if uri.startswith("databricks") else uri
 
 
 def client(cfg: KadetConfig):
@@ -151,56 +149,100 @@ def stage_run(cfg: KadetConfig, stage: str, pipeline_run: str, shard: str | None
               out: str | Path | None = None) -> Iterator[Any]:
     """A child run of the pipeline's parent run, active for the ``with`` block.
 
-    The run ends FINISHED, or FAILED if the block raises (the error is re-raised). With
-    ``cfg.artifact_uri`` set, the step's output folder ``out`` is published to
-    ``<artifact_uri>/<pipeline_run>/<run name>/`` when the block succeeds (tag ``kadet.artifact_uri``).
+    The run ends FINISHED, or FAILED if the block raises (the error is re-raised, and tagged on
+    the run: :func:`failure_recorded`). Meanwhile the process's log also goes to the stage's log
+    file (:func:`logging_to`) and the console hears of the stage (:func:`progress_reported`).
+    With ``cfg.artifact_uri`` set, the step's output folder ``out`` is published when the block
+    succeeds (:func:`publish_outputs`).
     """
     import mlflow
 
     pipeline_run = run_key(pipeline_run)
-    activate(cfg)
-    c = client(cfg)
-    parent = parent_run_id(cfg, pipeline_run)
     name = stage if shard is None else f"{stage}-{shard}"
-    run = c.create_run(experiment_id(cfg), run_name=name,
-                       tags={"mlflow.parentRunId": parent, PIPELINE_TAG: pipeline_run, STAGE_TAG: stage})
+    run_id = create_stage_run(cfg, stage, name, pipeline_run)
     log_path = stage_log_path(cfg, pipeline_run, name)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(log_path, encoding="utf-8")
+    with logging_to(log_path), progress_reported(name, log_path):
+        with mlflow.start_run(run_id=run_id) as active:
+            mlflow.log_params(flat_params(cfg, STAGE_SECTIONS.get(stage, [])))
+            mlflow.set_tags({CONFIG_HASH_TAG: cfg.hash(), LOG_TAG: str(log_path)})
+            with failure_recorded(name, log_path):
+                yield active
+                publish_outputs(cfg, out, pipeline_run, name)
+
+
+def create_stage_run(cfg: KadetConfig, stage: str, name: str, pipeline_run: str) -> str:
+    """A new run ``name`` nested under the parent run of ``pipeline_run``, on the configured store
+    (made the process default: :func:`activate`); returns its id."""
+    activate(cfg)
+    parent = parent_run_id(cfg, pipeline_run)
+    run = client(cfg).create_run(experiment_id(cfg), run_name=name,
+                                 tags={"mlflow.parentRunId": parent, PIPELINE_TAG: pipeline_run, STAGE_TAG: stage})
+    return run.info.run_id
+
+
+@contextlib.contextmanager
+def logging_to(path: Path) -> Iterator[None]:
+    """The root logger also writes to ``path`` (at INFO at least) for the ``with`` block; its
+    handlers and level are as they were afterwards."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root, level = logging.getLogger(), logging.getLogger().level
     root.addHandler(handler)
     if level > logging.INFO or level == logging.NOTSET:
         root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        handler.close()
+
+
+@contextlib.contextmanager
+def progress_reported(name: str, log_path: Path) -> Iterator[None]:
+    """Progress events of stage run ``name`` (:mod:`kadet.progress`): ``start``; events within are
+    attributed to it (``progress.current_stage``, left set afterwards); ``end`` with the seconds
+    and ``ok`` or ``failed``."""
     progress.current_stage = name
     progress.event("start", log=str(log_path))
     t0 = time.perf_counter()
     status = "failed"
     try:
-        with mlflow.start_run(run_id=run.info.run_id) as active:
-            mlflow.log_params(flat_params(cfg, STAGE_SECTIONS.get(stage, [])))
-            mlflow.set_tags({CONFIG_HASH_TAG: cfg.hash(), LOG_TAG: str(log_path)})
-            try:
-                yield active
-                if cfg.artifact_uri and out is not None:
-                    from kadet.storage import publish
-
-                    uri = f"{cfg.artifact_uri.rstrip('/')}/{pipeline_run}/{name}"
-                    publish(Path(out), uri)
-                    mlflow.set_tag(ARTIFACT_URI_TAG, uri)
-                status = "ok"
-            except BaseException as exc:
-                # one line for whoever looks at the run (``kadet run`` prints it), the traceback in the log
-                log.error("stage %s failed", name, exc_info=True)
-                mlflow.set_tag(ERROR_TAG, one_line(exc))
-                with contextlib.suppress(Exception):
-                    mlflow.log_artifact(str(log_path))
-                raise
+        yield
+        status = "ok"
     finally:
         progress.event("end", seconds=round(time.perf_counter() - t0, 1), status=status, log=str(log_path))
-        root.removeHandler(handler)
-        root.setLevel(level)
-        handler.close()
+
+
+@contextlib.contextmanager
+def failure_recorded(name: str, log_path: Path) -> Iterator[None]:
+    """If the block raises: the traceback to the log, the error on one line as the active run's
+    ``kadet.error`` tag (``kadet run`` prints it), the log as its artifact; then re-raised."""
+    import mlflow
+
+    try:
+        yield
+    except BaseException as exc:
+        log.error("stage %s failed", name, exc_info=True)
+        mlflow.set_tag(ERROR_TAG, one_line(exc))
+        with contextlib.suppress(Exception):
+            mlflow.log_artifact(str(log_path))
+        raise
+
+
+def publish_outputs(cfg: KadetConfig, out: str | Path | None, pipeline_run: str, name: str) -> None:
+    """With ``cfg.artifact_uri``: copy the step's output folder ``out`` to
+    ``<artifact_uri>/<pipeline_run>/<run name>/`` and tag the active run with it (``kadet.artifact_uri``)."""
+    import mlflow
+
+    if not cfg.artifact_uri or out is None:
+        return
+    from kadet.storage import publish
+
+    uri = f"{cfg.artifact_uri.rstrip('/')}/{pipeline_run}/{name}"
+    publish(Path(out), uri)
+    mlflow.set_tag(ARTIFACT_URI_TAG, uri)
 
 
 def stage_log_path(cfg: KadetConfig, pipeline_run: str, name: str) -> Path:
@@ -278,48 +320,3 @@ def log_inputs(inputs: Mapping[str, Mapping[str, str]]) -> None:
                     log.warning("input %s not logged as an MLflow dataset: %s", name, one_line(exc))
                 else:
                     time.sleep(0.2 * (attempt + 1))
-
-
-def plot_curves(curves: Mapping[str, list], path: str | Path) -> Path:
-    """Training loss per step and dev loss per epoch, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
-    ax[0].plot(curves.get("step", []), curves.get("train_loss", []), lw=1)
-    ax[0].set(xlabel="optimizer step", ylabel="train loss", title="training loss")
-    ax[1].plot(curves.get("epoch", []), curves.get("dev_loss", []), marker="o", label="dev")
-    if curves.get("epoch_train_loss"):
-        ax[1].plot(curves["epoch"], curves["epoch_train_loss"], marker=".", label="train")
-    ax[1].set(xlabel="epoch", ylabel="loss", title="loss per epoch")
-    ax[1].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
-
-
-def plot_by_type(table: Mapping[str, Mapping[str, float]], path: str | Path, metric: str) -> Path:
-    """Grouped bars: ``table[type][system]`` (e.g. base vs candidate nDCG@10 per query type)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    types = list(table)
-    systems = sorted({s for row in table.values() for s in row})
-    x = np.arange(len(types))
-    width = 0.8 / max(1, len(systems))
-    fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(types)), 3.5))
-    for i, s in enumerate(systems):
-        ax.bar(x + i * width, [table[t].get(s, 0.0) for t in types], width, label=s)
-    ax.set_xticks(x + width * (len(systems) - 1) / 2, types)
-    ax.set(ylabel=metric, title=f"{metric} by query type (synthetic dev queries)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)

@@ -14,6 +14,7 @@ import os
 import time
 from pathlib import Path
 
+from kadet.comparison import parse_metric_name
 from kadet.config import config_from_text, dump_config, load_config, profile_config
 from kadet.errors import KadetError
 
@@ -92,7 +93,7 @@ def _prefixed(run, prefix: str) -> dict[str, float]:
     """``{"ndcg@10": ..}`` from a run's metrics named ``<prefix>ndcg_at_10`` and so on."""
     if run is None:
         return {}
-    return {k.removeprefix(prefix).replace("_at_", "@"): v for k, v in run.data.metrics.items() if k.startswith(prefix)}
+    return {parse_metric_name(k.removeprefix(prefix)): v for k, v in run.data.metrics.items() if k.startswith(prefix)}
 
 
 def work_counts(stages) -> dict[str, dict[str, int]]:

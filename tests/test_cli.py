@@ -197,3 +197,108 @@ def test_teacher_report_command_prints_its_table(tiny_beir, tmp_path, capsys):
             if line.split() and line.split()[0] in ("dense", "bm25")}
     assert set(rows) == {"dense", "bm25"} and all(0 <= v <= 1 for v in rows.values())
     assert "ensemble weight grid" in out
+
+
+# --- every stage subcommand from the command line; component typos fail at load ---
+
+
+def test_stage_commands_chain_on_small_data(scifact, tiny_st, tmp_path, capsys):
+    """prepare -> generate -> mine -> label (score, then merge) -> distill -> evaluate, each as
+    ``kadet <stage>`` with its default inputs in the work dir: exit 0, its summary line, its files."""
+    from tests.conftest import scifact_slice
+
+    data = scifact_slice(tmp_path / "data", n_queries=5, n_docs=40)
+    extra = tmp_path / "extra.tsv"
+    first = json.loads((data / "corpus.jsonl").read_text().splitlines()[-1])["_id"]
+    extra.write_text(f"query-id\tcorpus-id\tscore\nx\t{first}\t1\n")
+    (tmp_path / "small.yaml").write_text(
+        f"retrieval: {{model: {tiny_st}}}\nprepare: {{sample_size: 0}}\n"
+        "mine: {min_candidates: 3, max_candidates: 10}\n"
+        "label: {teacher: bm25, rerank_depth: 10, list_size: 4, min_top_percentile: 0, consistency: false}\n"
+        "distill: {epochs: 1, batch_size: 8, chunk_size: 8, passage_max_len: 32, query_max_len: 16, bf16: false}\n")
+    work = tmp_path / "work"
+    common = ["--work-dir", str(work), "--profile", "local", "--config", str(tmp_path / "small.yaml")]
+    runs = [(["prepare", "--data", str(data), "--exclude-qrels", str(extra)], "prepare: kept ", "prepare/passages.jsonl"),
+            (["generate"], "generate: kept ", "generate/queries.jsonl"),
+            (["mine"], "mine: kept ", "mine/candidates.jsonl"),
+            (["label", "--score-only"], "label: scored ", "label/manifest.json"),
+            (["label", "--merge-only"], "queries labelled", "label/labels.jsonl"),
+            (["distill"], "distill: 1 epochs, best epoch", "distill/model"),
+            (["evaluate", "--data", str(data), "--model", str(work / "distill" / "model")], "5 queries, split test",
+             "evaluate/dense/metrics.json")]
+    for argv, said, wrote in runs:
+        assert main([*argv, *common]) == 0, argv
+        out, err = capsys.readouterr()
+        assert said in out and "kadet:" not in err, (argv, out, err)            # no warning, no error
+        assert (work / wrote).exists() and (work / wrote).parent.joinpath("manifest.json").exists(), wrote
+    passages = [json.loads(line)["_id"] for line in (work / "prepare" / "passages.jsonl").read_text().splitlines()]
+    judged = {line.split("\t")[1] for line in (data / "qrels" / "test.tsv").read_text().splitlines()[1:]}
+    assert first not in judged and first not in passages       # --exclude-qrels extends prepare.exclude_qrels
+    assert len(passages) == 40 - len(judged) - 1
+
+
+BAD_COMPONENTS = ["label.teacher=ensmble", "label.ensemble={dense: 1, bm52: 1}", "mine.retrievers=dense,bm52",
+                  "retrieval.retriever=dnse", "evaluation.retriever=bm52", "generate.backend=tgx",
+                  "distill.init=champ", "distill.mode=half", "distill.loss=kl"]
+
+
+@pytest.mark.parametrize("bad", BAD_COMPONENTS)
+def test_a_component_typo_fails_at_load_before_any_stage_runs(bad, tiny_beir, tmp_path, capsys, monkeypatch):
+    """Was: ``label.teacher=ensmble`` failed at kadet/teachers.py, after generate and mine ran."""
+    import kfp.local
+
+    import kadet.plan
+
+    def started(*a, **k):
+        raise AssertionError("started before the config was checked")
+
+    monkeypatch.setattr(kfp.local, "init", started)
+    monkeypatch.setattr(kadet.plan, "make_plan", started)
+    key = bad.split("=")[0]
+    for argv in (["config"], ["generate", "--work-dir", str(tmp_path)],
+                 ["run", "--data", str(tiny_beir), "--work-dir", str(tmp_path / "w")],
+                 ["run", "--no-plan", "--data", str(tiny_beir), "--work-dir", str(tmp_path / "w")]):
+        assert main([*argv, "--set", bad]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"'{key}'" in err and ("one of" in err or "known:" in err), (argv, err)
+    assert not (tmp_path / "generate").exists()
+
+
+def test_teacher_report_refuses_an_unknown_teacher_before_retrieving(tiny_beir, tmp_path, capsys):
+    assert main(["teacher-report", "--data", str(tiny_beir), "--teacher", "bm52", "--work-dir", str(tmp_path),
+                 "--profile", "local"]) == 2
+    err = capsys.readouterr().err
+    assert "--teacher 'bm52' must be one of dense, dense:PATH" in err and not (tmp_path / "teacher-report").exists()
+
+
+def test_plan_command_counts_and_times_here_then_counts_the_cluster_profile(scifact, tiny_st, tmp_path, capsys):
+    from tests.conftest import scifact_slice
+
+    data = scifact_slice(tmp_path / "data", n_queries=5, n_docs=40)
+    assert main(["plan", "--data", str(data), "--work-dir", str(tmp_path / "work"), "--set",
+                 f"retrieval.model={tiny_st}", "--set", "distill.batch_size=8"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"kadet plan: {data} (profile local)") and "estimated on this machine" in out
+    assert " passages of 40 documents; queries: sentence " in out
+    assert "the same corpus on the gpu profile" in out and out.count("total") == 1    # the cluster: counts only
+    assert not (tmp_path / "work").exists()                                        # planning writes nothing
+
+
+@pytest.mark.slow
+def test_run_command_end_to_end_prints_its_summary(scifact, tiny_st, tmp_path, capsys):
+    """``kadet run`` from the command line on a small slice: exit 0 and the summary it prints
+    (the wall time, base vs candidate, the registry outcome, where the full log is)."""
+    from tests.conftest import scifact_slice
+
+    data = scifact_slice(tmp_path / "data", n_queries=5, n_docs=40)
+    (tmp_path / "small.yaml").write_text(
+        f"retrieval: {{model: {tiny_st}}}\nprepare: {{sample_size: 0}}\nmine: {{min_candidates: 3}}\n"
+        "label: {teacher: bm25, rerank_depth: 10, list_size: 4, min_top_percentile: 0}\n"
+        "distill: {epochs: 1, batch_size: 8, chunk_size: 8, passage_max_len: 32, query_max_len: 16}\n"
+        "register: {model_name: kadet-cli}\n")
+    assert main(["run", "--data", str(data), "--work-dir", str(tmp_path / "work"), "--no-plan",
+                 "--config", str(tmp_path / "small.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"kadet run: {data} (profile local, work dir {tmp_path / 'work'})")
+    assert "min; MLflow sqlite:///" in out and "(gold) base " in out and "-> candidate " in out
+    assert "registered version 1: " in out and "full output (KFP, warnings): " in out

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from kadet.config import load_config
-from kadet.data import write_jsonl
 from kadet.distill import Distiller, distill, lr_factor
+from kadet.io import write_jsonl
 from kadet.manifest import Manifest
 from tests.conftest import make_tiny_st
 
@@ -198,6 +198,24 @@ def test_auto_teacher_temp_matches_the_students_own_sharpness(tiny_st, tmp_path)
                      tmp_path / "o2").teacher_temp == 0.3          # off: the configured value
 
 
+def test_the_student_trains_without_dropout(tiny_st, tmp_path, monkeypatch):
+    """Dropout is off in training (METHOD.md; GradCache replays no random state between its two
+    passes): in train mode the student encodes the same text the same way twice. The tiny model
+    has BERT's 0.1 dropout, so a student that kept it is refused before training."""
+    from kadet.errors import KadetError
+
+    labels = _labels(tmp_path / "labels.jsonl")
+    trainer = Distiller(_cfg(tiny_st, tmp_path), labels, tmp_path / "o")
+    assert all(m.p == 0.0 for m in trainer.model.modules() if isinstance(m, torch.nn.Dropout))
+    trainer.model.train()
+    with torch.no_grad():
+        a, b = (trainer._encode(QUERIES, trainer.settings.query_max_len) for _ in range(2))
+    assert torch.equal(a, b)
+    monkeypatch.setattr("kadet.distill.start.no_dropout", lambda model: None)
+    with pytest.raises(KadetError, match="encodes randomly in train mode"):
+        Distiller(_cfg(tiny_st, tmp_path), labels, tmp_path / "o")
+
+
 def test_the_model_folder_carries_a_model_card(tiny_st, tmp_path):
     """sentence-transformers' card, with kadet's front matter and section: base model, towers,
     corpus fingerprint, training queries by type, teacher, loss and hyperparameters."""
@@ -240,11 +258,12 @@ def _store_cfg(tiny_st, tmp_path, *extra):
 def _make_champion(cfg, model_dir, comparison) -> str:
     """Register ``model_dir`` the way the register and promote steps do; returns its version."""
     from kadet import tracking
-    from kadet.register import apply_decision, register_candidate
+    from kadet.comparison import Comparison
+    from kadet.register import promote, register_candidate
 
     with tracking.stage_run(cfg, "register", pipeline_run="champion-run"):
-        r = register_candidate(cfg, model_dir, comparison, "champion-run")
-    assert apply_decision(cfg, r).promote, r.decision.reason
+        r = register_candidate(cfg, model_dir, Comparison.from_json(comparison), "champion-run")
+    assert r.decision.promote and promote(cfg, r.version).promote, r.decision.reason
     import mlflow
 
     mlflow.set_tracking_uri(None)        # the stage run made this store the process default: undo it,
@@ -271,7 +290,7 @@ def query_champion(tiny_st, tmp_path_factory):
 def _student_queries(trainer):
     with torch.no_grad():
         trainer.model.eval()
-        return trainer._encode(QUERIES, trainer.d.query_max_len).cpu().numpy()
+        return trainer._encode(QUERIES, trainer.settings.query_max_len).cpu().numpy()
 
 
 def test_warm_start_begins_from_the_champions_query_tower(tiny_st, query_champion, tmp_path):
@@ -289,9 +308,10 @@ def test_warm_start_begins_from_the_champions_query_tower(tiny_st, query_champio
     start = _student_queries(trainer)
     np.testing.assert_allclose(start, champion.encode_query(QUERIES), atol=1e-5)
     assert not np.allclose(start, base.encode(QUERIES), atol=1e-3)
-    ids = [trainer.doc_index[d] for d in sorted(trainer.doc_index)[:5]]
+    data = trainer.data
+    ids = [data.doc_index[d] for d in sorted(data.doc_index)[:5]]
     np.testing.assert_allclose(trainer.doc_emb[ids].cpu().numpy(),
-                               base.encode([trainer.doc_text[d] for d in sorted(trainer.doc_index)[:5]]), atol=1e-5)
+                               base.encode([data.doc_text[d] for d in sorted(data.doc_index)[:5]]), atol=1e-5)
     trainer.init.close()
 
     from kadet import tracking
@@ -366,7 +386,7 @@ def test_the_gate_measures_a_warm_started_candidate_against_its_champion_on_this
                      f"data.data_dir={tiny_beir}")
     distill(cfg, query_champion["labels"], tmp_path / "warm")
     comparison = compare(cfg, str(tmp_path / "warm" / "model"), tmp_path / "ev")
-    assert comparison["models"]["base"] == str(tiny_st)                  # evaluate still reports base vs candidate
+    assert comparison.models["base"] == str(tiny_st)                     # evaluate still reports base vs candidate
     champion_here = evaluate(cfg, model=str(query_champion["model"]), retriever="dense").metrics
     with tracking.stage_run(cfg, "register", pipeline_run="warm-gate"):
         r = register_candidate(cfg, tmp_path / "warm" / "model", comparison, "warm-gate")

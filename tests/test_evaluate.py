@@ -51,6 +51,41 @@ def test_evaluate_tiny_writes_outputs(tiny_beir, tmp_path):
     assert "ndcg@10" in format_table([("x", res.metrics)])
 
 
+def test_compare_writes_the_comparison_it_returns(tiny_beir, tiny_st, tmp_path):
+    """``comparison.json`` is :meth:`Comparison.to_json`: its keys in their order (``silver_dir``
+    and ``by_type`` only where they apply), and reading it back gives the same comparison."""
+    from kadet.comparison import JSON_KEYS, Comparison
+    from kadet.evaluate import compare
+
+    cfg = load_config(None, [f"data.data_dir={tiny_beir}", f"work_dir={tmp_path / 'work'}", f"retrieval.model={tiny_st}"])
+    comp = compare(cfg, str(tiny_st), tmp_path / "ev")
+    written = json.loads((tmp_path / "ev" / "comparison.json").read_text())
+    assert list(written) == [k for k in JSON_KEYS if k not in ("silver_dir", "by_type")]
+    assert Comparison.from_json(written) == comp and written == comp.to_json()
+    assert comp.kind == "gold" and comp.queries == 3 and comp.models == {"base": str(tiny_st), "candidate": str(tiny_st)}
+    assert comp.gain("ndcg@10")["mean"] == 0.0 and set(comp.retrievers) == {"dense", "hybrid", "bm25"}
+    assert Manifest.read(tmp_path / "ev").extra == {"base": comp.base, "candidate": comp.candidate,
+                                                    "eval_data": comp.eval_data}
+
+
+def test_a_comparison_keeps_its_defaults_and_its_file_format():
+    """What a comparison lacks takes one default, here (gold, dense, no gain); a silver one's
+    ``comparison.json`` object goes through from_json/to_json unchanged, key order included."""
+    from kadet.comparison import JSON_KEYS, Comparison
+
+    figures = {"ndcg@10": 0.5, "recall@100": 0.9}
+    bare = Comparison.from_json({"base": figures, "candidate": figures})
+    assert (bare.kind, bare.retriever, bare.queries, bare.eval_data, bare.silver_dir, bare.by_type) == \
+        ("gold", "dense", None, "", "", None)
+    assert bare.gain("ndcg@10") is None
+    silver = {"eval_data": "sha256:x", "data_dir": "/d", "retriever": "dense", "split": "test", "queries": 4,
+              "models": {"base": "b", "candidate": "c"}, "kind": "silver", "silver_dir": "silver", "base": figures,
+              "candidate": figures, "delta": {"ndcg@10": {"mean": 0.0}}, "retrievers": {"bm25": figures},
+              "by_type": {"claim": {"queries": 4, "base": 0.5, "candidate": 0.5}}, "seconds": 1.5}
+    again = Comparison.from_json(silver).to_json()
+    assert again == silver and list(again) == list(JSON_KEYS)
+
+
 # Reference figures on BEIR SciFact test (300 queries); written down so a regression is loud.
 SCIFACT_EXPECTED = {"dense": 0.6451, "bm25": 0.686, "hybrid": 0.717}
 
@@ -75,13 +110,13 @@ def test_compare_reports_dense_hybrid_and_bm25_and_gates_on_the_configured_one(s
 
     cfg = load_config(None, [f"data.data_dir={scifact}", f"work_dir={shared_work}"])
     dense = compare(cfg, "all-MiniLM-L6-v2", tmp_path / "d")
-    rets = dense["retrievers"]
+    rets = dense.retrievers
     for r in ("dense", "hybrid"):
         assert rets[r]["candidate"]["ndcg@10"] == pytest.approx(SCIFACT_EXPECTED[r], abs=0.005)
         assert rets[r]["delta"]["ndcg@10"]["queries"] == 300
     assert rets["bm25"]["ndcg@10"] == pytest.approx(SCIFACT_EXPECTED["bm25"], abs=0.005)
-    assert dense["base"] == rets["dense"]["base"] and dense["retriever"] == "dense"
+    assert dense.base == rets["dense"]["base"] and dense.retriever == "dense"
     cfg.evaluation.retriever = "hybrid"
     hybrid = compare(cfg, "all-MiniLM-L6-v2", tmp_path / "h")
-    assert hybrid["base"] == rets["hybrid"]["base"] and hybrid["retriever"] == "hybrid"
-    assert hybrid["eval_data"] == dense["eval_data"] + "+hybrid"
+    assert hybrid.base == rets["hybrid"]["base"] and hybrid.retriever == "hybrid"
+    assert hybrid.eval_data == dense.eval_data + "+hybrid"

@@ -10,8 +10,9 @@ import threading
 
 import numpy as np
 
-from kadet.data import append_jsonl, read_log, write_jsonl
 from kadet.encode import EmbeddingCache
+from kadet.io import append_jsonl, write_jsonl
+from kadet.journal import read_log
 
 
 def test_a_corrupt_middle_line_is_skipped_and_no_good_record_is_lost(tmp_path, caplog):

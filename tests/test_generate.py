@@ -9,11 +9,13 @@ import logging
 import pytest
 
 from kadet.config import CleanConfig, load_config
-from kadet.data import Document, read_corpus, read_log, read_records, write_jsonl
+from kadet.data import Document, read_corpus, read_records
 from kadet.errors import ConfigError, KadetError
 from kadet.generate import (
     LOG_NAME, TGIBackend, clean_output, generate, is_copy, plan_requests, run_generation,
 )
+from kadet.io import write_jsonl
+from kadet.journal import read_log
 from kadet.manifest import Manifest
 from kadet.models import smollm2_gguf
 from kadet.prompts import EXAMPLE_PASSAGES, QUERY_TYPES
@@ -208,12 +210,12 @@ def test_tgi_gives_up_then_resumes_without_loss(tmp_path):
 
 
 def test_a_bug_is_raised_not_retried_as_a_network_fault(tmp_path, monkeypatch):
-    """Was: ``_classify`` retried AttributeError/KeyError/TypeError as if the network failed, so a
-    typo became max_retries calls and a silently "failed" request."""
-    from kadet.generate import RetryableError, Request, _classify
+    """Was: ``is_retryable`` (then ``_classify``) retried AttributeError/KeyError/TypeError as if the
+    network failed, so a typo became max_retries calls and a silently "failed" request."""
+    from kadet.generate import Request, RetryableError, is_retryable
 
-    assert not any(_classify(e) for e in (AttributeError("x"), KeyError("x"), TypeError("x"), ValueError("x")))
-    assert _classify(RetryableError("malformed reply")) and _classify(TimeoutError())
+    assert not any(is_retryable(e) for e in (AttributeError("x"), KeyError("x"), TypeError("x"), ValueError("x")))
+    assert is_retryable(RetryableError("malformed reply")) and is_retryable(TimeoutError())
     with FaultServer(["ok"]) as srv:
         cfg = _tgi_cfg(srv.url, "generate.tgi.max_retries=3")
         backend = TGIBackend(cfg.generate)
@@ -356,3 +358,29 @@ def test_a_later_run_generates_only_for_new_or_changed_passages(tmp_path):
                              "generate.temperature=1.2"])
     third = ScriptedBackend()
     assert run_generation(hot, grown, tmp_path / "run3", third).counts["reused"] == 0 and len(third.seen) == 50
+
+
+def test_merged_shards_write_what_one_unsharded_run_writes(tmp_path):
+    """Two shards, each in its own folder, merged (their logs joined through kadet.journal) give
+    the queries.jsonl of one run over all passages; a shard generated with other settings is refused."""
+    from kadet.generate import merge_generation_shards
+
+    passages = tmp_path / "passages.jsonl"
+    write_jsonl(passages, (d.to_json() for d in _docs(9)))
+    base = ["generate.types={question: 1, claim: 1, sentence: 1}", "generate.progress=false"]
+
+    def cfg(name, *extra):
+        return load_config(None, [*base, f"work_dir={tmp_path / 'work' / name}", *extra])
+
+    single = generate(cfg("single"), passages, tmp_path / "single", ScriptedBackend())
+    for i in range(2):
+        generate(cfg(f"s{i}", f"generate.shard_index={i}", "generate.num_shards=2"), passages, tmp_path / f"s{i}",
+                 ScriptedBackend())
+    shards = [tmp_path / "s0", tmp_path / "s1"]
+    merged = merge_generation_shards(cfg("merge", "generate.num_shards=2"), passages, shards, tmp_path / "merged")
+    assert (tmp_path / "merged" / "queries.jsonl").read_text() == (tmp_path / "single" / "queries.jsonl").read_text()
+    assert merged.counts["kept"] == single.counts["kept"] > 9 and merged.counts["shards"] == 2
+    assert read_log(tmp_path / "merged" / LOG_NAME) == read_log(tmp_path / "single" / LOG_NAME)
+    with pytest.raises(KadetError, match=r"s0/generations\.jsonl was generated with other settings"):
+        merge_generation_shards(cfg("merge", "generate.num_shards=2", "generate.temperature=0.5"), passages, shards,
+                                tmp_path / "hot")

@@ -230,6 +230,56 @@ def test_cli_export_from_prewritten_judgements(tmp_path, tiny_beir, tiny_st, cap
     assert "other settings (max_queries changed" in capsys.readouterr().err
 
 
+# ---------------------------------------------------------------- the server, without a browser
+
+
+def _request(server, method: str, path: str, body=None, headers=None):
+    import http.client
+
+    conn = http.client.HTTPConnection(*server.server_address[:2], timeout=10)
+    try:
+        data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+        conn.request(method, path, body=data, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.getheader("Content-Type"), resp.read()
+    finally:
+        conn.close()
+
+
+def test_the_server_answers_its_routes_and_refuses_other_sites(tmp_path, tiny_beir):
+    """Each route's answer; no answer without the CSRF header or to another Host (DNS rebinding);
+    an answer is saved before the reply; an export from the page calls ``on_export``."""
+    pool = _pool(2, ["d1", "d2"])
+    session = _session(tmp_path, tiny_beir, pool, export_to=tmp_path / "exported")
+    exported = []
+    server = make_server(session, on_export=exported.append)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    ok = {"X-Kadet-Judge": "1", "Content-Type": "application/json"}
+    try:
+        status, ctype, page = _request(server, "GET", "/")
+        assert status == 200 and ctype.startswith("text/html") and page.startswith(b"<!")
+        status, _, state = _request(server, "GET", "/api/state")
+        assert status == 200 and [q["qid"] for q in json.loads(state)["queries"]] == ["q1", "q2"]
+        assert _request(server, "GET", "/api/state", headers={"Host": "evil.example"})[0] == 403
+        assert _request(server, "GET", "/nowhere")[0] == 404
+        judge = {"qid": "q1", "doc_id": "d1", "grade": 2}
+        assert _request(server, "POST", "/api/judge", judge)[0] == 403                   # no CSRF header
+        assert _request(server, "POST", "/api/judge", b"not json", ok)[0] == 400
+        assert _request(server, "POST", "/api/judge", {**judge, "grade": 5}, ok)[0] == 400
+        assert _request(server, "POST", "/api/judge", {**judge, "doc_id": "d9"}, ok)[0] == 400
+        assert _request(server, "POST", "/api/nowhere", {}, ok)[0] == 404
+        assert _request(server, "POST", "/api/export", {}, ok)[0] == 409                 # nothing judged yet
+        status, _, body = _request(server, "POST", "/api/judge", judge, ok)
+        assert status == 200 and json.loads(body)["ok"] and read_judgements(session.judgements.path)["q1"] == {"d1": 2}
+        _request(server, "POST", "/api/judge", {**judge, "doc_id": "d2", "grade": 0}, ok)
+        status, _, body = _request(server, "POST", "/api/export", {}, ok)
+        assert status == 200 and "exported 1 judged queries" in json.loads(body)["message"]
+        assert [r.queries for r in exported] == [1] and (tmp_path / "exported" / "qrels" / "test.tsv").exists()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 # ---------------------------------------------------------------- the page, in a real browser
 
 
@@ -247,15 +297,50 @@ def _chrome():
         pytest.skip(f"chromium could not be started: {exc.msg}")
 
 
+class _Page:
+    """The judging page in chromium, graded with the keyboard as a person would."""
+
+    def __init__(self, driver, session: Session, truth: dict):
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        self.driver, self.session, self.truth, self.by = driver, session, truth, By
+        self.wait = WebDriverWait(driver, 20)
+
+    def text(self, element_id: str) -> str:
+        return self.driver.find_element(self.by.ID, element_id).text
+
+    def ready(self):
+        self.wait.until(lambda d: d.find_element(self.by.TAG_NAME, "body").get_attribute("data-ready") == "1")
+
+    def saved(self):
+        self.wait.until(lambda d: d.find_element(self.by.ID, "saved").text == "all answers saved")
+
+    def press(self, *keys):
+        body = self.driver.find_element(self.by.TAG_NAME, "body")
+        for k in keys:
+            body.send_keys(k)
+
+    def passages(self) -> dict:
+        """The shown passages and their grades (None: not judged), in page order."""
+        return {c.get_attribute("data-doc"): c.get_attribute("data-grade")
+                for c in self.driver.find_elements(self.by.CSS_SELECTOR, ".passage")}
+
+    def judge_current_query(self):
+        """Grade each passage in order with the keyboard: 2 (or r) for SciFact's relevant ones, else n."""
+        qid = self.session.pool.queries[int(self.driver.execute_script("return S.qi"))].qid
+        docs = list(self.passages())
+        self.press(*["k"] * len(docs))   # to the top
+        for i, doc in enumerate(docs):
+            self.press(("2" if i % 2 else "r") if self.truth.get(qid, {}).get(doc, 0) > 0 else "n")
+        self.saved()
+        return qid, len(docs)
+
+
 @pytest.mark.slow
 def test_page_judged_with_the_keyboard_resumes_and_exports(tmp_path, tiny_st, scifact):
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support.ui import WebDriverWait
-
     from benchmarks.common import scifact_slice
     from kadet.data import load_beir
-    from kadet.evaluate import evaluate
 
     data = scifact_slice(tmp_path / "scifact", n_queries=12, n_docs=200)
     truth = load_beir(data, "test").qrels
@@ -265,68 +350,59 @@ def test_page_judged_with_the_keyboard_resumes_and_exports(tmp_path, tiny_st, sc
     exported: list = []
     server = make_server(session, on_export=exported.append)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    driver = _chrome()
-    wait = WebDriverWait(driver, 20)
-
-    def ready():
-        wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
-
-    def saved():
-        wait.until(lambda d: d.find_element(By.ID, "saved").text == "all answers saved")
-
-    def press(*keys):
-        body = driver.find_element(By.TAG_NAME, "body")
-        for k in keys:
-            body.send_keys(k)
-
-    def judge_current_query():
-        """Grade each passage in order with the keyboard: 2 (or r) for SciFact's relevant ones, else n."""
-        qid = session.pool.queries[int(driver.execute_script("return S.qi"))].qid
-        docs = [c.get_attribute("data-doc") for c in driver.find_elements(By.CSS_SELECTOR, ".passage")]
-        press(*["k"] * len(docs))   # to the top
-        for i, doc in enumerate(docs):
-            press(("2" if i % 2 else "r") if truth.get(qid, {}).get(doc, 0) > 0 else "n")
-        saved()
-        return qid, len(docs)
-
+    page = _Page(_chrome(), session, truth)
     try:
-        driver.get(url_of(server))
-        ready()
-        assert driver.find_element(By.ID, "query").text == session.pool.queries[0].text
-        assert "0 of 4 queries done" in driver.find_element(By.ID, "progress").text
-        page = driver.page_source.lower()
-        for word in ("bm25", "candidate", "base model", "minilm", str(tiny_st).lower()):
-            assert word not in page   # blind: no system named anywhere
-        q1, n1 = judge_current_query()
-        press(Keys.ENTER)
-        # half of the second query, then a screenshot and a reload: it must resume right there
-        q2 = session.pool.queries[1]
-        press("1", "0", "j", "k")
-        saved()
-        driver.save_screenshot(str(tmp_path / "judge.png"))
-        driver.refresh()
-        ready()
-        assert driver.find_element(By.ID, "query").text == q2.text
-        assert f"1 of 4 queries done · {n1 + 2} of" in driver.find_element(By.ID, "progress").text
-        shown = {c.get_attribute("data-doc"): c.get_attribute("data-grade") for c in
-                 driver.find_elements(By.CSS_SELECTOR, ".passage")}
-        assert [shown[d] for d in q2.docs[:2]] == ["1", "0"] and shown[q2.docs[2]] is None
-        focus = driver.find_element(By.CSS_SELECTOR, ".passage.focus").get_attribute("data-doc")
-        assert focus == q2.docs[2]   # the first unjudged passage
-        assert "not yet" in driver.find_element(By.ID, "status").text
-        for _ in range(3):
-            judge_current_query()
-            press(Keys.ENTER)
-        assert "4 of 4 queries done" in driver.find_element(By.ID, "progress").text
-        driver.find_element(By.ID, "export").click()
-        wait.until(lambda d: "exported 4 judged queries" in d.find_element(By.ID, "exported").text)
-        assert "ndcg" not in driver.find_element(By.ID, "exported").text.lower()
+        q2 = _judge_on_the_page(page, url_of(server), tiny_st, tmp_path)
     finally:
-        driver.quit()
+        page.driver.quit()
         server.shutdown()
         server.server_close()
+    _check_the_export(cfg, tmp_path, session, truth, q2, exported, tiny_st)
 
-    # every keystroke is on disk; the export evaluates with trec_eval like any BEIR folder
+
+def _judge_on_the_page(page: _Page, url: str, tiny_st, tmp_path) -> PoolQuery:
+    """Blind page; one query judged, half of the next, a reload resumes there; the rest; export.
+    Returns the query that was half judged before the reload."""
+    from selenium.webdriver.common.keys import Keys
+
+    session = page.session
+    page.driver.get(url)
+    page.ready()
+    assert page.text("query") == session.pool.queries[0].text
+    assert "0 of 4 queries done" in page.text("progress")
+    source = page.driver.page_source.lower()
+    for word in ("bm25", "candidate", "base model", "minilm", str(tiny_st).lower()):
+        assert word not in source   # blind: no system named anywhere
+    _, n1 = page.judge_current_query()
+    page.press(Keys.ENTER)
+    # half of the second query, then a screenshot and a reload: it must resume right there
+    q2 = session.pool.queries[1]
+    page.press("1", "0", "j", "k")
+    page.saved()
+    page.driver.save_screenshot(str(tmp_path / "judge.png"))
+    page.driver.refresh()
+    page.ready()
+    assert page.text("query") == q2.text
+    assert f"1 of 4 queries done · {n1 + 2} of" in page.text("progress")
+    shown = page.passages()
+    assert [shown[d] for d in q2.docs[:2]] == ["1", "0"] and shown[q2.docs[2]] is None
+    focus = page.driver.find_element(page.by.CSS_SELECTOR, ".passage.focus").get_attribute("data-doc")
+    assert focus == q2.docs[2]   # the first unjudged passage
+    assert "not yet" in page.text("status")
+    for _ in range(3):
+        page.judge_current_query()
+        page.press(Keys.ENTER)
+    assert "4 of 4 queries done" in page.text("progress")
+    page.driver.find_element(page.by.ID, "export").click()
+    page.wait.until(lambda d: "exported 4 judged queries" in d.find_element(page.by.ID, "exported").text)
+    assert "ndcg" not in page.text("exported").lower()
+    return q2
+
+
+def _check_the_export(cfg, tmp_path, session, truth, q2, exported, tiny_st) -> None:
+    """Every keystroke is on disk; the export evaluates with trec_eval like any BEIR folder."""
+    from kadet.evaluate import evaluate
+
     grades = read_judgements(tmp_path / "out" / JUDGEMENTS_FILE)
     assert sum(len(g) for g in grades.values()) == sum(len(q.docs) for q in session.pool.queries)
     assert grades[q2.qid][q2.docs[0]] == (2 if truth[q2.qid].get(q2.docs[0]) else 0)   # re-judged: last wins

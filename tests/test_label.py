@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from kadet.config import LabelConfig, load_config
-from kadet.data import Document, write_jsonl
+from kadet.data import Document
 from kadet.errors import KadetError
+from kadet.io import write_jsonl
 from kadet.label import apply_filters, label, shard_file
 from kadet.stages import shard_range
 from kadet.manifest import Manifest
@@ -194,3 +195,29 @@ def test_teacher_scores_outlive_the_run_per_pair(tmp_path):
     fresh = build_teacher("ensemble", cfg, corpus).score(queries, second_lists)
     for a, b in zip(got, fresh):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_shards_in_their_own_folders_merge_into_the_single_run(tmp_path):
+    """Each shard scores in its own folder (as KFP tasks do); merge_score_shards copies every
+    shard's log with its ``.depends.json`` and writes the labels of one unsharded run. A shard
+    scored for other teacher settings is refused, naming it."""
+    from kadet.label import merge_score_shards
+
+    corpus = _stage_inputs(tmp_path)
+    base = ["label.flush_every=2", "label.min_top_percentile=0", "label.num_shards=2"]
+    cand, corp = tmp_path / "candidates.jsonl", tmp_path / "corpus.jsonl"
+    label(load_config(None, base[:2]), cand, corp, tmp_path / "single", teacher=Overlap(corpus))
+    for i in range(2):
+        label(load_config(None, base + [f"label.shard_index={i}"]), cand, corp, tmp_path / f"s{i}", merge=False,
+              teacher=Overlap(corpus))
+    shards = [tmp_path / "s0", tmp_path / "s1"]
+    m = merge_score_shards(load_config(None, base), cand, corp, shards, tmp_path / "merged")
+    assert (tmp_path / "merged" / "labels.jsonl").read_text() == (tmp_path / "single" / "labels.jsonl").read_text()
+    assert m.counts["labelled"] == 12
+    assert sorted(p.name for p in (tmp_path / "merged").glob("scores.*")) == [
+        "scores.shard-0-of-2.jsonl", "scores.shard-0-of-2.jsonl.depends.json",
+        "scores.shard-1-of-2.jsonl", "scores.shard-1-of-2.jsonl.depends.json"]
+    other = load_config(None, base + ["label.shard_index=1", "label.max_passage_tokens=64"])
+    label(other, cand, corp, tmp_path / "s1", merge=False, teacher=Overlap(corpus))
+    with pytest.raises(KadetError, match=r"scores\.shard-1-of-2\.jsonl was scored for other teacher settings.*shard 1"):
+        merge_score_shards(load_config(None, base), cand, corp, shards, tmp_path / "refused")

@@ -8,8 +8,9 @@ from collections import Counter
 import pytest
 
 from kadet.config import load_config
-from kadet.data import Document, load_beir, write_jsonl
+from kadet.data import Document, load_beir
 from kadet.errors import ConfigError
+from kadet.io import write_jsonl
 from kadet.manifest import Manifest
 from kadet.mine import mine, mine_candidates, round_trip_ok
 from kadet.prepare import prepare
@@ -61,7 +62,7 @@ def test_mine_on_scifact_never_returns_test_positives(scifact, tmp_path, shared_
                              "mine.min_candidates=20"])
     prepare(cfg, tmp_path / "prepare")
     passages = [json.loads(l) for l in (tmp_path / "prepare" / "passages.jsonl").read_text().splitlines()]
-    positives = load_beir(scifact, "test").relevant_doc_ids()
+    positives = {d for rels in load_beir(scifact, "test").qrels.values() for d, s in rels.items() if s > 0}
     # queries made from the passages' titles: a real round trip, and off-topic ones that fail it
     queries = [{"qid": f"g{i}", "text": p["title"], "type": "title", "source_doc_id": p["_id"]}
                for i, p in enumerate(passages)]

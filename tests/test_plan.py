@@ -18,6 +18,7 @@ def test_plan_counts_are_what_the_stages_produce_and_every_stage_is_timed(tmp_pa
             "distill.batch_size=8", "label.rerank_depth=10"]
     cfg = load_config(None, sets, base=profile_config("local"))
     plan = make_plan(cfg)
+    assert not (tmp_path / "work").exists()                      # planning leaves the work dir alone
     m = prepare(cfg, tmp_path / "prep")
     g = generate(cfg, tmp_path / "prep" / "passages.jsonl", tmp_path / "gen")
     queries = read_records(tmp_path / "gen" / "queries.jsonl", "qid", {"type": str})
@@ -28,8 +29,8 @@ def test_plan_counts_are_what_the_stages_produce_and_every_stage_is_timed(tmp_pa
     assert c["training_steps"] == cfg.distill.epochs * math.ceil(c["train_queries_at_most"] / 8)
     assert [s.stage for s in plan.stages] == ["prepare", "generate", "mine", "label", "distill", "evaluate", "tasks"]
     assert all(math.isfinite(s.seconds) and s.seconds >= 0 for s in plan.stages)
-    assert plan.stage_seconds("mine") > 0 and plan.stage_seconds("distill") > 0 and plan.rates["task_start"] > 0
-    assert not (tmp_path / "work").exists()                      # planning leaves the work dir alone
+    seconds = {s.stage: s.seconds for s in plan.stages}
+    assert seconds["mine"] > 0 and seconds["distill"] > 0 and plan.rates["task_start"] > 0
     text = format_plan(plan, "plan:")
     assert "40 passages" in text and "total" in text
     # the cluster profile: LLM query types, counted, not timed

@@ -10,12 +10,11 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from kadet.comparison import Comparison
 from kadet.config import load_config
 from kadet.errors import ConfigError
 from kadet.evaluate import compare, evaluate
-from kadet.register import (
-    FAILURE_TAG, apply_decision, decide, register_candidate,
-)
+from kadet.register import FAILURE_TAG, decide, mark_challenger, promote, register_candidate
 from kadet import tracking
 from tests.conftest import make_tiny_st
 from tests.mlflowserver import mlflow_server
@@ -92,6 +91,18 @@ def test_a_gain_within_noise_is_not_a_gain():
     assert decide(m(0.51), m(0.50), off, "base model", g_noisy).promote
 
 
+def test_the_card_says_what_each_loss_setting_trained_with():
+    """Was: InfoNCE-only training was called "infonce (listwise KL, ...)" on the card."""
+    from kadet.card import loss_text
+
+    d = load_config(None, []).distill
+    assert loss_text(d, 0.3) == "listwise (listwise KL, teacher temperature 0.3, plus 0.1 x InfoNCE)"
+    d.kl_weight, d.nce_weight = 2.0, 0.0
+    assert loss_text(d, 0.05) == "listwise (2 x listwise KL, teacher temperature 0.05)"
+    d.loss = "infonce"
+    assert loss_text(d, 0.3).startswith("infonce (InfoNCE alone, temperature 0.01:") and "KL" not in loss_text(d, 0.3)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     with mlflow_server(tmp_path_factory.mktemp("mlflow")) as uri:
@@ -109,10 +120,15 @@ def comparison(cand, base=m(0.5), eval_data="sha256:data-A"):
 
 
 def gate_run(cfg, model, comp, evaluate_fn=None):
+    """The register step's decision on ``comp`` (comparison.json's object), then the aliases as
+    the pipeline's next task sets them: promote (which may still refuse) or challenger."""
     with tracking.stage_run(cfg, "register", pipeline_run="test"):
         kw = {"evaluate_fn": evaluate_fn} if evaluate_fn else {}
-        r = register_candidate(cfg, model, comp, "test", **kw)
-    apply_decision(cfg, r)
+        r = register_candidate(cfg, model, Comparison.from_json(comp), "test", **kw)
+    if r.decision.promote:
+        promote(cfg, r.version)
+    else:
+        mark_challenger(cfg, r.version, r.decision.reason)
     return r
 
 
@@ -189,37 +205,39 @@ def test_stage_runs_nest_under_one_parent_on_the_server(server, tmp_path, tiny_b
 
 def test_two_registrations_racing_leave_the_better_model_champion(server, models, tmp_path, monkeypatch):
     """Two pipeline runs register (both decide against "no champion") and then promote at the same
-    moment: a pause injected between reading the champion and moving the alias (fault injection)
-    makes both read "none" before either writes. Was: both promoted, the last writer (the worse
-    v2) stayed champion. Now the compare-and-set converges on the better v1, in either order."""
-    import kadet.register as register
-
+    moment: a pause injected into each run's first alias write (fault injection at the store
+    client: promote reads the champion, then writes) makes both read "none" before either writes.
+    Was: both promoted, the last writer (the worse v2) stayed champion. Now the compare-and-set
+    converges on the better v1, in either order."""
+    write_alias = mlflow.MlflowClient.set_registered_model_alias
     for order in ("better-first", "worse-first"):
         name = f"race-{order}"
         cfg = load_config(None, [f"tracking.tracking_uri={server}", f"work_dir={tmp_path}", f"register.model_name={name}",
                                  "register.promote_settle_s=1", "register.confidence=0"])
         metrics = [m(0.70), m(0.66)] if order == "better-first" else [m(0.66), m(0.70)]
         with tracking.stage_run(cfg, "register", pipeline_run=name):
-            regs = [register_candidate(cfg, models[i], comparison(metrics[i]), name) for i in range(2)]
+            regs = [register_candidate(cfg, models[i], Comparison.from_json(comparison(metrics[i])), name)
+                    for i in range(2)]
         assert all(r.decision.promote for r in regs)          # each decided against "no champion"
         both_read = threading.Barrier(2, timeout=30)
         waited = set()
 
-        def pause_once():
+        def paused_write(client, *args, **kwargs):
             if threading.get_ident() not in waited:            # only the first read-then-write of each run
                 waited.add(threading.get_ident())
                 both_read.wait()
+            return write_alias(client, *args, **kwargs)
 
-        monkeypatch.setattr(register, "_before_set_alias", pause_once)
+        monkeypatch.setattr(mlflow.MlflowClient, "set_registered_model_alias", paused_write)
         results, errors = {}, []
 
-        def promote(r):
+        def promote_step(r):
             try:
-                results[r.version] = apply_decision(cfg, r)
+                results[r.version] = promote(cfg, r.version)
             except Exception as exc:  # pragma: no cover - surfaced by the assert below
                 errors.append(exc)
 
-        threads = [threading.Thread(target=promote, args=(r,)) for r in regs]
+        threads = [threading.Thread(target=promote_step, args=(r,)) for r in regs]
         for t in threads:
             t.start()
         for t in threads:

@@ -3,20 +3,22 @@ tests/test_pipeline.py, parsed, with its images)."""
 
 from __future__ import annotations
 
+from kadet.comparison import Comparison, gain_text
 from kadet.config import load_config
 from kadet.report import SECTIONS, render
+
+GAIN = {"mean": 0.0139, "ci_low": 0.0005, "ci_high": 0.0277, "p_ahead": 0.96, "queries": 300, "confidence": 0.9}
 
 
 def test_the_page_has_every_section_the_champion_row_links_and_escapes_text():
     cfg = load_config(None, [])
-    comparison = {"kind": "gold", "queries": 300, "base": {"ndcg@10": 0.6451, "recall@100": 0.925, "mrr@10": 0.6},
+    comparison = Comparison.from_json({"kind": "gold", "queries": 300, "base": {"ndcg@10": 0.6451, "recall@100": 0.925, "mrr@10": 0.6},
                   "candidate": {"ndcg@10": 0.659, "recall@100": 0.921, "mrr@10": 0.62},
-                  "delta": {"ndcg@10": {"mean": 0.0139, "ci_low": 0.0005, "ci_high": 0.0277, "p_ahead": 0.96,
-                                        "queries": 300, "confidence": 0.9}},
+                  "delta": {"ndcg@10": GAIN},
                   "by_type": {"sentence": {"queries": 10, "base": 0.5, "candidate": 0.6}},
                   "retrievers": {"dense": {"base": {"ndcg@10": 0.6451}, "candidate": {"ndcg@10": 0.659}},
                                  "hybrid": {"base": {"ndcg@10": 0.7171}, "candidate": {"ndcg@10": 0.7141}},
-                                 "bm25": {"ndcg@10": 0.6863}}}
+                                 "bm25": {"ndcg@10": 0.6863}}})
     run = {"pipeline_run": "r1", "parent_run": "abc",
            "stages": [{"name": "label-merge", "seconds": 1.5, "status": "FINISHED",
                        "metrics": {"dropped.teacher_inconsistent": 12.0, "dropped.low_top_score": 0.0}, "tags": {}}],
@@ -30,7 +32,7 @@ def test_the_page_has_every_section_the_champion_row_links_and_escapes_text():
             "incumbent": "champion v3", "incumbent_metrics": {"ndcg@10": 0.65, "recall@100": 0.92},
             "links": {"MLflow run": "http://mlflow:5000/#/experiments/1/runs/abc", "model version": "models:/k/4"}}
     page = render(run, comparison, gate, cfg, images={})
-    assert all(f'<h2 id="{s}">' in page for s in SECTIONS)
+    assert all(f'<h2 id="{s}">' in page for s in SECTIONS) and page.count("<h2 ") == len(SECTIONS)
     assert "<td>champion v3</td><td>0.6500</td><td>0.9200</td><td>-</td>" in page        # champion, base, candidate
     assert '<a href="http://mlflow:5000/#/experiments/1/runs/abc">' in page and "<code>models:/k/4</code>" in page
     assert "<script>" not in page and page.count("&lt;script&gt;") == 5                  # 5 samples per type, escaped
@@ -48,12 +50,31 @@ def test_a_silver_page_leads_with_what_silver_cannot_say():
 
     cfg = load_config(None, [])
     metrics = {"ndcg@10": 0.8, "recall@100": 0.95}
-    comparison = {"kind": "silver", "queries": 120, "base": metrics, "candidate": metrics}
+    comparison = Comparison.from_json({"kind": "silver", "queries": 120, "base": metrics, "candidate": metrics})
     gate = {"promote": False, "reason": "silver evaluation cannot promote: ...", "version": "2", "model_name": "k"}
     page = render({"pipeline_run": "r", "parent_run": "p", "stages": [], "files": {}}, comparison, gate, cfg, images={})
     after_title = page[page.index("</h1>") + len("</h1>"):].lstrip()
     assert after_title.startswith('<p class=fail id="silver">')               # the first thing under the title
     assert "kadet judge" in after_title[:after_title.index("</p>")] and SILVER_CAVEAT.split(":")[0] in page
-    gold = render({"pipeline_run": "r", "parent_run": "p", "stages": [], "files": {}}, {**comparison, "kind": "gold"},
-                  gate, cfg, images={})
+    comparison.kind = "gold"
+    gold = render({"pipeline_run": "r", "parent_run": "p", "stages": [], "files": {}}, comparison, gate, cfg, images={})
     assert 'id="silver"' not in gold
+
+
+def test_the_gain_and_its_interval_are_one_sentence_on_the_page_and_the_card():
+    """The page and the model card state the gain with the same words (kadet.comparison.gain_text);
+    the run summary, which has only the bounds, says the same without what it lacks."""
+    from kadet import card
+
+    cfg = load_config(None, [])
+    figures = {"ndcg@10": 0.6, "recall@100": 0.9}
+    comparison = Comparison.from_json({"queries": 300, "base": figures, "candidate": figures, "delta": {"ndcg@10": GAIN}})
+    sentence = ("nDCG@10 gain +0.0139; 90% paired bootstrap interval over 300 queries [+0.0005, +0.0277]; "
+                "the candidate is ahead in 96% of resamples")
+    assert gain_text(GAIN, "ndcg@10") == sentence
+    page = render({"pipeline_run": "r", "parent_run": "p", "stages": [], "files": {}}, comparison,
+                  {"promote": True, "reason": "passed"}, cfg, images={})
+    assert f"<p>{sentence}.</p>" in page
+    assert f"\n{sentence}.\n" in card.section_text({"evaluation": card.evaluation_facts(comparison, cfg.evaluation)})
+    assert gain_text({"mean": 0.0139, "ci_low": 0.0005, "ci_high": 0.0277}) == \
+        "gain +0.0139; paired bootstrap interval [+0.0005, +0.0277]"

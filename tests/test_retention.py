@@ -85,13 +85,17 @@ def _files(work: Path) -> None:
 def _register(cfg, model: Path, ndcg: float, i: int) -> str:
     """Register ``model`` the way the register and promote steps do (its own experiment, so its
     runs are not among the pipeline runs above)."""
-    from kadet.register import apply_decision, register_candidate
+    from kadet.comparison import Comparison
+    from kadet.register import mark_challenger, promote, register_candidate
 
-    comparison = {"eval_data": "sha256:same", "candidate": {"ndcg@10": ndcg, "recall@100": 0.9},
-                  "base": {"ndcg@10": 0.5, "recall@100": 0.9}, "models": {"base": "all-MiniLM-L6-v2"}}
+    comparison = Comparison(eval_data="sha256:same", candidate={"ndcg@10": ndcg, "recall@100": 0.9},
+                            base={"ndcg@10": 0.5, "recall@100": 0.9}, models={"base": "all-MiniLM-L6-v2"})
     with tracking.stage_run(cfg, "register", pipeline_run=f"register-{i}"):
         r = register_candidate(cfg, model, comparison, f"register-{i}")
-    apply_decision(cfg, r)
+    if r.decision.promote:
+        promote(cfg, r.version)
+    else:
+        mark_challenger(cfg, r.version, r.decision.reason)
     return r.version
 
 

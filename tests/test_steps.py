@@ -9,12 +9,13 @@ from kadet.steps import step_config
 
 
 def test_ui_parameters_override_the_yaml_text_and_keep_their_types():
+    """A string parameter stays a string whatever it holds (": ", a number's spelling)."""
     cfg = step_config("distill: {lr: 2e-5, mode: full}\nprepare: {sample_size: 9}", work_dir="/cache",
                       data__data_dir="s3://bucket/a: b", prepare__sample_size=7, generate__types={"question": 1.0},
-                      register__ndcg_floor=0.2, distill__mode="query", label__teacher="true", data__qrels="")
+                      register__ndcg_floor=0.2, distill__mode="query", label__teacher="cross-encoder:/models/1e-5", data__qrels="")
     assert cfg.data.data_dir == "s3://bucket/a: b" and cfg.prepare.sample_size == 7
     assert cfg.generate.types == {"question": 1.0} and cfg.register.ndcg_floor == 0.2
-    assert cfg.distill.mode == "query" and cfg.distill.lr == 2e-5 and cfg.label.teacher == "true"
+    assert cfg.distill.mode == "query" and cfg.distill.lr == 2e-5 and cfg.label.teacher == "cross-encoder:/models/1e-5"
     assert cfg.data.qrels == "" and cfg.work_dir == "/cache"           # an empty parameter changes nothing
 
 
@@ -29,9 +30,8 @@ def test_a_retried_label_task_goes_on_where_the_failed_try_stopped(tmp_path, mon
     """Was: the resumable score log lived in the task's output folder, which a retry (a new pod)
     gets empty, so a retried shard started over. Now it lives under the work dir (the cache PVC)
     per pipeline run and shard; the failed try is killed after one flush (fault injection)."""
-    import kadet.label as label_module
     from kadet.config import load_config
-    from kadet.data import read_log
+    from kadet.journal import Journal, read_log
     from kadet.label import shard_file
     from kadet.steps import label_step
     from tests.test_label import _stage_inputs
@@ -39,19 +39,19 @@ def test_a_retried_label_task_goes_on_where_the_failed_try_stopped(tmp_path, mon
     _stage_inputs(tmp_path)
     cfg = load_config(None, [f"work_dir={tmp_path / 'work'}", "label.teacher=bm25", "label.flush_every=4",
                              "label.num_shards=1", "tracking.experiment=retry"])
-    real_append, calls = label_module.append_jsonl, []
+    real_append, calls = Journal.append, []
 
-    def dies_after_one_flush(path, rows):
+    def dies_after_one_flush(journal, rows):
         calls.append(len(rows))
         if len(calls) == 2:
             raise KeyboardInterrupt("pod killed (injected)")
-        return real_append(path, rows)
+        return real_append(journal, rows)
 
-    monkeypatch.setattr(label_module, "append_jsonl", dies_after_one_flush)
+    monkeypatch.setattr(Journal, "append", dies_after_one_flush)
     with pytest.raises(KeyboardInterrupt):
         label_step(cfg, str(tmp_path / "candidates.jsonl"), str(tmp_path / "corpus.jsonl"), str(tmp_path / "try1"),
                    "run-7")
-    monkeypatch.setattr(label_module, "append_jsonl", real_append)
+    monkeypatch.setattr(Journal, "append", real_append)
     counts = label_step(cfg, str(tmp_path / "candidates.jsonl"), str(tmp_path / "corpus.jsonl"),
                         str(tmp_path / "try2"), "run-7")                      # a new pod: a new, empty output folder
     assert counts["scored_now"] == 12 - 4                                     # only what the failed try had not
