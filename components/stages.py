@@ -119,9 +119,9 @@ def evaluate(model: Input[Model], labels: Input[Dataset], data_uri: str, eval_qr
             metrics.log_metric(metric_name(f"{who}_{name}"), round(value, 4))
 
 
-def register(model: Input[Model], report: Input[Dataset], prepared: Input[Dataset], model_name: str, ndcg_floor: float, min_delta: float,
-             max_recall_drop: float, config_yaml: str, profile: str, work_dir: str, pipeline_run: str,
-             run_report: Output[HTML]) -> NamedTuple("Gate", [("decision", str), ("version", str), ("reason", str)]):
+def register(model: Input[Model], report: Input[Dataset], prepared: Input[Dataset], data_uri: str, eval_qrels_uri: str,
+             model_name: str, ndcg_floor: float, min_delta: float, max_recall_drop: float, config_yaml: str,
+             profile: str, work_dir: str, pipeline_run: str, run_report: Output[HTML]) -> NamedTuple("Gate", [("decision", str), ("version", str), ("reason", str)]):
     from collections import namedtuple
 
     from kadet.steps import model_folder, register_step, step_config

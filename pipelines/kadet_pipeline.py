@@ -153,9 +153,10 @@ def _train(c, fp, ui: dict, common: dict, trainer_job: str) -> list[tuple[str, o
     ev = c.evaluate(model=trained.outputs["model"], labels=labels.outputs["labels"], data_uri=ui["data_uri"],
                     eval_qrels_uri=ui["eval_qrels_uri"], **common)
     registry = dict(model_name=ui["model_name"], **common)
+    # the evaluation data too: a champion measured on other data (the corpus grew) is evaluated again here
     gate = c.register(model=trained.outputs["model"], report=ev.outputs["report"], prepared=prepared,
-                      ndcg_floor=ui["ndcg_floor"], min_delta=ui["min_delta"], max_recall_drop=ui["max_recall_drop"],
-                      **registry)
+                      data_uri=ui["data_uri"], eval_qrels_uri=ui["eval_qrels_uri"], ndcg_floor=ui["ndcg_floor"],
+                      min_delta=ui["min_delta"], max_recall_drop=ui["max_recall_drop"], **registry)
     with dsl.If(gate.outputs["decision"] == "promote", name="gate-passed"):
         promoted = c.promote(version=gate.outputs["version"], **registry)
     with dsl.Else(name="gate-failed"):

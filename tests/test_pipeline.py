@@ -455,6 +455,9 @@ def test_a_scheduled_run_over_a_grown_corpus_does_only_the_new_work(tmp_path):
     (tmp_path / "retrain.yaml").write_text(RETRAIN)
     work, cfg = str(tmp_path / "work"), str(tmp_path / "retrain.yaml")
     first = run_local(str(data), work, cfg)
+    c = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
+    if first["champion"] is None:     # as a user may: so that run 2 must gate against a champion measured on 80%
+        c.set_registered_model_alias("kadet-ci", "champion", first["version"])
     (data / "corpus.jsonl").write_text("".join(lines), encoding="utf-8")       # the corpus grew, same address
     second = run_local(str(data), work, cfg)
     third = run_local(str(data), work, cfg)
@@ -469,10 +472,12 @@ def test_a_scheduled_run_over_a_grown_corpus_does_only_the_new_work(tmp_path):
     # the teacher scores only pairs it has not seen: the new queries' lists, and the new documents that
     # entered the old queries' lists (mining runs again over the grown corpus)
     assert t2["reused"] > t2["new"] and t2["new"] <= 0.6 * t1["new"]
-    c = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
     v1, v2 = first["version"], second["version"]
     assert v1 and v2 and v2 != v1
     tags = c.get_model_version("kadet-ci", v2).tags
+    # the gate compared run 2 with the champion, evaluated again on the grown corpus (was: a crash, the
+    # register step had no evaluation data)
+    assert tags["kadet.decided_against"] == v1
     assert tags["kadet.parent_version"] == v1
     assert tags["kadet.changes_since_parent"].startswith("+20 added, 0 changed, -0 removed")
     assert int(tags["kadet.documents"]) == 100 and tags["kadet.corpus_fingerprint"] != \
@@ -482,6 +487,7 @@ def test_a_scheduled_run_over_a_grown_corpus_does_only_the_new_work(tmp_path):
                                                  dst_path=str(tmp_path / "dl"), tracking_uri=second["tracking_uri"])
     page = Path(report).read_text()
     assert 'id="lineage"' in page and f"parent version: {v1}" in page and "reused from earlier runs" in page
+    assert f"champion v{v1} (re-evaluated)" in page
     # nothing changed: nothing trained, nothing registered, and the run says so
     assert third["unchanged_since"] == v2 and third["version"] is None
     assert third["gate"].startswith(f"no change since version {v2}")
