@@ -29,7 +29,8 @@ from kadet.errors import KadetError
 
 #: Settings that do not change the model a run trains: where things live, how the work is split,
 #: how it is shown, and the gate (which judges the model, not makes it).
-NOT_MODEL_SETTINGS = ("work_dir", "artifact_uri", "data.data_dir", "data.qrels", "tracking", "register",
+NOT_MODEL_SETTINGS = ("work_dir", "artifact_uri", "data.data_dir", "data.qrels", "tracking", "register", "retention",
+                      "generate.tgi", "distill.chunk_size",
                       "generate.shard_index", "generate.num_shards", "generate.progress", "generate.flush_every",
                       "generate.device", "generate.batch_size", "label.shard_index", "label.num_shards",
                       "label.flush_every", "label.device", "label.batch_size", "retrieval.device",
@@ -75,7 +76,10 @@ def _s3_entries(uri: str) -> list[tuple[str, int, str]]:
 
 def corpus_fingerprint(uri: str | os.PathLike, *more: str | os.PathLike) -> dict:
     """``{"digest", "files", "bytes"}`` of what ``uri`` (and ``more``, e.g. a qrels file kept
-    elsewhere) holds: the same content gives the same digest wherever it lives."""
+    elsewhere) holds: the same content gives the same digest at another local path, or at another
+    S3 prefix uploaded the same way. A local copy and an S3 copy differ (SHA-256 vs ETag), as do
+    two S3 uploads with other multipart part sizes: those count as a change (a retrain), never
+    the other way round."""
     entries = []
     for i, u in enumerate([uri, *[m for m in more if m]]):
         listed = _s3_entries(str(u)) if str(u).startswith("s3://") else _local_entries(Path(u))

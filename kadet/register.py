@@ -168,12 +168,15 @@ def find_version(client, name: str, fingerprint: str):
 
 
 def trained_on(cfg: KadetConfig, inputs: str) -> str:
-    """The first version of ``register.model_name`` trained on ``inputs`` (its
-    ``kadet.inputs_fingerprint`` tag: same corpus content, same settings), or ""."""
+    """The newest version of ``register.model_name`` that went through the gate (it carries
+    ``kadet.inputs_fingerprint``, written last), if it was trained on ``inputs`` (same corpus
+    content, same settings); else "". Only the newest counts: a corpus that went back to an
+    earlier state (documents removed again) is a change since the newest version."""
     from kadet.tracking import client
 
-    hits = [v for v in _versions(client(cfg), cfg.register.model_name) if (v.tags or {}).get(INPUTS_TAG) == inputs]
-    return str(min(int(v.version) for v in hits)) if hits else ""
+    gated = [v for v in _versions(client(cfg), cfg.register.model_name) if (v.tags or {}).get(INPUTS_TAG)]
+    newest = max(gated, key=lambda v: int(v.version), default=None)
+    return str(newest.version) if newest is not None and newest.tags[INPUTS_TAG] == inputs else ""
 
 
 def _versions(client, name: str) -> list:
@@ -292,7 +295,8 @@ def register_candidate(cfg: KadetConfig, model_dir: str | Path, comparison: Comp
         log.info("model folder already registered as %s v%s: reusing it", reg.model_name, version)
     tags = {FINGERPRINT_TAG: fp, EVAL_TAG: comparison.eval_data, **{metric_tag(k): f"{v:.6f}" for k, v in cand.items()},
             "kadet.base_model": str(comparison.models["base"]),
-            metric_tag(f"base_{e.ndcg}"): f"{comparison.base[e.ndcg]:.6f}", **lineage_tags(lin)}
+            metric_tag(f"base_{e.ndcg}"): f"{comparison.base[e.ndcg]:.6f}",
+            **{k: v for k, v in lineage_tags(lin).items() if k != INPUTS_TAG}}
     if pipeline_run:
         tags[PIPELINE_TAG] = pipeline_run
     for k, v in tags.items():
@@ -308,6 +312,8 @@ def register_candidate(cfg: KadetConfig, model_dir: str | Path, comparison: Comp
     log_decision(cfg, c, version, decision, cand, inc, comparison)
     if existing is None:
         attach_card(cfg, c, model_dir, comparison, version, decision, model_id, lin)
+    if lin.get("inputs_fingerprint"):   # last: a version whose gate did not finish never stops a later run
+        c.set_model_version_tag(reg.model_name, version, INPUTS_TAG, lin["inputs_fingerprint"])
     return Registration(reg.model_name, version, decision, cand, inc, reused=existing is not None, lineage=lin)
 
 

@@ -42,8 +42,12 @@ class Store:
         self._values: dict | None = None
 
     @classmethod
-    def open(cls, work_dir: str | os.PathLike, kind: str, depends: Mapping, run: str = "") -> Store:
-        """The store of ``kind`` for the settings ``depends`` (a JSON-able dict), marked as used by ``run``."""
+    def open(cls, work_dir: str | os.PathLike, kind: str, depends: Mapping, run: str | None = None) -> Store:
+        """The store of ``kind`` for the settings ``depends`` (a JSON-able dict), marked as used by
+        ``run`` (default: the pipeline run key the stage runs under, ``$KADET_PIPELINE_RUN``)."""
+        from kadet.tracking import RUN_KEY_ENV
+
+        run = os.environ.get(RUN_KEY_ENV, "") if run is None else run
         key = hashlib.sha256(json.dumps(depends, sort_keys=True, default=str).encode()).hexdigest()[:16]
         folder = Path(work_dir).resolve() / "store" / kind / key
         folder.mkdir(parents=True, exist_ok=True)

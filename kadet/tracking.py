@@ -161,13 +161,28 @@ def stage_run(cfg: KadetConfig, stage: str, pipeline_run: str, shard: str | None
     name = stage if shard is None else f"{stage}-{shard}"
     run_id = create_stage_run(cfg, stage, name, pipeline_run)
     log_path = stage_log_path(cfg, pipeline_run, name)
-    with logging_to(log_path), progress_reported(name, log_path):
+    with logging_to(log_path), progress_reported(name, log_path), run_key_exported(pipeline_run):
         with mlflow.start_run(run_id=run_id) as active:
             mlflow.log_params(flat_params(cfg, STAGE_SECTIONS.get(stage, [])))
             mlflow.set_tags({CONFIG_HASH_TAG: cfg.hash(), LOG_TAG: str(log_path)})
             with failure_recorded(name, log_path):
                 yield active
                 publish_outputs(cfg, out, pipeline_run, name)
+
+
+@contextlib.contextmanager
+def run_key_exported(pipeline_run: str) -> Iterator[None]:
+    """``$KADET_PIPELINE_RUN`` is the run key for the ``with`` block: what the stage's stores
+    (kadet/store.py ``used.json``) record as the run that used them, for ``kadet prune``."""
+    before = os.environ.get(RUN_KEY_ENV)
+    os.environ[RUN_KEY_ENV] = pipeline_run
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(RUN_KEY_ENV, None)
+        else:
+            os.environ[RUN_KEY_ENV] = before
 
 
 def create_stage_run(cfg: KadetConfig, stage: str, name: str, pipeline_run: str) -> str:

@@ -485,3 +485,21 @@ def test_a_report_that_cannot_be_written_never_costs_the_registration(server, mo
     out = register_step(cfg, str(models[0]), str(tmp_path / "ev"), "no-report-run", str(tmp_path / "run_report"))
     assert out["promote"] and out["version"] == "1"
     assert "could not be written: RuntimeError: matplotlib is gone" in (tmp_path / "run_report").read_text()
+
+
+def test_only_the_newest_gated_version_can_say_nothing_changed(tmp_path):
+    """A run has nothing new only if the newest version that went through the gate was trained on
+    the same inputs: a corpus that went back to an earlier state (A, A+B, then A again) is a change,
+    and a version whose gate never finished (no inputs tag yet) does not block a rerun."""
+    from kadet.fingerprint import INPUTS_TAG
+    from kadet.register import trained_on
+
+    cfg = load_config(None, [f"work_dir={tmp_path}", "register.model_name=lineage-test"])
+    c = tracking.client(cfg)
+    c.create_registered_model("lineage-test")
+    for inputs in ("A", "A+B", ""):
+        mv = c.create_model_version("lineage-test", str(tmp_path))
+        if inputs:
+            c.set_model_version_tag("lineage-test", mv.version, INPUTS_TAG, inputs)
+    assert trained_on(cfg, "A+B") == "2"      # v3's gate did not finish: v2 is the newest gated one
+    assert trained_on(cfg, "A") == ""         # A is what v1 saw, but v2 saw more since: retrain

@@ -28,3 +28,14 @@ def test_values_survive_the_run_and_writers_do_not_collide(tmp_path):
 def test_keys_are_content_not_ids():
     assert digest("what is aspirin", "Aspirin reduces pain.") != digest("what is aspirin", "Aspirin reduces fever.")
     assert digest("a", "b") == digest("a", "b") and len(digest("a", "b")) == 33
+
+
+def test_a_store_opened_inside_a_stage_records_that_pipeline_run(tmp_path):
+    """``kadet prune`` keeps the store folders the newest runs used: each must name its run."""
+    from kadet import tracking
+    from kadet.config import load_config
+
+    cfg = load_config(None, [f"work_dir={tmp_path}"])
+    with tracking.stage_run(cfg, "label", "run-7"):
+        store = Store.open(tmp_path, "teacher", {"member": "dense"})
+    assert json.loads((store.folder / "used.json").read_text())["run"] == "run-7"
