@@ -263,7 +263,7 @@ def test_local_kfp_run_of_the_real_dag_on_s3(tmp_path, monkeypatch, capfd):
                 assert re.search(rf"^  {stage} +done  [0-9.]+ s", shown, re.M), (stage, shown)
             assert re.search(r"^  mine +done .* queries \d+", shown, re.M)
             assert "KFP Executor" not in shown and "KFP Executor" in Path(summary["log"]).read_text()
-            c = mlflow.MlflowClient(uri)
+            c = mlflow.MlflowClient(uri, registry_uri=uri)   # its registry named: never a process default
             exp = c.get_experiment_by_name("kadet")
             children = c.search_runs([exp.experiment_id],
                                      filter_string=f"tags.`mlflow.parentRunId` = '{summary['parent_run']}'")
@@ -337,7 +337,7 @@ def test_a_failed_run_closes_its_mlflow_parent_as_failed(tmp_path, capfd):
     assert "KFP Executor" not in shown
     kfp_output = Path(line.split("KFP's output: ")[1])
     assert "KFP Executor" in kfp_output.read_text()
-    c = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
+    c = mlflow.MlflowClient(*[f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}"] * 2)   # tracking and registry
     exp = c.get_experiment_by_name("kadet")
     runs = c.search_runs([exp.experiment_id])
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
@@ -374,7 +374,7 @@ def test_a_corpus_without_judgements_runs_end_to_end_on_silver(tmp_path):
     assert not {r["source_doc_id"] for r in silver} & {r["source_doc_id"] for r in labels if r["split"] != "silver"}
     comp = json.loads(next(kfp.rglob("comparison.json")).read_text())
     assert comp["kind"] == "silver" and comp["queries"] == len(silver) and set(comp["by_type"]) == {"sentence"}
-    c = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
+    c = mlflow.MlflowClient(*[f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}"] * 2)   # tracking and registry
     mv = c.get_model_version("kadet-ci", summary["version"])
     assert mv.tags["kadet.eval_kind"] == "silver" and "**silver**" in mv.description
     assert "**Silver (no judged queries)" in mv.description and "kadet judge" in mv.description
@@ -455,7 +455,7 @@ def test_a_scheduled_run_over_a_grown_corpus_does_only_the_new_work(tmp_path):
     (tmp_path / "retrain.yaml").write_text(RETRAIN)
     work, cfg = str(tmp_path / "work"), str(tmp_path / "retrain.yaml")
     first = run_local(str(data), work, cfg)
-    c = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
+    c = mlflow.MlflowClient(*[f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}"] * 2)   # tracking and registry
     if first["champion"] is None:     # as a user may: so that run 2 must gate against a champion measured on 80%
         c.set_registered_model_alias("kadet-ci", "champion", first["version"])
     (data / "corpus.jsonl").write_text("".join(lines), encoding="utf-8")       # the corpus grew, same address
