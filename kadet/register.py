@@ -157,13 +157,7 @@ def serving_signature(st):
 
 def find_version(client, name: str, fingerprint: str):
     """The version of ``name`` registered from this model folder content, if any."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        versions = client.search_model_versions(f"name = '{name}'")
-    except MlflowException:
-        return None
-    hits = [v for v in versions if (v.tags or {}).get(FINGERPRINT_TAG) == fingerprint]
+    hits = [v for v in _versions(client, name) if (v.tags or {}).get(FINGERPRINT_TAG) == fingerprint]
     return min(hits, key=lambda v: int(v.version)) if hits else None
 
 
