@@ -307,6 +307,7 @@ def test_local_kfp_run_of_the_real_dag_on_s3(tmp_path, monkeypatch, capfd):
             # the registered model's files are on S3, and load back through MLflow's artifact proxy
             assert list((tmp_path / "s3" / "mlflow" / "artifacts").rglob("model.safetensors"))
             mlflow.set_tracking_uri(uri)
+            mlflow.set_registry_uri(uri)          # the server's registry, whatever an earlier test left set
             model = mlflow.sentence_transformers.load_model(f"models:/kadet-ci/{version}")
             assert model.encode_query(["does aspirin prevent heart attacks"]).shape == (1, 384)
 
