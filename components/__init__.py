@@ -19,7 +19,7 @@ from components import stages
 
 DEFAULT_IMAGE = "ghcr.io/kadet-ml/kadet:0.1.0-cpu"
 DEFAULT_GPU_IMAGE = "ghcr.io/kadet-ml/kadet:0.1.0-cuda"
-NAMES = ("fingerprint", "unchanged", "prepare", "generate", "generate_merge", "mine", "label", "label_merge",
+NAMES = ("fingerprint", "unchanged", "preflight", "nothing_to_learn", "prepare", "generate", "generate_merge", "mine", "label", "label_merge",
          "distill", "evaluate", "register", "promote", "challenger", "finish", "shard_indices")
 
 

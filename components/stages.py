@@ -32,6 +32,24 @@ def unchanged(version: str, model_name: str, config_yaml: str, profile: str, wor
     unchanged_step(step_config(config_yaml, profile=profile, work_dir=work_dir, ui=locals()), version, pipeline_run)
 
 
+def preflight(data_uri: str, eval_qrels_uri: str, corpus_fingerprint: str, teacher: str, config_yaml: str,
+              profile: str, work_dir: str, pipeline_run: str, report: Output[Dataset]) -> NamedTuple(
+                  "Preflight", [("go", str), ("reason", str)]):
+    from collections import namedtuple
+
+    from kadet.steps import preflight_step, step_config
+
+    cfg = step_config(config_yaml, profile=profile, work_dir=work_dir, ui=locals())
+    reason = preflight_step(cfg, report.path, pipeline_run)
+    return namedtuple("Preflight", ["go", "reason"])("no" if reason else "yes", reason)
+
+
+def nothing_to_learn(reason: str, config_yaml: str, profile: str, work_dir: str, pipeline_run: str):
+    from kadet.steps import nothing_to_learn_step, step_config
+
+    nothing_to_learn_step(step_config(config_yaml, profile=profile, work_dir=work_dir), reason, pipeline_run)
+
+
 def prepare(data_uri: str, eval_qrels_uri: str, sample_size: int, corpus_fingerprint: str, inputs_fingerprint: str,
             config_yaml: str, profile: str, work_dir: str, pipeline_run: str, prepared: Output[Dataset]):
     from kadet.steps import prepare_step, step_config

@@ -491,7 +491,7 @@ def print_run_summary(summary: dict, plan=None) -> None:
 
     print(f"kadet run: {summary['seconds'] / 60:.1f} min; MLflow {summary['tracking_uri']} "
           f"(parent run {summary['parent_run']})")
-    if summary.get("unchanged_since"):
+    if summary.get("unchanged_since") or summary.get("nothing_to_learn"):
         print(summary["gate"])
         return
     work = "; ".join(f"{stage} {n['new']} new, {n['reused']} reused from earlier runs"

@@ -345,6 +345,11 @@ class DistillConfig:
     base_weight: float = setting(0.0, "WiSE-FT: the saved model is base_weight x base + (1 - base_weight) x tuned, "
                                       "weight by weight (Wortsman et al., 2022). 0 keeps the tuned weights as they "
                                       "are.", low=0, high=1)
+    preflight: bool = setting(True, "With judged queries, measure the teacher's lead over the base before "
+                                    "training (kadet/preflight.py) and stop, training and registering nothing, "
+                                    "unless the lead's 95% interval lies above min_teacher_lead.")
+    min_teacher_lead: float = setting(0.0, "See preflight: the least lead (in the gate metric, e.g. nDCG@10) "
+                                           "worth distilling.")
     bf16: bool = setting(True, "bfloat16 autocast on CUDA.")
     device: str | None = setting(None, "cpu, cuda, cuda:1...; None picks CUDA when available.")
     progress: bool = setting(True, "Show a progress bar.")

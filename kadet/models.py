@@ -240,9 +240,9 @@ def teacher_needs(spec: str, cfg) -> list[Need]:
 #: The pipeline's steps (components/stages.py) by what they read besides their inputs: the corpus
 #: (``data.data_dir``, ``data.qrels``), MLflow, or nothing. A step not named here is refused by
 #: :func:`step_needs`, so a new step cannot go unchecked.
-DATA_STEPS = ("fingerprint", "prepare", "evaluate")
+DATA_STEPS = ("fingerprint", "preflight", "prepare", "evaluate")
 TRACKED_STEPS = (*DATA_STEPS, "generate", "generate_merge", "mine", "label", "label_merge", "distill", "register",
-                 "promote", "challenger", "finish", "unchanged")
+                 "promote", "challenger", "finish", "unchanged", "nothing_to_learn")
 PLAIN_STEPS = ("shard_indices",)
 
 
@@ -265,6 +265,8 @@ def step_needs(cfg, step: str, env: dict[str, str] | None = None) -> list[Need]:
                   for r in cfg.mine.retrievers if r.partition(":")[0] == "dense"]
     elif step == "label":
         needs += teacher_needs(cfg.label.teacher, cfg)
+    elif step == "preflight":   # the base model's top-k of the judged queries, reranked by the teacher
+        needs += [Need("model", cfg.retrieval.model, "retrieval.model"), *teacher_needs(cfg.label.teacher, cfg)]
     elif step in ("distill", "evaluate"):
         needs.append(Need("model", cfg.retrieval.model, "retrieval.model"))
     if step in TRACKED_STEPS:  # MLflow: the stage's run, the registry

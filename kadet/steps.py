@@ -100,6 +100,35 @@ def unchanged_text(model_name: str, version: str) -> str:
             "the settings are the same; nothing was trained or registered")
 
 
+def preflight_step(cfg: KadetConfig, out: str, pipeline_run: str) -> str:
+    """The teacher's lead over the base on the judged queries (:mod:`kadet.preflight`), before any
+    work: returns "" to go on, else why there is nothing to learn (the run then trains nothing)."""
+    import mlflow
+
+    from kadet.preflight import check
+
+    with tracking.stage_run(cfg, "preflight", pipeline_run, out=out):
+        Path(out).mkdir(parents=True, exist_ok=True)
+        result = check(cfg, out)
+        if result is None:
+            mlflow.set_tag("kadet.preflight", "not measured: no judged queries (silver run) or distill.preflight off")
+            return ""
+        mlflow.log_metrics({"preflight.base": result["base"], "preflight.teacher": result["teacher"],
+                            "preflight.lead": result["lead"], "preflight.lead_ci_low": result["ci_low"],
+                            "preflight.lead_ci_high": result["ci_high"]})
+        mlflow.set_tag("kadet.preflight", result["message"])
+        mlflow.log_artifact(str(Path(out) / "preflight.json"))
+    return "" if result["go"] else result["message"]
+
+
+def nothing_to_learn_step(cfg: KadetConfig, reason: str, pipeline_run: str) -> None:
+    """A run the pre-flight check stopped: say why on the pipeline's parent run (no version)."""
+    c = tracking.client(cfg)
+    parent = tracking.parent_run_id(cfg, pipeline_run)
+    c.set_tag(parent, tracking.NOTHING_TO_LEARN_TAG, reason)
+    c.set_tag(parent, tracking.GATE_TAG, reason)
+
+
 def prepare_step(cfg: KadetConfig, out: str, pipeline_run: str, fingerprint: dict | None = None) -> dict:
     from kadet.prepare import prepare
 

@@ -47,11 +47,12 @@ ARTIFACT_URI_TAG = "kadet.artifact_uri"
 GATE_TAG = "kadet.gate"
 MODEL_VERSION_TAG = "kadet.model_version"
 UNCHANGED_TAG = "kadet.unchanged_since"  # on a parent run that found nothing new (the version it matched)
+NOTHING_TO_LEARN_TAG = "kadet.nothing_to_learn"  # on a parent run the pre-flight check stopped (its reason)
 DATASET_ATTEMPTS = 3  # tries to log one input as an MLflow dataset (see log_inputs)
 #: Config sections logged as params on each stage's run (plus ``data`` and ``retrieval``).
 STAGE_SECTIONS = {
     "prepare": ["prepare"], "generate": ["generate"], "mine": ["mine"], "label": ["label"],
-    "distill": ["distill"], "evaluate": ["evaluation"], "register": ["register"],
+    "distill": ["distill"], "evaluate": ["evaluation"], "register": ["register"], "preflight": ["label"],
 }
 
 

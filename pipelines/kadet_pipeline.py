@@ -1,5 +1,10 @@
-"""The kadet DAG: fingerprint -> (nothing new: say so) or prepare -> generate (sharded) -> mine ->
-label (sharded) -> distill -> evaluate -> register -> promote (``dsl.If``) or mark challenger.
+"""The kadet DAG: fingerprint -> (nothing new: say so) or pre-flight -> (nothing to learn: say so)
+or prepare -> generate (sharded) -> mine -> label (sharded) -> distill -> evaluate -> register ->
+promote (``dsl.If``) or mark challenger.
+
+The pre-flight task (kadet/preflight.py) measures, on the corpus's judged queries, the teacher's
+lead over the base model; when it is not measurably positive the run stops before any work and
+says so. Silver runs (no judged queries) always go on.
 
 The fingerprint task is never cached: it reads what the corpus holds now (object names, sizes
 and ETags on S3; file digests locally) and whether a registered version was trained on these
@@ -107,12 +112,22 @@ def make_pipeline(base_image: str | None = None, platform: Platform | None = Non
             with dsl.If(fp.outputs["unchanged_since"] != "", name="nothing-new"):
                 same = c.unchanged(version=fp.outputs["unchanged_since"], model_name=model_name, **common)
             with dsl.Else(name="new-content-or-settings"):
-                tasks = _train(c, fp, ui, common, trainer_job)
+                # with judged queries: is the teacher measurably better than the base? (kadet/preflight.py)
+                pre = c.preflight(data_uri=data_uri, eval_qrels_uri=eval_qrels_uri,
+                                  corpus_fingerprint=fp.outputs["corpus"], teacher=teacher, **common)
+                # (a flag, not the reason: a condition on free text with quotes is fragile)
+                with dsl.If(pre.outputs["go"] == "yes", name="something-to-learn"):
+                    tasks = _train(c, fp, ui, common, trainer_job)
+                with dsl.Else(name="nothing-to-learn"):
+                    stopped = c.nothing_to_learn(reason=pre.outputs["reason"], **common)
         closer.set_display_name("close MLflow run")
         fp.set_display_name("0 corpus fingerprint").set_caching_options(False)
         same.set_display_name("0 nothing new: no change since the version trained on it").set_caching_options(False)
+        pre.set_display_name("0 pre-flight: the teacher's lead on judged queries")
+        stopped.set_display_name("0 nothing to learn: the teacher is not ahead of the base").set_caching_options(False)
         if platform is not None:
-            for step, task in [("finish", closer), ("fingerprint", fp), ("unchanged", same), *tasks]:
+            for step, task in [("finish", closer), ("fingerprint", fp), ("unchanged", same), ("preflight", pre),
+                               ("nothing_to_learn", stopped), *tasks]:
                 platform.apply(task, step)
 
     return kadet_pipeline

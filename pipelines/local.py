@@ -138,6 +138,8 @@ def summarise(cfg, seconds: float) -> dict:
         "eval_kind": ev.data.tags.get(tracking.EVAL_KIND_TAG, "gold") if ev else None,
         # the version trained on this very corpus content and these settings, when nothing was new
         "unchanged_since": parent.data.tags.get(tracking.UNCHANGED_TAG),
+        # the pre-flight check's reason to stop: the teacher is not measurably ahead of the base
+        "nothing_to_learn": parent.data.tags.get(tracking.NOTHING_TO_LEARN_TAG),
         "work": work_counts(stages),
         "gate_retriever": ev.data.tags.get(tracking.GATE_RETRIEVER_TAG, "dense") if ev else None,
         # every retriever measured: {"dense": {"base": {...}, "candidate": {...}}, "hybrid": ..., "bm25": {...}}

@@ -488,6 +488,7 @@ def test_every_step_of_the_default_pipeline_finds_its_models_and_endpoints(tmp_p
     assert problems == []
     assert {("generate", "endpoint", "http://tgi.kadet.svc.cluster.local:8080"),
             ("label", "model", "smollm2"), ("distill", "model", "all-MiniLM-L6-v2"),
+            ("preflight", "model", "all-MiniLM-L6-v2"), ("preflight", "model", "smollm2"),
             ("register", "endpoint", "http://mlflow.kadet.svc.cluster.local:5000"),
             ("prepare", "endpoint", "http://minio.kadet.svc.cluster.local:9000"),
             ("fingerprint", "endpoint", "http://minio.kadet.svc.cluster.local:9000")} <= seen

@@ -152,10 +152,10 @@ def test_dag_shape(spec):
     assert any("== 'promote'" in c for c in conditions) and any("!(" in c for c in conditions)   # If / Else
     for stage in ("prepare", "mine", "label-merge", "distill", "evaluate"):
         assert tasks[stage]["cachingOptions"] == {"enableCache": True}
-    for step in ("fingerprint", "unchanged", "register", "promote", "challenger"):
+    for step in ("fingerprint", "unchanged", "nothing-to-learn", "register", "promote", "challenger"):
         assert tasks[step]["cachingOptions"] == {}, step           # registry or corpus state: never cached
     executors = spec["deploymentSpec"]["executors"]
-    gpu = {"exec-label", "exec-distill"}                              # generate calls the TGI server
+    gpu = {"exec-preflight", "exec-label", "exec-distill"}           # generate calls the TGI server
     assert {n: e["container"]["image"] for n, e in executors.items()} == {
         n: "ghcr.io/kadet-ml/kadet:0.1.0-cuda" if n in gpu else "ghcr.io/kadet-ml/kadet:0.1.0-cpu" for n in executors}
     assert all("pip install" not in " ".join(e["container"]["command"]) for e in executors.values())
@@ -185,6 +185,22 @@ def test_a_grown_corpus_at_the_same_address_is_not_served_from_the_cache(spec):
     assert set(same["dag"]["tasks"]) == {"unchanged"}
 
 
+def test_the_training_branch_runs_only_when_the_preflight_check_found_something_to_learn(spec):
+    """Was: every run distilled whatever the teacher knew. Now a pre-flight task (kadet/preflight.py)
+    runs first in the new-content branch; training is conditioned on its ``go`` flag and the
+    other branch only records why (never cached: it writes to the registry's parent run)."""
+    tasks = all_tasks(spec)
+    assert tasks["preflight"]["cachingOptions"] == {"enableCache": True}
+    assert set(tasks["preflight"]["inputs"]["parameters"]) >= {"data_uri", "eval_qrels_uri", "corpus_fingerprint",
+                                                                 "teacher"}
+    conds = {name: t["triggerPolicy"]["condition"] for name, t in tasks.items()
+             if "preflight-go" in t.get("triggerPolicy", {}).get("condition", "")}
+    assert len(conds) == 2
+    go = next(spec["components"][tasks[n]["componentRef"]["name"]] for n, c in conds.items() if not c.startswith("!("))
+    stop = next(spec["components"][tasks[n]["componentRef"]["name"]] for n, c in conds.items() if c.startswith("!("))
+    assert "prepare" in go["dag"]["tasks"] and set(stop["dag"]["tasks"]) == {"nothing-to-learn"}
+
+
 def test_the_image_is_a_setting(tmp_path):
     from pipelines.compile import compile_pipeline
 
@@ -205,7 +221,7 @@ def test_compiled_yaml_carries_the_platform_settings(spec, compiled):
         step = name.removeprefix("exec-").replace("-", "_").removesuffix("_2")
         container, kube = executors[name]["container"], k8s[name]
         gpu = container["resources"].get("accelerator")
-        if step in ("label", "distill"):               # not generate: it calls the TGI server (was: held a GPU)
+        if step in ("preflight", "label", "distill"):  # not generate: it calls the TGI server (was: held a GPU)
             assert gpu == {"count": "1", "resourceCount": "1", "resourceType": "nvidia.com/gpu", "type": "nvidia.com/gpu"}
             assert kube["nodeSelector"] == {"labels": plat.gpu_node_selector}
             assert kube["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
@@ -223,12 +239,14 @@ def test_compiled_yaml_carries_the_platform_settings(spec, compiled):
 
 
 # The default query type (sentence, no LLM: the same queries on any CPU); the LLM backends have
-# their own tests in test_generate.py.
+# their own tests in test_generate.py. The pre-flight step runs and logs its figures, but on 20
+# judged queries its interval is wide, so these runs go on whatever it measures (min_teacher_lead
+# -1); its stop has its own run below and its figures test_preflight.py.
 TINY = """
 prepare: {sample_size: 12}
 generate: {types: {sentence: 1.0}}
 label: {rerank_depth: 10, list_size: 8, min_top_percentile: 0}
-distill: {epochs: 2, batch_size: 8, chunk_size: 16, passage_max_len: 128, lr: 1.0e-5}
+distill: {epochs: 2, batch_size: 8, chunk_size: 16, passage_max_len: 128, lr: 1.0e-5, min_teacher_lead: -1.0}
 register: {model_name: kadet-ci}
 """
 
@@ -388,6 +406,31 @@ def test_a_corpus_without_judgements_runs_end_to_end_on_silver(tmp_path):
     assert (next(kfp.rglob("run_report")).read_text() == Path(local).read_text())
 
 
+@pytest.mark.slow
+def test_a_run_with_nothing_to_learn_stops_before_any_work(tmp_path, capsys):
+    """A teacher that is the base model itself (label.teacher=dense) reorders nothing: the
+    pre-flight step measures a lead of exactly 0 on the judged queries, and the run stops there:
+    no prepare ... register task, no registered model; the reason is on the parent run and on the
+    console. A real KFP local run and MLflow store."""
+    import mlflow
+
+    from kadet.cli import print_run_summary
+    from pipelines.local import run_local
+
+    data = scifact_slice(tmp_path / "data")
+    (tmp_path / "tiny.yaml").write_text(TINY.replace("min_teacher_lead: -1.0", "min_teacher_lead: 0.0"))
+    summary = run_local(str(data), str(tmp_path / "work"), str(tmp_path / "tiny.yaml"), ["label.teacher=dense"])
+    assert summary["nothing_to_learn"].startswith("nothing to learn: the teacher (dense)")
+    assert "lead +0.0000, 95% interval [+0.0000, +0.0000]" in summary["nothing_to_learn"]
+    assert [n for n, _ in summary["stages"]] == ["preflight"] and summary["version"] is None
+    c = mlflow.MlflowClient(*[f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}"] * 2)   # tracking and registry
+    assert c.search_registered_models() == []
+    pre = c.search_runs([c.get_run(summary["parent_run"]).info.experiment_id], "attributes.run_name = 'preflight'")
+    assert pre[0].data.metrics["preflight.lead"] == 0.0
+    print_run_summary(summary)
+    assert summary["nothing_to_learn"] in capsys.readouterr().out
+
+
 def check_report(text: str, kind: str) -> None:
     """``report.html``, parsed: every section there, self-contained, its images real PNGs."""
     import base64
@@ -435,7 +478,7 @@ RETRAIN = """
 prepare: {sample_size: 0}
 generate: {types: {question: 0.3, sentence: 1.0}, max_new_tokens: 24}
 label: {rerank_depth: 10, list_size: 8, min_top_percentile: 0}
-distill: {epochs: 1, batch_size: 8, chunk_size: 16, passage_max_len: 128, lr: 1.0e-5}
+distill: {epochs: 1, batch_size: 8, chunk_size: 16, passage_max_len: 128, lr: 1.0e-5, min_teacher_lead: -1.0}
 register: {model_name: kadet-ci}
 """
 

@@ -1,0 +1,69 @@
+"""The pre-flight check: the teacher's lead over the base on judged queries, and the stop it drives."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from kadet.config import load_config, profile_config
+from kadet.preflight import check, teacher_lead, verdict
+from tests.conftest import scifact_slice
+
+
+def _cfg(data, work, *extra):
+    return load_config(None, [f"data.data_dir={data}", f"work_dir={work}", "label.rerank_depth=20", *extra],
+                       base=profile_config("local"))
+
+
+@pytest.fixture(scope="module")
+def slice_dir(tmp_path_factory, scifact):
+    return scifact_slice(tmp_path_factory.mktemp("pf") / "data", n_queries=40, n_docs=300)
+
+
+def test_the_lead_is_the_teacher_reports_ensemble_minus_its_base_row(slice_dir, tmp_path):
+    """Two code paths, one number: the pre-flight's per-query means equal `kadet teacher-report`'s
+    rows (the same base top-k, reranked by the same ensemble)."""
+    from kadet.teacher_report import teacher_report
+
+    cfg = _cfg(slice_dir, tmp_path / "w")
+    lead = teacher_lead(cfg)
+    rep = teacher_report(cfg, ["ensemble"], split="test", depth=20)
+    base_row, ens_row = rep["rows"][0], rep["rows"][-1]
+    assert lead["queries"] == rep["queries"] == 40 and lead["depth"] == 20
+    assert lead["base"] == pytest.approx(base_row["ndcg"], abs=1e-9)
+    assert lead["teacher"] == pytest.approx(ens_row["ndcg"], abs=1e-9)
+    assert lead["lead"] == pytest.approx(ens_row["ndcg"] - base_row["ndcg"], abs=1e-9)
+    assert lead["ci_low"] <= lead["lead"] <= lead["ci_high"]
+
+
+def test_a_teacher_that_is_the_base_model_leaves_nothing_to_learn(slice_dir, tmp_path):
+    """label.teacher=dense is the base model's own cosine: it reorders nothing, so the lead is 0
+    on every query, and the check says to stop, with the figures and what to do."""
+    cfg = _cfg(slice_dir, tmp_path / "w", "label.teacher=dense")
+    result = check(cfg, tmp_path / "out")
+    assert result["lead"] == 0 and result["ci_low"] == result["ci_high"] == 0
+    assert result["go"] is False
+    assert result["message"].startswith("nothing to learn: the teacher (dense)")
+    assert "on 40 judged queries" in result["message"] and "distill.preflight=false" in result["message"]
+    assert (tmp_path / "out" / "preflight.json").exists()
+    # switched off, there is nothing to measure and the run goes on
+    assert check(_cfg(slice_dir, tmp_path / "w", "label.teacher=dense", "distill.preflight=false")) is None
+
+
+def test_without_judged_queries_there_is_no_lead_to_measure(slice_dir, tmp_path):
+    (tmp_path / "corpus-only").mkdir()
+    shutil.copy(slice_dir / "corpus.jsonl", tmp_path / "corpus-only" / "corpus.jsonl")
+    assert check(_cfg(tmp_path / "corpus-only", tmp_path / "w")) is None
+
+
+@pytest.mark.parametrize("low, floor, go", [(0.001, 0.0, True), (0.0, 0.0, False), (-0.01, 0.0, False),
+                                            (0.004, 0.005, False), (0.006, 0.005, True)])
+def test_go_only_when_the_whole_interval_is_above_the_floor(low, floor, go, tmp_path):
+    cfg = load_config(None, [f"distill.min_teacher_lead={floor}"])
+    lead = {"base": 0.6, "teacher": 0.62, "lead": 0.02, "ci_low": low, "ci_high": 0.05, "queries": 300,
+            "depth": 30, "teacher_name": "ensemble", "metric": "ndcg@10"}
+    ok, sentence = verdict(cfg, lead)
+    assert ok is go
+    assert sentence.startswith("pre-flight: ") if go else sentence.startswith("nothing to learn: ")
+    assert "[+0.0" in sentence or "[-0.0" in sentence           # the interval is in the sentence
