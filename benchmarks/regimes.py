@@ -58,6 +58,9 @@ RECIPES: dict[str, list[str]] = {
     "lr1e-5": ["distill.lr=1e-5"],
     "e10": ["distill.epochs=10"],
     "wise0.5": ["distill.base_weight=0.5"],
+    "warm16": ["distill.min_warmup_steps=16"],
+    "warm16-e10": ["distill.min_warmup_steps=16", "distill.epochs=10"],
+    "warm32-e10": ["distill.min_warmup_steps=32", "distill.epochs=10"],
     "full": ["distill.mode=full", "distill.passage_max_len=256", "distill.chunk_size=32", "distill.lr=2e-5"],
 }
 

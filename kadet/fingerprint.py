@@ -34,7 +34,8 @@ NOT_MODEL_SETTINGS = ("work_dir", "artifact_uri", "data.data_dir", "data.qrels",
                       "generate.shard_index", "generate.num_shards", "generate.progress", "generate.flush_every",
                       "generate.device", "generate.batch_size", "label.shard_index", "label.num_shards",
                       "label.flush_every", "label.device", "label.batch_size", "retrieval.device",
-                      "retrieval.batch_size", "retrieval.embedding_cache", "distill.progress", "distill.device")
+                      "retrieval.batch_size", "retrieval.embedding_cache", "distill.progress", "distill.device",
+                      "distill.preflight", "distill.min_teacher_lead")
 #: Version tags of the lineage (register sets them, the report and the card show them).
 INPUTS_TAG = "kadet.inputs_fingerprint"
 CORPUS_TAG = "kadet.corpus_fingerprint"

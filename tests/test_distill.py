@@ -54,6 +54,30 @@ def test_lr_schedule():
     assert all(a >= b for a, b in zip(f[2:], f[3:]))
 
 
+def test_a_small_training_set_warms_up_over_at_least_min_warmup_steps():
+    """Three steps per epoch: half an epoch of warm-up would reach the peak rate at step 2; with
+    distill.min_warmup_steps=16 the rate climbs over 16 steps (then decays to the end)."""
+    import torch
+
+    from kadet.config import DistillConfig
+    from kadet.distill.optim import make_optimizer
+
+    def rates(settings):
+        opt, sched = make_optimizer([torch.nn.Parameter(torch.zeros(1))], settings, steps_per_epoch=3)
+        out = []
+        for _ in range(settings.epochs * 3):
+            out.append(sched.get_last_lr()[0])
+            opt.step()
+            sched.step()
+        return out
+
+    plain = rates(DistillConfig(lr=1e-4, epochs=10))
+    assert plain[1] == pytest.approx(1e-4)
+    slow = rates(DistillConfig(lr=1e-4, epochs=10, min_warmup_steps=16))
+    assert slow[0] == pytest.approx(1e-4 / 16) and slow[2] == pytest.approx(3e-4 / 16)
+    assert max(slow) == pytest.approx(1e-4) and slow.index(max(slow)) == 15
+
+
 def test_resume_gives_the_same_weights(tiny_st, tmp_path):
     labels = _labels(tmp_path / "labels.jsonl")
     m = distill(_cfg(tiny_st, tmp_path), labels, tmp_path / "straight")

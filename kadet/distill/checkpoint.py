@@ -26,7 +26,7 @@ from kadet.manifest import fingerprint
 
 #: ``distill`` settings that change how a run shows itself, not what it learns: left out of the
 #: checkpoint key and of the hyperparameters the model card lists.
-NOT_HYPERPARAMETERS = ("progress", "device")
+NOT_HYPERPARAMETERS = ("progress", "device", "preflight", "min_teacher_lead")   # they shape no model
 
 
 def hyperparameters(settings: DistillConfig) -> dict:
