@@ -61,6 +61,9 @@ RECIPES: dict[str, list[str]] = {
     "warm16": ["distill.min_warmup_steps=16"],
     "warm16-e10": ["distill.min_warmup_steps=16", "distill.epochs=10"],
     "warm32-e10": ["distill.min_warmup_steps=32", "distill.epochs=10"],
+    # transductive: the judged passages stay in training (their own synthetic queries too); the
+    # evaluation then measures a corpus whose every passage was seen, as a user's production does
+    "no-exclusion": ["prepare.exclude_splits=[]"],
     "full": ["distill.mode=full", "distill.passage_max_len=256", "distill.chunk_size=32", "distill.lr=2e-5"],
 }
 
@@ -147,7 +150,8 @@ def run(slice_name: str, recipe: str, root: Path, extra: list[str]) -> dict:
         t[stage] = round(time.perf_counter() - t0, 1)
         return r
 
-    shared = work / "shared"  # prepare..label do not depend on the distill-only recipes
+    # prepare..label do not depend on the distill-only recipes: one shared folder for those
+    shared = work / ("shared" if all(o.startswith("distill.") for o in overrides) else f"shared-{recipe}")
     if not (shared / "label" / "labels.jsonl").exists():
         timed("prepare", __import__("kadet.prepare", fromlist=["prepare"]).prepare, cfg, shared / "prepare")
         timed("generate", generate, cfg, shared / "prepare" / "passages.jsonl", shared / "generate")

@@ -254,12 +254,20 @@ def make_plan(cfg: KadetConfig, measure_here: bool = True) -> Plan:
     q = c["queries"]
     eval_q = c["eval_queries"]
     dev_q = round(q * lab.dev_fraction)
-    tasks = 9 + g.num_shards + lab.num_shards                # the DAG's tasks that import kadet
+    # the pre-flight check (gold runs) encodes the corpus first: mine then finds it in the embedding cache
+    preflight = cfg.distill.preflight and c["eval_kind"] == "gold"
+    encode_corpus = c["clean_corpus"] * r["encode_document"]
+    tasks = 9 + preflight + g.num_shards + lab.num_shards    # the DAG's tasks that import kadet
     rows = [
+        ("preflight", f"encode {c['clean_corpus']:,} passages, {eval_q * lab.rerank_depth:,} teacher pairs"
+         if preflight else "not run (silver)",
+         encode_corpus + r["teacher_fixed"] + eval_q * (r["encode_query"] + lab.rerank_depth * r["teacher_pair"])
+         if preflight else 0.0),
         ("prepare", f"{c['documents']:,} documents", c["documents"] * r["prepare_document"]),
         ("generate", f"{c['llm_requests']:,} LLM requests, {q:,} queries", c["llm_requests"] * r["llm_request"]),
-        ("mine", f"encode {c['clean_corpus']:,} passages + {q:,} queries, BM25",
-         c["clean_corpus"] * (r["encode_document"] + r["bm25_index"]) + q * (r["encode_query"] + r["bm25_query"])),
+        ("mine", f"encode {0 if preflight else c['clean_corpus']:,} passages + {q:,} queries, BM25",
+         (0.0 if preflight else encode_corpus) + c["clean_corpus"] * r["bm25_index"]
+         + q * (r["encode_query"] + r["bm25_query"])),
         ("label", f"{c['teacher_pairs']:,} teacher pairs", lab.num_shards * (r["teacher_fixed"] + c["clean_corpus"]
                                                                                * r["teacher_document"])
          + c["teacher_pairs"] * r["teacher_pair"]),
