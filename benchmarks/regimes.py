@@ -14,6 +14,7 @@ scifact-300    300 passages: 150 SciFact train queries' positives, the rest unju
 scifact-1000   1,000 passages: 500 SciFact train queries' positives, the rest unjudged
 npl-1500       1,500 passages: NPL queries whose relevant passages fill ~1,000, the rest unjudged
 npl            all of NPL (3,633 passages, 323 queries, ~15 relevant passages each)
+scifact-train  all of SciFact (5,183 passages) judged by its 809 train queries (the many-queries regime)
 =============  ==========================================================================
 
 Each row runs kadet's own stages in-process on the local profile (``kadet/profiles/local.yaml``)
@@ -49,6 +50,7 @@ SLICES: dict[str, tuple[str, str, int | None, int | None]] = {
     "scifact-1000": ("beir/scifact", "train", 500, 1000),
     "npl-1500": ("npl", "test", 1000, 1500),
     "npl": ("npl", "test", None, None),
+    "scifact-train": ("beir/scifact", "train", None, None),
 }
 
 #: recipe -> overrides on the local profile. ``default`` is whatever the profile says today.

@@ -122,6 +122,7 @@ def summarise(cfg, seconds: float) -> dict:
               for r in children]
     ev = next((r for n, _, r in stages if n == "evaluate"), None)
     reg = next((r for n, _, r in stages if n == "register"), None)
+    pre = next((r for n, _, r in stages if n == "preflight"), None)
     champ = alias_version(c, cfg.register.model_name, cfg.register.champion_alias)
     return {
         "seconds": round(seconds, 1), "parent_run": parent.info.run_id,
@@ -140,6 +141,9 @@ def summarise(cfg, seconds: float) -> dict:
         "unchanged_since": parent.data.tags.get(tracking.UNCHANGED_TAG),
         # the pre-flight check's reason to stop: the teacher is not measurably ahead of the base
         "nothing_to_learn": parent.data.tags.get(tracking.NOTHING_TO_LEARN_TAG),
+        # the teacher's lead over the base on the judged queries ({} on silver runs): what there was to learn
+        "preflight": {k.removeprefix("preflight."): v for k, v in (pre.data.metrics if pre else {}).items()
+                      if k.startswith("preflight.")},
         "work": work_counts(stages),
         "gate_retriever": ev.data.tags.get(tracking.GATE_RETRIEVER_TAG, "dense") if ev else None,
         # every retriever measured: {"dense": {"base": {...}, "candidate": {...}}, "hybrid": ..., "bm25": {...}}

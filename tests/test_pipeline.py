@@ -276,10 +276,14 @@ def test_local_kfp_run_of_the_real_dag_on_s3(tmp_path, monkeypatch, capfd):
                                 [f"tracking.tracking_uri={uri}", "artifact_uri=s3://kadet/runs"], shards=2)
             # the console: a start and an end line per stage, nothing of KFP's (that is in the log)
             shown = capfd.readouterr().out
-            for stage in ("prepare", "generate-1-of-2", "mine", "label-merge", "distill", "evaluate", "register"):
+            for stage in ("preflight", "prepare", "generate-1-of-2", "mine", "label-merge", "distill", "evaluate",
+                          "register"):
                 assert re.search(rf"^  {stage} +started$", shown, re.M), (stage, shown)
                 assert re.search(rf"^  {stage} +done  [0-9.]+ s", shown, re.M), (stage, shown)
             assert re.search(r"^  mine +done .* queries \d+", shown, re.M)
+            # the pre-flight step ran on the corpus's judged queries (on S3) and its lead reached the summary
+            pre = summary["preflight"]
+            assert pre["lead_ci_low"] <= pre["lead"] <= pre["lead_ci_high"] and pre["base"] > 0
             assert "KFP Executor" not in shown and "KFP Executor" in Path(summary["log"]).read_text()
             c = mlflow.MlflowClient(uri, registry_uri=uri)   # its registry named: never a process default
             exp = c.get_experiment_by_name("kadet")

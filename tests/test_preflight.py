@@ -67,3 +67,13 @@ def test_go_only_when_the_whole_interval_is_above_the_floor(low, floor, go, tmp_
     assert ok is go
     assert sentence.startswith("pre-flight: ") if go else sentence.startswith("nothing to learn: ")
     assert "[+0.0" in sentence or "[-0.0" in sentence           # the interval is in the sentence
+
+
+def test_the_console_says_how_much_of_the_lead_the_candidate_kept():
+    from kadet.cli import kept_text
+
+    pre = {"lead": 0.04, "lead_ci_low": 0.02, "lead_ci_high": 0.06}
+    assert kept_text(pre, 0.01) == ("teacher lead over the base (reranking its top-k, judged queries): +0.0400 "
+                                    "[+0.0200, +0.0600]; the candidate kept 25% of it")
+    assert "kept" not in kept_text({**pre, "lead": -0.01}, 0.01)
+    assert kept_text({}, 0.01).startswith("teacher lead: not measured")
