@@ -65,6 +65,8 @@ RECIPES: dict[str, list[str]] = {
     "warm32-e10": ["distill.min_warmup_steps=32", "distill.epochs=10"],
     # transductive: the judged passages stay in training (their own synthetic queries too); the
     # evaluation then measures a corpus whose every passage was seen, as a user's production does
+    "sent3": ["generate.types={sentence: 3}"],
+    "sent3-warm16-e10": ["generate.types={sentence: 3}", "distill.min_warmup_steps=16", "distill.epochs=10"],
     "no-exclusion": ["prepare.exclude_splits=[]"],
     "full": ["distill.mode=full", "distill.passage_max_len=256", "distill.chunk_size=32", "distill.lr=2e-5"],
 }

@@ -316,6 +316,17 @@ def test_sentence_queries_need_no_llm_and_follow_weight_and_shards(tmp_path):
     assert 10 <= len(half) <= 30
     parts = [q for i in range(3) for q in extract_queries(docs, "sentence", 42, 0.5, (i, 3))]
     assert sorted(q["qid"] for q in parts) == sorted(q["qid"] for q in half)
+    # more than one per passage: distinct sentences of it, the first the same as at weight 1
+    one = {q["source_doc_id"]: q["text"] for q in extract_queries(docs, "sentence", 42)}
+    many = extract_queries(docs, "sentence", 42, weight=1.5)
+    by_doc: dict[str, list[str]] = {}
+    for q in many:
+        by_doc.setdefault(q["source_doc_id"], []).append(q["text"])
+    assert len({q["qid"] for q in many}) == len(many) and 50 <= len(many) <= 75
+    assert all(texts[0] == one[d] and len(set(texts)) == len(texts) <= 2 for d, texts in by_doc.items())
+    assert [q["text"] for q in many] == [q["text"] for q in extract_queries(docs, "sentence", 42, weight=1.5)]
+    # a passage with two usable sentences gives two queries however many are asked for
+    assert len(extract_queries(docs[:1], "sentence", 42, weight=5)) == 2
     # no punctuation (NPL-like text): a span of the passage, never the whole passage
     flat = Document("n1", " ".join(f"word{i}" for i in range(50)))
     span = extract_sentence(flat, __import__("random").Random(0))

@@ -32,9 +32,11 @@ def extract_sentence(doc: Document, rng: random.Random, min_words: int = 4, max_
 
 def extract_queries(passages: Sequence[Document], kind: str, seed: int, weight: float = 1.0,
                     shard: tuple[int, int] = (0, 1)) -> list[dict]:
-    """Queries taken from the passages themselves, in ``queries.jsonl`` form: with probability
-    ``weight`` per passage (seeded by passage id, so sharding changes nothing), one ``kind``
-    query per passage of this ``shard`` (index, count: ``shard_range``, as ``plan_requests``)."""
+    """Queries taken from the passages themselves, in ``queries.jsonl`` form, for the passages of
+    this ``shard`` (index, count: ``shard_range``, as ``plan_requests``): ``weight`` queries per
+    passage, a fraction being a probability (0.5: every other passage; 2.5: two, and a third for
+    every other passage), each a different sentence (span) of it, all seeded by passage id, so
+    sharding changes nothing and a passage's first query is the same whatever the weight."""
     if kind not in EXTRACTED_TYPES:
         raise ConfigError(f"extracted query type must be one of {EXTRACTED_TYPES}, got {kind!r}")
     rows = []
@@ -42,9 +44,18 @@ def extract_queries(passages: Sequence[Document], kind: str, seed: int, weight: 
         rng = random.Random(f"{seed}|{doc.doc_id}|{kind}")
         if rng.random() >= weight:
             continue
-        text = extract_sentence(doc, rng)
-        if text is None:
+        texts = [extract_sentence(doc, rng)]
+        if texts[0] is None:
             continue
-        rows.append({"qid": f"{kind}-{doc.doc_id}", "text": text, "type": kind, "source_doc_id": doc.doc_id,
-                     "backend": "extract", "model": "", "prompt_id": ""})
+        more = random.Random(f"{seed}|{doc.doc_id}|{kind}|more")
+        wanted = int(weight) + (more.random() < weight - int(weight)) if weight > 1 else 1
+        for _ in range(4 * wanted):      # distinct texts; a short passage may have fewer
+            if len(texts) >= wanted:
+                break
+            text = extract_sentence(doc, more)
+            if text is not None and text not in texts:
+                texts.append(text)
+        rows += [{"qid": f"{kind}-{doc.doc_id}" + (f"-{i}" if i else ""), "text": text, "type": kind,
+                  "source_doc_id": doc.doc_id, "backend": "extract", "model": "", "prompt_id": ""}
+                 for i, text in enumerate(texts)]
     return rows
