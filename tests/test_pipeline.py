@@ -290,8 +290,9 @@ def test_local_kfp_run_of_the_real_dag_on_s3(tmp_path, monkeypatch, capfd):
             children = c.search_runs([exp.experiment_id],
                                      filter_string=f"tags.`mlflow.parentRunId` = '{summary['parent_run']}'")
             names = sorted(r.info.run_name for r in children)
-            assert names == sorted(["prepare", "generate-0-of-2", "generate-1-of-2", "generate-merge", "mine",
-                                    "label-0-of-2", "label-1-of-2", "label-merge", "distill", "evaluate", "register"])
+            assert names == sorted(["preflight", "prepare", "generate-0-of-2", "generate-1-of-2", "generate-merge",
+                                    "mine", "label-0-of-2", "label-1-of-2", "label-merge", "distill", "evaluate",
+                                    "register"])
             assert all(r.info.status == "FINISHED" for r in children)
             assert c.get_run(summary["parent_run"]).info.status == "FINISHED"
             by_name = {r.info.run_name: r for r in children}
