@@ -72,6 +72,10 @@ RECIPES: dict[str, list[str]] = {
 }
 
 
+#: distill settings recorded with each row
+SHOWN = ("lr", "epochs", "min_warmup_steps", "batch_size", "base_weight", "mode", "teacher_temp")
+
+
 def _read_jsonl(path: Path) -> list[dict]:
     with path.open(encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -184,6 +188,9 @@ def run(slice_name: str, recipe: str, root: Path, extra: list[str]) -> dict:
         "gain_ci": [round(gain["ci_low"], 4), round(gain["ci_high"], 4)],
         "kept": round(gain["mean"] / lead["lead"], 2) if lead["lead"] > 0 else None,
         "seconds": t, "machine": machine(),
+        # the effective settings (the profile's and the recipe's): the profile changes over time
+        "settings": {k: getattr(cfg.distill, k) for k in SHOWN}
+                    | {"generate.types": cfg.generate.types, "prepare.exclude_splits": cfg.prepare.exclude_splits},
     }
 
 
