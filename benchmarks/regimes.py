@@ -27,10 +27,12 @@ Rows go to ``benchmarks/results/regimes.jsonl`` with the machine they ran on.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -63,11 +65,16 @@ RECIPES: dict[str, list[str]] = {
     "warm16": ["distill.min_warmup_steps=16"],
     "warm16-e10": ["distill.min_warmup_steps=16", "distill.epochs=10"],
     "warm32-e10": ["distill.min_warmup_steps=32", "distill.epochs=10"],
-    # transductive: the judged passages stay in training (their own synthetic queries too); the
-    # evaluation then measures a corpus whose every passage was seen, as a user's production does
+    # three sentences of each passage instead of one (more training queries where passages are few)
     "sent3": ["generate.types={sentence: 3}"],
     "sent3-warm16-e10": ["generate.types={sentence: 3}", "distill.min_warmup_steps=16", "distill.epochs=10"],
-    "no-exclusion": ["prepare.exclude_splits=[]"],
+    # transductive: the judged passages stay in training (their own synthetic queries too); the
+    # evaluation then measures a corpus whose every passage was seen, as a user's production does.
+    # kadet always excludes the evaluation split's passages, so this recipe trains on the slice's
+    # corpus alone (no qrels: nothing to exclude) and evaluates on the slice. (The first two rows,
+    # 2026-12-01, ran before label.silver_queries=0 was added: a fifth of their synthetic queries
+    # was held out as an unused silver set.)
+    "no-exclusion": ["label.silver_queries=0"],
     "full": ["distill.mode=full", "distill.passage_max_len=256", "distill.chunk_size=32", "distill.lr=2e-5"],
 }
 
@@ -145,11 +152,19 @@ def run(slice_name: str, recipe: str, root: Path, extra: list[str]) -> dict:
     from kadet.manifest import Manifest
     from kadet.mine import mine
     from kadet.preflight import teacher_lead
+    from kadet.prepare import prepare
 
     data = make_slice(slice_name, root / "data")
     work = root / "work" / slice_name
     overrides = RECIPES[recipe] + extra
     cfg = load_config(None, [f"data.data_dir={data}", f"work_dir={work}", *overrides], base=profile_config("local"))
+    train_cfg = cfg   # what prepare..distill see
+    if recipe == "no-exclusion":
+        alone = root / "data" / f"{slice_name}-corpus-only"
+        alone.mkdir(parents=True, exist_ok=True)
+        shutil.copy(data / "corpus.jsonl", alone / "corpus.jsonl")
+        train_cfg = load_config(None, [f"data.data_dir={alone}", f"work_dir={work}", *overrides],
+                                base=profile_config("local"))
     t: dict[str, float] = {}
 
     def timed(stage, fn, *a):
@@ -159,24 +174,27 @@ def run(slice_name: str, recipe: str, root: Path, extra: list[str]) -> dict:
         return r
 
     # prepare..label do not depend on the distill-only recipes: one shared folder for those
-    shared = work / ("shared" if all(o.startswith("distill.") for o in overrides) else f"shared-{recipe}")
+    data_side = sorted(o for o in overrides if not o.startswith("distill.")) + (["corpus-only"] if train_cfg is not cfg
+                                                                                  else [])
+    key = hashlib.sha256(json.dumps(data_side).encode()).hexdigest()[:10]
+    shared = work / ("shared" if not data_side else f"shared-{key}")   # named by what shapes the labels
     if not (shared / "label" / "labels.jsonl").exists():
-        timed("prepare", __import__("kadet.prepare", fromlist=["prepare"]).prepare, cfg, shared / "prepare")
-        timed("generate", generate, cfg, shared / "prepare" / "passages.jsonl", shared / "generate")
-        timed("mine", mine, cfg, shared / "generate" / "queries.jsonl", shared / "prepare" / "corpus.jsonl",
+        timed("prepare", prepare, train_cfg, shared / "prepare")
+        timed("generate", generate, train_cfg, shared / "prepare" / "passages.jsonl", shared / "generate")
+        timed("mine", mine, train_cfg, shared / "generate" / "queries.jsonl", shared / "prepare" / "corpus.jsonl",
               shared / "mine")
-        timed("label", label, cfg, shared / "mine" / "candidates.jsonl", shared / "prepare" / "corpus.jsonl",
+        timed("label", label, train_cfg, shared / "mine" / "candidates.jsonl", shared / "prepare" / "corpus.jsonl",
               shared / "label")
     prep = Manifest.read(shared / "prepare")
     lead = teacher_lead(cfg)
     out = work / "-".join([recipe, *[e.replace("=", "") for e in extra]])
-    dm = timed("distill", distill, cfg, shared / "label" / "labels.jsonl", out / "distill")
+    dm = timed("distill", distill, train_cfg, shared / "label" / "labels.jsonl", out / "distill")
     base = _per_query(cfg, None)
     cand = _per_query(cfg, str(out / "distill" / "model"))
     gain = paired_bootstrap(base, cand)
     mean = lambda d: sum(d.values()) / len(d)  # noqa: E731
     return {
-        "slice": slice_name, "recipe": recipe, "overrides": overrides + extra,
+        "slice": slice_name, "recipe": recipe, "overrides": overrides,
         "passages": prep.counts.get("corpus"), "excluded": prep.counts.get("excluded_ids"),
         "trainable_passages": prep.counts.get("passages"),
         "train_queries": dm.counts["train_queries"], "judged_queries": len(base),

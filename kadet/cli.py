@@ -508,7 +508,9 @@ def print_run_summary(summary: dict, plan=None) -> None:
         ci_text = f" ({gain_text({'mean': c[nd] - b[nd], 'ci_low': ci[0], 'ci_high': ci[1]})})" if ci else ""
         print(f"{display(nd)} ({summary['eval_kind']}) base {b[nd]:.4f} -> candidate {c[nd]:.4f}{ci_text}; "
               f"{display(rc)} {b[rc]:.4f} -> {c[rc]:.4f}")
-        print(kept_text(summary.get("preflight") or {}, c[nd] - b[nd]))
+        dense = (summary.get("retrievers") or {}).get("dense") or {}   # the lead is measured on dense
+        if dense.get("base") and dense.get("candidate"):
+            print(kept_text(summary.get("preflight") or {}, dense["candidate"][nd] - dense["base"][nd]))
     hybrid, bm25 = (summary.get("retrievers") or {}).get("hybrid") or {}, (summary.get("retrievers") or {}).get("bm25")
     if hybrid.get("base") and hybrid.get("candidate"):
         hb, hc = hybrid["base"], hybrid["candidate"]
@@ -529,10 +531,10 @@ def print_run_summary(summary: dict, plan=None) -> None:
 
 def kept_text(pre: dict, gain: float) -> str:
     """What there was to learn and how much of it the candidate kept: the pre-flight lead (the
-    teacher reranking the base top-k on the judged queries) against the candidate's gain."""
+    teacher reranking the base's dense top-k on the judged queries) against the dense gain."""
     if "lead" not in pre:
         return "teacher lead: not measured (no judged queries, or distill.preflight off)"
-    kept = f"; the candidate kept {gain / pre['lead']:.0%} of it" if pre["lead"] > 0 else ""
+    kept = f"; the candidate (dense) kept {gain / pre['lead']:.0%} of it" if pre["lead"] > 0 else ""
     return (f"teacher lead over the base (reranking its top-k, judged queries): {pre['lead']:+.4f} "
             f"[{pre['lead_ci_low']:+.4f}, {pre['lead_ci_high']:+.4f}]{kept}")
 

@@ -331,7 +331,8 @@ class DistillConfig:
     min_warmup_steps: int = setting(0, "... and at least this many optimizer steps: on a small training set (a "
                                        "few steps per epoch) half an epoch of warm-up is one or two steps at "
                                        "nearly the peak rate, which overshoots before the dev loss is first "
-                                       "measured.", low=0)
+                                       "measured. A run shorter than the warm-up never reaches the peak: a small "
+                                       "training set then trains at a rate in proportion to its steps.", low=0)
     final_lr_ratio: float = setting(0.1, "After the warm-up the learning rate decays linearly to this fraction of "
                                          "lr at the last step.", low=0)
     grad_clip: float = setting(1.0, "Clip the gradient norm to this.", low=0)

@@ -255,14 +255,15 @@ def make_plan(cfg: KadetConfig, measure_here: bool = True) -> Plan:
     eval_q = c["eval_queries"]
     dev_q = round(q * lab.dev_fraction)
     # the pre-flight check (gold runs) encodes the corpus first: mine then finds it in the embedding cache
+    # (all the documents: it searches the whole corpus, as evaluate does)
     preflight = cfg.distill.preflight and c["eval_kind"] == "gold"
     encode_corpus = c["clean_corpus"] * r["encode_document"]
-    tasks = 9 + preflight + g.num_shards + lab.num_shards    # the DAG's tasks that import kadet
+    tasks = 10 + g.num_shards + lab.num_shards               # the DAG's tasks that import kadet
     rows = [
-        ("preflight", f"encode {c['clean_corpus']:,} passages, {eval_q * lab.rerank_depth:,} teacher pairs"
-         if preflight else "not run (silver)",
-         encode_corpus + r["teacher_fixed"] + eval_q * (r["encode_query"] + lab.rerank_depth * r["teacher_pair"])
-         if preflight else 0.0),
+        ("preflight", f"encode {c['documents']:,} passages, {eval_q * lab.rerank_depth:,} teacher pairs"
+         if preflight else ("nothing to measure (silver)" if cfg.distill.preflight else "off (distill.preflight)"),
+         c["documents"] * r["encode_document"] + r["teacher_fixed"]
+         + eval_q * (r["encode_query"] + lab.rerank_depth * r["teacher_pair"]) if preflight else 0.0),
         ("prepare", f"{c['documents']:,} documents", c["documents"] * r["prepare_document"]),
         ("generate", f"{c['llm_requests']:,} LLM requests, {q:,} queries", c["llm_requests"] * r["llm_request"]),
         ("mine", f"encode {0 if preflight else c['clean_corpus']:,} passages + {q:,} queries, BM25",

@@ -20,18 +20,12 @@ from pathlib import Path
 
 from kadet.config import KadetConfig
 from kadet.data import Dataset, eval_kind, load_beir
-from kadet.evaluate import drop_identical_ids, paired_bootstrap, per_query_metrics, retrieve
+from kadet.evaluate import paired_bootstrap
 from kadet.io import write_json
-from kadet.retrieval import ranked
+from kadet.teacher_report import base_order, base_top_k, per_query_ndcg
 from kadet.teachers import build_teacher
 
 log = logging.getLogger(__name__)
-
-
-def _per_query(cfg: KadetConfig, qrels, qids, lists, scores) -> dict[str, float]:
-    run = {q: {d: float(s) for d, s in zip(lst, sc)} for q, lst, sc in zip(qids, lists, scores)}
-    return {q: m[cfg.evaluation.ndcg]
-            for q, m in per_query_metrics(qrels, run, cfg.evaluation.ndcg_k, cfg.evaluation.recall_k).items()}
 
 
 def teacher_lead(cfg: KadetConfig, ds: Dataset | None = None) -> dict:
@@ -43,14 +37,10 @@ def teacher_lead(cfg: KadetConfig, ds: Dataset | None = None) -> dict:
     qids = list(eval_q)
     qrels = {q: ds.qrels[q] for q in qids}
     depth = cfg.label.rerank_depth
-    base = retrieve(cfg, ds, {q: eval_q[q].text for q in qids}, retriever="dense")
-    if cfg.evaluation.ignore_identical_ids:
-        base = drop_identical_ids(base)
-    lists = [ranked(base.get(q, {}))[:depth] for q in qids]
-    base_pq = _per_query(cfg, qrels, qids, lists, [[-i for i in range(len(lst))] for lst in lists])
+    lists = base_top_k(cfg, ds, {q: eval_q[q].text for q in qids}, depth)
+    base_pq = per_query_ndcg(cfg, qrels, qids, lists, base_order(lists))
     teacher = build_teacher(cfg.label.teacher, cfg, ds.corpus)
-    scores = teacher.score([eval_q[q].text for q in qids], lists)
-    teacher_pq = _per_query(cfg, qrels, qids, lists, scores)
+    teacher_pq = per_query_ndcg(cfg, qrels, qids, lists, teacher.score([eval_q[q].text for q in qids], lists))
     boot = paired_bootstrap(base_pq, teacher_pq, seed=cfg.seed)
     n = max(len(base_pq), 1)
     return {"base": sum(base_pq.values()) / n, "teacher": sum(teacher_pq.values()) / n, "lead": boot["mean"],

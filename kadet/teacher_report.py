@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from kadet.config import KadetConfig
-from kadet.data import load_beir
-from kadet.evaluate import aggregate, drop_identical_ids, per_query_metrics, retrieve
+from kadet.data import Dataset, load_beir
+from kadet.evaluate import drop_identical_ids, per_query_metrics, retrieve
 from kadet.io import write_json
 from kadet.retrieval import ranked
 from kadet.teachers import EnsembleTeacher, build_teacher
@@ -39,11 +39,32 @@ class Precomputed:
         return self.scores
 
 
-def _ndcg(qrels, qids, lists, scores, cfg: KadetConfig) -> float:
+def base_top_k(cfg: KadetConfig, ds: Dataset, queries: dict[str, str], depth: int) -> list[list[str]]:
+    """The base model's dense top-``depth`` for each query, in the order of ``queries``: the
+    candidates every teacher reranks (here and in the pre-flight check, kadet/preflight.py)."""
+    base = retrieve(cfg, ds, queries, retriever="dense")
+    if cfg.evaluation.ignore_identical_ids:
+        base = drop_identical_ids(base)
+    return [ranked(base.get(q, {}))[:depth] for q in queries]
+
+
+def base_order(lists: list[list[str]]) -> list[list[float]]:
+    """Scores that keep each list in its (the base's) order."""
+    return [[-float(i) for i in range(len(lst))] for lst in lists]
+
+
+def per_query_ndcg(cfg: KadetConfig, qrels, qids, lists, scores) -> dict[str, float]:
+    """nDCG@k of each query's list ordered by ``scores``."""
     run = {q: {d: float(s) for d, s in zip(lst, sc)} for q, lst, sc in zip(qids, lists, scores)}
     if cfg.evaluation.ignore_identical_ids:
         run = drop_identical_ids(run)
-    return aggregate(per_query_metrics(qrels, run, cfg.evaluation.ndcg_k))[cfg.evaluation.ndcg]
+    return {q: m[cfg.evaluation.ndcg]
+            for q, m in per_query_metrics(qrels, run, cfg.evaluation.ndcg_k, cfg.evaluation.recall_k).items()}
+
+
+def _ndcg(qrels, qids, lists, scores, cfg: KadetConfig) -> float:
+    pq = per_query_ndcg(cfg, qrels, qids, lists, scores)
+    return sum(pq.values()) / len(pq) if pq else float("nan")
 
 
 def teacher_report(cfg: KadetConfig, teachers: list[str], split: str = "test", depth: int = 20,
@@ -56,13 +77,10 @@ def teacher_report(cfg: KadetConfig, teachers: list[str], split: str = "test", d
         eval_q = dict(list(eval_q.items())[:max_queries])
     qids = list(eval_q)
     qrels = {q: ds.qrels[q] for q in qids}
-    base = retrieve(cfg, ds, {q: eval_q[q].text for q in qids}, retriever="dense")
-    if cfg.evaluation.ignore_identical_ids:
-        base = drop_identical_ids(base)
-    lists = [ranked(base[q])[:depth] for q in qids]
+    lists = base_top_k(cfg, ds, {q: eval_q[q].text for q in qids}, depth)
     queries = [eval_q[q].text for q in qids]
     rows = [{"system": f"base dense top-{depth} ({cfg.retrieval.model})",
-             "ndcg": _ndcg(qrels, qids, lists, [[-i for i in range(len(l))] for l in lists], cfg)}]
+             "ndcg": _ndcg(qrels, qids, lists, base_order(lists), cfg)}]
     members = sorted({t for t in teachers if t != "ensemble"} | ({k for k, w in cfg.label.ensemble.items() if w}
                                                                  if "ensemble" in teachers or grid else set())
                      | set(grid or {}))

@@ -52,7 +52,8 @@ DATASET_ATTEMPTS = 3  # tries to log one input as an MLflow dataset (see log_inp
 #: Config sections logged as params on each stage's run (plus ``data`` and ``retrieval``).
 STAGE_SECTIONS = {
     "prepare": ["prepare"], "generate": ["generate"], "mine": ["mine"], "label": ["label"],
-    "distill": ["distill"], "evaluate": ["evaluation"], "register": ["register"], "preflight": ["label"],
+    "distill": ["distill"], "evaluate": ["evaluation"], "register": ["register"],
+    "preflight": ["label", "distill", "evaluation"],
 }
 
 

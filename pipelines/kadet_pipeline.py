@@ -123,7 +123,10 @@ def make_pipeline(base_image: str | None = None, platform: Platform | None = Non
         closer.set_display_name("close MLflow run")
         fp.set_display_name("0 corpus fingerprint").set_caching_options(False)
         same.set_display_name("0 nothing new: no change since the version trained on it").set_caching_options(False)
-        pre.set_display_name("0 pre-flight: the teacher's lead on judged queries")
+        # never cached: a cached task logs no MLflow run, and its figures belong on every run's page
+        # (the embedding cache keeps a rerun cheap); retried like the data steps
+        pre.set_display_name("0 pre-flight: the teacher's lead on judged queries").set_caching_options(False)
+        pre.set_retry(num_retries=RETRIES, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="600s")
         stopped.set_display_name("0 nothing to learn: the teacher is not ahead of the base").set_caching_options(False)
         if platform is not None:
             for step, task in [("finish", closer), ("fingerprint", fp), ("unchanged", same), ("preflight", pre),

@@ -22,8 +22,9 @@ def slice_dir(tmp_path_factory, scifact):
 
 
 def test_the_lead_is_the_teacher_reports_ensemble_minus_its_base_row(slice_dir, tmp_path):
-    """Two code paths, one number: the pre-flight's per-query means equal `kadet teacher-report`'s
-    rows (the same base top-k, reranked by the same ensemble)."""
+    """The pre-flight's figures are `kadet teacher-report`'s rows for the configured teacher at
+    label.rerank_depth (they share base_top_k / per_query_ndcg): the same candidates, the same
+    teacher, and the lead is their difference."""
     from kadet.teacher_report import teacher_report
 
     cfg = _cfg(slice_dir, tmp_path / "w")
@@ -74,6 +75,6 @@ def test_the_console_says_how_much_of_the_lead_the_candidate_kept():
 
     pre = {"lead": 0.04, "lead_ci_low": 0.02, "lead_ci_high": 0.06}
     assert kept_text(pre, 0.01) == ("teacher lead over the base (reranking its top-k, judged queries): +0.0400 "
-                                    "[+0.0200, +0.0600]; the candidate kept 25% of it")
+                                    "[+0.0200, +0.0600]; the candidate (dense) kept 25% of it")
     assert "kept" not in kept_text({**pre, "lead": -0.01}, 0.01)
     assert kept_text({}, 0.01).startswith("teacher lead: not measured")

@@ -55,7 +55,8 @@ def extract_queries(passages: Sequence[Document], kind: str, seed: int, weight: 
             text = extract_sentence(doc, more)
             if text is not None and text not in texts:
                 texts.append(text)
-        rows += [{"qid": f"{kind}-{doc.doc_id}" + (f"-{i}" if i else ""), "text": text, "type": kind,
+        # the first query's id as ever; the others' carry "#i" (a "-i" could be another passage's id)
+        rows += [{"qid": f"{kind}-{doc.doc_id}" + (f"#{i}" if i else ""), "text": text, "type": kind,
                   "source_doc_id": doc.doc_id, "backend": "extract", "model": "", "prompt_id": ""}
                  for i, text in enumerate(texts)]
     return rows
