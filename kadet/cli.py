@@ -510,6 +510,8 @@ def print_run_summary(summary: dict, plan=None) -> None:
               f"{display(rc)} {b[rc]:.4f} -> {c[rc]:.4f}")
         dense = (summary.get("retrievers") or {}).get("dense") or {}   # the lead is measured on dense
         if dense.get("base") and dense.get("candidate"):
+            from kadet.preflight import kept_text
+
             print(kept_text(summary.get("preflight") or {}, dense["candidate"][nd] - dense["base"][nd]))
     hybrid, bm25 = (summary.get("retrievers") or {}).get("hybrid") or {}, (summary.get("retrievers") or {}).get("bm25")
     if hybrid.get("base") and hybrid.get("candidate"):
@@ -527,16 +529,6 @@ def print_run_summary(summary: dict, plan=None) -> None:
 
         print("use it: " + "\n        ".join(usage(summary["model_name"], summary["version"], summary["tracking_uri"])))
     print(f"full output (KFP, warnings): {summary['log']}")
-
-
-def kept_text(pre: dict, gain: float) -> str:
-    """What there was to learn and how much of it the candidate kept: the pre-flight lead (the
-    teacher reranking the base's dense top-k on the judged queries) against the dense gain."""
-    if "lead" not in pre:
-        return "teacher lead: not measured (no judged queries, or distill.preflight off)"
-    kept = f"; the candidate (dense) kept {gain / pre['lead']:.0%} of it" if pre["lead"] > 0 else ""
-    return (f"teacher lead over the base (reranking its top-k, judged queries): {pre['lead']:+.4f} "
-            f"[{pre['lead_ci_low']:+.4f}, {pre['lead_ci_high']:+.4f}]{kept}")
 
 
 def planned_vs_taken(plan, stages: list[tuple[str, float]], total: float) -> list[tuple[str, float, float]]:

@@ -82,3 +82,13 @@ def check(cfg: KadetConfig, output_dir: str | Path | None = None, ds: Dataset | 
     if output_dir is not None:
         write_json(Path(output_dir) / "preflight.json", result)
     return result
+
+
+def kept_text(pre: dict, gain: float) -> str:
+    """What there was to learn and how much of it the candidate kept: the pre-flight lead (the
+    teacher reranking the base's dense top-k on the judged queries) against the dense gain."""
+    if "lead" not in pre:
+        return "teacher lead: not measured (no judged queries, or distill.preflight off)"
+    kept = f"; the candidate (dense) kept {gain / pre['lead']:.0%} of it" if pre["lead"] > 0 else ""
+    return (f"teacher lead over the base (reranking its top-k, judged queries): {pre['lead']:+.4f} "
+            f"[{pre['lead_ci_low']:+.4f}, {pre['lead_ci_high']:+.4f}]{kept}")

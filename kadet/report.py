@@ -204,13 +204,26 @@ def by_type_section(p: Page) -> list[str]:
     return parts
 
 
+def preflight_text(p: Page) -> str:
+    """The pre-flight check's lead (kadet/preflight.py) and the share of it the candidate kept."""
+    from kadet.preflight import kept_text
+
+    metrics = next((s["metrics"] for s in p.run.get("stages", []) if s["name"] == "preflight"), {})
+    pre = {k.removeprefix("preflight."): v for k, v in metrics.items() if k.startswith("preflight.")}
+    dense = p.comparison.retrievers.get("dense") or {}
+    nd = p.cfg.evaluation.ndcg
+    gain = dense["candidate"][nd] - dense["base"][nd] if dense.get("base") and dense.get("candidate") else 0.0
+    return kept_text(pre, gain)
+
+
 def teacher_section(p: Page) -> list[str]:
-    """The label statistics: queries, list length, score percentiles, splits and types."""
+    """The pre-flight lead; the label statistics: queries, list length, score percentiles, splits and types."""
     stats = p.run.get("files", {}).get("label_statistics.json") or {}
+    lead = f"<p>{_e(preflight_text(p))}.</p>"
     if not stats:
-        return ['<h2 id="teacher">Teacher</h2>', "<p class=muted>No label statistics recorded.</p>"]
+        return ['<h2 id="teacher">Teacher</h2>', lead, "<p class=muted>No label statistics recorded.</p>"]
     pct = stats.get("score_percentiles", {})
-    return ['<h2 id="teacher">Teacher</h2>',
+    return ['<h2 id="teacher">Teacher</h2>', lead,
             f"<p>Teacher <code>{_e(p.cfg.label.teacher)}</code>: {stats.get('queries', 0)} labelled queries, "
             f"{stats.get('list_length_mean', 0):.1f} passages per list on average.</p>",
             table(["score percentile", *pct.keys()], [["normalised score", *(f"{v:.3f}" for v in pct.values())]]),

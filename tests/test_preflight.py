@@ -71,7 +71,7 @@ def test_go_only_when_the_whole_interval_is_above_the_floor(low, floor, go, tmp_
 
 
 def test_the_console_says_how_much_of_the_lead_the_candidate_kept():
-    from kadet.cli import kept_text
+    from kadet.preflight import kept_text
 
     pre = {"lead": 0.04, "lead_ci_low": 0.02, "lead_ci_high": 0.06}
     assert kept_text(pre, 0.01) == ("teacher lead over the base (reranking its top-k, judged queries): +0.0400 "

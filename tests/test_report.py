@@ -20,7 +20,10 @@ def test_the_page_has_every_section_the_champion_row_links_and_escapes_text():
                                  "hybrid": {"base": {"ndcg@10": 0.7171}, "candidate": {"ndcg@10": 0.7141}},
                                  "bm25": {"ndcg@10": 0.6863}}})
     run = {"pipeline_run": "r1", "parent_run": "abc",
-           "stages": [{"name": "label-merge", "seconds": 1.5, "status": "FINISHED",
+           "stages": [{"name": "preflight", "seconds": 200.0, "status": "FINISHED", "tags": {},
+                       "metrics": {"preflight.lead": 0.0488, "preflight.lead_ci_low": 0.0334,
+                                   "preflight.lead_ci_high": 0.0653, "preflight.base": 0.6, "preflight.teacher": 0.65}},
+                      {"name": "label-merge", "seconds": 1.5, "status": "FINISHED",
                        "metrics": {"dropped.teacher_inconsistent": 12.0, "dropped.low_top_score": 0.0}, "tags": {}}],
            "files": {"queries_sample.json": {"columns": ["qid", "type", "text", "source_doc_id"],
                                              "data": [[f"q{i}", "sentence", f"<script>x{i}</script>", "d"]
@@ -41,6 +44,8 @@ def test_the_page_has_every_section_the_champion_row_links_and_escapes_text():
     assert "<td>candidate + BM25 (hybrid, RRF)</td><td>0.7141</td>" in page and "<td>BM25 alone</td><td>0.6863" in page
     assert 'id="use"' in page and "kadet export --out adapted --version 4" in page            # how to use it
     assert "models:/kadet-embedding/4" in page
+    # the teacher section leads with what there was to learn: the pre-flight lead, and the share the dense gain kept
+    assert "+0.0488 [+0.0334, +0.0653]; the candidate (dense) kept 28% of it." in page
     gate["tracking_uri"] = "sqlite:////srv/work/mlflow.db"
     assert "--version 4 --work-dir /srv/work:" in render(run, comparison, gate, cfg, images={})
 
@@ -53,6 +58,7 @@ def test_a_silver_page_leads_with_what_silver_cannot_say():
     comparison = Comparison.from_json({"kind": "silver", "queries": 120, "base": metrics, "candidate": metrics})
     gate = {"promote": False, "reason": "silver evaluation cannot promote: ...", "version": "2", "model_name": "k"}
     page = render({"pipeline_run": "r", "parent_run": "p", "stages": [], "files": {}}, comparison, gate, cfg, images={})
+    assert "teacher lead: not measured" in page
     after_title = page[page.index("</h1>") + len("</h1>"):].lstrip()
     assert after_title.startswith('<p class=fail id="silver">')               # the first thing under the title
     assert "kadet judge" in after_title[:after_title.index("</p>")] and SILVER_CAVEAT.split(":")[0] in page
