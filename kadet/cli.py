@@ -219,7 +219,9 @@ SUBCOMMANDS["schedule"] = ("create a recurring run (cron, max_concurrency=1, no 
                            "Create a recurring run with kfp.Client; see pipelines/remote.py. Each time it fires: "
                            "an uncached task lists what --data holds, and if a registered version was trained on that "
                            "very content with the same settings the run trains and registers nothing (\"no change "
-                           "since version N\"); otherwise it runs again, generating only for new or changed passages "
+                           "since version N\"); with judged queries, it stops when the teacher is not measurably ahead "
+                           "of the base on them (\"nothing to learn\"); otherwise it runs again, generating only for "
+                           "new or changed passages "
                            "and scoring only teacher pairs no earlier run scored (kept on the cache volume); the new "
                            "model is gated against the champion on today's data and registered with its lineage. "
                            + _REMOTE_DOC,
