@@ -13,7 +13,7 @@ queries, the regime of the collections where adaptation lost (issue #20):
 scifact-300    300 passages: 150 SciFact train queries' positives, the rest unjudged
 scifact-1000   1,000 passages: 500 SciFact train queries' positives, the rest unjudged
 npl-1500       1,500 passages: NPL queries whose relevant passages fill ~1,000, the rest unjudged
-npl            all of NPL (11,429 passages; 93 judged queries with ~19 relevant passages each)
+npl            all of NPL (11,429 passages; 93 judged queries with ~22 relevant passages each)
 scifact-train  all of SciFact (5,183 passages) judged by its 809 train queries (the many-queries regime)
 =============  ==========================================================================
 
