@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from benchmarks.common import machine, timed  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "adaptation.jsonl"
@@ -107,10 +108,6 @@ RECIPES: dict[str, tuple[str, list[str], list[float]]] = {
 }
 
 
-def machine() -> str:
-    return f"{platform.node()} {os.cpu_count()} cpu"
-
-
 def sentence_queries(passages_path: Path, seed: int) -> list[dict]:
     from kadet.data import read_corpus
     from kadet.generate import extract_queries
@@ -159,24 +156,18 @@ def run_recipe(name: str, root: Path, data: Path, extra: list[str]) -> list[dict
     out = root / name
     t: dict[str, float] = {}
 
-    def timed(stage, fn, *a):
-        t0 = time.perf_counter()
-        r = fn(*a)
-        t[stage] = round(time.perf_counter() - t0, 1)
-        return r
-
     if source.startswith("labels:"):  # a training variant on another recipe's labels
         out = root / source.split(":", 1)[1]
         return train_and_score(name, source, overrides + extra, weights, cfg, out, root / name, data, {}, None)
-    timed("prepare", prepare, cfg, out / "prepare")
+    timed(t, "prepare", prepare, cfg, out / "prepare")
     if source == "llm":
-        timed("generate", generate, cfg, out / "prepare" / "passages.jsonl", out / "generate")
+        timed(t, "generate", generate, cfg, out / "prepare" / "passages.jsonl", out / "generate")
     else:
-        qs = timed("generate", sentence_queries if source == "sentence" else gold_queries,
+        qs = timed(t, "generate", sentence_queries if source == "sentence" else gold_queries,
                    *((out / "prepare" / "passages.jsonl", cfg.seed) if source == "sentence" else (data,)))
         write_jsonl(out / "generate" / "queries.jsonl", qs)
-    mm = timed("mine", mine, cfg, out / "generate" / "queries.jsonl", out / "prepare" / "corpus.jsonl", out / "mine")
-    timed("label", label, cfg, out / "mine" / "candidates.jsonl", out / "prepare" / "corpus.jsonl", out / "label")
+    mm = timed(t, "mine", mine, cfg, out / "generate" / "queries.jsonl", out / "prepare" / "corpus.jsonl", out / "mine")
+    timed(t, "label", label, cfg, out / "mine" / "candidates.jsonl", out / "prepare" / "corpus.jsonl", out / "label")
     return train_and_score(name, source, overrides + extra, weights, cfg, out, out, data, t, mm)
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import platform
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,3 +100,16 @@ def headless_chrome(width: int = 1100, height: int = 900):
                 f"--window-size={width},{height}", "--force-device-scale-factor=1"):
         opts.add_argument(arg)
     return webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=opts)
+
+
+def machine() -> str:
+    """The machine a benchmark row was measured on."""
+    return f"{platform.node()} {os.cpu_count()} cpu"
+
+
+def timed(seconds: dict[str, float], stage: str, fn, *args):
+    """``fn(*args)``, its wall seconds recorded as ``seconds[stage]``."""
+    t0 = time.perf_counter()
+    result = fn(*args)
+    seconds[stage] = round(time.perf_counter() - t0, 1)
+    return result

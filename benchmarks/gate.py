@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import sys
 import time
@@ -41,7 +40,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import find_shared_data, write_beir  # noqa: E402
+from benchmarks.common import find_shared_data, machine, write_beir  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "gate.jsonl"
 
@@ -61,10 +60,6 @@ CANDIDATES = {
 }
 DESIGNS = ("teacher", "source", "question", "margin", "all")
 MARGIN = 0.01
-
-
-def machine() -> str:
-    return f"{platform.node()} {os.cpu_count()} cpu"
 
 
 def make_slice(name: str, root: Path, seed: int = 0) -> tuple[Path, Path]:

@@ -30,18 +30,16 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import random
 import shutil
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from benchmarks.common import find_shared_data  # noqa: E402
+from benchmarks.common import find_shared_data, machine, timed  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "regimes.jsonl"
@@ -129,10 +127,6 @@ def make_slice(name: str, root: Path, seed: int = 13) -> Path:
     return out
 
 
-def machine() -> str:
-    return f"{platform.node()} {os.cpu_count()} cpu"
-
-
 def _per_query(cfg, model: str | None) -> dict[str, float]:
     from kadet.data import load_beir
     from kadet.evaluate import scored_run
@@ -167,28 +161,22 @@ def run(slice_name: str, recipe: str, root: Path, extra: list[str]) -> dict:
                                 base=profile_config("local"))
     t: dict[str, float] = {}
 
-    def timed(stage, fn, *a):
-        t0 = time.perf_counter()
-        r = fn(*a)
-        t[stage] = round(time.perf_counter() - t0, 1)
-        return r
-
     # prepare..label do not depend on the distill-only recipes: one shared folder for those
     data_side = sorted(o for o in overrides if not o.startswith("distill.")) + (["corpus-only"] if train_cfg is not cfg
                                                                                   else [])
     key = hashlib.sha256(json.dumps(data_side).encode()).hexdigest()[:10]
     shared = work / ("shared" if not data_side else f"shared-{key}")   # named by what shapes the labels
     if not (shared / "label" / "labels.jsonl").exists():
-        timed("prepare", prepare, train_cfg, shared / "prepare")
-        timed("generate", generate, train_cfg, shared / "prepare" / "passages.jsonl", shared / "generate")
-        timed("mine", mine, train_cfg, shared / "generate" / "queries.jsonl", shared / "prepare" / "corpus.jsonl",
+        timed(t, "prepare", prepare, train_cfg, shared / "prepare")
+        timed(t, "generate", generate, train_cfg, shared / "prepare" / "passages.jsonl", shared / "generate")
+        timed(t, "mine", mine, train_cfg, shared / "generate" / "queries.jsonl", shared / "prepare" / "corpus.jsonl",
               shared / "mine")
-        timed("label", label, train_cfg, shared / "mine" / "candidates.jsonl", shared / "prepare" / "corpus.jsonl",
+        timed(t, "label", label, train_cfg, shared / "mine" / "candidates.jsonl", shared / "prepare" / "corpus.jsonl",
               shared / "label")
     prep = Manifest.read(shared / "prepare")
     lead = teacher_lead(cfg)
     out = work / "-".join([recipe, *[e.replace("=", "") for e in extra]])
-    dm = timed("distill", distill, train_cfg, shared / "label" / "labels.jsonl", out / "distill")
+    dm = timed(t, "distill", distill, train_cfg, shared / "label" / "labels.jsonl", out / "distill")
     base = _per_query(cfg, None)
     cand = _per_query(cfg, str(out / "distill" / "model"))
     gain = paired_bootstrap(base, cand)
