@@ -22,6 +22,7 @@ from kadet.config import KadetConfig
 from kadet.data import Dataset, eval_kind, load_beir
 from kadet.evaluate import paired_bootstrap
 from kadet.io import write_json
+from kadet.manifest import Manifest
 from kadet.teacher_report import base_order, base_top_k, per_query_ndcg
 from kadet.teachers import build_teacher
 
@@ -68,19 +69,29 @@ def verdict(cfg: KadetConfig, lead: dict) -> tuple[bool, str]:
 
 def check(cfg: KadetConfig, output_dir: str | Path | None = None, ds: Dataset | None = None) -> dict | None:
     """Measure the lead when judged queries exist (``None`` on silver runs or when the check is
-    off); writes ``preflight.json`` to ``output_dir``. The caller stops when ``go`` is false."""
-    if not cfg.distill.preflight:
-        return None
-    if ds is None:
-        if eval_kind(cfg.data.data_dir, cfg.data.split, cfg.data.qrels, cfg.evaluation.kind) == "silver":
-            return None
-        ds = load_beir(cfg.data.data_dir, cfg.data.split, cfg.data.qrels or None)
-    lead = teacher_lead(cfg, ds)
-    go, sentence = verdict(cfg, lead)
-    result = {**lead, "go": go, "message": sentence, "min_teacher_lead": cfg.distill.min_teacher_lead}
-    log.info(sentence)
+    off). With ``output_dir``, writes ``preflight.json`` (when measured) and ``manifest.json``
+    (always). The caller stops when ``go`` is false."""
+    result = None
+    if cfg.distill.preflight and (ds is not None or eval_kind(cfg.data.data_dir, cfg.data.split, cfg.data.qrels,
+                                                             cfg.evaluation.kind) != "silver"):
+        ds = ds or load_beir(cfg.data.data_dir, cfg.data.split, cfg.data.qrels or None)
+        lead = teacher_lead(cfg, ds)
+        go, sentence = verdict(cfg, lead)
+        result = {**lead, "go": go, "message": sentence, "min_teacher_lead": cfg.distill.min_teacher_lead}
+        log.info(sentence)
     if output_dir is not None:
-        write_json(Path(output_dir) / "preflight.json", result)
+        out = Path(output_dir)
+        m = Manifest(stage="preflight", config_hash=cfg.hash())
+        if result is None:
+            m.extra = {"measured": False, "why": "distill.preflight is off" if not cfg.distill.preflight
+                       else "no judged queries (silver run)"}
+        else:
+            write_json(out / "preflight.json", result)
+            m.counts = {"judged_queries": result["queries"]}
+            m.outputs = {"preflight": "preflight.json"}
+            m.extra = {"measured": True, **{k: result[k] for k in ("base", "teacher", "lead", "ci_low", "ci_high",
+                                                                   "depth", "teacher_name", "go")}}
+        m.write(out)
     return result
 
 

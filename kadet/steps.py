@@ -110,6 +110,7 @@ def preflight_step(cfg: KadetConfig, out: str, pipeline_run: str) -> str:
     with tracking.stage_run(cfg, "preflight", pipeline_run, out=out):
         Path(out).mkdir(parents=True, exist_ok=True)
         result = check(cfg, out)
+        tracking.log_manifest(Manifest.read(out), out)
         if result is None:
             mlflow.set_tag("kadet.preflight", "not measured: no judged queries (silver run) or distill.preflight off")
             return ""

@@ -351,14 +351,15 @@ def test_a_failed_run_closes_its_mlflow_parent_as_failed(tmp_path, capfd):
     with pytest.raises(KadetError) as failed:
         run_local(str(bad), str(tmp_path / "work"))
     # one line: the stage, the cause with file:line:field, and where the whole log is
+    # (the pre-flight step is the first to read a judged corpus, so it is the one that finds the bad line)
     line = str(failed.value)
-    assert "\n" not in line and line.startswith("stage prepare failed: ")
+    assert "\n" not in line and line.startswith("stage preflight failed: ")
     assert "corpus.jsonl:2: field '_id': missing id" in line
     log_file = Path(re.search(r"full log: (\S+)\)", line).group(1))
     assert log_file.is_file() and "Traceback" in log_file.read_text()
     # the console said which stage failed and where its log is; KFP's own output went to a file
     shown = capfd.readouterr().out
-    assert "prepare        started" in shown and "prepare        FAILED after" in shown and str(log_file) in shown
+    assert "preflight      started" in shown and "preflight      FAILED after" in shown and str(log_file) in shown
     assert "KFP Executor" not in shown
     kfp_output = Path(line.split("KFP's output: ")[1])
     assert "KFP Executor" in kfp_output.read_text()
@@ -368,7 +369,7 @@ def test_a_failed_run_closes_its_mlflow_parent_as_failed(tmp_path, capfd):
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     child = next(r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)
     assert parent.info.status == "FAILED" and "exit-handler" in parent.data.tags["kadet.error"]
-    assert child.info.run_name == "prepare" and child.info.status == "FAILED"
+    assert child.info.run_name == "preflight" and child.info.status == "FAILED"
 
 
 @pytest.mark.slow

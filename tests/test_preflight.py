@@ -48,6 +48,10 @@ def test_a_teacher_that_is_the_base_model_leaves_nothing_to_learn(slice_dir, tmp
     assert result["message"].startswith("nothing to learn: the teacher (dense)")
     assert "on 40 judged queries" in result["message"] and "distill.preflight=false" in result["message"]
     assert (tmp_path / "out" / "preflight.json").exists()
+    from kadet.manifest import Manifest
+
+    m = Manifest.read(tmp_path / "out")              # a stage like the others: its manifest next to its file
+    assert m.stage == "preflight" and m.counts == {"judged_queries": 40} and m.extra["go"] is False
     # switched off, there is nothing to measure and the run goes on
     assert check(_cfg(slice_dir, tmp_path / "w", "label.teacher=dense", "distill.preflight=false")) is None
 
@@ -55,7 +59,10 @@ def test_a_teacher_that_is_the_base_model_leaves_nothing_to_learn(slice_dir, tmp
 def test_without_judged_queries_there_is_no_lead_to_measure(slice_dir, tmp_path):
     (tmp_path / "corpus-only").mkdir()
     shutil.copy(slice_dir / "corpus.jsonl", tmp_path / "corpus-only" / "corpus.jsonl")
-    assert check(_cfg(tmp_path / "corpus-only", tmp_path / "w")) is None
+    assert check(_cfg(tmp_path / "corpus-only", tmp_path / "w"), tmp_path / "out") is None
+    from kadet.manifest import Manifest
+
+    assert Manifest.read(tmp_path / "out").extra == {"measured": False, "why": "no judged queries (silver run)"}
 
 
 @pytest.mark.parametrize("low, floor, go", [(0.001, 0.0, True), (0.0, 0.0, False), (-0.01, 0.0, False),
