@@ -294,7 +294,10 @@ def test_run_command_end_to_end_prints_its_summary(scifact, tiny_st, tmp_path, c
     (tmp_path / "small.yaml").write_text(
         f"retrieval: {{model: {tiny_st}}}\nprepare: {{sample_size: 0}}\nmine: {{min_candidates: 3}}\n"
         "label: {teacher: bm25, rerank_depth: 10, list_size: 4, min_top_percentile: 0}\n"
-        "distill: {epochs: 1, batch_size: 8, chunk_size: 8, passage_max_len: 32, query_max_len: 16}\n"
+        # a random tiny model on 5 queries: the pre-flight interval is wide, so the run goes on whatever it
+        # measures (its stop is tested in test_pipeline.py / test_preflight.py)
+        "distill: {epochs: 1, batch_size: 8, chunk_size: 8, passage_max_len: 32, query_max_len: 16, "
+        "min_teacher_lead: -1.0}\n"
         "register: {model_name: kadet-cli}\n")
     assert main(["run", "--data", str(data), "--work-dir", str(tmp_path / "work"), "--no-plan",
                  "--config", str(tmp_path / "small.yaml")]) == 0
