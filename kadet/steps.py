@@ -89,10 +89,16 @@ def fingerprint_step(cfg: KadetConfig, pipeline_run: str) -> dict:
 
 def unchanged_step(cfg: KadetConfig, version: str, pipeline_run: str) -> None:
     """A run with nothing new: say so on the pipeline's parent run (no stage runs, no version)."""
+    tag_parent(cfg, pipeline_run, {tracking.UNCHANGED_TAG: version,
+                                   tracking.GATE_TAG: unchanged_text(cfg.register.model_name, version)})
+
+
+def tag_parent(cfg: KadetConfig, pipeline_run: str, tags: dict[str, str]) -> None:
+    """Tags on the pipeline's parent run: how a run that stops early says why."""
     c = tracking.client(cfg)
     parent = tracking.parent_run_id(cfg, pipeline_run)
-    c.set_tag(parent, tracking.UNCHANGED_TAG, version)
-    c.set_tag(parent, tracking.GATE_TAG, unchanged_text(cfg.register.model_name, version))
+    for key, value in tags.items():
+        c.set_tag(parent, key, value)
 
 
 def unchanged_text(model_name: str, version: str) -> str:
@@ -124,10 +130,7 @@ def preflight_step(cfg: KadetConfig, out: str, pipeline_run: str) -> str:
 
 def nothing_to_learn_step(cfg: KadetConfig, reason: str, pipeline_run: str) -> None:
     """A run the pre-flight check stopped: say why on the pipeline's parent run (no version)."""
-    c = tracking.client(cfg)
-    parent = tracking.parent_run_id(cfg, pipeline_run)
-    c.set_tag(parent, tracking.NOTHING_TO_LEARN_TAG, reason)
-    c.set_tag(parent, tracking.GATE_TAG, reason)
+    tag_parent(cfg, pipeline_run, {tracking.NOTHING_TO_LEARN_TAG: reason, tracking.GATE_TAG: reason})
 
 
 def prepare_step(cfg: KadetConfig, out: str, pipeline_run: str, fingerprint: dict | None = None) -> dict:
