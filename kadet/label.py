@@ -10,7 +10,7 @@ then merges every shard's scores and applies, in order:
    percentile of all scores (of the queries still kept);
 3. **normalise**: min-max with the 1st and 99th percentiles of all scores, clamped to [0, 1];
 4. **truncate**: keep the top ``list_size`` passages in teacher order;
-5. **split**: train/dev 90/10 by query id, seeded.
+5. **split**: train/dev 90/10 by source passage (a passage's queries stay on one side), seeded.
 
 Output ``labels.jsonl``, one query per line::
 
@@ -177,7 +177,7 @@ def apply_filters(items: list[dict], lab: LabelConfig, seed: int, m: Manifest, s
     random.Random(seed).shuffle(qids)
     held = silver_holdout(kept, silver_holdout_size(lab.silver_queries, len(qids)), seed) if silver else set()
     rest = [q for q in qids if q not in held]
-    dev = set(rest[: int(round(len(rest) * lab.dev_fraction))])
+    dev = whole_passages(kept, rest, int(round(len(rest) * lab.dev_fraction)))
     out = []
     for it in kept:
         s = np.clip((np.asarray(it["scores"]) - lo) / span, 0.0, 1.0)
@@ -202,19 +202,30 @@ def silver_holdout_size(wanted: int, queries: int) -> int:
 
 
 def silver_holdout(items: Sequence[dict], n: int, seed: int) -> set[str]:
-    """About ``n`` query ids, whole source passages at a time (no passage has queries on both
-    sides of the split), chosen at random."""
-    by_source: dict[str, list[str]] = {}
-    for it in sorted(items, key=lambda it: it["qid"]):
-        by_source.setdefault(it["source_doc_id"], []).append(it["qid"])
-    sources = sorted(by_source)
+    """About ``n`` query ids, whole source passages at a time, the passages chosen at random."""
+    source = {it["qid"]: it["source_doc_id"] for it in items}
+    sources = sorted(set(source.values()))
     random.Random(seed + 1).shuffle(sources)
-    held: set[str] = set()
-    for src in sources:
-        if len(held) >= n:
+    rank = {src: i for i, src in enumerate(sources)}
+    return whole_passages(items, sorted(source, key=lambda q: (rank[source[q]], q)), n)
+
+
+def whole_passages(items: Sequence[dict], order: Sequence[str], n: int) -> set[str]:
+    """About ``n`` query ids taken in ``order``, each with every other query of ``items`` from its
+    source passage, so that no passage has queries on both sides of a split (several queries per
+    passage, e.g. the LLM's types or ``generate.types: {sentence: N}``, would otherwise let dev or
+    the silver evaluation see passages that training saw). With one query per passage it is the
+    first ``n`` of ``order``."""
+    source = {it["qid"]: it["source_doc_id"] for it in items}
+    by_source: dict[str, list[str]] = {}
+    for q in sorted(source):
+        by_source.setdefault(source[q], []).append(q)
+    taken: set[str] = set()
+    for q in order:
+        if len(taken) >= n:
             break
-        held.update(by_source[src])
-    return held
+        taken.update(by_source[source[q]])
+    return taken
 
 
 def prepared_eval_kind(cfg: KadetConfig, corpus_path: str | Path) -> str:

@@ -66,7 +66,7 @@ def test_top_l_takes_teacher_order_not_input_order():
 
 
 def test_split_is_seeded_and_90_10():
-    items = [_item(f"q{i:03d}", "a", ["a", "b"], [1.0, 0.0]) for i in range(200)]
+    items = [_item(f"q{i:03d}", f"p{i}", [f"p{i}", "b"], [1.0, 0.0]) for i in range(200)]
     lab = LabelConfig(min_top_percentile=0)
     a = apply_filters(items, lab, 42, Manifest("x"))
     b = apply_filters(list(reversed(items)), lab, 42, Manifest("x"))
@@ -75,6 +75,17 @@ def test_split_is_seeded_and_90_10():
     assert len(dev) == 20
     assert dev == {o["qid"] for o in b if o["split"] == "dev"}
     assert dev != {o["qid"] for o in c if o["split"] == "dev"}
+
+
+def test_dev_takes_whole_source_passages():
+    # 60 passages with 1..3 queries each (the LLM's types, or several sentences of one passage)
+    items = [_item(f"q{i:03d}-{k}", f"p{i}", [f"p{i}", "b"], [1.0, 0.0]) for i in range(60) for k in range(1 + i % 3)]
+    out = apply_filters(items, LabelConfig(min_top_percentile=0, dev_fraction=0.2), 5, Manifest("x"))
+    dev = {o["source_doc_id"] for o in out if o["split"] == "dev"}
+    train = {o["source_doc_id"] for o in out if o["split"] == "train"}
+    assert dev and not dev & train                                    # no passage on both sides
+    n_dev = sum(o["split"] == "dev" for o in out)
+    assert round(0.2 * len(items)) <= n_dev < round(0.2 * len(items)) + 3   # whole passages: at most 2 over
 
 
 def test_shard_ranges_cover_everything():
