@@ -65,14 +65,29 @@ class StoredTeacher:
     the query's and the passage's text): only pairs no earlier run scored reach the model. Its
     scores are per pair, so a list mined anew over a grown corpus reuses every pair it shares."""
 
-    def __init__(self, teacher, store: Store, corpus: Mapping[str, Document], title_separator: str = " "):
+    def __init__(self, teacher, store: Store, corpus: Mapping[str, Document], title_separator: str = " ",
+                 pairs: Sequence[tuple[str, Sequence[str]]] | None = None):
         self.teacher, self.store, self.corpus, self.sep = teacher, store, corpus, title_separator
         self.name = teacher.name
         self.reused = self.scored = 0
+        self.pairs, self.known = pairs, None
+
+    def _keys(self, queries: Sequence[str], doc_lists: Sequence[Sequence[str]]) -> list[list[str]]:
+        return [[digest(q, self.corpus[d].full_text(self.sep)) for d in lst] for q, lst in zip(queries, doc_lists)]
+
+    def _stored(self, keys: list[list[str]]) -> dict[str, float]:
+        """The stored scores of ``keys``. Given every (query, list) the run will ask for
+        (``pairs``), the store is read once, on the first call, for all of them: reading it per
+        call would cost the store's whole size per batch."""
+        if self.pairs is None:
+            return self.store.get(k for ks in keys for k in ks)
+        if self.known is None:
+            self.known = self.store.get(k for ks in self._keys(*zip(*self.pairs)) for k in ks) if self.pairs else {}
+        return {k: self.known[k] for ks in keys for k in ks if k in self.known}
 
     def score(self, queries: Sequence[str], doc_lists: Sequence[Sequence[str]]) -> list[np.ndarray]:
-        keys = [[digest(q, self.corpus[d].full_text(self.sep)) for d in lst] for q, lst in zip(queries, doc_lists)]
-        have = self.store.get(k for ks in keys for k in ks)
+        keys = self._keys(queries, doc_lists)
+        have = self._stored(keys)
         todo = [(i, [d for d, k in zip(lst, ks) if k not in have]) for i, (lst, ks) in enumerate(zip(doc_lists, keys))]
         todo = [(i, missing) for i, missing in todo if missing]
         new: dict[str, float] = {}
@@ -88,12 +103,14 @@ class StoredTeacher:
         return [np.asarray([have[k] for k in ks], dtype=np.float64) for ks in keys]
 
 
-def stored_teacher(cfg: KadetConfig, corpus: Mapping[str, Document], corpus_fingerprint: str):
-    """``build_teacher``'s ``wrap``: each model member keeps its scores in the work dir's store."""
+def stored_teacher(cfg: KadetConfig, corpus: Mapping[str, Document], corpus_fingerprint: str,
+                   pairs: Sequence[tuple[str, Sequence[str]]] | None = None):
+    """``build_teacher``'s ``wrap``: each model member keeps its scores in the work dir's store;
+    ``pairs``, every (query, passage ids) the run will score, lets each read the store once."""
     depends = {k: v for k, v in teacher_depends(cfg, corpus_fingerprint).items()
                if k not in ("teacher", "ensemble", "corpus")}
     return lambda spec, teacher: StoredTeacher(teacher, Store.open(cfg.work_dir, "teacher", {**depends, "member": spec}),
-                                               corpus, cfg.data.title_separator)
+                                               corpus, cfg.data.title_separator, pairs)
 
 
 def pair_counts(teacher) -> dict[str, int]:
@@ -129,16 +146,17 @@ def score_shard(cfg: KadetConfig, rows: Sequence[dict], corpus: Mapping[str, Doc
         return 0
     from kadet.teachers import build_teacher  # torch: only when there is something to score
 
-    teacher = teacher or build_teacher(lab.teacher, cfg, corpus, wrap=stored_teacher(cfg, corpus, corpus_fingerprint))
+    lists = [rerank_list(r, lab) for r in todo]
+    teacher = teacher or build_teacher(lab.teacher, cfg, corpus, wrap=stored_teacher(
+        cfg, corpus, corpus_fingerprint, pairs=[(r["query"], lst) for r, lst in zip(todo, lists)]))
     from kadet.progress import bar
 
     progress = bar(len(todo), f"label {teacher.name}")
     for s in range(0, len(todo), lab.flush_every):
-        chunk = todo[s : s + lab.flush_every]
-        lists = [rerank_list(r, lab) for r in chunk]
-        scores = teacher.score([r["query"] for r in chunk], lists)
+        chunk, chunk_lists = todo[s : s + lab.flush_every], lists[s : s + lab.flush_every]
+        scores = teacher.score([r["query"] for r in chunk], chunk_lists)
         recs = [{"key": r["qid"], "query": r["query"], "doc_ids": lst, "scores": [round(float(x), 6) for x in sc]}
-                for r, lst, sc in zip(chunk, lists, scores)]
+                for r, lst, sc in zip(chunk, chunk_lists, scores)]
         journal.append(recs)
         progress.update(len(chunk))
     progress.close()

@@ -14,7 +14,7 @@ says which run read the folder last: ``kadet prune`` (kadet/retention.py) keeps 
 newest runs used.
 
     store = Store.open(work_dir, "teacher", {"member": "dense", "model": ...}, run="job-1")
-    have = store.get(keys)          # the values already known
+    have = store.get(keys)          # the values already known (one pass over the segments)
     store.put({key: value, ...})    # one new segment
 """
 
@@ -39,7 +39,6 @@ def digest(*parts: str) -> str:
 class Store:
     def __init__(self, folder: Path):
         self.folder = folder
-        self._values: dict | None = None
 
     @classmethod
     def open(cls, work_dir: str | os.PathLike, kind: str, depends: Mapping, run: str | None = None) -> Store:
@@ -59,20 +58,24 @@ class Store:
     def segments(self) -> list[Path]:
         return sorted(self.folder.glob("seg-*.jsonl"))
 
-    def values(self) -> dict:
-        """Every stored value by key (segments read once, in write order; later wins)."""
-        if self._values is None:
-            self._values = {}
-            for seg in self.segments():
-                with open(seg, encoding="utf-8") as f:
-                    for line in f:
-                        rec = json.loads(line)
-                        self._values[rec["k"]] = rec["v"]
-        return self._values
-
     def get(self, keys: Iterable[str]) -> dict:
-        have = self.values()
-        return {k: have[k] for k in keys if k in have}
+        """The stored values of ``keys`` (later segments win): one pass over the segments that
+        keeps only what was asked for, so memory follows the caller's keys, not the store's
+        history (a store grows with every scheduled run). Call it once per batch of work, not
+        per item: each call reads every segment."""
+        wanted = set(keys)
+        found: dict = {}
+        if not wanted:
+            return found
+        for seg in self.segments():
+            with open(seg, encoding="utf-8") as f:
+                for line in f:
+                    # {"k": "<key>", "v": ...}: keys are digests (no quotes), so the key is the
+                    # fourth '"'-separated part; only wanted lines are parsed
+                    if line.split('"', 4)[3] in wanted:
+                        rec = json.loads(line)
+                        found[rec["k"]] = rec["v"]
+        return found
 
     def put(self, items: Mapping[str, object]) -> None:
         """Add ``items`` as one new segment (nothing written for none)."""
@@ -80,13 +83,15 @@ class Store:
             return
         name = f"seg-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl"
         write_jsonl(self.folder / name, ({"k": k, "v": v} for k, v in items.items()))
-        self.values().update(items)
 
     def compact(self) -> int:
         """Rewrite all segments as one; returns how many segments were merged."""
         segs = self.segments()
-        if len(segs) > 1:
-            values = self.values()
+        if len(segs) > 1:   # maintenance: holds every value in memory
+            values: dict = {}
+            for seg in segs:
+                with open(seg, encoding="utf-8") as f:
+                    values.update((rec["k"], rec["v"]) for rec in map(json.loads, f))
             name = f"seg-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl"
             write_jsonl(self.folder / name, ({"k": k, "v": v} for k, v in values.items()))
             for s in segs:

@@ -181,7 +181,7 @@ def test_silver_holdout_takes_whole_source_passages_and_judges_with_the_teacher(
     assert not any(o["split"] == "silver" for o in plain)
 
 
-def test_teacher_scores_outlive_the_run_per_pair(tmp_path):
+def test_teacher_scores_outlive_the_run_per_pair(tmp_path, monkeypatch):
     """The real ensemble (dense on a tiny model + BM25): a second run whose lists share most
     pairs with the first scores only the new pairs with the model member (BM25 depends on the
     corpus statistics, so it is never stored), and gives exactly the scores of a teacher
@@ -205,6 +205,19 @@ def test_teacher_scores_outlive_the_run_per_pair(tmp_path):
     assert pair_counts(second) == {"pairs_reused": 48, "pairs_scored": 12}
     fresh = build_teacher("ensemble", cfg, corpus).score(queries, second_lists)
     for a, b in zip(got, fresh):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # a run that names its pairs up front (score_shard does) reads the store once, not per batch:
+    # the store's segments are listed once (a spy on Store.segments), whatever the batches
+    from kadet.store import Store
+
+    listed = []
+    original = Store.segments
+    monkeypatch.setattr(Store, "segments", lambda self: listed.append(self.folder) or original(self))
+    third = build_teacher("ensemble", cfg, corpus, wrap=stored_teacher(cfg, corpus, "corpus-2",
+                                                                       pairs=list(zip(queries, second_lists))))
+    batches = [third.score(queries[i:i + 2], second_lists[i:i + 2]) for i in range(0, 6, 2)]
+    assert len(listed) == 1 and pair_counts(third) == {"pairs_reused": 60, "pairs_scored": 0}
+    for a, b in zip([x for batch in batches for x in batch], fresh):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
