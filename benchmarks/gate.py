@@ -146,13 +146,23 @@ def question_set(name: str, root: Path, bare: Path, silver: list[dict], n: int) 
     return read_records(queries, "qid", {"text": str, "source_doc_id": str})
 
 
+def settings_key(cfg) -> str:
+    """A digest of the candidate's effective distill settings (the local profile's, plus its own)."""
+    import hashlib
+
+    from kadet.distill.checkpoint import hyperparameters
+
+    return hashlib.sha256(json.dumps(hyperparameters(cfg.distill), sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
 def train(name: str, cand: str, root: Path, bare: Path, labels: Path, timings: dict) -> Path:
     from kadet.distill import distill
 
-    out = root / name / "candidates" / cand
+    cfg = config(root, bare, CANDIDATES[cand])
+    out = root / name / "candidates" / f"{cand}-{settings_key(cfg)}"   # a recipe change trains anew
     if not (out / "model" / "modules.json").exists():
         t0 = time.perf_counter()
-        distill(config(root, bare, CANDIDATES[cand]), labels / "labels.jsonl", out)
+        distill(cfg, labels / "labels.jsonl", out)
         timings[f"distill:{cand}"] = round(time.perf_counter() - t0, 1)
     return out / "model"
 
@@ -223,7 +233,9 @@ def run_corpus(name: str, root: Path, cands: list[str], sample_size: int, n_ques
         row = {"corpus": name, "candidate": cand, "documents": len(ds.corpus), "gold_queries": len(gold_q),
                "train_queries": train_rows, "silver_queries": len(silver), "question_queries": len(questions),
                "base_gold_ndcg": round(sum(base["gold"].values()) / len(base["gold"]), 4),
-               "verdicts": v, "seconds": dict(timings), "machine": machine()}
+               "verdicts": v, "seconds": dict(timings), "machine": machine(),
+               "settings": {"key": settings_key(config(root, bare, CANDIDATES[cand])), "overrides": CANDIDATES[cand],
+                            "profile": "local"}}
         rows.append(row)
         print(json.dumps({"corpus": name, "candidate": cand, **{s: (v[s]["promote"], v[s]["mean"]) for s in v}}),
               flush=True)
@@ -276,7 +288,9 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     if args.table:
-        print(table([json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]))
+        rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+        latest = {(r["corpus"], r["candidate"]): r for r in rows}   # a rerun replaces its row
+        print(table(list(latest.values())))
         return
     rows = []
     for name in filter(None, args.corpora.split(",")):
