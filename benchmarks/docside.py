@@ -91,6 +91,44 @@ def make_arm(kind: str, states, ids, mask, vocab: int):
     return module, lambda rows: normalize(mean[rows] + down(gelu(up(mean[rows]))), dim=-1)
 
 
+def kl(embed, q, docs, target):
+    """distill's listwise term: KL(teacher at 0.1 || student at 0.05) over each labelled list."""
+    import torch
+
+    unique, inverse = torch.unique(docs, return_inverse=True)
+    student = torch.einsum("bd,bkd->bk", q, embed(unique)[inverse]) / 0.05
+    t = torch.softmax(target / 0.1, -1)
+    return torch.sum(t * (torch.log(t + 1e-12) - torch.log_softmax(student, -1)), -1).mean()
+
+
+def train(module, embed, splits: dict, lr: float, weight_decay: float) -> tuple[float, float, int]:
+    """AdamW, batches of 64, up to 10 epochs, stopped at the first that does not lower the dev
+    KL; ``module`` is left at its best. Returns the dev KL at the start and at the best epoch,
+    and that epoch (0: the start was best)."""
+    import torch
+
+    opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
+    q, docs, target = splits["train"]
+    with torch.no_grad():
+        start = float(kl(embed, *splits["dev"]))
+    best = (start, {k: v.clone() for k, v in module.state_dict().items()}, 0)
+    for epoch in range(1, 11):
+        perm = torch.randperm(len(q))
+        for b in range(0, len(q), 64):
+            j = perm[b:b + 64]
+            loss = kl(embed, q[j], docs[j], target[j])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            dev = float(kl(embed, *splits["dev"]))
+        if dev >= best[0]:
+            break
+        best = (dev, {k: v.clone() for k, v in module.state_dict().items()}, epoch)
+    module.load_state_dict(best[1])
+    return start, best[0], best[2]
+
+
 def run(labels: Path, data: Path, query_model: Path | None = None) -> list[dict]:
     import torch
     from sentence_transformers import SentenceTransformer
@@ -121,12 +159,6 @@ def run(labels: Path, data: Path, query_model: Path | None = None) -> list[dict]
                          torch.tensor([[row_of[p["doc_id"]] for p in r["passages"]] for r in part]),
                          torch.tensor([[p["score"] for p in r["passages"]] for r in part]))
 
-    def kl(embed, q, docs, target):
-        unique, inverse = torch.unique(docs, return_inverse=True)
-        student = torch.einsum("bd,bkd->bk", q, embed(unique)[inverse]) / 0.05
-        t = torch.softmax(target / 0.1, -1)
-        return torch.sum(t * (torch.log(t + 1e-12) - torch.log_softmax(student, -1)), -1).mean()
-
     evals = {}
     for split in ("train", "test"):
         ds = load_beir(data, split)
@@ -148,27 +180,10 @@ def run(labels: Path, data: Path, query_model: Path | None = None) -> list[dict]
     out = []
     for kind, lr in ARMS.items():
         module, embed = make_arm(kind, states, ids, mask, model.tokenizer.vocab_size)
-        opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=0.0 if kind == "weights" else 0.01)
-        q, docs, target = splits["train"]
-        with torch.no_grad():
-            best = (float(kl(embed, *splits["dev"])), {k: v.clone() for k, v in module.state_dict().items()}, 0)
-        start_loss, t0 = best[0], time.perf_counter()
-        for epoch in range(1, 11):
-            perm = torch.randperm(len(q))
-            for b in range(0, len(q), 64):
-                j = perm[b:b + 64]
-                loss = kl(embed, q[j], docs[j], target[j])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            with torch.no_grad():
-                dev = float(kl(embed, *splits["dev"]))
-            if dev >= best[0]:
-                break
-            best = (dev, {k: v.clone() for k, v in module.state_dict().items()}, epoch)
-        module.load_state_dict(best[1])
+        t0 = time.perf_counter()
+        start_loss, best_loss, epochs = train(module, embed, splits, lr, weight_decay=0.0 if kind == "weights" else 0.01)
         got = scores(embed)
-        row = {"arm": kind, "lr": lr, "epochs": best[2], "dev_loss": [round(start_loss, 4), round(best[0], 4)],
+        row = {"arm": kind, "lr": lr, "epochs": epochs, "dev_loss": [round(start_loss, 4), round(best_loss, 4)],
                "train_s": round(time.perf_counter() - t0, 1), "states_s": round(states_s, 1),
                "labels": str(labels), "query_model": str(query_model or "base"), "machine": machine()}
         for split, per_query in got.items():
