@@ -155,11 +155,17 @@ def settings_key(cfg) -> str:
     return hashlib.sha256(json.dumps(hyperparameters(cfg.distill), sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
+def candidate_dir(root: Path, name: str, cand: str) -> Path:
+    """Where candidate ``cand`` of corpus ``name`` is trained (its model in ``model/``): named by its
+    effective distill settings, so a recipe change trains it anew (judged_gate.py reads it too)."""
+    return root / name / "candidates" / f"{cand}-{settings_key(config(root, root / name / 'corpus-only', CANDIDATES[cand]))}"
+
+
 def train(name: str, cand: str, root: Path, bare: Path, labels: Path, timings: dict) -> Path:
     from kadet.distill import distill
 
     cfg = config(root, bare, CANDIDATES[cand])
-    out = root / name / "candidates" / f"{cand}-{settings_key(cfg)}"   # a recipe change trains anew
+    out = candidate_dir(root, name, cand)
     if not (out / "model" / "modules.json").exists():
         t0 = time.perf_counter()
         distill(cfg, labels / "labels.jsonl", out)
@@ -234,7 +240,7 @@ def run_corpus(name: str, root: Path, cands: list[str], sample_size: int, n_ques
                "train_queries": train_rows, "silver_queries": len(silver), "question_queries": len(questions),
                "base_gold_ndcg": round(sum(base["gold"].values()) / len(base["gold"]), 4),
                "verdicts": v, "seconds": dict(timings), "machine": machine(),
-               "settings": {"key": settings_key(config(root, bare, CANDIDATES[cand])), "overrides": CANDIDATES[cand],
+               "settings": {"key": candidate_dir(root, name, cand).name.rsplit("-", 1)[1], "overrides": CANDIDATES[cand],
                             "profile": "local"}}
         rows.append(row)
         print(json.dumps({"corpus": name, "candidate": cand, **{s: (v[s]["promote"], v[s]["mean"]) for s in v}}),

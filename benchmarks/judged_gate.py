@@ -98,7 +98,9 @@ def main() -> None:
 
     root, out = Path(args.gate_root), Path(args.out)
     gold = root / args.corpus / "gold"
-    model = root / args.corpus / "candidates" / args.candidate / "model"
+    from benchmarks.gate import candidate_dir
+
+    model = candidate_dir(root, args.corpus, args.candidate) / "model"
     if not (model / "modules.json").exists():
         raise SystemExit(f"{model}: run benchmarks/gate.py --corpora {args.corpus} --candidates {args.candidate} first")
     shutil.rmtree(out, ignore_errors=True)

@@ -70,7 +70,9 @@ class StoredTeacher:
         self.teacher, self.store, self.corpus, self.sep = teacher, store, corpus, title_separator
         self.name = teacher.name
         self.reused = self.scored = 0
-        self.pairs, self.known = pairs, None
+        self.pairs = pairs or None          # none named: look each batch up
+        self.known: dict[str, float] | None = None
+        self.covered: set[str] = set()      # keys whose stored score (if any) is in known
 
     def _keys(self, queries: Sequence[str], doc_lists: Sequence[Sequence[str]]) -> list[list[str]]:
         return [[digest(q, self.corpus[d].full_text(self.sep)) for d in lst] for q, lst in zip(queries, doc_lists)]
@@ -82,7 +84,12 @@ class StoredTeacher:
         if self.pairs is None:
             return self.store.get(k for ks in keys for k in ks)
         if self.known is None:
-            self.known = self.store.get(k for ks in self._keys(*zip(*self.pairs)) for k in ks) if self.pairs else {}
+            self.covered = {k for ks in self._keys(*zip(*self.pairs)) for k in ks}
+            self.known = self.store.get(self.covered)
+        outside = {k for ks in keys for k in ks} - self.covered     # a pair the run did not name
+        if outside:
+            self.known.update(self.store.get(outside))
+            self.covered |= outside
         return {k: self.known[k] for ks in keys for k in ks if k in self.known}
 
     def score(self, queries: Sequence[str], doc_lists: Sequence[Sequence[str]]) -> list[np.ndarray]:
@@ -97,6 +104,8 @@ class StoredTeacher:
                 new.update({digest(queries[i], self.corpus[d].full_text(self.sep)): float(x)
                             for d, x in zip(missing, scores)})
             self.store.put(new)
+            if self.known is not None:
+                self.known.update(new)
         self.scored += len(new)
         self.reused += sum(len(ks) for ks in keys) - len(new)
         have |= new
@@ -195,7 +204,7 @@ def apply_filters(items: list[dict], lab: LabelConfig, seed: int, m: Manifest, s
     random.Random(seed).shuffle(qids)
     held = silver_holdout(kept, silver_holdout_size(lab.silver_queries, len(qids)), seed) if silver else set()
     rest = [q for q in qids if q not in held]
-    dev = whole_passages(kept, rest, int(round(len(rest) * lab.dev_fraction)))
+    dev = whole_passages(kept, rest, int(round(len(rest) * lab.dev_fraction)), limit=len(rest) - 1)
     out = []
     for it in kept:
         s = np.clip((np.asarray(it["scores"]) - lo) / span, 0.0, 1.0)
@@ -228,12 +237,14 @@ def silver_holdout(items: Sequence[dict], n: int, seed: int) -> set[str]:
     return whole_passages(items, sorted(source, key=lambda q: (rank[source[q]], q)), n)
 
 
-def whole_passages(items: Sequence[dict], order: Sequence[str], n: int) -> set[str]:
+def whole_passages(items: Sequence[dict], order: Sequence[str], n: int, limit: int | None = None) -> set[str]:
     """About ``n`` query ids taken in ``order``, each with every other query of ``items`` from its
     source passage, so that no passage has queries on both sides of a split (several queries per
     passage, e.g. the LLM's types or ``generate.types: {sentence: N}``, would otherwise let dev or
-    the silver evaluation see passages that training saw). With one query per passage it is the
-    first ``n`` of ``order``."""
+    the silver evaluation see passages that training saw). A passage whose queries would take
+    the total past ``limit`` is skipped (dev leaves training at least one query). With one query
+    per passage it is the first ``n`` of ``order``; with several, a passage with more queries is
+    more likely to be taken, as its queries are more of ``order``."""
     source = {it["qid"]: it["source_doc_id"] for it in items}
     by_source: dict[str, list[str]] = {}
     for q in sorted(source):
@@ -242,7 +253,9 @@ def whole_passages(items: Sequence[dict], order: Sequence[str], n: int) -> set[s
     for q in order:
         if len(taken) >= n:
             break
-        taken.update(by_source[source[q]])
+        group = [g for g in by_source[source[q]] if g not in taken]
+        if limit is None or len(taken) + len(group) <= limit:
+            taken.update(group)
     return taken
 
 

@@ -81,6 +81,9 @@ class Store:
         """Add ``items`` as one new segment (nothing written for none)."""
         if not items:
             return
+        escaped = next((k for k in items if json.dumps(k, ensure_ascii=False)[1:-1] != k), None)
+        if escaped is not None:   # get() matches keys as written, unescaped: such a key would never be found
+            raise ValueError(f"store key {escaped!r} has characters JSON escapes; keys are digests")
         name = f"seg-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl"
         write_jsonl(self.folder / name, ({"k": k, "v": v} for k, v in items.items()))
 

@@ -86,6 +86,9 @@ def test_dev_takes_whole_source_passages():
     assert dev and not dev & train                                    # no passage on both sides
     n_dev = sum(o["split"] == "dev" for o in out)
     assert round(0.2 * len(items)) <= n_dev < round(0.2 * len(items)) + 3   # whole passages: at most 2 over
+    # one passage with every query: it cannot go to dev whole without leaving nothing to train on
+    one = [_item(f"q{k}", "p0", ["p0", "b"], [1.0, 0.0]) for k in range(10)]
+    assert {o["split"] for o in apply_filters(one, LabelConfig(min_top_percentile=0), 5, Manifest("x"))} == {"train"}
 
 
 def test_shard_ranges_cover_everything():
@@ -219,6 +222,13 @@ def test_teacher_scores_outlive_the_run_per_pair(tmp_path, monkeypatch):
     assert len(listed) == 1 and pair_counts(third) == {"pairs_reused": 60, "pairs_scored": 0}
     for a, b in zip([x for batch in batches for x in batch], fresh):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # a pair the run did not name is still looked up (one more read), and one scored now is known
+    # to the later batches without scoring it again
+    extra = ["topic5 word5 and more"]
+    third.score(extra, [["d1", "d2"]])
+    assert len(listed) == 2 and pair_counts(third) == {"pairs_reused": 60, "pairs_scored": 2}
+    third.score(extra, [["d1", "d2"]])
+    assert len(listed) == 2 and pair_counts(third) == {"pairs_reused": 62, "pairs_scored": 2}
 
 
 def test_shards_in_their_own_folders_merge_into_the_single_run(tmp_path):

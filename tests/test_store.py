@@ -23,6 +23,11 @@ def test_values_survive_the_run_and_writers_do_not_collide(tmp_path):
     assert Store.open(tmp_path, "teacher", {"member": "dense", "model": "m2"}).get([digest("q", "p1")]) == {}
     assert later.compact() == 2 and len(later.segments()) == 1
     assert Store.open(tmp_path, "teacher", {"member": "dense", "model": "m1"}).get([digest("q", "p2")])
+    # get() matches keys as written: a key that JSON would escape is refused, never silently lost
+    import pytest
+
+    with pytest.raises(ValueError, match="escapes"):
+        later.put({'a "quoted" key': 1.0})
 
 
 def test_keys_are_content_not_ids():
