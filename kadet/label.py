@@ -70,23 +70,22 @@ class StoredTeacher:
         self.teacher, self.store, self.corpus, self.sep = teacher, store, corpus, title_separator
         self.name = teacher.name
         self.reused = self.scored = 0
-        self.pairs = pairs or None          # none named: look each batch up
-        self.known: dict[str, float] | None = None
-        self.covered: set[str] = set()      # keys whose stored score (if any) is in known
+        self.pairs = pairs                  # named up front: the first lookup reads them all at once
+        self.known: dict[str, float] = {}   # stored or scored now, for every key in covered
+        self.covered: set[str] = set()      # keys looked up in the store already
 
     def _keys(self, queries: Sequence[str], doc_lists: Sequence[Sequence[str]]) -> list[list[str]]:
         return [[digest(q, self.corpus[d].full_text(self.sep)) for d in lst] for q, lst in zip(queries, doc_lists)]
 
     def _stored(self, keys: list[list[str]]) -> dict[str, float]:
-        """The stored scores of ``keys``. Given every (query, list) the run will ask for
-        (``pairs``), the store is read once, on the first call, for all of them: reading it per
-        call would cost the store's whole size per batch."""
-        if self.pairs is None:
-            return self.store.get(k for ks in keys for k in ks)
-        if self.known is None:
-            self.covered = {k for ks in self._keys(*zip(*self.pairs)) for k in ks}
-            self.known = self.store.get(self.covered)
-        outside = {k for ks in keys for k in ks} - self.covered     # a pair the run did not name
+        """The stored scores of ``keys``, reading the store only for keys not looked up before;
+        the first call also reads every pair the run named (``pairs``), so a run that names them
+        reads the store once, not once per batch (each read costs the store's whole size)."""
+        wanted = {k for ks in keys for k in ks}
+        if self.pairs:
+            wanted |= {k for ks in self._keys(*zip(*self.pairs)) for k in ks}
+            self.pairs = None
+        outside = wanted - self.covered
         if outside:
             self.known.update(self.store.get(outside))
             self.covered |= outside
@@ -104,8 +103,7 @@ class StoredTeacher:
                 new.update({digest(queries[i], self.corpus[d].full_text(self.sep)): float(x)
                             for d, x in zip(missing, scores)})
             self.store.put(new)
-            if self.known is not None:
-                self.known.update(new)
+            self.known.update(new)
         self.scored += len(new)
         self.reused += sum(len(ks) for ks in keys) - len(new)
         have |= new
