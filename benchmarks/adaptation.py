@@ -109,14 +109,14 @@ RECIPES: dict[str, tuple[str, list[str], list[float]]] = {
 
 
 def sentence_queries(passages_path: Path, seed: int) -> list[dict]:
-    from kadet.data import read_corpus
-    from kadet.generate import extract_queries
+    from kadet.kit.data import read_corpus
+    from kadet.stages.generate import extract_queries
 
     return extract_queries(list(read_corpus(passages_path).values()), "sentence", seed)
 
 
 def gold_queries(data: Path) -> list[dict]:
-    from kadet.data import load_beir
+    from kadet.kit.data import load_beir
 
     ds = load_beir(data, "train")
     out = []
@@ -128,8 +128,8 @@ def gold_queries(data: Path) -> list[dict]:
 
 
 def scores(cfg, data: Path, model: str) -> dict:
-    from kadet.data import load_beir
-    from kadet.evaluate import aggregate, scored_run
+    from kadet.kit.data import load_beir
+    from kadet.stages.evaluate import aggregate, scored_run
 
     out = {}
     for split in ("train", "test"):
@@ -143,12 +143,12 @@ def scores(cfg, data: Path, model: str) -> dict:
 
 
 def run_recipe(name: str, root: Path, data: Path, extra: list[str]) -> list[dict]:
-    from kadet.config import load_config
-    from kadet.generate import generate
-    from kadet.io import write_jsonl
-    from kadet.label import label
-    from kadet.mine import mine
-    from kadet.prepare import prepare
+    from kadet.core.config import load_config
+    from kadet.stages.generate import generate
+    from kadet.core.io import write_jsonl
+    from kadet.stages.label.stage import label
+    from kadet.stages.mine import mine
+    from kadet.stages.prepare import prepare
 
     source, overrides, weights = RECIPES[name]
     excl = "prepare.exclude_splits=[test]" if source == "gold" else "prepare.exclude_splits=[test, train]"
@@ -173,7 +173,7 @@ def run_recipe(name: str, root: Path, data: Path, extra: list[str]) -> list[dict
 
 def train_and_score(name, source, overrides, weights, cfg, labels_dir: Path, out: Path, data: Path,
                     t: dict, mm) -> list[dict]:
-    from kadet.distill import Distiller, interpolated, save_query_side_model
+    from kadet.stages.distill import Distiller, interpolated, save_query_side_model
 
     t0 = time.perf_counter()
     trainer = Distiller(cfg, labels_dir / "label" / "labels.jsonl", out / "distill")
@@ -201,7 +201,7 @@ def train_and_score(name, source, overrides, weights, cfg, labels_dir: Path, out
 
 
 def base_row(root: Path, data: Path) -> dict:
-    from kadet.config import load_config
+    from kadet.core.config import load_config
 
     cfg = load_config(None, [f"data.data_dir={data}", f"work_dir={root}"])
     sc = scores(cfg, data, cfg.retrieval.model)

@@ -72,7 +72,7 @@ def make_tiny_st(root: Path, seed: int = 0) -> Path:
     from sentence_transformers.sentence_transformer import modules as models
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from kadet.models import resolve_model_path
+    from kadet.kit.models import resolve_model_path
 
     tok = AutoTokenizer.from_pretrained(resolve_model_path("all-MiniLM-L6-v2"))
     torch.manual_seed(seed)

@@ -12,7 +12,7 @@ training queries (each with L passages) per second of training, model loading ex
 - ``kadet full cN``: full fine-tuning, GradCache chunks of N texts, ``--batch`` queries per step.
 - ``kadet query c64``: query-side tuning (frozen document tower, passages encoded once).
 - ``kadet full c32 xN``: the same full fine-tuning data-parallel under ``torchrun
-  --nproc_per_node N`` (gloo on CPU; ``kadet.parallel``): each process encodes 1/N of every batch
+  --nproc_per_node N`` (gloo on CPU; ``kadet.stages.distill.parallel``): each process encodes 1/N of every batch
   with 1 thread, so on a CPU box it shares the same cores as the one-process row (which uses all
   of them); seconds = the slowest rank, peak RSS = the largest rank's.
 - ``ST DistillKLDiv bN``: ``SentenceTransformerTrainer`` + ``DistillKLDivLoss`` (cosine,
@@ -38,10 +38,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def build_labels(path: Path, n_queries: int, list_size: int) -> None:
-    from kadet.config import load_config
-    from kadet.data import load_beir
-    from kadet.io import write_jsonl
-    from kadet.retrieval import BM25Retriever, ranked
+    from kadet.core.config import load_config
+    from kadet.kit.data import load_beir
+    from kadet.core.io import write_jsonl
+    from kadet.kit.search import BM25Retriever, ranked
     from benchmarks.common import find_scifact
 
     ds = load_beir(find_scifact(), "train")
@@ -60,8 +60,8 @@ def build_labels(path: Path, n_queries: int, list_size: int) -> None:
 
 
 def worker_kadet(labels: Path, mode: str, chunk: int, batch: int, max_len: int) -> dict:
-    from kadet.config import load_config
-    from kadet.distill import Distiller
+    from kadet.core.config import load_config
+    from kadet.stages.distill import Distiller
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(None, [f"work_dir={tmp}", f"distill.mode={mode}", f"distill.chunk_size={chunk}",
@@ -80,8 +80,8 @@ def worker_st(labels: Path, batch: int, max_len: int) -> dict:
     from sentence_transformers.sentence_transformer.losses import DistillKLDivLoss
     from sentence_transformers.util import pairwise_cos_sim
 
-    from kadet.data import read_records
-    from kadet.models import resolve_model_path
+    from kadet.kit.data import read_records
+    from kadet.kit.models import resolve_model_path
 
     rows = [r for r in read_records(labels, "qid", {"query": str, "passages": list}) if r["split"] == "train"]
     size = min(len(r["passages"]) for r in rows)

@@ -133,9 +133,9 @@ def run(labels: Path, data: Path, query_model: Path | None = None) -> list[dict]
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from kadet.data import load_beir
-    from kadet.evaluate import aggregate, paired_bootstrap, per_query_metrics
-    from kadet.models import resolve_model_path
+    from kadet.kit.data import load_beir
+    from kadet.stages.evaluate import aggregate, paired_bootstrap, per_query_metrics
+    from kadet.kit.models import resolve_model_path
 
     torch.manual_seed(0)
     model = SentenceTransformer(str(resolve_model_path("all-MiniLM-L6-v2")), device="cpu", local_files_only=True)

@@ -29,9 +29,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def main() -> None:
     from sentence_transformers import SentenceTransformer
 
-    from kadet.data import read_corpus
-    from kadet.encode import Encoder
-    from kadet.models import resolve_model_path
+    from kadet.kit.data import read_corpus
+    from kadet.kit.encode import Encoder
+    from kadet.kit.models import resolve_model_path
     from benchmarks.common import find_scifact
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

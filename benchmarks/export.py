@@ -9,7 +9,7 @@ Exports ``--model`` with ``kadet export`` (a full model: one encoder), then
    ``intra_op_num_threads`` (T = ``--threads``, default all cores). The ONNX side sorts texts by
    length before batching, as ``SentenceTransformer.encode`` does. Best of ``--repeats`` after a warm-up;
 2. nDCG@10 / Recall@100 on SciFact's test queries (exact search over the whole corpus, top-100,
-   trec_eval via ``kadet.evaluate.per_query_metrics``) for each, with |diff| vs torch.
+   trec_eval via ``kadet.stages.evaluate.per_query_metrics``) for each, with |diff| vs torch.
 Target: |nDCG@10 diff| <= 0.005 for ONNX fp32 and int8.
 """
 
@@ -50,7 +50,7 @@ class OrtEncoder:
 
         import onnxruntime as ort
 
-        from kadet.export import tokenizer_for
+        from kadet.tools.export import tokenizer_for
 
         self.config = json.loads((folder / "config.json").read_text())
         self.tok = tokenizer_for(folder, self.config)
@@ -81,7 +81,7 @@ def best_time(fn, repeats: int) -> float:
 
 
 def ndcg(encode, ds, qids: list[str]) -> dict[str, float]:
-    from kadet.evaluate import aggregate, drop_identical_ids, per_query_metrics
+    from kadet.stages.evaluate import aggregate, drop_identical_ids, per_query_metrics
 
     doc_ids = list(ds.corpus)
     d = encode([ds.corpus[i].full_text() for i in doc_ids])
@@ -97,9 +97,9 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
 
     from benchmarks.common import find_scifact
-    from kadet.config import load_config
-    from kadet.data import load_beir
-    from kadet.export import export_model
+    from kadet.core.config import load_config
+    from kadet.kit.data import load_beir
+    from kadet.tools.export import export_model
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None, help="BEIR folder (default: the shared SciFact)")

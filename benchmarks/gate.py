@@ -8,7 +8,7 @@ good and bad on purpose (the local default, METHOD.md's teacher temperature 0.3,
 high learning rate, a tiny training set, an almost untrained model), and judges each one:
 
 - **gold**: the collection's real judged queries (withheld from kadet), the gate kadet applies to
-  judged queries (``kadet.register.decide``, paired bootstrap at ``register.confidence``);
+  judged queries (``kadet.registry.register.decide``, paired bootstrap at ``register.confidence``);
 - **silver designs**, each the same gate on another silver set:
   ``teacher`` (today's: held-out synthetic queries, source passage + teacher score >= 0.9 relevant),
   ``source`` (the same queries, only the source passage relevant: no teacher in the judgement),
@@ -90,19 +90,19 @@ def make_slice(name: str, root: Path, seed: int = 0) -> tuple[Path, Path]:
 
 
 def config(root: Path, bare: Path, extra: list[str]):
-    from kadet.config import load_config, profile_config
+    from kadet.core.config import load_config, profile_config
 
     return load_config(None, [f"data.data_dir={bare}", f"work_dir={root}", *extra], base=profile_config("local"))
 
 
 def silver_path(name: str, root: Path, bare: Path, sample_size: int, timings: dict) -> Path:
     """prepare -> sentence queries -> mine -> label on the corpus alone; returns the label folder."""
-    from kadet.data import read_corpus
-    from kadet.generate import extract_queries
-    from kadet.io import write_jsonl
-    from kadet.label import label
-    from kadet.mine import mine
-    from kadet.prepare import prepare
+    from kadet.kit.data import read_corpus
+    from kadet.stages.generate import extract_queries
+    from kadet.core.io import write_jsonl
+    from kadet.stages.label.stage import label
+    from kadet.stages.mine import mine
+    from kadet.stages.prepare import prepare
 
     out = root / name
     cfg = config(root, bare, [f"prepare.sample_size={sample_size}"])
@@ -123,7 +123,7 @@ def silver_path(name: str, root: Path, bare: Path, sample_size: int, timings: di
 
 
 def silver_rows(labels: Path) -> list[dict]:
-    from kadet.data import read_records
+    from kadet.kit.data import read_records
 
     return [r for r in read_records(labels / "labels.jsonl", "qid", {"query": str, "source_doc_id": str})
             if r.get("split") == "silver"]
@@ -131,9 +131,9 @@ def silver_rows(labels: Path) -> list[dict]:
 
 def question_set(name: str, root: Path, bare: Path, silver: list[dict], n: int) -> list[dict]:
     """Questions by the packaged LLM for up to ``n`` held-out silver source passages (never trained on)."""
-    from kadet.data import read_corpus, read_records
-    from kadet.generate import generate
-    from kadet.io import write_jsonl
+    from kadet.kit.data import read_corpus, read_records
+    from kadet.stages.generate import generate
+    from kadet.core.io import write_jsonl
 
     out = root / name / "question"
     queries = out / "generate" / "queries.jsonl"
@@ -150,7 +150,7 @@ def settings_key(cfg) -> str:
     """A digest of the candidate's effective distill settings (the local profile's, plus its own)."""
     import hashlib
 
-    from kadet.distill.checkpoint import hyperparameters
+    from kadet.stages.distill.checkpoint import hyperparameters
 
     return hashlib.sha256(json.dumps(hyperparameters(cfg.distill), sort_keys=True, default=str).encode()).hexdigest()[:8]
 
@@ -162,7 +162,7 @@ def candidate_dir(root: Path, name: str, cand: str) -> Path:
 
 
 def train(name: str, cand: str, root: Path, bare: Path, labels: Path, timings: dict) -> Path:
-    from kadet.distill import distill
+    from kadet.stages.distill import distill
 
     cfg = config(root, bare, CANDIDATES[cand])
     out = candidate_dir(root, name, cand)
@@ -176,7 +176,7 @@ def train(name: str, cand: str, root: Path, bare: Path, labels: Path, timings: d
 def per_query(cfg, ds, sets: dict, model: str) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     """nDCG@10 per query and mean Recall@100 of ``model`` on each evaluation set ``{name: (texts, qrels)}``,
     one retrieval per set."""
-    from kadet.evaluate import aggregate, scored_run
+    from kadet.stages.evaluate import aggregate, scored_run
 
     e = cfg.evaluation
     runs = {s: scored_run(cfg, ds, texts, qrels, "dense", model)[1] for s, (texts, qrels) in sets.items()}
@@ -188,8 +188,8 @@ def verdict(cfg, base: dict, cand: dict, base_recall: float, cand_recall: float,
     """kadet's gate on one evaluation set (candidate vs base model, nothing registered)."""
     import dataclasses
 
-    from kadet.evaluate import paired_bootstrap
-    from kadet.register import decide
+    from kadet.stages.evaluate import paired_bootstrap
+    from kadet.registry.register import decide
 
     e = cfg.evaluation
     gain = paired_bootstrap(base, cand, confidence=cfg.register.confidence, seed=cfg.seed)
@@ -204,7 +204,7 @@ def verdict(cfg, base: dict, cand: dict, base_recall: float, cand_recall: float,
 
 
 def run_corpus(name: str, root: Path, cands: list[str], sample_size: int, n_questions: int) -> list[dict]:
-    from kadet.data import load_beir
+    from kadet.kit.data import load_beir
 
     timings: dict[str, float] = {}
     gold_dir, bare = make_slice(name, root)

@@ -24,10 +24,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def main() -> None:
-    from kadet.config import load_config
-    from kadet.data import read_corpus
-    from kadet.generate import LocalBackend, TGIBackend, plan_requests
-    from kadet.models import smollm2_gguf
+    from kadet.core.config import load_config
+    from kadet.kit.data import read_corpus
+    from kadet.stages.generate import LocalBackend, TGIBackend, plan_requests
+    from kadet.kit.models import smollm2_gguf
     from benchmarks.common import find_scifact
     from tests.servers import llama_server
 

@@ -6,8 +6,8 @@ corpus alone was adapted, judgements withheld), gives the slice's judged queries
 as the user's own queries (their judgements withheld), and judges them **through the real page in
 headless chromium with the keyboard**. The person at the keyboard is stood in for by the
 collection's human judgements: a passage judged relevant in the qrels gets ``2``, any other ``n``
-(0). The export then makes the gate gold: ``kadet.evaluate.compare`` on the exported folder and
-``kadet.register.decide`` exactly as the register step applies them when there is no champion.
+(0). The export then makes the gate gold: ``kadet.stages.evaluate.compare`` on the exported folder and
+``kadet.registry.register.decide`` exactly as the register step applies them when there is no champion.
 For reference it prints the same candidate on all the slice's judged queries (what the gate would
 say with every judgement).
 
@@ -39,7 +39,7 @@ def judge_in_browser(session, truth: dict[str, dict[str, int]]) -> float:
     from selenium.webdriver.support.ui import WebDriverWait
 
     from benchmarks.common import headless_chrome
-    from kadet.judge import make_server, url_of
+    from kadet.tools.judge import make_server, url_of
 
     server = make_server(session)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -70,8 +70,8 @@ def judge_in_browser(session, truth: dict[str, dict[str, int]]) -> float:
 
 def gate(cfg, data: Path, candidate: str, out: Path) -> dict:
     """The register step's decision with no champion: candidate vs base model on ``data``."""
-    from kadet.evaluate import compare
-    from kadet.register import decide
+    from kadet.stages.evaluate import compare
+    from kadet.registry.register import decide
 
     cfg.data.data_dir, cfg.data.qrels, cfg.data.split = str(data), "", "test"
     comp = compare(cfg, candidate, out)
@@ -92,9 +92,9 @@ def main() -> None:
     ap.add_argument("--out", default=".kadet/judged-gate")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from kadet.config import load_config, profile_config
-    from kadet.data import load_beir
-    from kadet.judge import JudgeSettings, open_session
+    from kadet.core.config import load_config, profile_config
+    from kadet.kit.data import load_beir
+    from kadet.tools.judge import JudgeSettings, open_session
 
     root, out = Path(args.gate_root), Path(args.out)
     gold = root / args.corpus / "gold"

@@ -39,17 +39,17 @@ def pseudo_queries(corpus, n: int, seed: int = 0) -> list[dict]:
 
 def quadratic_fusion(queries, runs, k):
     """The pre-fix loop body: fuse all queries' runs, then pick one query."""
-    from kadet.retrieval import reciprocal_rank_fusion
+    from kadet.kit.search import reciprocal_rank_fusion
 
     for q in queries:
         reciprocal_rank_fusion([run for run in runs.values() if q["qid"] in run], k=k)[q["qid"]]
 
 
 def main() -> None:
-    from kadet.config import load_config
-    from kadet.data import read_corpus
-    from kadet.manifest import Manifest
-    from kadet.mine import build_retrievers, mine_candidates
+    from kadet.core.config import load_config
+    from kadet.kit.data import read_corpus
+    from kadet.core.manifest import Manifest
+    from kadet.stages.mine import build_retrievers, mine_candidates
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None, help="BEIR folder (default: ../shared/data/beir/scifact)")

@@ -2,7 +2,7 @@
 
     python benchmarks/pipeline_overhead.py --docs 1000 --queries 50 --sample-size 40
 
-Both run the same steps (``kadet.steps``: prepare, generate, mine, label, distill, evaluate,
+Both run the same steps (``kadet.kubeflow.steps``: prepare, generate, mine, label, distill, evaluate,
 register, promote/challenger) with the same config on the same SciFact slice, each in a fresh
 work dir (no embedding cache carried over; the dequantised SmolLM2 is copied in from a warm-up
 so neither pays for it). ``kfp-local`` is ``kfp.local.SubprocessRunner``: one Python process
@@ -26,8 +26,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def run_direct(data: str, work: Path, config_text: str, shards: int = 1) -> None:
     """The DAG's steps in one process, in the DAG's order, on the same folders layout."""
-    from kadet import steps
-    from kadet.stages import output_path
+    from kadet.kubeflow import steps
+    from kadet.core.layout import output_path
 
     run = f"direct-{int(time.time())}"
     sc = lambda **kw: steps.step_config(config_text, work_dir=str(work), **kw)  # noqa: E731
@@ -57,7 +57,7 @@ def run_direct(data: str, work: Path, config_text: str, shards: int = 1) -> None
 
 
 def main() -> None:
-    from pipelines.local import local_config_text, run_local
+    from kadet.kubeflow.local import local_config_text, run_local
     from benchmarks.common import scifact_slice
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,8 +73,8 @@ def main() -> None:
     text = local_config_text(None, [f"prepare.sample_size={args.sample_size}", *args.overrides])
 
     warm = tmp / "warm"
-    from kadet.config import config_from_text
-    from kadet.llm import load_causal_lm
+    from kadet.core.config import config_from_text
+    from kadet.llm.causal import load_causal_lm
 
     load_causal_lm(config_from_text(text).generate.model, warm / "cache", "cpu")  # dequantise once
 

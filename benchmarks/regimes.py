@@ -17,7 +17,7 @@ npl            all of NPL (11,429 passages; 93 judged queries with ~22 relevant 
 scifact-train  all of SciFact (5,183 passages) judged by its 809 train queries (the many-queries regime)
 =============  ==========================================================================
 
-Each row runs kadet's own stages in-process on the local profile (``kadet/profiles/local.yaml``)
+Each row runs kadet's own stages in-process on the local profile (``kadet/core/profiles/local.yaml``)
 plus the recipe's overrides, and reports on the slice's judged queries: the base model, the
 teacher reranking the base top-``label.rerank_depth`` (its *lead*), the candidate, the paired
 bootstrap interval of candidate - base, and the fraction of the teacher's lead the student kept.
@@ -128,8 +128,8 @@ def make_slice(name: str, root: Path, seed: int = 13) -> Path:
 
 
 def _per_query(cfg, model: str | None) -> dict[str, float]:
-    from kadet.data import load_beir
-    from kadet.evaluate import scored_run
+    from kadet.kit.data import load_beir
+    from kadet.stages.evaluate import scored_run
 
     ds = load_beir(cfg.data.data_dir, "test")
     qs = ds.eval_queries()
@@ -138,15 +138,15 @@ def _per_query(cfg, model: str | None) -> dict[str, float]:
 
 
 def run(slice_name: str, recipe: str, root: Path, extra: list[str]) -> dict:
-    from kadet.config import load_config, profile_config
-    from kadet.distill import distill
-    from kadet.evaluate import paired_bootstrap
-    from kadet.generate import generate
-    from kadet.label import label
-    from kadet.manifest import Manifest
-    from kadet.mine import mine
-    from kadet.preflight import teacher_lead
-    from kadet.prepare import prepare
+    from kadet.core.config import load_config, profile_config
+    from kadet.stages.distill import distill
+    from kadet.stages.evaluate import paired_bootstrap
+    from kadet.stages.generate import generate
+    from kadet.stages.label.stage import label
+    from kadet.core.manifest import Manifest
+    from kadet.stages.mine import mine
+    from kadet.stages.preflight import teacher_lead
+    from kadet.stages.prepare import prepare
 
     data = make_slice(slice_name, root / "data")
     work = root / "work" / slice_name

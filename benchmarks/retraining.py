@@ -64,7 +64,7 @@ def grown_corpus(root: Path, fraction: float = 0.8, seed: int = 0) -> Path:
 
 
 def run_step(step: str, root: Path) -> dict:
-    from pipelines.local import run_local
+    from kadet.kubeflow.local import run_local
 
     start_from, sets = PLAN[step]
     data = root / ("docs" if step == "run1" else "docs-full")

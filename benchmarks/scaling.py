@@ -38,7 +38,7 @@ WORDS = ("protein cell gene expression tumour receptor binding pathway mouse hum
 
 
 def _docs(n: int, seed: int = 0):
-    from kadet.data import Document
+    from kadet.kit.data import Document
 
     rng = random.Random(seed)
     return [Document(f"d{i}", ". ".join(" ".join(rng.choices(WORDS, k=12)).capitalize() for _ in range(4)) + ".")
@@ -46,9 +46,9 @@ def _docs(n: int, seed: int = 0):
 
 
 def bench_prepare(n: int) -> float:
-    from kadet.config import PrepareConfig
-    from kadet.manifest import Manifest
-    from kadet.prepare import select_passages
+    from kadet.core.config import PrepareConfig
+    from kadet.core.manifest import Manifest
+    from kadet.stages.prepare import select_passages
 
     corpus = {d.doc_id: d for d in _docs(n)}
     t = time.perf_counter()
@@ -57,9 +57,9 @@ def bench_prepare(n: int) -> float:
 
 
 def bench_generate(n: int) -> float:
-    from kadet.config import load_config
-    from kadet.generate import LOG_NAME, plan_requests, write_queries
-    from kadet.io import append_jsonl
+    from kadet.core.config import load_config
+    from kadet.stages.generate import LOG_NAME, plan_requests, write_queries
+    from kadet.core.io import append_jsonl
 
     cfg = load_config(None, ["generate.types={question: 1, sentence: 1}"])
     docs = _docs(n)
@@ -75,9 +75,9 @@ def bench_generate(n: int) -> float:
 
 
 def bench_label(n: int) -> float:
-    from kadet.config import load_config
-    from kadet.label import apply_filters
-    from kadet.manifest import Manifest
+    from kadet.core.config import load_config
+    from kadet.stages.label.stage import apply_filters
+    from kadet.core.manifest import Manifest
 
     rng = random.Random(0)
     items = [{"qid": f"q{i}", "source_doc_id": f"d{i}", "doc_ids": [f"d{i}"] + [f"x{i}-{j}" for j in range(29)],
@@ -88,9 +88,9 @@ def bench_label(n: int) -> float:
 
 
 def bench_distill(n: int, model: Path, work: Path) -> float:
-    from kadet.config import load_config
-    from kadet.distill import distill
-    from kadet.io import write_jsonl
+    from kadet.core.config import load_config
+    from kadet.stages.distill import distill
+    from kadet.core.io import write_jsonl
 
     docs = _docs(n * 4, seed=1)
     rng = random.Random(0)
@@ -109,7 +109,7 @@ def bench_distill(n: int, model: Path, work: Path) -> float:
 
 
 def bench_evaluate(n: int) -> float:
-    from kadet.evaluate import aggregate, per_query_metrics
+    from kadet.stages.evaluate import aggregate, per_query_metrics
 
     rng = random.Random(0)
     qrels = {f"q{i}": {f"d{rng.randrange(1000)}": 1} for i in range(n)}
@@ -120,7 +120,7 @@ def bench_evaluate(n: int) -> float:
 
 
 def bench_logs(n: int) -> float:
-    from kadet.journal import Journal
+    from kadet.core.journal import Journal
 
     with tempfile.TemporaryDirectory() as tmp:
         journal = Journal(Path(tmp) / "log.jsonl")

@@ -27,11 +27,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def main() -> None:
     import torch
 
-    from kadet.config import load_config
-    from kadet.data import load_beir
-    from kadet.evaluate import retrieve
-    from kadet.retrieval import ranked
-    from kadet.teachers import QueryLikelihoodTeacher
+    from kadet.core.config import load_config
+    from kadet.kit.data import load_beir
+    from kadet.stages.evaluate import retrieve
+    from kadet.kit.search import ranked
+    from kadet.stages.label.teachers import QueryLikelihoodTeacher
     from benchmarks.common import find_scifact
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

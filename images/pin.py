@@ -15,7 +15,7 @@ Postgres; pulled and re-tagged by ``make build``). Subcommands:
   ``build/images.json``;
 - ``compile``: compiles the pipeline against the lock's ``kadet@sha256:...`` (CPU and CUDA) into
   ``build/kadet_pipeline.yaml``, the package to submit. The committed
-  ``pipelines/kadet_pipeline.yaml`` is not touched (it stays ``compile --check``'s reference).
+  ``kadet/kubeflow/kadet_pipeline.yaml`` is not touched (it stays ``compile --check``'s reference).
 
 Resolution asks the registry (``--resolver CMD``: ``CMD REF`` prints the digest; default
 ``crane digest``, else ``docker buildx imagetools inspect``); the rewriting needs no registry and
@@ -149,7 +149,7 @@ def compile_pinned(registry: str, output: Path, lock: Path = LOCK) -> Path:
     if content["registry"] != registry.rstrip("/"):
         raise SystemExit(f"pin: {lock} pins {content['registry']}, not {registry}: run make -C images pin again")
     sys.path.insert(0, str(ROOT))
-    from pipelines.compile import compile_pipeline
+    from kadet.kubeflow.compile import compile_pipeline
 
     return compile_pipeline(output, base_image=content["kadet_cpu"], gpu_image=content["kadet_cuda"])
 

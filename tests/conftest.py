@@ -20,7 +20,7 @@ from benchmarks.common import (find_scifact, find_shared_data, make_tiny_st, sci
 @pytest.fixture(autouse=True)
 def _own_work_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test in its own current folder: a stage run with the default ``work_dir`` (.kadet)
-    keeps its store (kadet/store.py) there, never in the repository, never shared by tests."""
+    keeps its store (kadet/core/reuse.py) there, never in the repository, never shared by tests."""
     monkeypatch.chdir(tmp_path)
 
 

@@ -55,9 +55,9 @@ def test_config_command_prints_overrides(capsys):
 
 
 def test_flags_are_config_shortcuts_derived_from_the_typed_config(capsys):
-    """One source: a flag's type, choices and help come from kadet/config.py, and _load applies it."""
+    """One source: a flag's type, choices and help come from kadet/core/config.py, and _load applies it."""
     from kadet.cli import _load
-    from kadet.config import CHOICES, field_docs
+    from kadet.core.config import CHOICES, field_docs
 
     parser = build_parser()
     cfg = _load(parser.parse_args(["distill", "--mode", "full", "--epochs", "3", "--set", "distill.lr=1e-3"]))
@@ -84,13 +84,13 @@ def test_run_and_plan_check_data_before_any_task(tmp_path, capsys, monkeypatch, 
     (or the plan's timing) starts."""
     import kfp.local
 
-    import kadet.plan
+    import kadet.tools.plan
 
     def started(*a, **k):
         raise AssertionError("started before checking --data")
 
     monkeypatch.setattr(kfp.local, "init", started)
-    monkeypatch.setattr(kadet.plan, "make_plan", started)
+    monkeypatch.setattr(kadet.tools.plan, "make_plan", started)
     data = tmp_path / "data"
     if make == "no_corpus":
         data.mkdir()
@@ -107,8 +107,8 @@ def test_run_and_plan_check_data_before_any_task(tmp_path, capsys, monkeypatch, 
 def test_run_local_checks_data_itself(tmp_path, monkeypatch):
     import kfp.local
 
-    from kadet.errors import KadetError
-    from pipelines.local import run_local
+    from kadet.core.errors import KadetError
+    from kadet.kubeflow.local import run_local
 
     monkeypatch.setattr(kfp.local, "init", lambda *a, **k: pytest.fail("KFP started"))
     with pytest.raises(KadetError, match="no such file or folder"):
@@ -140,7 +140,7 @@ def _config_commands() -> list[str]:
 
 
 def test_config_profile_local_is_what_run_uses(capsys):
-    from pipelines.local import local_config_text
+    from kadet.kubeflow.local import local_config_text
 
     assert main(["config", "--profile", "local"]) == 0
     out, err = capsys.readouterr()
@@ -151,7 +151,7 @@ def test_config_profile_local_is_what_run_uses(capsys):
 
 def test_every_config_command_takes_profile(tmp_path, capsys):
     from kadet.cli import _load
-    from kadet.config import profile_config
+    from kadet.core.config import profile_config
 
     local = profile_config("local")
     own = tmp_path / "mine.yaml"
@@ -244,16 +244,16 @@ BAD_COMPONENTS = ["label.teacher=ensmble", "label.ensemble={dense: 1, bm52: 1}",
 
 @pytest.mark.parametrize("bad", BAD_COMPONENTS)
 def test_a_component_typo_fails_at_load_before_any_stage_runs(bad, tiny_beir, tmp_path, capsys, monkeypatch):
-    """Was: ``label.teacher=ensmble`` failed at kadet/teachers.py, after generate and mine ran."""
+    """Was: ``label.teacher=ensmble`` failed at kadet/stages/label/teachers.py, after generate and mine ran."""
     import kfp.local
 
-    import kadet.plan
+    import kadet.tools.plan
 
     def started(*a, **k):
         raise AssertionError("started before the config was checked")
 
     monkeypatch.setattr(kfp.local, "init", started)
-    monkeypatch.setattr(kadet.plan, "make_plan", started)
+    monkeypatch.setattr(kadet.tools.plan, "make_plan", started)
     key = bad.split("=")[0]
     for argv in (["config"], ["generate", "--work-dir", str(tmp_path)],
                  ["run", "--data", str(tiny_beir), "--work-dir", str(tmp_path / "w")],

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kadet.config import KadetConfig, apply_overrides, dump_config, load_config
-from kadet.errors import ConfigError
+from kadet.core.config import KadetConfig, apply_overrides, dump_config, load_config
+from kadet.core.errors import ConfigError
 
 
 def test_defaults():
@@ -62,10 +62,10 @@ def test_hash_changes_with_settings_and_dump_round_trips(tmp_path):
 
 
 def test_packaged_profiles_load_and_gpu_is_paper_scale(tmp_path):
-    from pipelines.local import local_config_text
+    from kadet.kubeflow.local import local_config_text
 
-    from kadet.config import config_from_text, profile_text
-    from kadet.errors import ConfigError
+    from kadet.core.config import config_from_text, profile_text
+    from kadet.core.errors import ConfigError
 
     gpu = config_from_text(local_config_text(profile="gpu"))
     assert gpu.distill.mode == "full" and gpu.distill.batch_size == 4096 and gpu.distill.lr == 2e-4
@@ -81,7 +81,7 @@ def test_packaged_profiles_load_and_gpu_is_paper_scale(tmp_path):
 
 
 def test_moved_keys_still_work_and_say_where_they_went(tmp_path, caplog):
-    from kadet.config import CHOICES, load_config
+    from kadet.core.config import CHOICES, load_config
 
     with caplog.at_level("WARNING"):
         cfg = load_config(None, ["generate.tgi_url=http://tgi:8080", "generate.min_words=3", "mine.rrf_k=30"])
@@ -104,7 +104,7 @@ def test_every_setting_is_one_declaration_with_its_help_and_rules():
     second table to keep in step, no help scraped from comments."""
     import dataclasses
 
-    from kadet.config import RANGES, _fields, _walk, field_docs
+    from kadet.core.config import RANGES, _fields, _walk, field_docs
 
     leaves = [key for key, _ in _walk(KadetConfig())]
     assert leaves and all(field_docs().get(key) for key in leaves)            # every setting says what it is
@@ -114,7 +114,7 @@ def test_every_setting_is_one_declaration_with_its_help_and_rules():
     assert RANGES["register.confidence"] == (0, 1, True)
     assert declared["label.teacher"]["names"][-1] == "ensemble" and "names" in declared["mine.retrievers"]
     # a new setting is one declaration: validate and the help read it from there
-    from kadet.config import setting, validate
+    from kadet.core.config import setting, validate
 
     @dataclasses.dataclass
     class Extra:
@@ -160,8 +160,8 @@ def test_component_names_with_an_argument_load():
 
 
 def test_the_builders_use_the_same_name_lists():
-    """kadet/teachers.py and kadet/mine.py name what they build from kadet/config.py's lists."""
-    from kadet.config import MINE_RETRIEVERS, TEACHERS
+    """kadet/stages/label/teachers.py and kadet/stages/mine.py name what they build from kadet/core/config.py's lists."""
+    from kadet.core.config import MINE_RETRIEVERS, TEACHERS
     from tests.conftest import REPO
 
     table = (REPO / "kadet" / "teachers.py").read_text(encoding="utf-8").split('"""')[1]
@@ -190,7 +190,7 @@ def test_each_rule_still_holds(override, needle):
 def test_one_load_path_for_files_and_text(tmp_path):
     """``load_config`` is ``config_from_text`` of the file: same config, same errors (a YAML
     syntax error names the line either way)."""
-    from kadet.config import config_from_text
+    from kadet.core.config import config_from_text
 
     p = tmp_path / "k.yaml"
     p.write_text("retrieval:\n  top_k: 50\nlabel: {teacher: bm25}\n")
@@ -212,7 +212,7 @@ def test_loading_a_config_imports_no_model_library():
     import subprocess
     import sys
 
-    code = ("import sys, kadet.config as c; c.load_config(None, ['label.teacher=ensemble']); "
+    code = ("import sys, kadet.core.config as c; c.load_config(None, ['label.teacher=ensemble']); "
             "print(sorted(m for m in ('torch', 'sentence_transformers', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -220,10 +220,10 @@ def test_loading_a_config_imports_no_model_library():
 
 def test_every_setting_the_docs_name_exists():
     """Each ``section.key`` the README and docs/*.md name in backticks is a setting (or a
-    section) of kadet/config.py, so a renamed or removed setting cannot linger in the docs."""
+    section) of kadet/core/config.py, so a renamed or removed setting cannot linger in the docs."""
     import re
 
-    from kadet.config import _fields
+    from kadet.core.config import _fields
     from tests.conftest import REPO
 
     known = {key for key, _, _ in _fields(KadetConfig())}
@@ -242,7 +242,7 @@ def test_every_setting_the_docs_name_exists():
 def test_the_teachers_docs_stages_lists_are_teachers():
     import re
 
-    from kadet.config import TEACHERS, names_component
+    from kadet.core.config import TEACHERS, names_component
     from tests.conftest import REPO
 
     text = (REPO / "docs" / "stages.md").read_text(encoding="utf-8")

@@ -8,8 +8,8 @@ import json
 import subprocess
 import sys
 
-from kadet import progress
-from kadet.console import Console, format_counts, session
+from kadet.core import progress
+from kadet.reporting.console import Console, format_counts, session
 
 
 def test_bars_write_throttled_events_to_the_channel(tmp_path, monkeypatch):

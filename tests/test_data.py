@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from kadet.data import Document, load_beir, read_corpus, read_qrels, read_queries
-from kadet.errors import DataError
-from kadet.io import write_jsonl
+from kadet.kit.data import Document, load_beir, read_corpus, read_qrels, read_queries
+from kadet.core.errors import DataError
+from kadet.core.io import write_jsonl
 from tests.conftest import write_beir
 
 
@@ -141,7 +141,7 @@ def test_real_scifact_loads(scifact):
 
 
 def test_read_records_checks_fields(tmp_path):
-    from kadet.data import read_records
+    from kadet.kit.data import read_records
 
     p = _lines(tmp_path / "queries.jsonl", [json.dumps({"qid": "g1", "text": "x", "type": "claim"}),
                                             json.dumps({"qid": "g2", "text": 3, "type": "claim"})])

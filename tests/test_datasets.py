@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kadet.cli import main
-from kadet.datasets import DATASETS, sha256_of
+from kadet.tools.datasets import DATASETS, sha256_of
 
 
 def _zip(src: Path, tamper: str | None = None) -> bytes:

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from kadet.config import load_config
-from kadet.distill import Distiller, distill, lr_factor
-from kadet.io import write_jsonl
-from kadet.manifest import Manifest
+from kadet.core.config import load_config
+from kadet.stages.distill import Distiller, distill, lr_factor
+from kadet.core.io import write_jsonl
+from kadet.core.manifest import Manifest
 from tests.conftest import make_tiny_st
 
 
@@ -59,8 +59,8 @@ def test_a_small_training_set_warms_up_over_at_least_min_warmup_steps():
     distill.min_warmup_steps=16 the rate climbs over 16 steps (then decays to the end)."""
     import torch
 
-    from kadet.config import DistillConfig
-    from kadet.distill.optim import make_optimizer
+    from kadet.core.config import DistillConfig
+    from kadet.stages.distill.optim import make_optimizer
 
     def rates(settings):
         opt, sched = make_optimizer([torch.nn.Parameter(torch.zeros(1))], settings, steps_per_epoch=3)
@@ -150,7 +150,7 @@ def test_every_way_of_calling_a_query_side_model_gives_the_tuned_queries(tiny_st
 
 
 def test_query_side_model_reuses_the_base_document_cache(tiny_st, tmp_path, monkeypatch):
-    from kadet.encode import Encoder
+    from kadet.kit.encode import Encoder
 
     labels = _labels(tmp_path / "labels.jsonl")
     distill(_cfg(tiny_st, tmp_path, "distill.mode=query", "distill.epochs=1"), labels, tmp_path / "q")
@@ -174,8 +174,8 @@ def test_infonce_only_mode_runs(tiny_st, tmp_path):
 
 def test_base_weight_interpolates_every_weight_with_the_base(tiny_st, tmp_path):
     """WiSE-FT: base_weight w saves w x base + (1 - w) x tuned, weight by weight."""
-    from kadet.distill import interpolated
-    from kadet.errors import KadetError
+    from kadet.stages.distill import interpolated
+    from kadet.core.errors import KadetError
 
     labels = _labels(tmp_path / "labels.jsonl")
     cfg = _cfg(tiny_st, tmp_path, "distill.epochs=1", "distill.patience=5")
@@ -226,7 +226,7 @@ def test_the_student_trains_without_dropout(tiny_st, tmp_path, monkeypatch):
     """Dropout is off in training (METHOD.md; GradCache replays no random state between its two
     passes): in train mode the student encodes the same text the same way twice. The tiny model
     has BERT's 0.1 dropout, so a student that kept it is refused before training."""
-    from kadet.errors import KadetError
+    from kadet.core.errors import KadetError
 
     labels = _labels(tmp_path / "labels.jsonl")
     trainer = Distiller(_cfg(tiny_st, tmp_path), labels, tmp_path / "o")
@@ -235,7 +235,7 @@ def test_the_student_trains_without_dropout(tiny_st, tmp_path, monkeypatch):
     with torch.no_grad():
         a, b = (trainer._encode(QUERIES, trainer.settings.query_max_len) for _ in range(2))
     assert torch.equal(a, b)
-    monkeypatch.setattr("kadet.distill.start.no_dropout", lambda model: None)
+    monkeypatch.setattr("kadet.stages.distill.start.no_dropout", lambda model: None)
     with pytest.raises(KadetError, match="encodes randomly in train mode"):
         Distiller(_cfg(tiny_st, tmp_path), labels, tmp_path / "o")
 
@@ -243,7 +243,7 @@ def test_the_student_trains_without_dropout(tiny_st, tmp_path, monkeypatch):
 def test_the_model_folder_carries_a_model_card(tiny_st, tmp_path):
     """sentence-transformers' card, with kadet's front matter and section: base model, towers,
     corpus fingerprint, training queries by type, teacher, loss and hyperparameters."""
-    from kadet import card
+    from kadet.stages.distill import card
 
     labels = _labels(tmp_path / "labels.jsonl")
     distill(_cfg(tiny_st, tmp_path, "distill.mode=query", "distill.epochs=1"), labels, tmp_path / "q")
@@ -281,9 +281,9 @@ def _store_cfg(tiny_st, tmp_path, *extra):
 
 def _make_champion(cfg, model_dir, comparison) -> str:
     """Register ``model_dir`` the way the register and promote steps do; returns its version."""
-    from kadet import tracking
-    from kadet.comparison import Comparison
-    from kadet.register import promote, register_candidate
+    from kadet.registry import tracking
+    from kadet.kit.comparison import Comparison
+    from kadet.registry.register import promote, register_candidate
 
     with tracking.stage_run(cfg, "register", pipeline_run="champion-run"):
         r = register_candidate(cfg, model_dir, Comparison.from_json(comparison), "champion-run")
@@ -338,8 +338,8 @@ def test_warm_start_begins_from_the_champions_query_tower(tiny_st, query_champio
                                base.encode([data.doc_text[d] for d in sorted(data.doc_index)[:5]]), atol=1e-5)
     trainer.init.close()
 
-    from kadet import tracking
-    from kadet.steps import distill_step
+    from kadet.registry import tracking
+    from kadet.kubeflow.steps import distill_step
 
     out = tmp_path / "warm"
     distill_step(cfg, str(query_champion["labels"]), str(out), "warm-run")
@@ -402,9 +402,9 @@ def test_the_gate_measures_a_warm_started_candidate_against_its_champion_on_this
         tiny_st, query_champion, tmp_path, tiny_beir):
     """The champion's metrics were recorded on other test data (the corpus has grown since): the
     register step evaluates the champion again on this run's data and compares on that."""
-    from kadet import tracking
-    from kadet.evaluate import compare, evaluate
-    from kadet.register import register_candidate
+    from kadet.registry import tracking
+    from kadet.stages.evaluate import compare, evaluate
+    from kadet.registry.register import register_candidate
 
     cfg = _store_cfg(tiny_st, query_champion["root"], "distill.mode=query", "distill.init=champion",
                      f"data.data_dir={tiny_beir}")

@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from kadet.config import load_config
-from kadet.evaluate import aggregate, drop_identical_ids, evaluate, format_table, per_query_metrics
-from kadet.manifest import Manifest
+from kadet.core.config import load_config
+from kadet.stages.evaluate import aggregate, drop_identical_ids, evaluate, format_table, per_query_metrics
+from kadet.core.manifest import Manifest
 
 
 def test_metrics_hand_computed():
@@ -54,8 +54,8 @@ def test_evaluate_tiny_writes_outputs(tiny_beir, tmp_path):
 def test_compare_writes_the_comparison_it_returns(tiny_beir, tiny_st, tmp_path):
     """``comparison.json`` is :meth:`Comparison.to_json`: its keys in their order (``silver_dir``
     and ``by_type`` only where they apply), and reading it back gives the same comparison."""
-    from kadet.comparison import JSON_KEYS, Comparison
-    from kadet.evaluate import compare
+    from kadet.kit.comparison import JSON_KEYS, Comparison
+    from kadet.stages.evaluate import compare
 
     cfg = load_config(None, [f"data.data_dir={tiny_beir}", f"work_dir={tmp_path / 'work'}", f"retrieval.model={tiny_st}"])
     comp = compare(cfg, str(tiny_st), tmp_path / "ev")
@@ -71,7 +71,7 @@ def test_compare_writes_the_comparison_it_returns(tiny_beir, tiny_st, tmp_path):
 def test_a_comparison_keeps_its_defaults_and_its_file_format():
     """What a comparison lacks takes one default, here (gold, dense, no gain); a silver one's
     ``comparison.json`` object goes through from_json/to_json unchanged, key order included."""
-    from kadet.comparison import JSON_KEYS, Comparison
+    from kadet.kit.comparison import JSON_KEYS, Comparison
 
     figures = {"ndcg@10": 0.5, "recall@100": 0.9}
     bare = Comparison.from_json({"base": figures, "candidate": figures})
@@ -106,7 +106,7 @@ def test_compare_reports_dense_hybrid_and_bm25_and_gates_on_the_configured_one(s
     """Every comparison measures the model alone and in hybrid (its dense run + BM25, RRF) with the
     same figures ``kadet evaluate --retriever`` gives; ``evaluation.retriever`` picks what the gate
     judges, and a hybrid gate's evaluation is another one than a dense gate's (eval_data)."""
-    from kadet.evaluate import compare
+    from kadet.stages.evaluate import compare
 
     cfg = load_config(None, [f"data.data_dir={scifact}", f"work_dir={shared_work}"])
     dense = compare(cfg, "all-MiniLM-L6-v2", tmp_path / "d")

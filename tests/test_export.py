@@ -12,8 +12,8 @@ import sys
 import numpy as np
 import pytest
 
-from kadet.config import load_config
-from kadet.errors import KadetError
+from kadet.core.config import load_config
+from kadet.core.errors import KadetError
 from tests.test_distill import _labels   # noqa: E402  the same tiny training data as the trainer tests
 
 pytest.importorskip("onnxruntime")
@@ -42,7 +42,7 @@ def _st(path):
 @pytest.fixture(scope="module")
 def trained(tiny_st, tmp_path_factory):
     """A query-side and a full model, each trained here from ``tiny_st`` for 2 epochs."""
-    from kadet.distill import distill
+    from kadet.stages.distill import distill
 
     root = tmp_path_factory.mktemp("trained")
     labels = _labels(root / "labels.jsonl")
@@ -55,7 +55,7 @@ def trained(tiny_st, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported(trained, tmp_path_factory):
-    from kadet.export import export_model
+    from kadet.tools.export import export_model
 
     root = tmp_path_factory.mktemp("exported")
     cfg = load_config(None, [f"work_dir={root / 'work'}"])
@@ -64,7 +64,7 @@ def exported(trained, tmp_path_factory):
 
 def _onnx_without_torch(folder, texts, file="model.onnx"):
     """Run the exported graph in a fresh interpreter that imports no torch (checked)."""
-    code = ("import json, sys\nfrom kadet.export import run_onnx\nfrom pathlib import Path\n"
+    code = ("import json, sys\nfrom kadet.tools.export import run_onnx\nfrom pathlib import Path\n"
             f"emb = run_onnx(Path({str(folder)!r}), json.loads(sys.argv[1]), file={file!r})\n"
             "assert 'torch' not in sys.modules, 'torch was imported'\nprint(json.dumps(emb.tolist()))\n")
     out = subprocess.run([sys.executable, "-c", code, json.dumps(texts)], capture_output=True, text=True, check=True)
@@ -153,7 +153,7 @@ def test_every_readme_snippet_runs(exported, trained):
 
 
 def test_refuses_to_overwrite_and_no_onnx(trained, exported, tmp_path):
-    from kadet.export import export_model
+    from kadet.tools.export import export_model
 
     cfg = load_config(None, [f"work_dir={tmp_path / 'work'}"])
     with pytest.raises(KadetError, match="exists and is not empty; pass --force"):
@@ -168,8 +168,8 @@ def _register(work, model_dir, name):
     """Register a version the way kadet's register step does (log_model + register_model), sqlite store."""
     import mlflow
 
-    from kadet import tracking
-    from kadet.register import pip_requirements, serving_signature
+    from kadet.registry import tracking
+    from kadet.registry.register import pip_requirements, serving_signature
 
     cfg = load_config(None, [f"work_dir={work}", f"register.model_name={name}"])
     tracking.activate(cfg)
@@ -189,7 +189,7 @@ def test_export_from_the_registry(trained, tmp_path, capsys, monkeypatch):
     cfg, v1 = _register(work, trained["full"], "kadet-embedding")
     _, v2 = _register(work, trained["query"], "kadet-embedding")
     assert (v1, v2) == ("1", "2")
-    from kadet import tracking
+    from kadet.registry import tracking
 
     tracking.client(cfg).set_registered_model_alias("kadet-embedding", "champion", v1)
     import mlflow
@@ -240,7 +240,7 @@ def test_the_readme_serve_snippet_answers(trained, tmp_path):
     import urllib.request
     from pathlib import Path
 
-    from kadet.export import export_model
+    from kadet.tools.export import export_model
     from tests.servers import free_port, stop, wait_until_ready
 
     cfg, version = _register(tmp_path / "work", trained["query"], "served")
@@ -271,7 +271,7 @@ def test_the_readme_serve_snippet_answers(trained, tmp_path):
 def test_a_model_with_prompts_keeps_them_per_tower(tiny_st, tmp_path):
     """encode_query adds the "query" prompt, encode_document the "document" one: the plain folders
     make them their default prompt, and the ONNX config names the one to prepend."""
-    from kadet.export import export_model, run_onnx
+    from kadet.tools.export import export_model, run_onnx
 
     src = _st(tiny_st)
     src.prompts = {"query": "query: ", "document": "passage: "}

@@ -10,9 +10,9 @@ import threading
 
 import numpy as np
 
-from kadet.encode import EmbeddingCache
-from kadet.io import append_jsonl, write_jsonl
-from kadet.journal import read_log
+from kadet.kit.encode import EmbeddingCache
+from kadet.core.io import append_jsonl, write_jsonl
+from kadet.core.journal import read_log
 
 
 def test_a_corrupt_middle_line_is_skipped_and_no_good_record_is_lost(tmp_path, caplog):
@@ -72,8 +72,8 @@ def test_two_writers_of_one_file_never_mix_rows(tmp_path):
 
 def test_the_evaluation_splits_positives_never_reach_training(tmp_path):
     """Evaluating on ``dev`` with the default exclude_splits=[test] kept dev positives in training."""
-    from kadet.config import load_config
-    from kadet.prepare import prepare
+    from kadet.core.config import load_config
+    from kadet.stages.prepare import prepare
     from tests.conftest import write_beir
 
     docs = [{"_id": f"d{i}", "title": "", "text": f"Passage number {i} about topic {i} and its findings."}
@@ -102,9 +102,9 @@ def test_a_checkpoint_that_would_run_code_is_refused(tiny_st, tmp_path):
     import pytest
     import torch
 
-    from kadet.config import load_config
-    from kadet.distill import Distiller
-    from kadet.errors import KadetError
+    from kadet.core.config import load_config
+    from kadet.stages.distill import Distiller
+    from kadet.core.errors import KadetError
     from tests.test_distill import _labels
 
     labels = _labels(tmp_path / "labels.jsonl")
@@ -122,8 +122,8 @@ def test_a_checkpoint_that_would_run_code_is_refused(tiny_st, tmp_path):
 
 def test_distill_never_resumes_from_checkpoints_of_other_labels_or_settings(tiny_st, tmp_path, caplog):
     """Was: a rerun with new labels / loss / lr said "resumed from epoch-1" and trained 0 s."""
-    from kadet.config import load_config
-    from kadet.distill import distill
+    from kadet.core.config import load_config
+    from kadet.stages.distill import distill
     from tests.test_distill import _labels
 
     base = [f"retrieval.model={tiny_st}", f"work_dir={tmp_path / 'w'}", "distill.batch_size=8", "distill.epochs=1",
@@ -146,9 +146,9 @@ def test_distill_never_resumes_from_checkpoints_of_other_labels_or_settings(tiny
 
 def test_generate_rerun_with_other_settings_or_passages_starts_over(tmp_path, caplog):
     """Was: "3 already done, 0 to do" and the old model's rows kept under a new manifest."""
-    from kadet.config import load_config
-    from kadet.data import Document
-    from kadet.generate import LOG_NAME, run_generation
+    from kadet.core.config import load_config
+    from kadet.kit.data import Document
+    from kadet.stages.generate import LOG_NAME, run_generation
     from tests.test_generate import ScriptedBackend
 
     docs = [Document(f"d{i}", f"The properties of topic d{i}: enzyme {i} binds its substrate.") for i in range(3)]
@@ -174,8 +174,8 @@ def test_generate_rerun_with_other_settings_or_passages_starts_over(tmp_path, ca
 
 def test_label_rerun_after_the_candidates_or_teacher_changed_scores_again(tmp_path, tiny_st, caplog):
     """Was: "0 to score" and 180 of 200 labelled lists not in the current candidates."""
-    from kadet.config import load_config
-    from kadet.label import label
+    from kadet.core.config import load_config
+    from kadet.stages.label.stage import label
 
     corpus = tmp_path / "corpus.jsonl"
     write_jsonl(corpus, [{"_id": f"d{i}", "title": "", "text": f"document {i} on topic {i % 3} with words {i}"}
@@ -210,11 +210,11 @@ def test_label_rerun_after_the_candidates_or_teacher_changed_scores_again(tmp_pa
 def test_a_partial_generation_is_never_published_and_mine_refuses_it(tmp_path):
     import pytest
 
-    from kadet.config import load_config
-    from kadet.data import Document, read_records
-    from kadet.errors import KadetError
-    from kadet.generate import run_generation
-    from kadet.manifest import Manifest
+    from kadet.core.config import load_config
+    from kadet.kit.data import Document, read_records
+    from kadet.core.errors import KadetError
+    from kadet.stages.generate import run_generation
+    from kadet.core.manifest import Manifest
     from tests.test_generate import ScriptedBackend
 
     class HalfDown(ScriptedBackend):
@@ -241,9 +241,9 @@ def test_a_partial_generation_is_never_published_and_mine_refuses_it(tmp_path):
 
 
 def test_empty_documents_are_dropped_and_counted_and_the_run_goes_on(tmp_path, caplog):
-    from kadet.config import load_config
-    from kadet.data import load_beir
-    from kadet.prepare import prepare
+    from kadet.core.config import load_config
+    from kadet.kit.data import load_beir
+    from kadet.stages.prepare import prepare
     from tests.conftest import write_beir
 
     docs = [{"_id": f"d{i}", "title": "", "text": f"Passage number {i} about topic {i} and its findings."}
@@ -304,8 +304,8 @@ def test_user_errors_are_one_line_never_a_traceback(tmp_path, tiny_beir):
 def test_yaml_off_stays_a_word_for_a_string_setting(tmp_path):
     import pytest
 
-    from kadet.config import load_config
-    from kadet.errors import ConfigError
+    from kadet.core.config import load_config
+    from kadet.core.errors import ConfigError
 
     assert load_config(None, ["mine.round_trip=off"]).mine.round_trip == "off"
     assert load_config(None, ["distill.bf16=off"]).distill.bf16 is False
@@ -353,7 +353,7 @@ def test_two_kadet_processes_on_one_work_dir(tmp_path, tiny_beir):
 
 
 def test_a_deleted_s3_prefix_is_not_resurrected_from_the_local_staging_copy(tmp_path, monkeypatch):
-    from kadet.storage import output_dir, s3_client
+    from kadet.core.storage import output_dir, s3_client
     from tests.s3server import rclone_s3, s3_env
 
     with rclone_s3(tmp_path / "s3") as endpoint:

@@ -6,9 +6,11 @@ import shutil
 
 import pytest
 
-from kadet import fingerprint, storage
-from kadet.config import load_config
-from kadet.data import read_corpus
+from kadet.stages import fingerprint
+
+from kadet.core import storage
+from kadet.core.config import load_config
+from kadet.kit.data import read_corpus
 from tests.s3server import rclone_binary, rclone_s3, s3_env
 
 

@@ -8,17 +8,17 @@ import logging
 
 import pytest
 
-from kadet.config import CleanConfig, load_config
-from kadet.data import Document, read_corpus, read_records
-from kadet.errors import ConfigError, KadetError
-from kadet.generate import (
+from kadet.core.config import CleanConfig, load_config
+from kadet.kit.data import Document, read_corpus, read_records
+from kadet.core.errors import ConfigError, KadetError
+from kadet.stages.generate import (
     LOG_NAME, TGIBackend, clean_output, generate, is_copy, plan_requests, run_generation,
 )
-from kadet.io import write_jsonl
-from kadet.journal import read_log
-from kadet.manifest import Manifest
-from kadet.models import smollm2_gguf
-from kadet.prompts import EXAMPLE_PASSAGES, QUERY_TYPES
+from kadet.core.io import write_jsonl
+from kadet.core.journal import read_log
+from kadet.core.manifest import Manifest
+from kadet.kit.models import smollm2_gguf
+from kadet.llm.prompts import EXAMPLE_PASSAGES, QUERY_TYPES
 from tests.servers import FaultServer, llama_cpp_available, llama_server
 
 PASSAGE = ("The human Golli-MBP gene is included within a 179-kilobase transcription unit: expression in "
@@ -212,7 +212,7 @@ def test_tgi_gives_up_then_resumes_without_loss(tmp_path):
 def test_a_bug_is_raised_not_retried_as_a_network_fault(tmp_path, monkeypatch):
     """Was: ``is_retryable`` (then ``_classify``) retried AttributeError/KeyError/TypeError as if the
     network failed, so a typo became max_retries calls and a silently "failed" request."""
-    from kadet.generate import Request, RetryableError, is_retryable
+    from kadet.stages.generate import Request, RetryableError, is_retryable
 
     assert not any(is_retryable(e) for e in (AttributeError("x"), KeyError("x"), TypeError("x"), ValueError("x")))
     assert is_retryable(RetryableError("malformed reply")) and is_retryable(TimeoutError())
@@ -298,7 +298,7 @@ def test_local_backend_generates_usable_queries(tmp_path, scifact, shared_work):
 
 
 def test_sentence_queries_need_no_llm_and_follow_weight_and_shards(tmp_path):
-    from kadet.generate import extract_queries, extract_sentence
+    from kadet.stages.generate import extract_queries, extract_sentence
 
     docs = [Document(f"d{i}", title=f"Title {i}", text=f"First finding of study {i} was clear. Second result "
                                                           f"number {i} followed from the cohort data. Tiny.")
@@ -372,9 +372,9 @@ def test_a_later_run_generates_only_for_new_or_changed_passages(tmp_path):
 
 
 def test_merged_shards_write_what_one_unsharded_run_writes(tmp_path):
-    """Two shards, each in its own folder, merged (their logs joined through kadet.journal) give
+    """Two shards, each in its own folder, merged (their logs joined through kadet.core.journal) give
     the queries.jsonl of one run over all passages; a shard generated with other settings is refused."""
-    from kadet.generate import merge_generation_shards
+    from kadet.stages.generate import merge_generation_shards
 
     passages = tmp_path / "passages.jsonl"
     write_jsonl(passages, (d.to_json() for d in _docs(9)))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kadet.gradcache import Tower as GCTower, grad_cache_step
-from kadet.losses import distill_loss
+from kadet.stages.distill.gradcache import Tower as GCTower, grad_cache_step
+from kadet.stages.distill.losses import distill_loss
 
 
 class Tower(torch.nn.Module):
@@ -24,7 +24,7 @@ def _grads(model):
 
 @pytest.mark.parametrize("chunk", [1, 3, 8, 64])
 def test_gradcache_equals_uncached(chunk):
-    """A deterministic encoder (no dropout: GradCache replays no random state, see kadet.gradcache)."""
+    """A deterministic encoder (no dropout: GradCache replays no random state, see kadet.stages.distill.gradcache)."""
     torch.manual_seed(0)
     b, l = 8, 5
     # float64: chunked and full-batch matmuls sum in different orders, and in float32 that alone

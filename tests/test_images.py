@@ -17,7 +17,7 @@ def test_image_requirements_are_pyproject_minus_torch_and_models():
     """requirements.txt = pyproject's dependencies minus torch and the model packages; the model
     packages (images/models.txt, installed --no-deps) are exactly the distributions of kadet's
     packaged model names, at the pins pyproject.toml and scripts/bootstrap.sh install here."""
-    from kadet.models import PACKAGED_DISTRIBUTIONS
+    from kadet.kit.models import PACKAGED_DISTRIBUTIONS
 
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     models = _pins(IMAGES / "models.txt")
@@ -158,7 +158,7 @@ def test_one_registry_flow_pins_every_image_to_that_registry(tmp_path, capsys):
             (tag,) = [p for p in pushed if p.rsplit(":", 1)[0] == name]    # the pushed tag of that name
             assert digest == fake_digest(tag), image
     package = copy / "build" / "kadet_pipeline.yaml"
-    from pipelines.remote import package_images
+    from kadet.kubeflow.remote import package_images
 
     assert set(package_images(package).values()) == {
         f"{REGISTRY}/kadet@{fake_digest(f'{REGISTRY}/kadet:0.1.0-cpu')}",

@@ -1,4 +1,4 @@
-"""The resumable log (kadet/journal.py) that generate and label share: its files, resume, merge, copy.
+"""The resumable log (kadet/core/journal.py) that generate and label share: its files, resume, merge, copy.
 (Torn and corrupt lines: tests/test_faults.py; the stages' use of it: test_generate.py, test_label.py.)"""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from kadet.errors import KadetError
-from kadet.journal import Journal, merge_logs
+from kadet.core.errors import KadetError
+from kadet.core.journal import Journal, merge_logs
 
 DEPENDS = {"model": "smollm2", "seed": 42, "bm25": (1.2, 0.75)}
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from kadet.config import KadetConfig
-from kadet.errors import DataError, KadetError
-from kadet.judge import (JUDGEMENTS_FILE, POOL_FILE, JudgeSettings, Judgements, Pool, PoolQuery, Session, decide,
+from kadet.core.config import KadetConfig
+from kadet.core.errors import DataError, KadetError
+from kadet.tools.judge import (JUDGEMENTS_FILE, POOL_FILE, JudgeSettings, Judgements, Pool, PoolQuery, Session, decide,
                          disagreement, export, load_corpus, make_server, open_session, pool_docs, read_judgements,
                          read_user_queries, select_queries, url_of)
 
@@ -72,7 +72,7 @@ def test_read_user_queries_txt_and_jsonl(tmp_path, tiny_beir):
 
 
 def test_pool_is_built_once_stored_and_resumed(tmp_path, tiny_beir, tiny_st, monkeypatch):
-    import kadet.judge as judge
+    import kadet.tools.judge as judge
 
     cfg, out = _cfg(tmp_path), tmp_path / "out"
     s = JudgeSettings(base=str(tiny_st), candidate=str(tiny_st), depth=2, max_queries=2, random_share=0.5)
@@ -161,7 +161,7 @@ def test_status_decides_only_with_enough_queries_and_stays_blind(tmp_path, tiny_
 
 
 def test_export_writes_beir_merges_queries_and_refuses_to_overwrite(tmp_path, tiny_beir):
-    from kadet.data import load_beir
+    from kadet.kit.data import load_beir
 
     pool = _pool(3, ["d1", "d2", "d3", "d4"])
     pool.queries[0].text = "does aspirin prevent heart attacks"    # the same id and text as tiny_beir's q1
@@ -340,7 +340,7 @@ class _Page:
 @pytest.mark.slow
 def test_page_judged_with_the_keyboard_resumes_and_exports(tmp_path, tiny_st, scifact):
     from benchmarks.common import scifact_slice
-    from kadet.data import load_beir
+    from kadet.kit.data import load_beir
 
     data = scifact_slice(tmp_path / "scifact", n_queries=12, n_docs=200)
     truth = load_beir(data, "test").qrels
@@ -401,7 +401,7 @@ def _judge_on_the_page(page: _Page, url: str, tiny_st, tmp_path) -> PoolQuery:
 
 def _check_the_export(cfg, tmp_path, session, truth, q2, exported, tiny_st) -> None:
     """Every keystroke is on disk; the export evaluates with trec_eval like any BEIR folder."""
-    from kadet.evaluate import evaluate
+    from kadet.stages.evaluate import evaluate
 
     grades = read_judgements(tmp_path / "out" / JUDGEMENTS_FILE)
     assert sum(len(g) for g in grades.values()) == sum(len(q.docs) for q in session.pool.queries)

@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from kadet.config import LabelConfig, load_config
-from kadet.data import Document
-from kadet.errors import KadetError
-from kadet.io import write_jsonl
-from kadet.label import apply_filters, label, shard_file
-from kadet.stages import shard_range
-from kadet.manifest import Manifest
+from kadet.core.config import LabelConfig, load_config
+from kadet.kit.data import Document
+from kadet.core.errors import KadetError
+from kadet.core.io import write_jsonl
+from kadet.stages.label.stage import apply_filters, label, shard_file
+from kadet.core.layout import shard_range
+from kadet.core.manifest import Manifest
 
 
 def _item(qid, src, docs, scores):
@@ -189,8 +189,8 @@ def test_teacher_scores_outlive_the_run_per_pair(tmp_path, monkeypatch):
     pairs with the first scores only the new pairs with the model member (BM25 depends on the
     corpus statistics, so it is never stored), and gives exactly the scores of a teacher
     without a store."""
-    from kadet.label import pair_counts, stored_teacher
-    from kadet.teachers import build_teacher
+    from kadet.stages.label.stage import pair_counts, stored_teacher
+    from kadet.stages.label.teachers import build_teacher
     from tests.conftest import make_tiny_st
 
     corpus = {f"d{i}": Document(f"d{i}", f"topic{i} word{i} shared text number {i}") for i in range(30)}
@@ -211,7 +211,7 @@ def test_teacher_scores_outlive_the_run_per_pair(tmp_path, monkeypatch):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     # a run that names its pairs up front (score_shard does) reads the store once, not per batch:
     # the store's segments are listed once (a spy on Store.segments), whatever the batches
-    from kadet.store import Store
+    from kadet.core.reuse import Store
 
     listed = []
     original = Store.segments
@@ -235,7 +235,7 @@ def test_shards_in_their_own_folders_merge_into_the_single_run(tmp_path):
     """Each shard scores in its own folder (as KFP tasks do); merge_score_shards copies every
     shard's log with its ``.depends.json`` and writes the labels of one unsharded run. A shard
     scored for other teacher settings is refused, naming it."""
-    from kadet.label import merge_score_shards
+    from kadet.stages.label.stage import merge_score_shards
 
     corpus = _stage_inputs(tmp_path)
     base = ["label.flush_every=2", "label.min_top_percentile=0", "label.num_shards=2"]

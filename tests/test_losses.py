@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from kadet.losses import cosine_scores, distill_loss, false_negative_mask, info_nce, listwise_kl
+from kadet.stages.distill.losses import cosine_scores, distill_loss, false_negative_mask, info_nce, listwise_kl
 
 
 def _np_softmax(x):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kadet.manifest import Manifest, fingerprint
+from kadet.core.manifest import Manifest, fingerprint
 
 
 def test_fingerprint_file_and_dir(tmp_path):

@@ -196,8 +196,8 @@ def test_everything_the_pipeline_pods_use_exists_where_they_run(mode, tmp_path):
     """Was: the Secrets, the PVC and the runner's ServiceAccount existed only in namespace kadet,
     while KFP runs a run's pods in kubeflow (standalone) or the user's profile namespace, so no
     pod could start; the account's token was not mounted though the KFP launcher needs it."""
-    from pipelines.compile import DEFAULT_OUTPUT
-    from pipelines.remote import DEFAULT_SERVICE_ACCOUNT
+    from kadet.kubeflow.compile import DEFAULT_OUTPUT
+    from kadet.kubeflow.remote import DEFAULT_SERVICE_ACCOUNT
 
     docs = render_access(mode, tmp_path)
     where = {(d["kind"], d["metadata"]["name"]): d["metadata"].get("namespace") for d in docs}
@@ -428,7 +428,7 @@ def endpoint_problem(url: str, pod_labels: dict, docs: list[dict]) -> str | None
 def model_problem(value: str, mounts: list[str], image_packages: set[str]) -> str | None:
     """Why a step's pod cannot load the model ``value``: a packaged name whose package the image
     does not install, a path off the volumes the step mounts, an s3:// URI outside bucket kadet."""
-    from kadet.models import PACKAGED_DISTRIBUTIONS, model_source
+    from kadet.kit.models import PACKAGED_DISTRIBUTIONS, model_source
 
     if value in PACKAGED_DISTRIBUTIONS:
         model_source(value)  # the name is one kadet resolves (here, from the same packages)
@@ -455,13 +455,13 @@ def test_every_step_of_the_default_pipeline_finds_its_models_and_endpoints(tmp_p
     """Compile the pipeline as a cluster gets it; for every step, build the config its pod builds
     from the pipeline's defaults (profile gpu, no config_yaml, only a corpus in bucket kadet) in
     the environment the platform gives the pod, and resolve each model and endpoint the step will
-    use (kadet.models.step_needs) against what the image installs (images/Dockerfile) and the
+    use (kadet.kit.models.step_needs) against what the image installs (images/Dockerfile) and the
     manifests serve (Service, port, workload, NetworkPolicy from both install modes). Was: the
     packaged models were in no image (ModuleNotFoundError on the first model), and generate sent
     the gpu profile's requests to TGI at http://127.0.0.1:8080, inside its own pod."""
-    from kadet.models import step_needs
-    from kadet.steps import step_config
-    from pipelines.compile import compile_pipeline
+    from kadet.kit.models import step_needs
+    from kadet.kubeflow.steps import step_config
+    from kadet.kubeflow.compile import compile_pipeline
 
     spec, k8s = yaml.safe_load_all(compile_pipeline(tmp_path / "p.yaml").read_text())
     defaults = {k: v.get("defaultValue") for k, v in spec["root"]["inputDefinitions"]["parameters"].items()}
@@ -512,9 +512,9 @@ def test_the_staging_job_runs_where_pipeline_pods_run_with_their_access(tmp_path
     volume, in each install mode's namespace, validates strictly, passes the house checks and gets
     what a pipeline pod gets (the PVC, the MinIO Secret, the endpoints, the label MinIO admits)."""
     from kadet.cli import main
-    from pipelines.compile import DEFAULT_OUTPUT
-    from pipelines.platform import Platform
-    from pipelines.remote import package_images
+    from kadet.kubeflow.compile import DEFAULT_OUTPUT
+    from kadet.kubeflow.platform import Platform
+    from kadet.kubeflow.remote import package_images
 
     platform = Platform.load()
     docs = [d for d in yaml.safe_load_all(render("base")) if d]
@@ -597,7 +597,7 @@ def test_the_install_guide_runs_here(tmp_path):
     import os
     import shutil
 
-    from kadet.models import resolve_model_path
+    from kadet.kit.models import resolve_model_path
     from tests.kfpdouble import kfp_double
     from tests.s3server import rclone_s3, s3_env
     from tests.test_images import registry_tools, repo_copy

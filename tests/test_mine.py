@@ -7,13 +7,13 @@ from collections import Counter
 
 import pytest
 
-from kadet.config import load_config
-from kadet.data import Document, load_beir
-from kadet.errors import ConfigError
-from kadet.io import write_jsonl
-from kadet.manifest import Manifest
-from kadet.mine import mine, mine_candidates, round_trip_ok
-from kadet.prepare import prepare
+from kadet.core.config import load_config
+from kadet.kit.data import Document, load_beir
+from kadet.core.errors import ConfigError
+from kadet.core.io import write_jsonl
+from kadet.core.manifest import Manifest
+from kadet.stages.mine import mine, mine_candidates, round_trip_ok
+from kadet.stages.prepare import prepare
 
 
 def test_round_trip_modes():
@@ -82,7 +82,7 @@ def test_mine_on_scifact_never_returns_test_positives(scifact, tmp_path, shared_
 
 def test_mine_candidates_fuses_each_query_once(monkeypatch):
     """Linear cost: the rankings are fused once for all queries, not once per query (was quadratic)."""
-    import kadet.mine as mine_mod
+    import kadet.stages.mine as mine_mod
 
     calls = []
     real = mine_mod.reciprocal_rank_fusion

@@ -26,7 +26,7 @@ def test_stage_a_packaged_model_through_the_bucket_onto_the_volume(s3, tmp_path,
     import numpy as np
     from sentence_transformers import SentenceTransformer
 
-    from kadet.models import model_fingerprint, resolve_model_path
+    from kadet.kit.models import model_fingerprint, resolve_model_path
 
     packaged = resolve_model_path("all-MiniLM-L6-v2")
     assert main(["models", "stage", "all-MiniLM-L6-v2", "s3://kadet/models/minilm"]) == 0
@@ -50,7 +50,7 @@ def test_stage_a_packaged_model_through_the_bucket_onto_the_volume(s3, tmp_path,
 
 
 def test_stage_a_gguf_and_refuse_what_is_not_a_model(tmp_path, capsys):
-    from kadet.models import smollm2_gguf
+    from kadet.kit.models import smollm2_gguf
 
     dest = tmp_path / "volume" / "models" / "smollm2"
     assert main(["models", "stage", "smollm2", str(dest)]) == 0

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kadet.parallel import Ranks, shard
+from kadet.stages.distill.parallel import Ranks, shard
 from tests.test_distill import _labels, _weights
 
 BIN = Path(sys.executable).parent

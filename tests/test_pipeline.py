@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kadet.errors import KadetError
-from pipelines.compile import DEFAULT_OUTPUT, stale_diff
+from kadet.core.errors import KadetError
+from kadet.kubeflow.compile import DEFAULT_OUTPUT, stale_diff
 from tests.conftest import scifact_slice
 from tests.mlflowserver import mlflow_server
 from tests.s3server import ACCESS_KEY, SECRET_KEY, rclone_s3, s3_env
@@ -23,7 +23,7 @@ UI_PARAMETERS = {"data_uri", "eval_qrels_uri", "query_types", "sample_size", "te
 
 def test_compiled_yaml_is_current():
     diff = stale_diff()
-    assert not diff, "pipelines/kadet_pipeline.yaml is stale: run `python -m pipelines.compile`\n" + "\n".join(diff[:40])
+    assert not diff, "kadet/kubeflow/kadet_pipeline.yaml is stale: run `python -m kadet.kubeflow.compile`\n" + "\n".join(diff[:40])
 
 
 def test_stale_yaml_is_detected(tmp_path):
@@ -42,7 +42,7 @@ def test_ui_parameters_left_at_their_defaults_leave_the_settings_to_profile_and_
     """Was: every UI parameter had a CPU-profile default, so it always overrode config_yaml
     (``config_yaml: "distill: {mode: full}"`` trained query-side, a cluster run started from
     sample_size 200)."""
-    from kadet.steps import step_config
+    from kadet.kubeflow.steps import step_config
 
     root = compiled[0]["root"]["inputDefinitions"]["parameters"]
     d = {name: p.get("defaultValue") for name, p in root.items()}
@@ -89,7 +89,7 @@ def test_no_task_takes_the_run_id_so_unchanged_steps_are_cached_across_runs(comp
     """Was: every task took the run id as an input, so its cache key changed with every run and
     no step was ever reused. Now each pod reads its run's key from its own labels (the Argo
     workflow, one per run), and every pipeline container runs as the image's non-root user."""
-    from kadet.tracking import RUN_KEY_ENV
+    from kadet.registry.tracking import RUN_KEY_ENV
 
     spec, platform = compiled
     assert "pipeline_job_uuid" not in yaml.safe_dump(spec)
@@ -102,8 +102,8 @@ def test_no_task_takes_the_run_id_so_unchanged_steps_are_cached_across_runs(comp
 
 
 def test_a_task_finds_its_run_key_in_the_environment(tmp_path, monkeypatch):
-    from kadet import tracking
-    from kadet.config import load_config
+    from kadet.registry import tracking
+    from kadet.core.config import load_config
 
     cfg = load_config(None, [f"work_dir={tmp_path}"])
     monkeypatch.delenv(tracking.RUN_KEY_ENV, raising=False)
@@ -116,13 +116,13 @@ def test_a_task_finds_its_run_key_in_the_environment(tmp_path, monkeypatch):
 
 
 def test_every_ui_parameter_is_in_the_one_table(spec):
-    """The pipeline's run parameters that set a setting are exactly ``kadet.steps.UI_SETTINGS``'s,
+    """The pipeline's run parameters that set a setting are exactly ``kadet.kubeflow.steps.UI_SETTINGS``'s,
     each names real settings, and every component parameter of that name goes through the table."""
     import inspect
 
-    from components import stages
-    from kadet.config import KadetConfig
-    from kadet.steps import UI_SETTINGS
+    from kadet.kubeflow import components as stages
+    from kadet.core.config import KadetConfig
+    from kadet.kubeflow.steps import UI_SETTINGS
 
     run_options = {"profile", "config_yaml", "work_dir", "generate_shards", "label_shards"}
     assert set(spec["root"]["inputDefinitions"]["parameters"]) - run_options == set(UI_SETTINGS)
@@ -186,7 +186,7 @@ def test_a_grown_corpus_at_the_same_address_is_not_served_from_the_cache(spec):
 
 
 def test_the_training_branch_runs_only_when_the_preflight_check_found_something_to_learn(spec):
-    """Was: every run distilled whatever the teacher knew. Now a pre-flight task (kadet/preflight.py)
+    """Was: every run distilled whatever the teacher knew. Now a pre-flight task (kadet/stages/preflight.py)
     runs first in the new-content branch; training is conditioned on its ``go`` flag and the
     other branch only records why (never cached: it writes to the registry's parent run)."""
     tasks = all_tasks(spec)
@@ -203,7 +203,7 @@ def test_the_training_branch_runs_only_when_the_preflight_check_found_something_
 
 
 def test_the_image_is_a_setting(tmp_path):
-    from pipelines.compile import compile_pipeline
+    from kadet.kubeflow.compile import compile_pipeline
 
     out = compile_pipeline(tmp_path / "p.yaml", base_image="registry.example.com/kadet:test",
                            gpu_image="registry.example.com/kadet:test-cuda")
@@ -213,7 +213,7 @@ def test_the_image_is_a_setting(tmp_path):
 
 
 def test_compiled_yaml_carries_the_platform_settings(spec, compiled):
-    from pipelines.platform import Platform
+    from kadet.kubeflow.platform import Platform
 
     plat = Platform.load()
     executors = spec["deploymentSpec"]["executors"]
@@ -260,8 +260,8 @@ def test_local_kfp_run_of_the_real_dag_on_s3(tmp_path, monkeypatch, capfd):
     keeping its artifacts on that S3 through its artifact proxy."""
     import mlflow
 
-    from kadet.storage import publish, s3_client
-    from pipelines.local import run_local
+    from kadet.core.storage import publish, s3_client
+    from kadet.kubeflow.local import run_local
 
     data = scifact_slice(tmp_path / "data")
     (tmp_path / "tiny.yaml").write_text(TINY)
@@ -341,7 +341,7 @@ def test_a_failed_run_closes_its_mlflow_parent_as_failed(tmp_path, capfd):
     """The ExitHandler's task runs after a failure: the parent run ends FAILED with the error."""
     import mlflow
 
-    from pipelines.local import run_local
+    from kadet.kubeflow.local import run_local
 
     bad = tmp_path / "bad"
     (bad / "qrels").mkdir(parents=True)
@@ -381,8 +381,8 @@ def test_a_corpus_without_judgements_runs_end_to_end_on_silver(tmp_path):
 
     import mlflow
 
-    from kadet.data import read_records
-    from pipelines.local import run_local
+    from kadet.kit.data import read_records
+    from kadet.kubeflow.local import run_local
 
     data = scifact_slice(tmp_path / "full")
     (tmp_path / "corpus-only").mkdir()
@@ -422,7 +422,7 @@ def test_a_run_with_nothing_to_learn_stops_before_any_work(tmp_path, capsys):
     import mlflow
 
     from kadet.cli import print_run_summary
-    from pipelines.local import run_local
+    from kadet.kubeflow.local import run_local
 
     data = scifact_slice(tmp_path / "data")
     (tmp_path / "tiny.yaml").write_text(TINY.replace("min_teacher_lead: -1.0", "min_teacher_lead: 0.0"))
@@ -443,7 +443,7 @@ def check_report(text: str, kind: str) -> None:
     import base64
     from html.parser import HTMLParser
 
-    from kadet.report import SECTIONS
+    from kadet.reporting.report import SECTIONS
 
     class Page(HTMLParser):
         def __init__(self):
@@ -497,7 +497,7 @@ def test_a_scheduled_run_over_a_grown_corpus_does_only_the_new_work(tmp_path):
     Real KFP local runs, the packaged LLM (questions) and teacher, a real MLflow store."""
     import mlflow
 
-    from pipelines.local import run_local
+    from kadet.kubeflow.local import run_local
 
     full = scifact_slice(tmp_path / "full", n_queries=8, n_docs=100)
     lines = (full / "corpus.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 
-from kadet.config import load_config, profile_config
-from kadet.data import read_records
-from kadet.generate import generate
-from kadet.plan import format_plan, make_plan
-from kadet.prepare import prepare
+from kadet.core.config import load_config, profile_config
+from kadet.kit.data import read_records
+from kadet.stages.generate import generate
+from kadet.tools.plan import format_plan, make_plan
+from kadet.stages.prepare import prepare
 from tests.conftest import scifact_slice
 
 

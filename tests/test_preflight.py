@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-from kadet.config import load_config, profile_config
-from kadet.preflight import check, teacher_lead, verdict
+from kadet.core.config import load_config, profile_config
+from kadet.stages.preflight import check, teacher_lead, verdict
 from tests.conftest import scifact_slice
 
 
@@ -25,7 +25,7 @@ def test_the_lead_is_the_teacher_reports_ensemble_minus_its_base_row(slice_dir, 
     """The pre-flight's figures are `kadet teacher-report`'s rows for the configured teacher at
     label.rerank_depth (they share base_top_k / per_query_ndcg): the same candidates, the same
     teacher, and the lead is their difference."""
-    from kadet.teacher_report import teacher_report
+    from kadet.tools.teacher_report import teacher_report
 
     cfg = _cfg(slice_dir, tmp_path / "w")
     lead = teacher_lead(cfg)
@@ -48,7 +48,7 @@ def test_a_teacher_that_is_the_base_model_leaves_nothing_to_learn(slice_dir, tmp
     assert result["message"].startswith("nothing to learn: the teacher (dense)")
     assert "on 40 judged queries" in result["message"] and "distill.preflight=false" in result["message"]
     assert (tmp_path / "out" / "preflight.json").exists()
-    from kadet.manifest import Manifest
+    from kadet.core.manifest import Manifest
 
     m = Manifest.read(tmp_path / "out")              # a stage like the others: its manifest next to its file
     assert m.stage == "preflight" and m.counts == {"judged_queries": 40} and m.extra["go"] is False
@@ -60,7 +60,7 @@ def test_without_judged_queries_there_is_no_lead_to_measure(slice_dir, tmp_path)
     (tmp_path / "corpus-only").mkdir()
     shutil.copy(slice_dir / "corpus.jsonl", tmp_path / "corpus-only" / "corpus.jsonl")
     assert check(_cfg(tmp_path / "corpus-only", tmp_path / "w"), tmp_path / "out") is None
-    from kadet.manifest import Manifest
+    from kadet.core.manifest import Manifest
 
     assert Manifest.read(tmp_path / "out").extra == {"measured": False, "why": "no judged queries (silver run)"}
 
@@ -78,7 +78,7 @@ def test_go_only_when_the_whole_interval_is_above_the_floor(low, floor, go, tmp_
 
 
 def test_the_console_says_how_much_of_the_lead_the_candidate_kept():
-    from kadet.preflight import kept_text
+    from kadet.stages.preflight import kept_text
 
     pre = {"lead": 0.04, "lead_ci_low": 0.02, "lead_ci_high": 0.06}
     assert kept_text(pre, 0.01) == ("teacher lead over the base (reranking its top-k, judged queries): +0.0400 "

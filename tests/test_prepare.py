@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-from kadet.config import PrepareConfig, load_config
-from kadet.data import Document, load_beir
-from kadet.manifest import Manifest
-from kadet.data import normalise
-from kadet.prepare import prepare, select_passages
+from kadet.core.config import PrepareConfig, load_config
+from kadet.kit.data import Document, load_beir
+from kadet.core.manifest import Manifest
+from kadet.kit.data import normalise
+from kadet.stages.prepare import prepare, select_passages
 
 
 def test_normalise():
@@ -55,8 +55,8 @@ def test_a_grown_corpus_keeps_the_earlier_sample():
     """Was a seeded ``random.sample`` of positions: one more document reshuffled the whole sample,
     so a run over a grown corpus generated for every passage again. Now the ``n`` passages whose
     seeded id digest is smallest: every passage sampled before that still ranks is sampled again."""
-    from kadet.manifest import Manifest
-    from kadet.prepare import sample_passages
+    from kadet.core.manifest import Manifest
+    from kadet.stages.prepare import sample_passages
 
     docs = [Document(f"d{i}", f"passage {i} text") for i in range(1000)]
     old = {d.doc_id for d in sample_passages(docs[:800], 200, 42, Manifest(stage="prepare"))}

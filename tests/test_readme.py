@@ -30,9 +30,9 @@ def test_the_readme_has_snippets_for_each_way_of_using_the_model():
 def test_every_readme_snippet_runs_on_an_exported_query_side_model(tiny_st, tmp_path, monkeypatch):
     from sentence_transformers import SentenceTransformer
 
-    from kadet.config import load_config
-    from kadet.distill import distill
-    from kadet.export import export_model
+    from kadet.core.config import load_config
+    from kadet.stages.distill import distill
+    from kadet.tools.export import export_model
     from tests.test_distill import _cfg, _labels
 
     labels = _labels(tmp_path / "labels.jsonl")

@@ -10,12 +10,12 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from kadet.comparison import Comparison
-from kadet.config import load_config
-from kadet.errors import ConfigError
-from kadet.evaluate import compare, evaluate
-from kadet.register import FAILURE_TAG, decide, mark_challenger, promote, register_candidate
-from kadet import tracking
+from kadet.kit.comparison import Comparison
+from kadet.core.config import load_config
+from kadet.core.errors import ConfigError
+from kadet.stages.evaluate import compare, evaluate
+from kadet.registry.register import FAILURE_TAG, decide, mark_challenger, promote, register_candidate
+from kadet.registry import tracking
 from tests.conftest import make_tiny_st
 from tests.mlflowserver import mlflow_server
 
@@ -75,7 +75,7 @@ def test_non_finite_metrics_or_settings_never_promote():
 
 
 def test_a_gain_within_noise_is_not_a_gain():
-    from kadet.evaluate import paired_bootstrap
+    from kadet.stages.evaluate import paired_bootstrap
 
     base = {f"q{i}": 0.5 for i in range(300)}
     noisy = {q: v + (0.3 if i % 2 else -0.28) for i, (q, v) in enumerate(base.items())}   # mean +0.01, huge spread
@@ -93,7 +93,7 @@ def test_a_gain_within_noise_is_not_a_gain():
 
 def test_the_card_says_what_each_loss_setting_trained_with():
     """Was: InfoNCE-only training was called "infonce (listwise KL, ...)" on the card."""
-    from kadet.card import loss_text
+    from kadet.stages.distill.card import loss_text
 
     d = load_config(None, []).distill
     assert loss_text(d, 0.3) == "listwise (listwise KL, teacher temperature 0.3, plus 0.1 x InfoNCE)"
@@ -184,7 +184,7 @@ def test_stage_runs_nest_under_one_parent_on_the_server(server, tmp_path, tiny_b
                              f"data.data_dir={tiny_beir}"])
     with tracking.stage_run(cfg, "evaluate", pipeline_run="p1"):
         compare(cfg, "all-MiniLM-L6-v2", tmp_path / "ev")
-        from kadet.manifest import Manifest
+        from kadet.core.manifest import Manifest
 
         tracking.log_manifest(Manifest.read(tmp_path / "ev"), tmp_path / "ev")
     with pytest.raises(RuntimeError):
@@ -317,7 +317,7 @@ def test_the_registered_model_carries_the_full_model_card(server, models, tmp_pa
 
     from sentence_transformers import SentenceTransformer
 
-    from kadet import card
+    from kadet.stages.distill import card
 
     folder = tmp_path / "candidate"
     shutil.copytree(models[2], folder)
@@ -345,8 +345,8 @@ def test_a_silver_candidate_is_never_compared_with_a_gold_champion(server, model
     import json
     import shutil
 
-    import kadet.register as register
-    from kadet.steps import register_step
+    import kadet.registry.register as register
+    from kadet.kubeflow.steps import register_step
 
     cfg = load_config(None, [f"tracking.tracking_uri={server}", f"work_dir={tmp_path}", "register.model_name=silver",
                              "register.confidence=0", f"data.data_dir={tiny_beir}"])
@@ -381,8 +381,8 @@ def test_silver_never_promotes_by_default(server, models, tmp_path, tiny_beir, m
     import json
     import shutil
 
-    import kadet.register as register
-    from kadet.steps import challenger_step, register_step
+    import kadet.registry.register as register
+    from kadet.kubeflow.steps import challenger_step, register_step
 
     cfg = load_config(None, [f"tracking.tracking_uri={server}", f"work_dir={tmp_path}", "register.model_name=silv",
                              f"data.data_dir={tiny_beir}"])
@@ -418,7 +418,7 @@ def test_the_served_model_answers_with_query_embeddings(server, models, tmp_path
     import numpy as np
     from sentence_transformers import SentenceTransformer
 
-    from kadet.distill import save_query_side_model
+    from kadet.stages.distill import save_query_side_model
     from tests.servers import free_port, stop, wait_until_ready
 
     folder = tmp_path / "query-side"
@@ -471,13 +471,13 @@ def test_a_report_that_cannot_be_written_never_costs_the_registration(server, mo
     and the page the KFP run shows says why the report is missing."""
     import json
 
-    import kadet.report
-    from kadet.steps import register_step
+    import kadet.reporting.report
+    from kadet.kubeflow.steps import register_step
 
     def broken(*a, **k):
         raise RuntimeError("matplotlib is gone")
 
-    monkeypatch.setattr(kadet.report, "write_report", broken)
+    monkeypatch.setattr(kadet.reporting.report, "write_report", broken)
     cfg = load_config(None, [f"tracking.tracking_uri={server}", f"work_dir={tmp_path}", "register.model_name=no-report",
                              "register.confidence=0"])
     (tmp_path / "ev").mkdir()
@@ -491,8 +491,8 @@ def test_only_the_newest_gated_version_can_say_nothing_changed(tmp_path):
     """A run has nothing new only if the newest version that went through the gate was trained on
     the same inputs: a corpus that went back to an earlier state (A, A+B, then A again) is a change,
     and a version whose gate never finished (no inputs tag yet) does not block a rerun."""
-    from kadet.fingerprint import INPUTS_TAG
-    from kadet.register import trained_on
+    from kadet.stages.fingerprint import INPUTS_TAG
+    from kadet.registry.register import trained_on
 
     cfg = load_config(None, [f"work_dir={tmp_path}", "register.model_name=lineage-test"])
     c = tracking.client(cfg)

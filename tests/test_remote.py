@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 from kadet.cli import main
-from kadet.errors import KadetError
-from pipelines.compile import DEFAULT_OUTPUT
-from pipelines.remote import kfp_cron, parse_params
+from kadet.core.errors import KadetError
+from kadet.kubeflow.compile import DEFAULT_OUTPUT
+from kadet.kubeflow.remote import kfp_cron, parse_params
 from tests.kfpdouble import kfp_double
 
 
@@ -50,7 +50,7 @@ def test_submit_uploads_the_pipeline_version_once_and_runs_it(capsys):
 def test_submit_says_which_backend_it_needs():
     with kfp_double(version="2.3.0") as (host, double):
         with pytest.raises(KadetError, match=r"the KFP backend is 2.3.0; kadet's pipeline needs Kubeflow Pipelines >= 2.14"):
-            from pipelines.remote import submit
+            from kadet.kubeflow.remote import submit
 
             submit(host, {"data_uri": "s3://x"})
     assert not _posts(double, "/apis/v2beta1/runs")
@@ -93,8 +93,8 @@ def test_submit_passes_profile_config_and_set_to_the_pipeline(tmp_path, capsys):
     did nothing), and there was no --profile. Now they reach the run as the pipeline's
     ``profile`` / ``config_yaml`` / ``work_dir`` parameters, and the config a step builds from
     them in its pod is exactly what ``kadet config`` builds from the same flags here."""
-    from kadet.config import load_config, profile_config
-    from kadet.steps import step_config
+    from kadet.core.config import load_config, profile_config
+    from kadet.kubeflow.steps import step_config
 
     extra = tmp_path / "extra.yaml"
     extra.write_text("label: {rerank_depth: 50}\ndistill: {epochs: 2}\n")

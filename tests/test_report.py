@@ -3,9 +3,9 @@ tests/test_pipeline.py, parsed, with its images)."""
 
 from __future__ import annotations
 
-from kadet.comparison import Comparison, gain_text
-from kadet.config import load_config
-from kadet.report import SECTIONS, render
+from kadet.kit.comparison import Comparison, gain_text
+from kadet.core.config import load_config
+from kadet.reporting.report import SECTIONS, render
 
 GAIN = {"mean": 0.0139, "ci_low": 0.0005, "ci_high": 0.0277, "p_ahead": 0.96, "queries": 300, "confidence": 0.9}
 
@@ -51,7 +51,7 @@ def test_the_page_has_every_section_the_champion_row_links_and_escapes_text():
 
 
 def test_a_silver_page_leads_with_what_silver_cannot_say():
-    from kadet.comparison import SILVER_CAVEAT
+    from kadet.kit.comparison import SILVER_CAVEAT
 
     cfg = load_config(None, [])
     metrics = {"ndcg@10": 0.8, "recall@100": 0.95}
@@ -68,9 +68,9 @@ def test_a_silver_page_leads_with_what_silver_cannot_say():
 
 
 def test_the_gain_and_its_interval_are_one_sentence_on_the_page_and_the_card():
-    """The page and the model card state the gain with the same words (kadet.comparison.gain_text);
+    """The page and the model card state the gain with the same words (kadet.kit.comparison.gain_text);
     the run summary, which has only the bounds, says the same without what it lacks."""
-    from kadet import card
+    from kadet.stages.distill import card
 
     cfg = load_config(None, [])
     figures = {"ndcg@10": 0.6, "recall@100": 0.9}

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from kadet import tracking
-from kadet.config import load_config
-from kadet.retention import auto_prune, format_removals, plan, prune
+from kadet.registry import tracking
+from kadet.core.config import load_config
+from kadet.tools.prune import auto_prune, format_removals, plan, prune
 from tests.conftest import make_tiny_st
 
 DAY = 86400.0
@@ -85,8 +85,8 @@ def _files(work: Path) -> None:
 def _register(cfg, model: Path, ndcg: float, i: int) -> str:
     """Register ``model`` the way the register and promote steps do (its own experiment, so its
     runs are not among the pipeline runs above)."""
-    from kadet.comparison import Comparison
-    from kadet.register import mark_challenger, promote, register_candidate
+    from kadet.kit.comparison import Comparison
+    from kadet.registry.register import mark_challenger, promote, register_candidate
 
     comparison = Comparison(eval_data="sha256:same", candidate={"ndcg@10": ndcg, "recall@100": 0.9},
                             base={"ndcg@10": 0.5, "recall@100": 0.9}, models={"base": "all-MiniLM-L6-v2"})
@@ -134,7 +134,7 @@ EXPECTED = {   # keep 2
 
 def _logged_model_dir(cfg, version: str) -> Path:
     """The version's sentence-transformers folder in the local artifact store."""
-    from kadet.register import local_model_dir
+    from kadet.registry.register import local_model_dir
 
     c = tracking.client(cfg)
     return local_model_dir(c.get_model_version_download_uri("prune-test", version), tracking.tracking_uri(cfg))
@@ -212,7 +212,7 @@ def test_nothing_of_a_failing_streak_is_pruned_before_a_success(tmp_path):
         _write(work / "resume" / key / "generate-0-of-1" / "generations.jsonl", 100, days)
         _write(work / "kfp" / f"kadet-{key}" / "x.bin", 100, days)
     assert [(r.kind, r.what) for r in plan(cfg, keep=1)] == [("kfp", "kfp/kadet-f1")]
-    from kadet.errors import KadetError
+    from kadet.core.errors import KadetError
 
     with pytest.raises(KadetError, match="must be >= 1"):
         plan(cfg, keep=0)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from kadet.data import load_beir
-from kadet.encode import EmbeddingCache, Encoder
-from kadet.retrieval import BM25Retriever, DenseRetriever, exact_search, ranked, reciprocal_rank_fusion, top_k
+from kadet.kit.data import load_beir
+from kadet.kit.encode import EmbeddingCache, Encoder
+from kadet.kit.search import BM25Retriever, DenseRetriever, exact_search, ranked, reciprocal_rank_fusion, top_k
 
 
 def test_rrf_hand_computed():
@@ -115,7 +115,7 @@ def test_dense_retriever_on_tiny(tiny_beir, minilm):
 def test_encoder_routes_asymmetric_models(tmp_path, minilm):
     from sentence_transformers import SentenceTransformer
 
-    from kadet.distill import save_query_side_model
+    from kadet.stages.distill import save_query_side_model
 
     with torch.no_grad():  # make the query tower differ from the document tower
         q_model = SentenceTransformer(str(minilm.path), device="cpu")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kadet.errors import ConfigError
-from kadet.steps import step_config
+from kadet.core.errors import ConfigError
+from kadet.kubeflow.steps import step_config
 
 
 def test_ui_parameters_override_the_yaml_text_and_keep_their_types():
@@ -30,10 +30,10 @@ def test_a_retried_label_task_goes_on_where_the_failed_try_stopped(tmp_path, mon
     """Was: the resumable score log lived in the task's output folder, which a retry (a new pod)
     gets empty, so a retried shard started over. Now it lives under the work dir (the cache PVC)
     per pipeline run and shard; the failed try is killed after one flush (fault injection)."""
-    from kadet.config import load_config
-    from kadet.journal import Journal, read_log
-    from kadet.label import shard_file
-    from kadet.steps import label_step
+    from kadet.core.config import load_config
+    from kadet.core.journal import Journal, read_log
+    from kadet.stages.label.stage import shard_file
+    from kadet.kubeflow.steps import label_step
     from tests.test_label import _stage_inputs
 
     _stage_inputs(tmp_path)

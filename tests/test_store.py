@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from kadet.store import Store, digest
+from kadet.core.reuse import Store, digest
 
 
 def test_values_survive_the_run_and_writers_do_not_collide(tmp_path):
@@ -37,8 +37,8 @@ def test_keys_are_content_not_ids():
 
 def test_a_store_opened_inside_a_stage_records_that_pipeline_run(tmp_path):
     """``kadet prune`` keeps the store folders the newest runs used: each must name its run."""
-    from kadet import tracking
-    from kadet.config import load_config
+    from kadet.registry import tracking
+    from kadet.core.config import load_config
 
     cfg = load_config(None, [f"work_dir={tmp_path}"])
     with tracking.stage_run(cfg, "label", "run-7"):

@@ -1,4 +1,5 @@
-"""Facts about the house anyone can check: no import cycle, every module imports alone, no long function."""
+"""Facts about the house anyone can check: the layers import only downward, no import cycle, every
+module imports alone, no long function."""
 
 from __future__ import annotations
 
@@ -11,13 +12,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 #: The longest function kadet/ may hold (def line to last line).
 MAX_FUNCTION_LINES = 60
+#: kadet's layers, lowest first: a module of ``kadet/<layer>/`` imports only from its own layer and
+#: the ones before it (docs/design.md, "Layers", draws them and says what each holds).
+LAYERS = ("core", "kit", "llm", "stages", "registry", "reporting", "tools", "kubeflow", "cli")
 
 
-def modules() -> dict[str, Path]:
-    """``{"kadet.generate.clean": path}`` for every module of the library."""
+def modules(root: Path = REPO) -> dict[str, Path]:
+    """``{"kadet.stages.generate.clean": path}`` for every module of the library under ``root``."""
     out = {}
-    for path in sorted((REPO / "kadet").rglob("*.py")):
-        parts = path.relative_to(REPO).with_suffix("").parts
+    for path in sorted((root / "kadet").rglob("*.py")):
+        parts = path.relative_to(root).with_suffix("").parts
         out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     return out
 
@@ -37,6 +41,48 @@ def kadet_imports(path: Path, name: str, known: set[str]) -> set[str]:
             found |= {f"{base}.{a.name}" for a in node.names}
     # a module, not a name in it; and never the package itself (importing kadet.x runs kadet/__init__)
     return {m for m in found if m in known and m != name and m != "kadet"}
+
+
+def layer_of(module: str) -> int | None:
+    """The index in :data:`LAYERS` of ``kadet.<layer>...``; None for ``kadet`` itself."""
+    parts = module.split(".")
+    if len(parts) < 2:
+        return None
+    return LAYERS.index(parts[1]) if parts[1] in LAYERS else -1
+
+
+def upward_imports(root: Path) -> list[str]:
+    """Every import in ``root/kadet`` (module level or inside a function) that goes to a higher
+    layer, or from or to a module that sits in no layer: ``"kadet.core.io -> kadet.kit.data"``."""
+    found = []
+    for name, path in modules(root).items():
+        mine = layer_of(name)
+        if mine == -1:
+            found.append(f"{name} is in no layer (kadet/<one of {', '.join(LAYERS)}>/)")
+            continue
+        for target in sorted(kadet_imports(path, name, set(modules(root)))):
+            theirs = layer_of(target)
+            if mine is not None and theirs is not None and (theirs == -1 or theirs > mine):
+                found.append(f"{name} -> {target}")
+    return found
+
+
+def test_the_layers_import_only_downward():
+    assert upward_imports(REPO) == []
+
+
+def test_the_layer_check_finds_an_import_that_goes_up(tmp_path):
+    """The check above is not vacuous: a copy of kadet/ with one upward import (the core's config
+    importing a stage) fails it, and so does a module outside every layer."""
+    import shutil
+
+    shutil.copytree(REPO / "kadet", tmp_path / "kadet", ignore=shutil.ignore_patterns("__pycache__"))
+    assert upward_imports(tmp_path) == []
+    config = tmp_path / "kadet" / "core" / "config.py"
+    config.write_text(config.read_text() + "\n\ndef _up():\n    from kadet.stages.mine import mine\n")
+    (tmp_path / "kadet" / "helpers.py").write_text("from kadet.core import io\n")
+    assert upward_imports(tmp_path) == ["kadet.core.config -> kadet.stages.mine", "kadet.helpers is in no layer "
+                                        f"(kadet/<one of {', '.join(LAYERS)}>/)"]
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -91,7 +137,7 @@ def test_every_module_imports_alone_in_a_fresh_interpreter():
         return name, r.stderr.strip().splitlines()[-1] if r.returncode else ""
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        failed = {name: err for name, err in pool.map(alone, modules()) if err}
+        failed = {name: err for name, err in pool.map(alone, [m for m in modules() if not m.endswith('.__main__')]) if err}
     assert failed == {}
 
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from kadet.config import load_config
-from kadet.data import Document
-from kadet.teachers import (
+from kadet.core.config import load_config
+from kadet.kit.data import Document
+from kadet.stages.label.teachers import (
     BM25Teacher, CrossEncoderTeacher, DenseTeacher, EnsembleTeacher, QueryLikelihoodTeacher, T5Teacher,
     build_teacher, znorm,
 )
@@ -49,7 +49,7 @@ def test_ensemble_is_weighted_sum_of_z_scores():
 
 @pytest.fixture(scope="module")
 def minilm_tok_dir():
-    from kadet.models import resolve_model_path
+    from kadet.kit.models import resolve_model_path
 
     return resolve_model_path("all-MiniLM-L6-v2")
 
@@ -115,8 +115,8 @@ def test_t5_teachers_plumbing(tmp_path, variant):
 
 
 def test_dense_and_bm25_teachers_match_retrievers(tmp_path):
-    from kadet.encode import Encoder
-    from kadet.retrieval import BM25Retriever, DenseRetriever
+    from kadet.kit.encode import Encoder
+    from kadet.kit.search import BM25Retriever, DenseRetriever
 
     enc = Encoder("all-MiniLM-L6-v2", device="cpu")
     dense = DenseTeacher(enc, CORPUS).score(QUERIES, LISTS)

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kadet.config import load_config
-from kadet.errors import KadetError
-from kadet.steps import distill_step
-from kadet.trainjob import JobSettings, distill_as_job, render, run_job, state
+from kadet.core.config import load_config
+from kadet.core.errors import KadetError
+from kadet.kubeflow.steps import distill_step
+from kadet.kubeflow.trainjob import JobSettings, distill_as_job, render, run_job, state
 from tests.test_distill import _labels
 
 K8S_VERSION = "1.31"
@@ -126,7 +126,7 @@ def validate_trainjob(doc: dict) -> list[str]:
 
 
 def _settings(**kw) -> JobSettings:
-    from pipelines.platform import Platform
+    from kadet.kubeflow.platform import Platform
 
     plat = Platform.load()
     plat.gpu_count = kw.pop("gpus", 4)
@@ -181,7 +181,7 @@ def test_the_checkers_catch_violations():
 
 
 def test_one_gpu_trains_in_the_task_and_several_launch_a_job(tmp_path):
-    from pipelines.compile import compile_pipeline
+    from kadet.kubeflow.compile import compile_pipeline
 
     plat = yaml.safe_load((ROOT / "pipelines" / "platform.yaml").read_text())
     for gpus in (1, 2):

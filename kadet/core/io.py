@@ -1,0 +1,62 @@
+"""Crash-safe writes of JSON and JSONL files.
+
+``write_jsonl`` and ``write_json`` write a whole file atomically: the text goes to a unique
+hidden temporary name in the same folder, then is renamed over the target, so a reader sees the
+old file or the new one, never half of one, and two writers never share a temporary file.
+``append_jsonl`` appends to a log and fsyncs, so a crash loses at most the group in flight
+(:mod:`kadet.core.journal` reads such logs back).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def _temporary(path: Path) -> Path:
+    """A unique hidden temp name in ``path``'s folder: two writers never share it, readers never match it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
+    """Write rows as UTF-8 JSONL atomically (temp file + rename); returns the row count."""
+    path = Path(path)
+    tmp = _temporary(path)
+    n = 0
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                n += 1
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return n
+
+
+def write_json(path: str | os.PathLike, obj, indent: int = 2, sort_keys: bool = False) -> None:
+    """Write ``obj`` as JSON atomically (unique temp name in the same folder + rename)."""
+    path = Path(path)
+    tmp = _temporary(path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=indent, sort_keys=sort_keys, default=str) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def append_jsonl(path: str | os.PathLike, records: list[dict]) -> None:
+    """Append records to a JSONL log and fsync, so a crash loses at most the group in flight."""
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def json_roundtrip(obj) -> dict:
+    """``obj`` as it reads back from JSON (tuples become lists), for comparisons with stored JSON."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))

@@ -1,0 +1,1 @@
+"""The kadet DAG (:mod:`kadet.kubeflow.pipeline`), its compile entry point and local runner."""

@@ -1,0 +1,152 @@
+"""Run the kadet DAG on this machine: ``kfp.local.SubprocessRunner``, no Docker, no cluster.
+
+    kadet run --data ../shared/data/beir/scifact            # what the README's main job calls
+
+The same pipeline function that compiles to ``kadet_pipeline.yaml`` runs here, each task in a
+subprocess of this Python. Embedded defaults: the packaged models, offline; MLflow in sqlite at
+``<work_dir>/mlflow.db`` with artifacts under ``<work_dir>/mlartifacts``; KFP artifacts under
+``<work_dir>/kfp``; the CPU profile ``kadet/core/profiles/local.yaml`` under any ``--config``/``--set``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from kadet.kit.comparison import parse_metric_name
+from kadet.core.config import config_from_text, dump_config, load_config, profile_config
+from kadet.core.errors import KadetError
+
+
+def local_config_text(config: str | None = None, overrides: list[str] | None = None, profile: str = "local") -> str:
+    """The profile, then ``config`` (a YAML file), then ``overrides``, as one YAML text."""
+    return dump_config(load_config(config, overrides, base=profile_config(profile)))
+
+
+def run_local(data: str, work_dir: str = ".kadet", config: str | None = None, overrides: list[str] | None = None,
+              shards: int = 1, caching: bool = False, profile: str = "local", verbose: bool = False,
+              console_to_stderr: bool = False, **params) -> dict:
+    """Run the whole DAG locally; returns the registry outcome and per-stage wall times.
+
+    The console shows one line per stage as it starts and ends, and live bars; everything KFP
+    and the libraries print goes to ``<work_dir>/logs/kadet-run-<time>.log`` (``verbose``: to
+    the console too, as it comes)."""
+    from kfp import local
+
+    from kadet.reporting.console import session
+    from kadet.tools.datasets import check_data
+    from kadet.kubeflow.pipeline import make_pipeline
+
+    check_data(data)  # before any task starts: a wrong --data fails in one line, not inside KFP
+    work = Path(work_dir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    text = local_config_text(config, overrides, profile)
+    cfg = config_from_text(text)
+    cfg.work_dir = str(work)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(work / "kfp"),
+               enable_caching=caching, raise_on_error=True)
+    t0 = time.perf_counter()
+    started = int(time.time() * 1000)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    log_file = work / "logs" / f"kadet-run-{stamp}.log"
+    try:
+        with session(log_file, work / "logs" / f"kadet-run-{stamp}.events.jsonl", quiet=not verbose,
+                     to_stderr=console_to_stderr):
+            # config_yaml is the whole merged config, so no profile on top and no UI parameter set
+            make_pipeline()(**params, data_uri=str(Path(data).resolve()) if "://" not in data else data,
+                            config_yaml=text, profile="", work_dir=str(work), generate_shards=shards,
+                            label_shards=shards)
+    except RuntimeError as exc:
+        if "finished with status" not in str(exc):
+            raise
+        raise KadetError(f"{failure_line(cfg, str(exc), started)}; KFP's output: {log_file}") from None
+    return {**summarise(cfg, time.perf_counter() - t0), "log": str(log_file)}
+
+
+def failure_line(cfg, kfp_message: str, since_ms: int) -> str:
+    """One line for a failed local run: the failed stage, its error and where its full log is
+    (from the stage's MLflow run), else the task KFP names."""
+    import re
+
+    from kadet.registry import tracking
+
+    task = re.search(r"Inner task failed: \W*'?([\w-]+)", re.sub(r"\x1b\[[0-9;]*m", "", kfp_message))
+    task_name = task.group(1) if task else "a task"
+    try:
+        c = tracking.client(cfg)
+        failed = c.search_runs([tracking.experiment_id(cfg)],
+                               filter_string=f"attributes.status = 'FAILED' and attributes.start_time >= {since_ms}",
+                               order_by=["attributes.start_time DESC"], max_results=20)
+    except Exception:  # the tracking store itself may be what failed
+        failed = []
+    for r in failed:
+        error = r.data.tags.get(tracking.ERROR_TAG)
+        if error:
+            return (f"stage {r.info.run_name} failed: {error} (full log: {r.data.tags.get(tracking.LOG_TAG, '?')})")
+    return f"task {task_name} failed before it could record why"
+
+
+def _prefixed(run, prefix: str) -> dict[str, float]:
+    """``{"ndcg@10": ..}`` from a run's metrics named ``<prefix>ndcg_at_10`` and so on."""
+    if run is None:
+        return {}
+    return {parse_metric_name(k.removeprefix(prefix)): v for k, v in run.data.metrics.items() if k.startswith(prefix)}
+
+
+def work_counts(stages) -> dict[str, dict[str, int]]:
+    """Per stage, the work reused from earlier runs and done in this one (report.REUSE_COUNTS)."""
+    from kadet.reporting.report import REUSE_COUNTS, stage_counts
+
+    runs = [{"name": n, "metrics": dict(r.data.metrics)} for n, _, r in stages]
+    counts = {stage: list(stage_counts(runs, stage, keys).values()) for stage, keys in REUSE_COUNTS.items()}
+    return {stage: {"reused": reused, "new": new} for stage, (reused, new) in counts.items()}
+
+
+def summarise(cfg, seconds: float) -> dict:
+    """The newest pipeline run in MLflow: stage wall times, metrics, registry outcome."""
+    from kadet.registry import tracking
+    from kadet.kit.comparison import SILVER_CAVEAT
+    from kadet.registry.register import alias_version
+
+    c = tracking.client(cfg)
+    exp = tracking.experiment_id(cfg)
+    parents = c.search_runs([exp], filter_string=f"tags.`{tracking.PIPELINE_TAG}` != ''",
+                            order_by=["attributes.start_time DESC"], max_results=50)
+    parent = next(r for r in parents if "mlflow.parentRunId" not in r.data.tags)
+    children = c.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+                             order_by=["attributes.start_time ASC"], max_results=200)
+    stages = [(r.info.run_name, ((r.info.end_time or r.info.start_time) - r.info.start_time) / 1000.0, r)
+              for r in children]
+    ev = next((r for n, _, r in stages if n == "evaluate"), None)
+    reg = next((r for n, _, r in stages if n == "register"), None)
+    pre = next((r for n, _, r in stages if n == "preflight"), None)
+    champ = alias_version(c, cfg.register.model_name, cfg.register.champion_alias)
+    return {
+        "seconds": round(seconds, 1), "parent_run": parent.info.run_id,
+        "stages": [(n, round(s, 1)) for n, s, _ in stages],
+        "base": _prefixed(ev, "base_"), "candidate": _prefixed(ev, "candidate_"),
+        "gain_ci": ([reg.data.metrics[k] for k in ("gate.gain_ci_low", "gate.gain_ci_high")]
+                    if reg and "gate.gain_ci_low" in reg.data.metrics else None),
+        "version": reg.data.tags.get(tracking.MODEL_VERSION_TAG) if reg else None,
+        # a promotion refused at the last moment (the champion moved meanwhile) is on the parent
+        "gate": parent.data.tags.get(tracking.GATE_TAG) or (reg.data.tags.get(tracking.GATE_TAG) if reg else None),
+        "champion": champ.version if champ else None,
+        "tracking_uri": tracking.tracking_uri(cfg), "model_name": cfg.register.model_name,
+        "metrics": [cfg.evaluation.ndcg, cfg.evaluation.recall],
+        "eval_kind": ev.data.tags.get(tracking.EVAL_KIND_TAG, "gold") if ev else None,
+        # the version trained on this very corpus content and these settings, when nothing was new
+        "unchanged_since": parent.data.tags.get(tracking.UNCHANGED_TAG),
+        # the pre-flight check's reason to stop: the teacher is not measurably ahead of the base
+        "nothing_to_learn": parent.data.tags.get(tracking.NOTHING_TO_LEARN_TAG),
+        # the teacher's lead over the base on the judged queries ({} on silver runs): what there was to learn
+        "preflight": {k.removeprefix("preflight."): v for k, v in (pre.data.metrics if pre else {}).items()
+                      if k.startswith("preflight.")},
+        "work": work_counts(stages),
+        "gate_retriever": ev.data.tags.get(tracking.GATE_RETRIEVER_TAG, "dense") if ev else None,
+        # every retriever measured: {"dense": {"base": {...}, "candidate": {...}}, "hybrid": ..., "bm25": {...}}
+        "retrievers": {**{r: {who: _prefixed(ev, f"{r}_{who}_") for who in ("base", "candidate")}
+                          for r in ("dense", "hybrid")}, "bm25": _prefixed(ev, "bm25_")},
+    } | ({"caveat": SILVER_CAVEAT} if ev and ev.data.tags.get(tracking.EVAL_KIND_TAG) == "silver" else {})

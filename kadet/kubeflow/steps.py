@@ -1,0 +1,385 @@
+"""The pipeline's steps: one function per KFP component, with MLflow tracking around the stage.
+
+Each step takes plain strings and folder paths (a component passes its artifacts' ``.path``),
+builds the config from the pipeline's YAML text plus the UI parameters, runs one stage inside
+a nested MLflow run of the pipeline's parent run, and logs what that stage should show. The
+components in ``kadet/kubeflow/`` are one call each into this module, so the same DAG can also be
+run in one process (``benchmarks/pipeline_overhead.py`` compares the two).
+
+Layout of each step's output folder = the stage's own (see each stage module):
+prepare ``corpus.jsonl``, ``passages.jsonl``; generate ``queries.jsonl``; mine
+``candidates.jsonl``; label ``labels.jsonl``; distill ``model/``, ``curves.json``; evaluate
+``comparison.json``; each with ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from kadet.reporting import plots
+
+from kadet.registry import tracking
+from kadet.core.config import KadetConfig, config_from_text, profile_config
+from kadet.core.manifest import Manifest
+from kadet.core.layout import file_in
+
+log = logging.getLogger(__name__)
+
+
+#: A UI parameter left at its default: the profile and ``config_yaml`` decide that setting.
+NOT_SET = -1
+
+
+def is_set(value) -> bool:
+    """False for a UI parameter's "not set" default: None, "", {}, [] or -1."""
+    if value is None or (isinstance(value, (str, dict, list)) and not value):
+        return False
+    return not (isinstance(value, (int, float)) and not isinstance(value, bool) and value == NOT_SET)
+
+
+#: The Kubeflow UI's run parameters, in one table: parameter -> the setting(s) it sets. A component
+#: names a parameter once, in its signature, and passes ``ui=locals()``; the pipeline's signature
+#: (KFP needs a real one) is checked against this table by tests/test_pipeline.py.
+UI_SETTINGS: dict[str, tuple[str, ...]] = {
+    "data_uri": ("data.data_dir",), "eval_qrels_uri": ("data.qrels",), "sample_size": ("prepare.sample_size",),
+    "query_types": ("generate.types",), "teacher": ("label.teacher",),
+    "list_size": ("label.list_size", "distill.list_size"), "training_mode": ("distill.mode",),
+    "ndcg_floor": ("register.ndcg_floor",), "min_delta": ("register.min_delta",),
+    "max_recall_drop": ("register.max_recall_drop",), "model_name": ("register.model_name",),
+}
+
+
+def ui_keys(ui: dict) -> dict:
+    """``{"section__key": value}`` for the UI parameters in ``ui`` (other names are ignored)."""
+    return {setting.replace(".", "__", 1): ui[name] for name, settings in UI_SETTINGS.items() if name in ui
+            for setting in settings}
+
+
+def step_config(config_yaml: str = "", overrides: Sequence[str] = (), work_dir: str = "", profile: str = "",
+                ui: dict | None = None, **keys) -> KadetConfig:
+    """The pipeline's config: the ``profile`` (none: the defaults), its ``config_yaml`` text,
+    ``overrides``, then the UI parameters in ``ui`` (:data:`UI_SETTINGS`) and ``keys`` given as
+    ``section__key=value``; one left at its "not set" default (:func:`is_set`) leaves the
+    setting to the profile and config_yaml."""
+    keys = {**ui_keys(ui or {}), **keys}
+    # JSON is YAML: a string stays a string whatever it holds (a URI with ": ", "true", "1e-5")
+    sets = [f"{name.replace('__', '.', 1)}={json.dumps(value)}" for name, value in keys.items() if is_set(value)]
+    cfg = config_from_text(config_yaml, [*overrides, *sets], source="pipeline config", base=profile_config(profile))
+    if work_dir:
+        cfg.work_dir = work_dir
+    return cfg
+
+
+def fingerprint_step(cfg: KadetConfig, pipeline_run: str) -> dict:
+    """What the corpus holds (:func:`kadet.stages.prepare.fingerprints`) and ``unchanged_since``: the
+    registered version trained on these very inputs ("" if none: the run has work to do)."""
+    from kadet.stages.prepare import fingerprints
+    from kadet.registry.register import trained_on
+
+    fp = fingerprints(cfg)
+    version = trained_on(cfg, fp["inputs"])
+    log.info("corpus %s (%d files, %d bytes), inputs %s: %s", fp["corpus"], fp["files"], fp["bytes"], fp["inputs"],
+             f"unchanged since version {version}" if version else "new")
+    return {**fp, "unchanged_since": version}
+
+
+def unchanged_step(cfg: KadetConfig, version: str, pipeline_run: str) -> None:
+    """A run with nothing new: say so on the pipeline's parent run (no stage runs, no version)."""
+    tag_parent(cfg, pipeline_run, {tracking.UNCHANGED_TAG: version,
+                                   tracking.GATE_TAG: unchanged_text(cfg.register.model_name, version)})
+
+
+def tag_parent(cfg: KadetConfig, pipeline_run: str, tags: dict[str, str]) -> None:
+    """Tags on the pipeline's parent run: how a run that stops early says why."""
+    c = tracking.client(cfg)
+    parent = tracking.parent_run_id(cfg, pipeline_run)
+    for key, value in tags.items():
+        c.set_tag(parent, key, value)
+
+
+def unchanged_text(model_name: str, version: str) -> str:
+    return (f"no change since version {version}: the corpus holds what {model_name} v{version} was trained on and "
+            "the settings are the same; nothing was trained or registered")
+
+
+def preflight_step(cfg: KadetConfig, out: str, pipeline_run: str) -> str:
+    """The teacher's lead over the base on the judged queries (:mod:`kadet.stages.preflight`), before any
+    work: returns "" to go on, else why there is nothing to learn (the run then trains nothing)."""
+    import mlflow
+
+    from kadet.stages.preflight import check
+
+    with tracking.stage_run(cfg, "preflight", pipeline_run, out=out):
+        Path(out).mkdir(parents=True, exist_ok=True)
+        result = check(cfg, out)
+        tracking.log_manifest(Manifest.read(out), out)
+        if result is None:
+            mlflow.set_tag("kadet.preflight", "not measured: no judged queries (silver run) or distill.preflight off")
+            return ""
+        mlflow.log_metrics({"preflight.base": result["base"], "preflight.teacher": result["teacher"],
+                            "preflight.lead": result["lead"], "preflight.lead_ci_low": result["ci_low"],
+                            "preflight.lead_ci_high": result["ci_high"]})
+        mlflow.set_tag("kadet.preflight", result["message"])
+        mlflow.log_artifact(str(Path(out) / "preflight.json"))
+    return "" if result["go"] else result["message"]
+
+
+def nothing_to_learn_step(cfg: KadetConfig, reason: str, pipeline_run: str) -> None:
+    """A run the pre-flight check stopped: say why on the pipeline's parent run (no version)."""
+    tag_parent(cfg, pipeline_run, {tracking.NOTHING_TO_LEARN_TAG: reason, tracking.GATE_TAG: reason})
+
+
+def prepare_step(cfg: KadetConfig, out: str, pipeline_run: str, fingerprint: dict | None = None) -> dict:
+    from kadet.stages.prepare import prepare
+
+    with tracking.stage_run(cfg, "prepare", pipeline_run, out=out):
+        m = prepare(cfg, out, fingerprint if fingerprint and fingerprint.get("corpus") else None)
+        tracking.log_manifest(m, out)
+        import mlflow
+
+        mlflow.set_tags({f"kadet.{k}_fingerprint": v for k, v in m.extra["fingerprint"].items()
+                         if k in ("corpus", "inputs")})
+    return m.counts
+
+
+@contextlib.contextmanager
+def resumable(cfg: KadetConfig, pipeline_run: str, name: str, out: str) -> Iterator[Path]:
+    """A folder for a stage's resumable logs that outlives the task's pod:
+    ``<work_dir>/resume/<pipeline run>/<name>`` (on a cluster, ``work_dir`` is the cache PVC).
+    KFP retries a failed task in a new pod with the same run id, so the retry finds the log and
+    goes on where the failed try stopped. When the block succeeds, the folder's files become the
+    task's output (``out``) and the folder is removed."""
+    keep = Path(cfg.work_dir).resolve() / "resume" / tracking.run_key(pipeline_run) / name
+    keep.mkdir(parents=True, exist_ok=True)
+    yield keep
+    Path(out).mkdir(parents=True, exist_ok=True)
+    shutil.copytree(keep, out, dirs_exist_ok=True)
+    shutil.rmtree(keep, ignore_errors=True)
+
+
+def generate_step(cfg: KadetConfig, passages: str, out: str, pipeline_run: str) -> dict:
+    """One shard (``generate.shard_index`` of ``generate.num_shards``) of query generation;
+    resumable across task retries (:func:`resumable`)."""
+    from kadet.stages.generate import generate
+
+    g = cfg.generate
+    shard = f"{g.shard_index}-of-{g.num_shards}" if g.num_shards > 1 else None
+    with tracking.stage_run(cfg, "generate", pipeline_run, shard=shard, out=out):
+        with resumable(cfg, pipeline_run, f"generate-{g.shard_index}-of-{g.num_shards}", out) as work:
+            m = generate(cfg, passages, work)
+        tracking.log_manifest(m, out)
+    return m.counts
+
+
+def generate_merge_step(cfg: KadetConfig, passages: str, shard_dirs: Sequence[str], out: str,
+                        pipeline_run: str) -> dict:
+    """Join the generation shards; log usable fraction and a sample of queries."""
+    from kadet.kit.data import read_records
+    from kadet.stages.generate import merge_generation_shards
+
+    with tracking.stage_run(cfg, "generate", pipeline_run, shard="merge", out=out):
+        m = merge_generation_shards(cfg, passages, shard_dirs, out)
+        tracking.log_manifest(m, out)
+        import mlflow
+
+        mlflow.log_metric("usable_fraction", m.extra["usable_fraction"])
+        rows = read_records(file_in(out, "generate", "queries"), "qid", {"text": str, "type": str})
+        sample = rows[: cfg.tracking.sample_queries]
+        mlflow.log_dict({"columns": ["qid", "type", "text", "source_doc_id"],
+                           "data": [[r["qid"], r["type"], r["text"], r.get("source_doc_id", "")] for r in sample]},
+                          "queries_sample.json")
+    return m.counts
+
+
+def mine_step(cfg: KadetConfig, queries: str, corpus: str, out: str, pipeline_run: str) -> dict:
+    from kadet.stages.mine import mine
+
+    with tracking.stage_run(cfg, "mine", pipeline_run, out=out):
+        m = mine(cfg, queries, corpus, out)
+        tracking.log_manifest(m, out)
+    return m.counts
+
+
+def label_step(cfg: KadetConfig, candidates: str, corpus: str, out: str, pipeline_run: str) -> dict:
+    """Score one shard (``label.shard_index`` of ``label.num_shards``) with the teacher;
+    resumable across task retries (:func:`resumable`)."""
+    from kadet.stages.label.stage import label
+
+    lab = cfg.label
+    name = f"{lab.shard_index}-of-{lab.num_shards}"
+    with tracking.stage_run(cfg, "label", pipeline_run, shard=name, out=out):
+        with resumable(cfg, pipeline_run, f"label-{name}", out) as work:
+            m = label(cfg, candidates, corpus, work, score=True, merge=False)
+        tracking.log_manifest(m)
+    return m.counts
+
+
+def label_merge_step(cfg: KadetConfig, candidates: str, corpus: str, shard_dirs: Sequence[str], out: str,
+                     pipeline_run: str) -> dict:
+    """Merge the teacher's shards: filters, normalisation, split; log label statistics."""
+    import mlflow
+
+    from kadet.stages.label.stage import merge_score_shards
+
+    with tracking.stage_run(cfg, "label", pipeline_run, shard="merge", out=out):
+        m = merge_score_shards(cfg, candidates, corpus, shard_dirs, out)
+        tracking.log_manifest(m, out)
+        mlflow.log_dict(label_statistics(Path(file_in(out, "label", "labels")), m), "label_statistics.json")
+    return m.counts
+
+
+def label_statistics(labels_path: Path, m: Manifest) -> dict:
+    """Counts per split and type, list lengths and the score distribution of ``labels.jsonl``."""
+    import numpy as np
+
+    from kadet.kit.data import read_records
+
+    rows = read_records(labels_path, "qid", {"type": str, "passages": list})
+    scores = np.array([p["score"] for r in rows for p in r["passages"]] or [0.0])
+    by = {}
+    for r in rows:
+        key = f"{r.get('split', '?')}/{r['type']}"
+        by[key] = by.get(key, 0) + 1
+    return {"queries": len(rows), "by_split_and_type": dict(sorted(by.items())), "dropped": m.dropped,
+            "list_length_mean": float(np.mean([len(r["passages"]) for r in rows])) if rows else 0.0,
+            "score_percentiles": {str(p): float(np.percentile(scores, p)) for p in (0, 10, 25, 50, 75, 90, 100)}}
+
+
+def distill_step(cfg: KadetConfig, labels: str, out: str, pipeline_run: str, trainer_job: str = "",
+                 launch=None) -> dict:
+    """Train; log per-epoch losses, the curves (JSON and PNG); keep the model, drop checkpoints.
+
+    ``trainer_job`` (JSON of :class:`kadet.kubeflow.trainjob.JobSettings`, the pipeline's ``gpu_count > 1``):
+    train data-parallel as a Kubeflow Trainer job (``launch``: see :func:`kadet.kubeflow.trainjob.distill_as_job`)."""
+    import mlflow
+
+    from kadet.registry.register import find_champion
+    from kadet.stages.distill import distill, init_tags
+
+    with tracking.stage_run(cfg, "distill", pipeline_run, out=out):
+        if trainer_job:
+            from kadet.kubeflow import trainjob
+
+            trainjob.distill_as_job(cfg, labels, out, trainjob.JobSettings.from_json(trainer_job), launch=launch)
+            m = Manifest.read(out)
+        else:
+            m = distill(cfg, labels, out, find_champion=find_champion)
+        tracking.log_manifest(m, out)
+        mlflow.set_tags(init_tags(m.extra.get("init")))   # base or champion vN, and why a fallback
+        curves = json.loads((Path(out) / "curves.json").read_text())
+        for e, dev, tr in zip(curves["epoch"], curves["dev_loss"], curves.get("epoch_train_loss", [])):
+            mlflow.log_metrics({"dev_loss": dev, "train_loss": tr}, step=int(e))
+        mlflow.log_metrics({"best_dev_loss": m.extra["best_dev_loss"], "best_epoch": m.extra["best_epoch"]})
+        with tempfile.TemporaryDirectory() as tmp:
+            plots.plot_curves(curves, Path(tmp) / "loss_curves.png")
+            mlflow.log_artifact(str(Path(tmp) / "loss_curves.png"))
+        mlflow.log_artifact(str(Path(out) / "curves.json"))
+        shutil.rmtree(Path(out) / "checkpoints", ignore_errors=True)  # resume state, not a product
+    return {**m.counts, "best_epoch": m.extra["best_epoch"]}
+
+
+def evaluate_step(cfg: KadetConfig, model_dir: str, labels: str | None, out: str, pipeline_run: str) -> dict:
+    """Base model and candidate on the same test data; nDCG by query type as table and PNG.
+    Returns ``comparison.json``'s object (:meth:`kadet.kit.comparison.Comparison.to_json`)."""
+    import mlflow
+
+    from kadet.kit.comparison import metric_name
+    from kadet.stages.evaluate import compare
+
+    with tracking.stage_run(cfg, "evaluate", pipeline_run, out=out):
+        comp = compare(cfg, model_dir, out, labels_path=labels)
+        for who, figures in (("base", comp.base), ("candidate", comp.candidate)):   # what the gate judges
+            mlflow.log_metrics({metric_name(f"{who}_{k}"): v for k, v in figures.items()})
+        for r, figures in comp.retrievers.items():   # every retriever: dense_*, hybrid_*, bm25_*
+            flat = {f"{r}_{k}": v for k, v in figures.items()} if r == "bm25" else {
+                f"{r}_{who}_{k}": v for who in ("base", "candidate") for k, v in figures[who].items()}
+            mlflow.log_metrics({metric_name(k): v for k, v in flat.items()})
+        nd = cfg.evaluation.ndcg
+        mlflow.log_metric(metric_name(f"delta_{nd}"), comp.candidate[nd] - comp.base[nd])
+        mlflow.set_tags({tracking.EVAL_DATA_TAG: comp.eval_data, tracking.EVAL_KIND_TAG: comp.kind,
+                         tracking.GATE_RETRIEVER_TAG: comp.retriever})
+        tracking.log_manifest(Manifest.read(out), out)
+        mlflow.log_artifact(file_in(out, "evaluate", "comparison"))
+        if comp.by_type:
+            log_by_type(comp.by_type, nd)
+    return comp.to_json()
+
+
+def log_by_type(by_type: dict, ndcg: str) -> None:
+    """nDCG per query type on the active run: ``ndcg_by_query_type.json`` (a table) and ``.png``."""
+    import mlflow
+
+    table = {"columns": ["type", "queries", f"base_{ndcg}", f"candidate_{ndcg}"],
+             "data": [[t, r["queries"], round(r["base"], 4), round(r["candidate"], 4)] for t, r in by_type.items()]}
+    mlflow.log_dict(table, "ndcg_by_query_type.json")
+    with tempfile.TemporaryDirectory() as tmp:
+        plots.plot_by_type(plots.by_type_bars(by_type), Path(tmp) / "ndcg_by_query_type.png", ndcg)
+        mlflow.log_artifact(str(Path(tmp) / "ndcg_by_query_type.png"))
+
+
+def register_step(cfg: KadetConfig, model_dir: str, comparison_dir: str, pipeline_run: str,
+                  report_path: str | None = None, prepared_dir: str | None = None) -> dict:
+    """Log and register the candidate, decide the gate (aliases are set by the next step); write
+    the run's ``report.html`` to ``report_path`` (the KFP run page shows it) and log it to MLflow,
+    on this step's run and on the pipeline's parent run."""
+    import mlflow
+
+    from kadet.kit.comparison import Comparison
+    from kadet.registry.register import gate_text, register_candidate
+    from kadet.reporting.report import write_report_or_reason
+
+    pipeline_run = tracking.run_key(pipeline_run)
+    comparison = Comparison.from_json(json.loads(Path(file_in(comparison_dir, "evaluate", "comparison")).read_text()))
+    if comparison.silver_dir:   # a champion is re-evaluated on the same held-out silver queries
+        cfg.data.data_dir, cfg.data.qrels, cfg.data.split = str(Path(comparison_dir) / comparison.silver_dir), "", "test"
+    with tracking.stage_run(cfg, "register", pipeline_run):
+        r = register_candidate(cfg, model_dir, comparison, pipeline_run, prepared_dir=prepared_dir)
+        gate = {"lineage": r.lineage, "promote": r.decision.promote, "reason": gate_text(r.decision, comparison.kind),
+                "version": r.version, "model_name": r.name, "incumbent": r.decision.incumbent,
+                "incumbent_metrics": r.incumbent_metrics, "links": tracking.links(cfg, pipeline_run, r.name, r.version),
+                "tracking_uri": tracking.tracking_uri(cfg)}
+        with tempfile.TemporaryDirectory() as tmp:
+            report = write_report_or_reason(cfg, pipeline_run, comparison, gate,
+                                            report_path or Path(tmp) / "report.html")
+            if report.name != "report.html":          # KFP names an output file after the output
+                report = Path(shutil.copy(report, Path(tmp) / "report.html"))
+            mlflow.log_artifact(str(report))
+            tracking.client(cfg).log_artifact(tracking.parent_run_id(cfg, pipeline_run), str(report))
+    return {"version": r.version, "promote": r.decision.promote, "reason": r.decision.reason,
+            "incumbent": r.decision.incumbent, "candidate": r.candidate, "incumbent_metrics": r.incumbent_metrics}
+
+
+def promote_step(cfg: KadetConfig, version: str, pipeline_run: str) -> None:
+    """Promote (a compare-and-set: the champion may have moved since the register step); a
+    refusal at this point is recorded on the pipeline's parent run as ``kadet.gate``."""
+    from kadet.registry.register import promote
+
+    d = promote(cfg, version)
+    if not d.promote:
+        tracking.client(cfg).set_tag(tracking.parent_run_id(cfg, pipeline_run), tracking.GATE_TAG, d.reason)
+
+
+def challenger_step(cfg: KadetConfig, version: str, reason: str, pipeline_run: str) -> None:
+    from kadet.registry.register import mark_challenger
+
+    mark_challenger(cfg, version, reason)
+
+
+def finish_step(cfg: KadetConfig, pipeline_run: str, state: str, error: str | None = None) -> None:
+    """The pipeline's exit handler: close the parent run FINISHED if the pipeline succeeded,
+    else FAILED with the error as a tag (it runs whatever happened to the other tasks)."""
+    status = "FINISHED" if state == "SUCCEEDED" else "FAILED"
+    if error:
+        tracking.client(cfg).set_tag(tracking.parent_run_id(cfg, pipeline_run), tracking.ERROR_TAG, str(error)[:5000])
+    tracking.finish_parent(cfg, pipeline_run, status)
+
+
+def model_folder(distill_out: str | Path) -> Path:
+    """The sentence-transformers folder inside a distill step's output."""
+    return Path(distill_out) / "model"

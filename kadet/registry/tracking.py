@@ -1,0 +1,337 @@
+"""MLflow tracking: one parent run per pipeline run, one nested run per stage.
+
+Each stage runs in its own process (a KFP component), so runs are joined by a tag rather than
+by an active-run stack: the parent run is found (or created) by ``kadet.pipeline_run`` = the
+pipeline run's id, and every stage creates a child run with ``mlflow.parentRunId`` set to it,
+which the MLflow UI shows nested::
+
+    with stage_run(cfg, "mine", pipeline_run="run-42") as run:
+        m = mine(cfg, ...)
+        log_manifest(m, out_dir)
+
+The tracking URI is ``tracking.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else a sqlite
+store in ``<work_dir>/mlflow.db`` with artifacts in ``<work_dir>/mlartifacts`` (the local
+default; a cluster sets the env var to its tracking server).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from kadet.core import progress
+from kadet.kit.comparison import metric_name  # noqa: F401 - re-exported: kadet/kubeflow/components.py imports it from here
+from kadet.core.config import KadetConfig
+from kadet.core.layout import RUN_KEY_ENV
+from kadet.core.manifest import Manifest
+
+log = logging.getLogger(__name__)
+
+PIPELINE_TAG = "kadet.pipeline_run"
+STAGE_TAG = "kadet.stage"
+EVAL_DATA_TAG = "kadet.eval_data"
+GATE_RETRIEVER_TAG = "kadet.gate_retriever"  # dense or hybrid: what the gate judged (evaluation.retriever)
+EVAL_KIND_TAG = "kadet.eval_kind"  # gold (judged queries) or silver (held-out synthetic, teacher-judged)
+#: On a failed stage run: the error on one line, and the path of the stage's full log.
+ERROR_TAG = "kadet.error"
+LOG_TAG = "kadet.log"
+CONFIG_HASH_TAG = "kadet.config_hash"
+ARTIFACT_URI_TAG = "kadet.artifact_uri"
+#: The gate's outcome ("passed" or the reasons) and the model version, on the register run
+#: (and on the parent run if a promotion is refused at the last moment).
+GATE_TAG = "kadet.gate"
+MODEL_VERSION_TAG = "kadet.model_version"
+UNCHANGED_TAG = "kadet.unchanged_since"  # on a parent run that found nothing new (the version it matched)
+NOTHING_TO_LEARN_TAG = "kadet.nothing_to_learn"  # on a parent run the pre-flight check stopped (its reason)
+DATASET_ATTEMPTS = 3  # tries to log one input as an MLflow dataset (see log_inputs)
+#: Config sections logged as params on each stage's run (plus ``data`` and ``retrieval``).
+STAGE_SECTIONS = {
+    "prepare": ["prepare"], "generate": ["generate"], "mine": ["mine"], "label": ["label"],
+    "distill": ["distill"], "evaluate": ["evaluation"], "register": ["register"],
+    "preflight": ["label", "distill", "evaluation"],
+}
+
+
+def tracking_uri(cfg: KadetConfig) -> str:
+    if cfg.tracking.tracking_uri:
+        return cfg.tracking.tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{Path(cfg.work_dir).resolve() / 'mlflow.db'}"
+
+
+def _registry_uri(uri: str) -> str | None:
+    """The registry of a tracking store: the store itself, a local one or a server, named
+    explicitly (left to MLflow's default, a client would follow whatever registry URI the
+    process last set); Databricks keeps its own default (its workspace registry)."""
+    return None if uri.startswith("databricks") else uri
+
+
+def client(cfg: KadetConfig):
+    """An ``MlflowClient`` on the configured store; the process-wide MLflow URIs are left alone."""
+    import mlflow
+
+    uri = tracking_uri(cfg)
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=_registry_uri(uri))
+
+
+def activate(cfg: KadetConfig) -> None:
+    """Make the configured store the process default, for MLflow's fluent API (``mlflow.log_*``,
+    ``log_model``, ``register_model``): what a stage run (:func:`stage_run`) needs."""
+    import mlflow
+
+    uri = tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
+    if _registry_uri(uri):
+        mlflow.set_registry_uri(uri)
+
+
+def experiment_id(cfg: KadetConfig) -> str:
+    """The configured experiment, created if missing (local stores keep artifacts in work_dir)."""
+    c = client(cfg)
+    exp = c.get_experiment_by_name(cfg.tracking.experiment)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if tracking_uri(cfg).startswith("sqlite:"):
+        location = (Path(cfg.work_dir).resolve() / "mlartifacts").as_uri()
+    try:
+        return c.create_experiment(cfg.tracking.experiment, artifact_location=location)
+    except Exception:  # created meanwhile by a parallel stage
+        exp = c.get_experiment_by_name(cfg.tracking.experiment)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+
+
+def run_key(pipeline_run: str = "") -> str:
+    """The key of the pipeline run a task belongs to: ``pipeline_run``, else ``$KADET_PIPELINE_RUN``."""
+    key = pipeline_run or os.environ.get(RUN_KEY_ENV, "")
+    if not key:
+        from kadet.core.errors import KadetError
+
+        raise KadetError(f"no pipeline run key: pass pipeline_run or set {RUN_KEY_ENV}")
+    return key
+
+
+def parent_run_id(cfg: KadetConfig, pipeline_run: str, run_name: str | None = None) -> str:
+    """The parent run of ``pipeline_run`` (see :func:`run_key`), created on first use."""
+    pipeline_run = run_key(pipeline_run)
+    c = client(cfg)
+    exp = experiment_id(cfg)
+    found = c.search_runs([exp], filter_string=f"tags.`{PIPELINE_TAG}` = '{pipeline_run}'", max_results=1,
+                          order_by=["attributes.start_time ASC"])
+    if found:
+        return found[0].info.run_id
+    run = c.create_run(exp, run_name=run_name or f"kadet-{pipeline_run}", tags={PIPELINE_TAG: pipeline_run})
+    return run.info.run_id
+
+
+def flat_params(cfg: KadetConfig, sections: list[str]) -> dict[str, str]:
+    d = cfg.to_dict()
+    out: dict[str, str] = {}
+    for sec in ["data", "retrieval", *sections]:
+        for k, v in d.get(sec, {}).items():
+            out[f"{sec}.{k}"] = json.dumps(v) if isinstance(v, (dict, list)) else str(v)
+    return out
+
+
+@contextlib.contextmanager
+def stage_run(cfg: KadetConfig, stage: str, pipeline_run: str, shard: str | None = None,
+              out: str | Path | None = None) -> Iterator[Any]:
+    """A child run of the pipeline's parent run, active for the ``with`` block.
+
+    The run ends FINISHED, or FAILED if the block raises (the error is re-raised, and tagged on
+    the run: :func:`failure_recorded`). Meanwhile the process's log also goes to the stage's log
+    file (:func:`logging_to`) and the console hears of the stage (:func:`progress_reported`).
+    With ``cfg.artifact_uri`` set, the step's output folder ``out`` is published when the block
+    succeeds (:func:`publish_outputs`).
+    """
+    import mlflow
+
+    pipeline_run = run_key(pipeline_run)
+    name = stage if shard is None else f"{stage}-{shard}"
+    run_id = create_stage_run(cfg, stage, name, pipeline_run)
+    log_path = stage_log_path(cfg, pipeline_run, name)
+    with logging_to(log_path), progress_reported(name, log_path), run_key_exported(pipeline_run):
+        with mlflow.start_run(run_id=run_id) as active:
+            mlflow.log_params(flat_params(cfg, STAGE_SECTIONS.get(stage, [])))
+            mlflow.set_tags({CONFIG_HASH_TAG: cfg.hash(), LOG_TAG: str(log_path)})
+            with failure_recorded(name, log_path):
+                yield active
+                publish_outputs(cfg, out, pipeline_run, name)
+
+
+@contextlib.contextmanager
+def run_key_exported(pipeline_run: str) -> Iterator[None]:
+    """``$KADET_PIPELINE_RUN`` is the run key for the ``with`` block: what the stage's stores
+    (kadet/core/reuse.py ``used.json``) record as the run that used them, for ``kadet prune``."""
+    before = os.environ.get(RUN_KEY_ENV)
+    os.environ[RUN_KEY_ENV] = pipeline_run
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(RUN_KEY_ENV, None)
+        else:
+            os.environ[RUN_KEY_ENV] = before
+
+
+def create_stage_run(cfg: KadetConfig, stage: str, name: str, pipeline_run: str) -> str:
+    """A new run ``name`` nested under the parent run of ``pipeline_run``, on the configured store
+    (made the process default: :func:`activate`); returns its id."""
+    activate(cfg)
+    parent = parent_run_id(cfg, pipeline_run)
+    run = client(cfg).create_run(experiment_id(cfg), run_name=name,
+                                 tags={"mlflow.parentRunId": parent, PIPELINE_TAG: pipeline_run, STAGE_TAG: stage})
+    return run.info.run_id
+
+
+@contextlib.contextmanager
+def logging_to(path: Path) -> Iterator[None]:
+    """The root logger also writes to ``path`` (at INFO at least) for the ``with`` block; its
+    handlers and level are as they were afterwards."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root, level = logging.getLogger(), logging.getLogger().level
+    root.addHandler(handler)
+    if level > logging.INFO or level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        handler.close()
+
+
+@contextlib.contextmanager
+def progress_reported(name: str, log_path: Path) -> Iterator[None]:
+    """Progress events of stage run ``name`` (:mod:`kadet.core.progress`): ``start``; events within are
+    attributed to it (``progress.current_stage``, left set afterwards); ``end`` with the seconds
+    and ``ok`` or ``failed``."""
+    progress.current_stage = name
+    progress.event("start", log=str(log_path))
+    t0 = time.perf_counter()
+    status = "failed"
+    try:
+        yield
+        status = "ok"
+    finally:
+        progress.event("end", seconds=round(time.perf_counter() - t0, 1), status=status, log=str(log_path))
+
+
+@contextlib.contextmanager
+def failure_recorded(name: str, log_path: Path) -> Iterator[None]:
+    """If the block raises: the traceback to the log, the error on one line as the active run's
+    ``kadet.error`` tag (``kadet run`` prints it), the log as its artifact; then re-raised."""
+    import mlflow
+
+    try:
+        yield
+    except BaseException as exc:
+        log.error("stage %s failed", name, exc_info=True)
+        mlflow.set_tag(ERROR_TAG, one_line(exc))
+        with contextlib.suppress(Exception):
+            mlflow.log_artifact(str(log_path))
+        raise
+
+
+def publish_outputs(cfg: KadetConfig, out: str | Path | None, pipeline_run: str, name: str) -> None:
+    """With ``cfg.artifact_uri``: copy the step's output folder ``out`` to
+    ``<artifact_uri>/<pipeline_run>/<run name>/`` and tag the active run with it (``kadet.artifact_uri``)."""
+    import mlflow
+
+    if not cfg.artifact_uri or out is None:
+        return
+    from kadet.core.storage import publish
+
+    uri = f"{cfg.artifact_uri.rstrip('/')}/{pipeline_run}/{name}"
+    publish(Path(out), uri)
+    mlflow.set_tag(ARTIFACT_URI_TAG, uri)
+
+
+def stage_log_path(cfg: KadetConfig, pipeline_run: str, name: str) -> Path:
+    """Where a stage's full log goes: ``<work_dir>/logs/<pipeline run>/<stage run name>.log``."""
+    return Path(cfg.work_dir).resolve() / "logs" / pipeline_run / f"{name}.log"
+
+
+def one_line(exc: BaseException, limit: int = 500) -> str:
+    """``Type: message`` on one line (kadet's own errors without the type), at most ``limit`` chars."""
+    from kadet.core.errors import KadetError
+
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if not isinstance(exc, KadetError):
+        text = f"{type(exc).__name__}: {text}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def links(cfg: KadetConfig, pipeline_run: str, model_name: str, version: str) -> dict[str, str]:
+    """Where to find a run and its model version: MLflow UI addresses for an http(s) tracking
+    server, else the URIs MLflow's clients take."""
+    parent = parent_run_id(cfg, pipeline_run)
+    uri = tracking_uri(cfg)
+    if uri.startswith(("http://", "https://")):
+        base = uri.rstrip("/")
+        return {"MLflow run": f"{base}/#/experiments/{experiment_id(cfg)}/runs/{parent}",
+                "model version": f"{base}/#/models/{model_name}/versions/{version}"}
+    return {"MLflow run": f"runs:/{parent}", "model version": f"models:/{model_name}/{version}",
+            "tracking store": uri}
+
+
+def finish_parent(cfg: KadetConfig, pipeline_run: str, status: str = "FINISHED") -> None:
+    client(cfg).set_terminated(parent_run_id(cfg, pipeline_run), status=status)
+
+
+def log_manifest(m: Manifest, out_dir: str | Path | None = None) -> None:
+    """Counts and drops as metrics, input files as dataset lineage, the manifest as artifact."""
+    import mlflow
+
+    metrics = {f"count.{k}": float(v) for k, v in m.counts.items() if isinstance(v, (int, float))}
+    metrics.update({f"dropped.{k}": float(v) for k, v in m.dropped.items()})
+    if metrics:
+        mlflow.log_metrics(metrics)
+    progress.event("counts", counts=m.counts, dropped=m.dropped)
+    log_inputs(m.inputs)
+    if out_dir is not None and (Path(out_dir) / "manifest.json").exists():
+        mlflow.log_artifact(str(Path(out_dir) / "manifest.json"))
+
+
+def log_inputs(inputs: Mapping[str, Mapping[str, str]]) -> None:
+    """Each input file as an MLflow dataset (name, source URI, content digest)."""
+    import mlflow
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+
+    for name, info in inputs.items():
+        uri = str(info.get("uri", ""))
+        if not uri:
+            continue
+        try:
+            source = resolve_dataset_source(uri if "://" in uri else Path(uri).resolve().as_uri())
+        except Exception as exc:  # an unknown scheme: lineage is best effort, never fatal
+            log.warning("no MLflow dataset source for %s: %s", uri, exc)
+            continue
+        digest = str(info.get("fingerprint", "")).removeprefix("sha256:")[:16] or None
+        dataset = MetaDataset(source=source, name=name, digest=digest)
+        # parallel shards log the same input at once; the tracking server creates a dataset by
+        # get-or-insert, so one of two racing inserts fails on its unique key. The retry finds the row
+        # the other one wrote. Lineage stays best effort: a server that still refuses never fails a stage.
+        for attempt in range(DATASET_ATTEMPTS):
+            try:
+                mlflow.log_input(dataset, context=name)
+                break
+            except Exception as exc:
+                if attempt + 1 == DATASET_ATTEMPTS:
+                    log.warning("input %s not logged as an MLflow dataset: %s", name, one_line(exc))
+                else:
+                    time.sleep(0.2 * (attempt + 1))
