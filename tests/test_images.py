@@ -86,7 +86,7 @@ def repo_copy(tmp_path):
     import shutil
 
     copy = tmp_path / "repo"
-    for part in ("images", "manifests", "pipelines", "kadet", "components"):
+    for part in ("images", "manifests", "kadet"):
         shutil.copytree(REPO / part, copy / part, ignore=shutil.ignore_patterns("__pycache__", "*.env"))
     shutil.copy(REPO / "pyproject.toml", copy / "pyproject.toml")
     return copy
@@ -163,7 +163,8 @@ def test_one_registry_flow_pins_every_image_to_that_registry(tmp_path, capsys):
     assert set(package_images(package).values()) == {
         f"{REGISTRY}/kadet@{fake_digest(f'{REGISTRY}/kadet:0.1.0-cpu')}",
         f"{REGISTRY}/kadet@{fake_digest(f'{REGISTRY}/kadet:0.1.0-cuda')}"}
-    assert (copy / "pipelines" / "kadet_pipeline.yaml").read_text() == (REPO / "pipelines" / "kadet_pipeline.yaml").read_text()
+    committed = Path("kadet") / "kubeflow" / "kadet_pipeline.yaml"
+    assert (copy / committed).read_text() == (REPO / committed).read_text()
     with kfp_double() as (host, double):
         assert main(["submit", "--host", host, "--data", "s3://kadet/corpora/x", "--package", str(package)]) == 0
     (upload,) = [r for r in double.requests if r["path"].startswith("/apis/v2beta1/pipelines/upload_version")]

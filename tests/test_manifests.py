@@ -146,7 +146,7 @@ def test_mlflow_accepts_the_pipeline_pods_host_header(tmp_path):
     args = mlflow["spec"]["template"]["spec"]["containers"][0]["args"]
     allowed = [a for a in args if a.startswith("--allowed-hosts=")]
     assert allowed, "the MLflow Deployment sets no --allowed-hosts"
-    platform = yaml.safe_load((REPO / "pipelines" / "platform.yaml").read_text())
+    platform = yaml.safe_load((REPO / "kadet" / "kubeflow" / "platform.yaml").read_text())
     tracking = next(v for k, v in _walk_items(platform) if k == "MLFLOW_TRACKING_URI")
     cluster_host = urlparse(tracking).netloc                    # mlflow.kadet.svc.cluster.local:5000
     api = "/api/2.0/mlflow/experiments/search?max_results=1"
@@ -460,8 +460,8 @@ def test_every_step_of_the_default_pipeline_finds_its_models_and_endpoints(tmp_p
     packaged models were in no image (ModuleNotFoundError on the first model), and generate sent
     the gpu profile's requests to TGI at http://127.0.0.1:8080, inside its own pod."""
     from kadet.kit.models import step_needs
-    from kadet.kubeflow.steps import step_config
     from kadet.kubeflow.compile import compile_pipeline
+    from kadet.kubeflow.steps import config_step, step_config
 
     spec, k8s = yaml.safe_load_all(compile_pipeline(tmp_path / "p.yaml").read_text())
     defaults = {k: v.get("defaultValue") for k, v in spec["root"]["inputDefinitions"]["parameters"].items()}
@@ -475,8 +475,7 @@ def test_every_step_of_the_default_pipeline_finds_its_models_and_endpoints(tmp_p
             monkeypatch.delenv(var, raising=False)
         for var, value in env.items():
             monkeypatch.setenv(var, value)
-        cfg = step_config(defaults["config_yaml"], profile=defaults["profile"], work_dir=defaults["work_dir"],
-                          data__data_dir="s3://kadet/corpora/mycorpus")
+        cfg = step_config(config_step({**defaults, "data_uri": "s3://kadet/corpora/mycorpus"}))
         mounts = [m["mountPath"] for m in platform[name].get("pvcMount", [])]
         labels = platform[name].get("podMetadata", {}).get("labels", {})
         for need in step_needs(cfg, step, env):

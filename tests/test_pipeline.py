@@ -16,7 +16,8 @@ from tests.conftest import scifact_slice
 from tests.mlflowserver import mlflow_server
 from tests.s3server import ACCESS_KEY, SECRET_KEY, rclone_s3, s3_env
 
-UI_PARAMETERS = {"data_uri", "eval_qrels_uri", "query_types", "sample_size", "teacher", "list_size", "training_mode",
+UI_PARAMETERS = {"data_uri", "eval_qrels_uri", "query_types", "sample_size", "teacher", "label_list_size",
+                 "train_list_size", "training_mode",
                  "ndcg_floor", "min_delta", "max_recall_drop", "model_name", "generate_shards", "label_shards",
                  "profile"}
 
@@ -42,21 +43,43 @@ def test_ui_parameters_left_at_their_defaults_leave_the_settings_to_profile_and_
     """Was: every UI parameter had a CPU-profile default, so it always overrode config_yaml
     (``config_yaml: "distill: {mode: full}"`` trained query-side, a cluster run started from
     sample_size 200)."""
-    from kadet.kubeflow.steps import step_config
+    from kadet.kubeflow.steps import config_step, step_config
 
     root = compiled[0]["root"]["inputDefinitions"]["parameters"]
     d = {name: p.get("defaultValue") for name, p in root.items()}
     assert d["profile"] == "gpu"
-    cfg = step_config("distill: {mode: full}\nregister: {ndcg_floor: 0.3}", profile=d["profile"],
-                      prepare__sample_size=d["sample_size"], generate__types=d["query_types"],
-                      label__teacher=d["teacher"], label__list_size=d["list_size"], distill__mode=d["training_mode"],
-                      register__model_name=d["model_name"], register__ndcg_floor=d["ndcg_floor"],
-                      register__min_delta=d["min_delta"], register__max_recall_drop=d["max_recall_drop"])
+    # what the first task does with the run's parameters left at their defaults
+    cfg = step_config(config_step({**d, "data_uri": "s3://kadet/c",
+                                   "config_yaml": "distill: {mode: full}\nregister: {ndcg_floor: 0.3}"}))
     assert cfg.distill.mode == "full" and cfg.register.ndcg_floor == 0.3      # config_yaml decides
     assert cfg.prepare.sample_size == 100_000 and cfg.generate.backend == "tgi"   # then the gpu profile
     assert cfg.register.model_name == "kadet-embedding" and cfg.label.list_size == 20   # then kadet's defaults
-    set_in_ui = step_config("distill: {mode: full}", profile="gpu", distill__mode="query", prepare__sample_size=0)
+    assert cfg.distill.list_size == 20 and cfg.work_dir == "/var/cache/kadet" and cfg.data.data_dir == "s3://kadet/c"
+    set_in_ui = step_config(config_step({**d, "data_uri": "s3://kadet/c", "config_yaml": "distill: {mode: full}",
+                                         "training_mode": "query", "sample_size": 0, "train_list_size": 8}))
     assert set_in_ui.distill.mode == "query" and set_in_ui.prepare.sample_size == 0   # a set parameter wins
+    assert set_in_ui.distill.list_size == 8 and set_in_ui.label.list_size == 20        # one setting each
+
+
+def test_every_task_reads_the_one_resolved_config_frozen(compiled):
+    """The first task resolves the config once; each other task takes it as ``config`` and reads
+    it back frozen (a step cannot change what the others see), with its shard set by path."""
+    from kadet.core.config import FrozenConfigError
+    from kadet.kubeflow.steps import config_step, step_config
+
+    text = config_step({"data_uri": "/data", "profile": "local", "config_yaml": "seed: 7", "ndcg_floor": 0.4})
+    cfg = step_config(text)
+    assert cfg.seed == 7 and cfg.register.ndcg_floor == 0.4 and cfg.data.data_dir == "/data"
+    with pytest.raises(FrozenConfigError, match="cannot set RegisterConfig.ndcg_floor"):
+        cfg.register.ndcg_floor = 0.1
+    shard = step_config(text, {"label.shard_index": 1, "label.num_shards": 2})
+    assert (shard.label.shard_index, shard.label.num_shards) == (1, 2) and shard.hash() != cfg.hash()
+    tasks = all_tasks(compiled[0])
+    fed = {n for n, t in tasks.items()
+           if "config" in t.get("inputs", {}).get("parameters", {})
+           and t["inputs"]["parameters"]["config"].get("taskOutputParameter", {}).get("producerTask") == "config"}
+    # every kadet task but the resolver itself, the exit handler (KFP gives it no task's output) and shard lists
+    assert fed == set(tasks) - {"config", "finish", "shard-indices", "shard-indices-2"}, sorted(set(tasks) - fed)
 
 
 @pytest.fixture(scope="module")
@@ -115,26 +138,41 @@ def test_a_task_finds_its_run_key_in_the_environment(tmp_path, monkeypatch):
     assert tracking.parent_run_id(cfg, "") == tracking.parent_run_id(cfg, "kadet-x7k2p")
 
 
-def test_every_ui_parameter_is_in_the_one_table(spec):
-    """The pipeline's run parameters that set a setting are exactly ``kadet.kubeflow.steps.UI_SETTINGS``'s,
-    each names real settings, and every component parameter of that name goes through the table."""
+def test_every_run_parameter_is_in_the_one_table(spec):
+    """The pipeline's run parameters, their defaults and descriptions are
+    kadet/kubeflow/parameters.py's table; each sets at most one real setting; the component that
+    resolves the config takes exactly the table's config inputs, and no other component takes a
+    run parameter that sets a setting (they read the resolved config)."""
     import inspect
 
-    from kadet.kubeflow import components as stages
-    from kadet.core.config import KadetConfig
-    from kadet.kubeflow.steps import UI_SETTINGS
+    from kadet.core.config import KadetConfig, get_path
+    from kadet.kubeflow import components
+    from kadet.kubeflow.parameters import BY_NAME, CONFIG_INPUTS, PARAMETERS
 
-    run_options = {"profile", "config_yaml", "work_dir", "generate_shards", "label_shards"}
-    assert set(spec["root"]["inputDefinitions"]["parameters"]) - run_options == set(UI_SETTINGS)
-    d = KadetConfig().to_dict()
-    for settings in UI_SETTINGS.values():
-        for setting in settings:
-            section, key = setting.split(".")
-            assert key in d[section], setting
-    for name, fn in inspect.getmembers(stages, inspect.isfunction):
-        params = set(inspect.signature(fn).parameters) & set(UI_SETTINGS)
-        if params:
-            assert "ui=locals()" in inspect.getsource(fn), name
+    root = spec["root"]["inputDefinitions"]["parameters"]
+    assert set(root) == set(BY_NAME) == UI_PARAMETERS | {"config_yaml", "work_dir"}
+    for p in PARAMETERS:
+        assert root[p.name]["description"] == p.help.replace("\n", " ")
+        assert root[p.name].get("defaultValue", None) == p.default, p.name
+        if p.setting:
+            get_path(KadetConfig(), p.setting)          # a real setting (raises if not)
+    assert list(inspect.signature(components.config).parameters) == list(CONFIG_INPUTS)
+    setting_params = {p.name for p in PARAMETERS if p.setting} - {"work_dir"}
+    for name in components.NAMES:
+        if name != "config":
+            fn = getattr(components, name)
+            assert not set(inspect.signature(fn).parameters) & setting_params, name
+
+
+def test_a_parameter_of_the_old_pipeline_names_its_replacement():
+    from kadet.core.errors import ConfigError
+    from kadet.kubeflow.remote import parse_params
+
+    with pytest.raises(ConfigError, match="'list_size' is gone: pass label_list_size .* and train_list_size"):
+        parse_params(["list_size=30"], "s3://kadet/c")
+    with pytest.raises(ConfigError, match="unknown pipeline parameter 'ndcg' .known: data_uri, eval_qrels_uri"):
+        parse_params(["ndcg=0.3"], "s3://kadet/c")
+    assert parse_params(["label_list_size=30"], "s3://kadet/c") == {"label_list_size": 30, "data_uri": "s3://kadet/c"}
 
 
 def test_dag_shape(spec):

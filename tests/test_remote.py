@@ -93,8 +93,7 @@ def test_submit_passes_profile_config_and_set_to_the_pipeline(tmp_path, capsys):
     did nothing), and there was no --profile. Now they reach the run as the pipeline's
     ``profile`` / ``config_yaml`` / ``work_dir`` parameters, and the config a step builds from
     them in its pod is exactly what ``kadet config`` builds from the same flags here."""
-    from kadet.core.config import load_config, profile_config
-    from kadet.kubeflow.steps import step_config
+    from kadet.core.config import load_config, profile_config, resolve_config
 
     extra = tmp_path / "extra.yaml"
     extra.write_text("label: {rerank_depth: 50}\ndistill: {epochs: 2}\n")
@@ -104,7 +103,7 @@ def test_submit_passes_profile_config_and_set_to_the_pipeline(tmp_path, capsys):
                      "--work-dir", "/var/cache/kadet/team-a"]) == 0
     params = _run_params(double)
     assert params["profile"] == "local" and params["work_dir"] == "/var/cache/kadet/team-a"
-    in_pod = step_config(params["config_yaml"], profile=params["profile"])
+    in_pod = resolve_config(params["profile"], params["config_yaml"])
     here = load_config(str(extra), flags[3::2], base=profile_config("local"))
     assert in_pod.to_dict() == here.to_dict()
     assert in_pod.generate.tgi.url == "http://my-tgi.team-a:80" and in_pod.label.rerank_depth == 50
@@ -116,13 +115,13 @@ def test_submit_passes_profile_config_and_set_to_the_pipeline(tmp_path, capsys):
         assert main(["submit", "--host", host, "--data", "s3://kadet/corpora/x", "--set", "distill.epochs=3"]) == 0
     params = _run_params(double)
     assert "profile" not in params and params["config_yaml"].split() == ["distill:", "epochs:", "3"]
-    assert step_config(params["config_yaml"], profile="gpu").distill.epochs == 3
+    assert resolve_config("gpu", params["config_yaml"]).distill.epochs == 3
 
     # a profile file: its settings travel in config_yaml over kadet's defaults (profile "")
     with kfp_double() as (host, double):
         assert main(["submit", "--host", host, "--data", "s3://kadet/corpora/x", "--profile", str(extra)]) == 0
     params = _run_params(double)
-    assert params["profile"] == "" and step_config(params["config_yaml"], profile="").label.rerank_depth == 50
+    assert params["profile"] == "" and resolve_config("", params["config_yaml"]).label.rerank_depth == 50
 
 
 def test_submit_refuses_what_it_cannot_pass_before_any_call(tmp_path, capsys):

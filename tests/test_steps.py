@@ -1,18 +1,23 @@
-"""How a pipeline step builds its config: YAML text, then the UI parameters (typed, any string)."""
+"""How a pipeline run builds its config: the profile, the YAML text, then the run parameters by
+path (typed, any string), once; each task reads it back frozen."""
 
 from __future__ import annotations
 
 import pytest
 
+from kadet.core.config import resolve_config
 from kadet.core.errors import ConfigError
-from kadet.kubeflow.steps import step_config
+from kadet.kubeflow.steps import config_step, step_config
 
 
-def test_ui_parameters_override_the_yaml_text_and_keep_their_types():
-    """A string parameter stays a string whatever it holds (": ", a number's spelling)."""
-    cfg = step_config("distill: {lr: 2e-5, mode: full}\nprepare: {sample_size: 9}", work_dir="/cache",
-                      data__data_dir="s3://bucket/a: b", prepare__sample_size=7, generate__types={"question": 1.0},
-                      register__ndcg_floor=0.2, distill__mode="query", label__teacher="cross-encoder:/models/1e-5", data__qrels="")
+def test_run_parameters_override_the_yaml_text_and_keep_their_types():
+    """A string parameter stays a string whatever it holds (": ", a number's spelling): it is set
+    by path as a value, never written into YAML text and parsed back."""
+    text = config_step({"config_yaml": "distill: {lr: 2e-5, mode: full}\nprepare: {sample_size: 9}",
+                        "work_dir": "/cache", "data_uri": "s3://bucket/a: b", "sample_size": 7,
+                        "query_types": {"question": 1.0}, "ndcg_floor": 0.2, "training_mode": "query",
+                        "teacher": "cross-encoder:/models/1e-5", "eval_qrels_uri": ""})
+    cfg = step_config(text)
     assert cfg.data.data_dir == "s3://bucket/a: b" and cfg.prepare.sample_size == 7
     assert cfg.generate.types == {"question": 1.0} and cfg.register.ndcg_floor == 0.2
     assert cfg.distill.mode == "query" and cfg.distill.lr == 2e-5 and cfg.label.teacher == "cross-encoder:/models/1e-5"
@@ -21,9 +26,9 @@ def test_ui_parameters_override_the_yaml_text_and_keep_their_types():
 
 def test_bad_pipeline_config_names_the_key():
     with pytest.raises(ConfigError, match="pipeline config: unknown key 'distill.lrate'"):
-        step_config("distill: {lrate: 1}")
-    with pytest.raises(ConfigError, match="'prepare.sample_size'"):
-        step_config("", prepare__sample_size="many")
+        resolve_config("", "distill: {lrate: 1}")
+    with pytest.raises(ConfigError, match="'prepare.sample_size' = 'many' must be int"):
+        config_step({"sample_size": "many"})
 
 
 def test_a_retried_label_task_goes_on_where_the_failed_try_stopped(tmp_path, monkeypatch):

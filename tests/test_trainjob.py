@@ -144,7 +144,8 @@ def test_the_pytorchjob_validates_strictly(nodes):
     assert doc["spec"]["nprocPerNode"] == "4"
     pod = specs["Master"]["template"]["spec"]
     (c,) = pod["containers"]
-    assert c["command"][:4] == ["torchrun", "--no-python", "kadet", "distill"]
+    # the job's own entry point, not the user CLI: the config travels as the job folder's file
+    assert c["command"] == ["torchrun", "-m", "kadet.kubeflow.distill_worker", "/var/cache/kadet/distill-jobs/abc"]
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "4" and c["securityContext"]["runAsNonRoot"] is True
     assert {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v} \
         == {"kadet-model-cache"}
@@ -183,7 +184,7 @@ def test_the_checkers_catch_violations():
 def test_one_gpu_trains_in_the_task_and_several_launch_a_job(tmp_path):
     from kadet.kubeflow.compile import compile_pipeline
 
-    plat = yaml.safe_load((ROOT / "pipelines" / "platform.yaml").read_text())
+    plat = yaml.safe_load((ROOT / "kadet" / "kubeflow" / "platform.yaml").read_text())
     for gpus in (1, 2):
         path = tmp_path / f"platform-{gpus}.yaml"
         path.write_text(yaml.safe_dump({**plat, "gpu_count": gpus}))
@@ -230,8 +231,7 @@ def test_the_rendered_job_command_trains_data_parallel(tiny_st, tmp_path):
     counts = distill_step(cfg, str(labels), str(tmp_path / "out"), "run-1", trainer_job=s.to_json(),
                           launch=lambda m: (seen.append(m), run_as_the_operator_would(m)))
     assert counts["train_queries"] == 20 and counts["best_epoch"] in (1, 2)
-    job_dir = Path(seen[0]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"][5]
-                   ).parent
+    job_dir = Path(seen[0]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"][3])
     assert job_dir.parent == tmp_path / "pvc" / "distill-jobs" and validate_pytorchjob(seen[0]) == []
     m = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert m["extra"]["processes"] == 2 and m["counts"]["train_queries"] == 20 and m["counts"]["epochs"] == 2

@@ -81,8 +81,33 @@ def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any 
     return field(default=default, default_factory=factory, metadata=meta)
 
 
+class FrozenConfigError(AttributeError):
+    """A frozen config's setting was assigned (copy it with ``dataclasses.replace`` instead)."""
+
+
+def freeze(cfg: Any) -> Any:
+    """Freeze ``cfg`` and every section in it, in place; returns it."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            freeze(value)
+    object.__setattr__(cfg, "_frozen", True)
+    return cfg
+
+
+class _Section:
+    """Every config section: assignment raises once the config is frozen (:func:`freeze`).
+    A copy made by ``dataclasses.replace`` is a new, unfrozen object."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if getattr(self, "_frozen", False):
+            raise FrozenConfigError(f"the run's resolved config is frozen: cannot set {type(self).__name__}.{name}; "
+                                    "use dataclasses.replace for a changed copy")
+        object.__setattr__(self, name, value)
+
+
 @dataclass
-class DataConfig:
+class DataConfig(_Section):
     """Where the corpus and evaluation data are."""
 
     data_dir: str = setting("", "A BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv), local or s3://.")
@@ -93,7 +118,7 @@ class DataConfig:
 
 
 @dataclass
-class RetrievalConfig:
+class RetrievalConfig(_Section):
     """Dense and lexical retrieval settings shared by mining and evaluation."""
 
     model: str = setting(DEFAULT_MODEL, "A sentence-transformers folder, or a packaged model name "
@@ -122,7 +147,7 @@ class RetrievalConfig:
 
 
 @dataclass
-class EvaluationConfig:
+class EvaluationConfig(_Section):
     """What ``kadet evaluate`` measures."""
 
     ndcg_k: int = setting(10, "trec_eval measures reported: nDCG@10, Recall@100, MRR@10.", low=1)
@@ -152,7 +177,7 @@ class EvaluationConfig:
 
 
 @dataclass
-class PrepareConfig:
+class PrepareConfig(_Section):
     """Passage selection before query generation."""
 
     sample_size: int = setting(100_000, "Sample at most this many passages (seeded); 0 keeps all.", low=0)
@@ -165,7 +190,7 @@ class PrepareConfig:
 
 
 @dataclass
-class TgiConfig:
+class TgiConfig(_Section):
     """``generate.backend: tgi``: a text-generation-inference or OpenAI-compatible endpoint."""
 
     url: str = setting(factory=lambda: os.environ.get("KADET_TGI_URL") or "http://127.0.0.1:8080",
@@ -183,7 +208,7 @@ class TgiConfig:
 
 
 @dataclass
-class CleanConfig:
+class CleanConfig(_Section):
     """Rules for each raw generation; re-applied when the stage finalises, so changing them
     needs no new generation."""
 
@@ -206,7 +231,7 @@ def _query_types_problem(weights: dict[str, float]) -> str | None:
 
 
 @dataclass
-class GenerateConfig:
+class GenerateConfig(_Section):
     """Synthetic query generation (see kadet/stages/generate/ and kadet/llm/prompts.py)."""
 
     backend: Literal["local", "tgi"] = setting(
@@ -250,7 +275,7 @@ class GenerateConfig:
 
 
 @dataclass
-class MineConfig:
+class MineConfig(_Section):
     """Candidate mining: retrievers, round-trip filter, fusion."""
 
     retrievers: list[str] = setting(factory=lambda: ["dense", "bm25"], names=MINE_RETRIEVERS,
@@ -265,7 +290,7 @@ class MineConfig:
 
 
 @dataclass
-class LabelConfig:
+class LabelConfig(_Section):
     """Teacher labelling and the filters that follow it (see kadet/stages/label/stage.py, kadet/stages/label/teachers.py)."""
 
     teacher: str = setting("ensemble", f"The teacher: {', '.join(TEACHERS)} (see kadet/stages/label/teachers.py).", names=TEACHERS)
@@ -308,7 +333,7 @@ def _list_size_problem(size: int) -> str | None:
 
 
 @dataclass
-class DistillConfig:
+class DistillConfig(_Section):
     """Training (METHOD.md defaults; see kadet/stages/distill/)."""
 
     mode: Literal["full", "query"] = setting(
@@ -369,7 +394,7 @@ class DistillConfig:
 
 
 @dataclass
-class TrackingConfig:
+class TrackingConfig(_Section):
     """MLflow tracking (see kadet/registry/tracking.py)."""
 
     tracking_uri: str = setting("", "Tracking URI; empty = $MLFLOW_TRACKING_URI, else "
@@ -379,7 +404,7 @@ class TrackingConfig:
 
 
 @dataclass
-class RegisterConfig:
+class RegisterConfig(_Section):
     """The registry gate (see kadet/registry/register.py)."""
 
     model_name: str = setting("kadet-embedding", "The registered model's name in the MLflow registry.")
@@ -406,7 +431,7 @@ class RegisterConfig:
 
 
 @dataclass
-class RetentionConfig:
+class RetentionConfig(_Section):
     """What ``kadet prune`` keeps of what grows with every run (see kadet/tools/prune.py)."""
 
     keep_runs: int = setting(3, "Keep what the newest this many runs left in the work dir (KFP outputs, logs, the "
@@ -417,7 +442,7 @@ class RetentionConfig:
 
 
 @dataclass
-class KadetConfig:
+class KadetConfig(_Section):
     """Root of the configuration tree."""
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -677,6 +702,36 @@ def apply_overrides(cfg: KadetConfig, overrides: list[str], source: str = "--set
         cursor[parts[-1]] = value
         _apply(cfg, nested, source)
     return cfg
+
+
+def with_settings(cfg: KadetConfig, settings: dict[str, Any], source: str = "settings") -> KadetConfig:
+    """Set typed values by dotted path (``{"register.ndcg_floor": 0.5}``) on ``cfg``, each checked
+    as a config file's would be (type, choices, range): how pipeline parameters become settings,
+    with no text in between."""
+    for key, value in settings.items():
+        nested: dict[str, Any] = {}
+        cursor = nested
+        *parents, last = key.split(".")
+        for part in parents:
+            cursor = cursor.setdefault(part, {})
+        cursor[last] = value
+        _apply(cfg, nested, source)
+    return validate(cfg, source)
+
+
+def resolve_config(profile: str = "", config_yaml: str = "", settings: dict[str, Any] | None = None,
+                   source: str = "pipeline config") -> KadetConfig:
+    """A run's one config: the ``profile`` (none: the defaults), then ``config_yaml``, then
+    ``settings`` by path (:func:`with_settings`). A pipeline run makes it once, in its first task,
+    and every task reads that, frozen (:func:`frozen_config`)."""
+    cfg = config_from_text(config_yaml, source=source, base=profile_config(profile))
+    return with_settings(cfg, settings or {}, source=f"{source} (run parameters)")
+
+
+def frozen_config(text: str, source: str = "resolved config") -> KadetConfig:
+    """The config a run resolved (:func:`dump_config`'s text), read back and frozen: assigning to
+    any of its settings raises, so a step cannot change what the other steps see."""
+    return freeze(config_from_text(text, source=source))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,

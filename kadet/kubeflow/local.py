@@ -10,6 +10,8 @@ subprocess of this Python. Embedded defaults: the packaged models, offline; MLfl
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import time
 from pathlib import Path
@@ -26,9 +28,11 @@ def local_config_text(config: str | None = None, overrides: list[str] | None = N
 
 def run_local(data: str, work_dir: str = ".kadet", config: str | None = None, overrides: list[str] | None = None,
               shards: int = 1, caching: bool = False, profile: str = "local", verbose: bool = False,
-              console_to_stderr: bool = False, **params) -> dict:
+              console_to_stderr: bool = False, resolved=None, **params) -> dict:
     """Run the whole DAG locally; returns the registry outcome and per-stage wall times.
 
+    ``resolved``: the run's config as the caller already resolved it (the CLI, which took the
+    work dir's lock from it); else ``profile``, ``config`` and ``overrides`` are resolved here.
     The console shows one line per stage as it starts and ends, and live bars; everything KFP
     and the libraries print goes to ``<work_dir>/logs/kadet-run-<time>.log`` (``verbose``: to
     the console too, as it comes)."""
@@ -43,9 +47,12 @@ def run_local(data: str, work_dir: str = ".kadet", config: str | None = None, ov
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    text = local_config_text(config, overrides, profile)
-    cfg = config_from_text(text)
-    cfg.work_dir = str(work)
+    # the run's config, resolved once here; the pipeline's first task reads it as its config_yaml
+    # (no profile on top, no parameter that sets a setting) and hands it to every task
+    cfg = dataclasses.replace(resolved if resolved is not None else load_config(config, overrides,
+                                                                                 base=profile_config(profile)),
+                              work_dir=str(work))
+    text = dump_config(cfg)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(work / "kfp"),
                enable_caching=caching, raise_on_error=True)
     t0 = time.perf_counter()
@@ -55,7 +62,6 @@ def run_local(data: str, work_dir: str = ".kadet", config: str | None = None, ov
     try:
         with session(log_file, work / "logs" / f"kadet-run-{stamp}.events.jsonl", quiet=not verbose,
                      to_stderr=console_to_stderr):
-            # config_yaml is the whole merged config, so no profile on top and no UI parameter set
             make_pipeline()(**params, data_uri=str(Path(data).resolve()) if "://" not in data else data,
                             config_yaml=text, profile="", work_dir=str(work), generate_shards=shards,
                             label_shards=shards)

@@ -17,9 +17,12 @@ Compile it (the committed ``kadet/kubeflow/kadet_pipeline.yaml`` must equal this
     python -m kadet.kubeflow.compile                 # writes kadet/kubeflow/kadet_pipeline.yaml
     python -m kadet.kubeflow.compile --check         # exit 1 if the committed YAML is stale
 
-Settings: the ``profile`` (packaged ``gpu`` by default; ``local``; "" = kadet's defaults), then
-``config_yaml`` (any kadet YAML), then the UI parameters that are set: each defaults to "not set"
-(-1, "" or {}), which leaves its key to the profile and config_yaml.
+Settings: the run parameters are one table (kadet/kubeflow/parameters.py), from which the
+pipeline's signature and descriptions are made. The first task (``config``) resolves the run's
+one config from them: the ``profile`` (packaged ``gpu`` by default; ``local``; "" = kadet's
+defaults), then ``config_yaml`` (any kadet YAML), then each parameter that is set, by path (each
+defaults to "not set": -1, "" or {}). Every other task takes that resolved config (YAML text,
+read back frozen) and its input artifacts; the data tasks are cached on it and on their inputs.
 
 Every task knows its pipeline run (MLflow nests each stage's run under one parent run): on a
 cluster from its pod (``platform.yaml: run_key_field``), so that the run id is no task input and
@@ -30,11 +33,12 @@ the job id. The registry steps never cache.
 
 from kfp import dsl
 
-from kadet.kubeflow import components
-from kadet.kubeflow.steps import NOT_SET
+from kadet.kubeflow import components, parameters
 from kadet.kubeflow.platform import Platform
 
 PIPELINE_NAME = "kadet"
+DESCRIPTION = ("Adapt a sentence-transformers embedding model to one corpus: synthetic queries, mined "
+               "candidates, teacher labels, listwise distillation; gated MLflow registration.")
 #: Retries of a failed data task (backoff 30 s, doubling, at most 10 min).
 RETRIES = 2
 
@@ -48,92 +52,58 @@ def make_pipeline(base_image: str | None = None, platform: Platform | None = Non
         g = components.build(gpu_image or components.gpu_image())
         for step in platform.gpu_steps:
             setattr(c, step, getattr(g, step))
-
     # gpu_count > 1: the distill task launches a Kubeflow Trainer job (kadet/kubeflow/trainjob.py)
     trainer_job = platform.trainer_job(gpu_image or components.gpu_image()) if platform is not None else ""
+    # on a cluster the run's key comes from the pod (platform.run_key_field), so no task takes a
+    # per-run input and unchanged steps are cached across runs; locally, the job id is passed
+    run = "" if platform is not None and platform.run_key_field else dsl.PIPELINE_JOB_ID_PLACEHOLDER
 
-    @dsl.pipeline(name=PIPELINE_NAME, description=(
-        "Adapt a sentence-transformers embedding model to one corpus: synthetic queries, mined "
-        "candidates, teacher labels, listwise distillation; gated MLflow registration."))
-    def kadet_pipeline(
-        data_uri: str,
-        eval_qrels_uri: str = "",
-        profile: str = "gpu",
-        config_yaml: str = "",
-        sample_size: int = NOT_SET,
-        query_types: dict = {},
-        generate_shards: int = 2,
-        teacher: str = "",
-        list_size: int = NOT_SET,
-        label_shards: int = 2,
-        training_mode: str = "",
-        ndcg_floor: float = NOT_SET,
-        min_delta: float = NOT_SET,
-        max_recall_drop: float = NOT_SET,
-        model_name: str = "",
-        work_dir: str = "/var/cache/kadet",
-    ):
-        """Adapt an embedding model to one corpus; register it in MLflow if it beats the champion.
-
-        Args:
-            data_uri: The corpus (BEIR folder or corpus file, s3:// or a path); with judged queries: gold evaluation, else silver.
-            eval_qrels_uri: A qrels file to evaluate on instead of the folder's (optional).
-            profile: Settings profile under config_yaml: gpu (METHOD.md's scale), local (CPU) or "" (defaults).
-            config_yaml: Any kadet YAML; its keys override the profile's.
-            sample_size: Passages that get synthetic queries (-1: the profile's).
-            query_types: Query types and queries per passage, e.g. {"question": 1} (empty: the profile's).
-            generate_shards: Parallel generation tasks.
-            teacher: The teacher reranker: ensemble, cross-encoder:PATH, monot5:PATH, ... (empty: the profile's).
-            list_size: Passages per training list (-1: the profile's).
-            label_shards: Parallel teacher-scoring tasks.
-            training_mode: query (query tower only; the document index stays valid) or full (empty: the profile's).
-            ndcg_floor: The gate: the candidate's nDCG@10 must reach this (-1: the profile's).
-            min_delta: The gate: nDCG@10 gain over the champion it needs (-1: the profile's).
-            max_recall_drop: The gate: Recall@100 it may lose against the champion (-1: the profile's).
-            model_name: MLflow registered model name (empty: the profile's).
-            work_dir: Cache and resumable work, shared by the tasks (on a cluster: the cache PVC's mount).
-        """
-        # on a cluster the run's key comes from the pod (platform.run_key_field), so no task takes a
-        # per-run input and unchanged steps are cached across runs; locally, the job id is passed
-        run = "" if platform is not None and platform.run_key_field else dsl.PIPELINE_JOB_ID_PLACEHOLDER
-        common = dict(config_yaml=config_yaml, profile=profile, work_dir=work_dir, pipeline_run=run)
-        ui = dict(data_uri=data_uri, eval_qrels_uri=eval_qrels_uri, sample_size=sample_size, query_types=query_types,
-                  generate_shards=generate_shards, teacher=teacher, list_size=list_size, label_shards=label_shards,
-                  training_mode=training_mode, ndcg_floor=ndcg_floor, min_delta=min_delta,
-                  max_recall_drop=max_recall_drop, model_name=model_name)
-
-        # closes the MLflow parent run FINISHED or FAILED, whatever happens inside
-        closer = c.finish(**common).set_caching_options(False)
-        with dsl.ExitHandler(closer, name="kadet-run"):
-            # never cached: what the corpus holds now, and whether a version was trained on exactly that
-            fp = c.fingerprint(data_uri=data_uri, eval_qrels_uri=eval_qrels_uri, sample_size=sample_size,
-                               query_types=query_types, teacher=teacher, list_size=list_size,
-                               training_mode=training_mode, model_name=model_name, **common)
-            with dsl.If(fp.outputs["unchanged_since"] != "", name="nothing-new"):
-                same = c.unchanged(version=fp.outputs["unchanged_since"], model_name=model_name, **common)
-            with dsl.Else(name="new-content-or-settings"):
-                # with judged queries: is the teacher measurably better than the base? (kadet/stages/preflight.py)
-                pre = c.preflight(data_uri=data_uri, eval_qrels_uri=eval_qrels_uri,
-                                  corpus_fingerprint=fp.outputs["corpus"], teacher=teacher, **common)
-                # (a flag, not the reason: a condition on free text with quotes is fragile)
-                with dsl.If(pre.outputs["go"] == "yes", name="something-to-learn"):
-                    tasks = _train(c, fp, ui, common, trainer_job)
-                with dsl.Else(name="nothing-to-learn"):
-                    stopped = c.nothing_to_learn(reason=pre.outputs["reason"], **common)
-        closer.set_display_name("close MLflow run")
-        fp.set_display_name("0 corpus fingerprint").set_caching_options(False)
-        same.set_display_name("0 nothing new: no change since the version trained on it").set_caching_options(False)
-        # never cached: a cached task logs no MLflow run, and its figures belong on every run's page
-        # (the embedding cache keeps a rerun cheap); retried like the data steps
-        pre.set_display_name("0 pre-flight: the teacher's lead on judged queries").set_caching_options(False)
-        pre.set_retry(num_retries=RETRIES, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="600s")
-        stopped.set_display_name("0 nothing to learn: the teacher is not ahead of the base").set_caching_options(False)
+    def kadet_pipeline(*args, **kwargs):
+        values = parameters.signature().bind(*args, **kwargs).arguments
+        resolved = c.config(**{name: values[name] for name in parameters.CONFIG_INPUTS})
+        common = dict(config=resolved.output, pipeline_run=run)
+        closer = c.finish(profile=values["profile"], config_yaml=values["config_yaml"], work_dir=values["work_dir"],
+                          pipeline_run=run)
+        tasks = _run(c, closer, values, common, trainer_job)
+        resolved.set_display_name("0 resolve the run's config").set_caching_options(False)
         if platform is not None:
-            for step, task in [("finish", closer), ("fingerprint", fp), ("unchanged", same), ("preflight", pre),
-                               ("nothing_to_learn", stopped), *tasks]:
+            for step, task in [("config", resolved), *tasks]:
                 platform.apply(task, step)
 
-    return kadet_pipeline
+    kadet_pipeline.__signature__ = parameters.signature()
+    kadet_pipeline.__doc__ = parameters.docstring(
+        "Adapt an embedding model to one corpus; register it in MLflow if it beats the champion.")
+    return dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)(kadet_pipeline)
+
+
+def _run(c, closer, values: dict, common: dict, trainer_job: str) -> list[tuple[str, object]]:
+    """Inside the exit handler that closes the MLflow parent run: fingerprint, then nothing new,
+    nothing to learn, or the training branch. Returns ``(step, task)`` pairs for the platform."""
+    # closes the MLflow parent run FINISHED or FAILED, whatever happens inside
+    closer.set_caching_options(False)
+    with dsl.ExitHandler(closer, name="kadet-run"):
+        # never cached: what the corpus holds now, and whether a version was trained on exactly that
+        fp = c.fingerprint(**common)
+        with dsl.If(fp.outputs["unchanged_since"] != "", name="nothing-new"):
+            same = c.unchanged(version=fp.outputs["unchanged_since"], **common)
+        with dsl.Else(name="new-content-or-settings"):
+            # with judged queries: is the teacher measurably better than the base? (kadet/stages/preflight.py)
+            pre = c.preflight(corpus_fingerprint=fp.outputs["corpus"], **common)
+            # (a flag, not the reason: a condition on free text with quotes is fragile)
+            with dsl.If(pre.outputs["go"] == "yes", name="something-to-learn"):
+                tasks = _train(c, fp, values, common, trainer_job)
+            with dsl.Else(name="nothing-to-learn"):
+                stopped = c.nothing_to_learn(reason=pre.outputs["reason"], **common)
+    closer.set_display_name("close MLflow run")
+    fp.set_display_name("0 corpus fingerprint").set_caching_options(False)
+    same.set_display_name("0 nothing new: no change since the version trained on it").set_caching_options(False)
+    # never cached: a cached task logs no MLflow run, and its figures belong on every run's page
+    # (the embedding cache keeps a rerun cheap); retried like the data steps
+    pre.set_display_name("0 pre-flight: the teacher's lead on judged queries").set_caching_options(False)
+    pre.set_retry(num_retries=RETRIES, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="600s")
+    stopped.set_display_name("0 nothing to learn: the teacher is not ahead of the base").set_caching_options(False)
+    return [("finish", closer), ("fingerprint", fp), ("unchanged", same), ("preflight", pre),
+            ("nothing_to_learn", stopped), *tasks]
 
 
 #: Display names of the training branch's tasks, by step.
@@ -145,40 +115,31 @@ TITLES = {"prepare": "1 prepare corpus", "generate": "2 generate queries",
 CACHED = ("prepare", "generate", "generate_merge", "mine", "label", "label_merge", "distill", "evaluate")
 
 
-def _train(c, fp, ui: dict, common: dict, trainer_job: str) -> list[tuple[str, object]]:
+def _train(c, fp, values: dict, common: dict, trainer_job: str) -> list[tuple[str, object]]:
     """The training branch: prepare ... register, then promote or keep as challenger. Returns
     ``(step, task)`` pairs for the platform settings."""
-    prep = c.prepare(data_uri=ui["data_uri"], eval_qrels_uri=ui["eval_qrels_uri"], sample_size=ui["sample_size"],
-                     corpus_fingerprint=fp.outputs["corpus"], inputs_fingerprint=fp.outputs["inputs"], **common)
+    prep = c.prepare(corpus_fingerprint=fp.outputs["corpus"], inputs_fingerprint=fp.outputs["inputs"], **common)
     prepared = prep.outputs["prepared"]
-    gen_idx = c.shard_indices(num_shards=ui["generate_shards"]).set_display_name("generate-shards")
+    gen_idx = c.shard_indices(num_shards=values["generate_shards"]).set_display_name("generate-shards")
     with dsl.ParallelFor(items=gen_idx.output, name="generate-shard") as i:
-        gen = c.generate(prepared=prepared, query_types=ui["query_types"], shard_index=i,
-                         num_shards=ui["generate_shards"], **common)
+        gen = c.generate(prepared=prepared, shard_index=i, num_shards=values["generate_shards"], **common)
     queries = c.generate_merge(prepared=prepared, shards=dsl.Collected(gen.outputs["shard"]),
-                               query_types=ui["query_types"], num_shards=ui["generate_shards"], **common)
+                               num_shards=values["generate_shards"], **common)
     mined = c.mine(prepared=prepared, queries=queries.outputs["queries"], **common)
-    teacher = dict(teacher=ui["teacher"], list_size=ui["list_size"])
-    lab_idx = c.shard_indices(num_shards=ui["label_shards"]).set_display_name("label-shards")
+    lab_idx = c.shard_indices(num_shards=values["label_shards"]).set_display_name("label-shards")
     with dsl.ParallelFor(items=lab_idx.output, name="label-shard") as j:
         scored = c.label(prepared=prepared, candidates=mined.outputs["candidates"], shard_index=j,
-                         num_shards=ui["label_shards"], **teacher, **common)
+                         num_shards=values["label_shards"], **common)
     labels = c.label_merge(prepared=prepared, candidates=mined.outputs["candidates"],
-                           shards=dsl.Collected(scored.outputs["scores"]), num_shards=ui["label_shards"],
-                           **teacher, **common)
-    trained = c.distill(labels=labels.outputs["labels"], training_mode=ui["training_mode"],
-                        list_size=ui["list_size"], trainer_job=trainer_job, **common)
-    ev = c.evaluate(model=trained.outputs["model"], labels=labels.outputs["labels"], data_uri=ui["data_uri"],
-                    eval_qrels_uri=ui["eval_qrels_uri"], **common)
-    registry = dict(model_name=ui["model_name"], **common)
+                           shards=dsl.Collected(scored.outputs["scores"]), num_shards=values["label_shards"], **common)
+    trained = c.distill(labels=labels.outputs["labels"], trainer_job=trainer_job, **common)
+    ev = c.evaluate(model=trained.outputs["model"], labels=labels.outputs["labels"], **common)
     # the evaluation data too: a champion measured on other data (the corpus grew) is evaluated again here
-    gate = c.register(model=trained.outputs["model"], report=ev.outputs["report"], prepared=prepared,
-                      data_uri=ui["data_uri"], eval_qrels_uri=ui["eval_qrels_uri"], ndcg_floor=ui["ndcg_floor"],
-                      min_delta=ui["min_delta"], max_recall_drop=ui["max_recall_drop"], **registry)
+    gate = c.register(model=trained.outputs["model"], report=ev.outputs["report"], prepared=prepared, **common)
     with dsl.If(gate.outputs["decision"] == "promote", name="gate-passed"):
-        promoted = c.promote(version=gate.outputs["version"], **registry)
+        promoted = c.promote(version=gate.outputs["version"], **common)
     with dsl.Else(name="gate-failed"):
-        held_back = c.challenger(version=gate.outputs["version"], reason=gate.outputs["reason"], **registry)
+        held_back = c.challenger(version=gate.outputs["version"], reason=gate.outputs["reason"], **common)
     tasks = [("prepare", prep), ("shard_indices", gen_idx), ("generate", gen), ("generate_merge", queries),
              ("mine", mined), ("shard_indices", lab_idx), ("label", scored), ("label_merge", labels),
              ("distill", trained), ("evaluate", ev), ("register", gate), ("promote", promoted),

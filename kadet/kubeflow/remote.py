@@ -26,6 +26,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+from kadet.kubeflow import parameters
 from kadet.core.errors import KadetError
 from kadet.kubeflow.compile import DEFAULT_OUTPUT
 from kadet.kubeflow.pipeline import PIPELINE_NAME
@@ -76,7 +77,9 @@ def kfp_cron(expr: str) -> str:
 
 
 def parse_params(items: list[str], data: str | None) -> dict:
-    """``key=value`` pipeline parameters (values parsed as YAML scalars), plus ``data_uri``."""
+    """``key=value`` pipeline parameters (values parsed as YAML scalars), plus ``data_uri``; a name
+    the pipeline does not have (kadet/kubeflow/parameters.py) is refused, a renamed one naming its
+    replacement."""
     import yaml
 
     params = {}
@@ -87,6 +90,7 @@ def parse_params(items: list[str], data: str | None) -> dict:
         params[key.strip()] = yaml.safe_load(value) if value.strip() else ""
     if data:
         params["data_uri"] = data
+    parameters.check_names(params)   # a parameter of an older pipeline names what replaced it
     if "data_uri" not in params:
         raise KadetError("no data: pass --data URI (the corpus, as the cluster sees it: s3://...)")
     return params

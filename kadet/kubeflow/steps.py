@@ -25,55 +25,34 @@ from pathlib import Path
 from kadet.reporting import plots
 
 from kadet.registry import tracking
-from kadet.core.config import KadetConfig, config_from_text, profile_config
+from kadet.core.config import KadetConfig, config_from_text, frozen_config
 from kadet.core.manifest import Manifest
 from kadet.core.layout import file_in
 
 log = logging.getLogger(__name__)
 
 
-#: A UI parameter left at its default: the profile and ``config_yaml`` decide that setting.
-NOT_SET = -1
+def config_step(parameters: dict) -> str:
+    """The first task: the run's one config, resolved once from the run parameters (the profile,
+    ``config_yaml``, then each set parameter by path: kadet/kubeflow/parameters.py), as the YAML
+    text every other task reads back frozen (:func:`step_config`)."""
+    from kadet.core.config import dump_config, resolve_config
+    from kadet.kubeflow.parameters import settings
+
+    cfg = resolve_config(parameters.get("profile", ""), parameters.get("config_yaml", ""), settings(parameters))
+    log.info("resolved the run's config (hash %s)", cfg.hash())
+    return dump_config(cfg)
 
 
-def is_set(value) -> bool:
-    """False for a UI parameter's "not set" default: None, "", {}, [] or -1."""
-    if value is None or (isinstance(value, (str, dict, list)) and not value):
-        return False
-    return not (isinstance(value, (int, float)) and not isinstance(value, bool) and value == NOT_SET)
+def step_config(config: str, task_settings: dict | None = None) -> KadetConfig:
+    """The run's resolved config (:func:`config_step`'s text), frozen; ``task_settings`` (by
+    path) are what only this task sets: its shard of a sharded stage."""
+    from kadet.core.config import freeze, with_settings
 
-
-#: The Kubeflow UI's run parameters, in one table: parameter -> the setting(s) it sets. A component
-#: names a parameter once, in its signature, and passes ``ui=locals()``; the pipeline's signature
-#: (KFP needs a real one) is checked against this table by tests/test_pipeline.py.
-UI_SETTINGS: dict[str, tuple[str, ...]] = {
-    "data_uri": ("data.data_dir",), "eval_qrels_uri": ("data.qrels",), "sample_size": ("prepare.sample_size",),
-    "query_types": ("generate.types",), "teacher": ("label.teacher",),
-    "list_size": ("label.list_size", "distill.list_size"), "training_mode": ("distill.mode",),
-    "ndcg_floor": ("register.ndcg_floor",), "min_delta": ("register.min_delta",),
-    "max_recall_drop": ("register.max_recall_drop",), "model_name": ("register.model_name",),
-}
-
-
-def ui_keys(ui: dict) -> dict:
-    """``{"section__key": value}`` for the UI parameters in ``ui`` (other names are ignored)."""
-    return {setting.replace(".", "__", 1): ui[name] for name, settings in UI_SETTINGS.items() if name in ui
-            for setting in settings}
-
-
-def step_config(config_yaml: str = "", overrides: Sequence[str] = (), work_dir: str = "", profile: str = "",
-                ui: dict | None = None, **keys) -> KadetConfig:
-    """The pipeline's config: the ``profile`` (none: the defaults), its ``config_yaml`` text,
-    ``overrides``, then the UI parameters in ``ui`` (:data:`UI_SETTINGS`) and ``keys`` given as
-    ``section__key=value``; one left at its "not set" default (:func:`is_set`) leaves the
-    setting to the profile and config_yaml."""
-    keys = {**ui_keys(ui or {}), **keys}
-    # JSON is YAML: a string stays a string whatever it holds (a URI with ": ", "true", "1e-5")
-    sets = [f"{name.replace('__', '.', 1)}={json.dumps(value)}" for name, value in keys.items() if is_set(value)]
-    cfg = config_from_text(config_yaml, [*overrides, *sets], source="pipeline config", base=profile_config(profile))
-    if work_dir:
-        cfg.work_dir = work_dir
-    return cfg
+    if not task_settings:
+        return frozen_config(config)
+    return freeze(with_settings(config_from_text(config, source="resolved config"), task_settings,
+                                source="task settings"))
 
 
 def fingerprint_step(cfg: KadetConfig, pipeline_run: str) -> dict:
@@ -336,10 +315,10 @@ def register_step(cfg: KadetConfig, model_dir: str, comparison_dir: str, pipelin
 
     pipeline_run = tracking.run_key(pipeline_run)
     comparison = Comparison.from_json(json.loads(Path(file_in(comparison_dir, "evaluate", "comparison")).read_text()))
-    if comparison.silver_dir:   # a champion is re-evaluated on the same held-out silver queries
-        cfg.data.data_dir, cfg.data.qrels, cfg.data.split = str(Path(comparison_dir) / comparison.silver_dir), "", "test"
+    # a silver run's held-out set (in evaluate's output) is where a champion is evaluated again
+    silver = str(Path(comparison_dir) / comparison.silver_dir) if comparison.silver_dir else None
     with tracking.stage_run(cfg, "register", pipeline_run):
-        r = register_candidate(cfg, model_dir, comparison, pipeline_run, prepared_dir=prepared_dir)
+        r = register_candidate(cfg, model_dir, comparison, pipeline_run, prepared_dir=prepared_dir, eval_dir=silver)
         gate = {"lineage": r.lineage, "promote": r.decision.promote, "reason": gate_text(r.decision, comparison.kind),
                 "version": r.version, "model_name": r.name, "incumbent": r.decision.incumbent,
                 "incumbent_metrics": r.incumbent_metrics, "links": tracking.links(cfg, pipeline_run, r.name, r.version),

@@ -3,7 +3,7 @@
 The distill task then holds no GPU itself: it writes the labels and the run's config to a
 folder on the shared work-dir PVC, creates a job whose every process runs::
 
-    torchrun --no-python kadet distill --labels <job>/labels.jsonl --output <job>/out --config <job>/config.yaml
+    torchrun -m kadet.kubeflow.distill_worker <job>     # reads <job>/config.yaml and <job>/labels.jsonl
 
 (``torchrun`` reads its node count, node rank, processes per node and rendezvous address from
 the ``PET_*`` variables both operators set; :mod:`kadet.stages.distill.parallel` does the rest), waits for it,
@@ -88,8 +88,8 @@ def job_key(labels: str | Path, config_yaml: str) -> str:
 
 
 def command(job_dir: str) -> list[str]:
-    return ["torchrun", "--no-python", "kadet", "distill", "--labels", f"{job_dir}/labels.jsonl",
-            "--output", f"{job_dir}/out", "--config", f"{job_dir}/config.yaml", "--work-dir", f"{job_dir}/work"]
+    """Each process's command: the job's own entry point (kadet/kubeflow/distill_worker.py)."""
+    return ["torchrun", "-m", "kadet.kubeflow.distill_worker", job_dir]
 
 
 def _container(s: JobSettings, name: str, job_dir: str) -> dict:

@@ -36,6 +36,7 @@ challenger alias and a ``kadet.gate_failure`` tag from :func:`mark_challenger`; 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -268,10 +269,14 @@ def local_model_dir(model_uri: str, tracking_uri: str | None = None, dst_path: s
     raise KadetError(f"register: {model_uri} holds no sentence-transformers folder")
 
 
-def evaluate_model(cfg: KadetConfig, model_dir: str | Path) -> dict[str, float]:
+def evaluate_model(cfg: KadetConfig, model_dir: str | Path, eval_dir: str | Path | None = None) -> dict[str, float]:
+    """The model's figures on the run's evaluation data: ``cfg.data``, or the BEIR folder ``eval_dir``
+    (a silver run's held-out set, which the evaluate step wrote)."""
+    from kadet.kit.data import load_beir
     from kadet.stages.evaluate import evaluate
 
-    return evaluate(cfg, model=str(model_dir), retriever=cfg.evaluation.retriever).metrics
+    ds = load_beir(str(eval_dir), "test") if eval_dir else None
+    return evaluate(cfg, model=str(model_dir), retriever=cfg.evaluation.retriever, dataset=ds).metrics
 
 
 def incumbent_metrics(cfg: KadetConfig, client, comparison: Comparison,
@@ -292,9 +297,10 @@ def incumbent_metrics(cfg: KadetConfig, client, comparison: Comparison,
 
 def register_candidate(cfg: KadetConfig, model_dir: str | Path, comparison: Comparison, pipeline_run: str = "",
                        evaluate_fn: Callable[[KadetConfig, Path], dict] | None = None,
-                       prepared_dir: str | Path | None = None) -> Registration:
+                       prepared_dir: str | Path | None = None, eval_dir: str | Path | None = None) -> Registration:
     """Make the candidate a model version (or find it) and decide the gate. Needs an active run.
-    ``prepared_dir`` (the prepare step's output) gives the version its lineage."""
+    ``prepared_dir`` (the prepare step's output) gives the version its lineage; ``eval_dir``, a
+    silver run's held-out set, is where a champion measured on other data is evaluated again."""
     from kadet.registry.tracking import client as get_client
 
     reg, e = cfg.register, cfg.evaluation
@@ -322,7 +328,8 @@ def register_candidate(cfg: KadetConfig, model_dir: str | Path, comparison: Comp
     if champ is not None and str(champ.version) == version:  # rerun of the promoted candidate
         decision = Decision(True, [], incumbent=f"champion v{version} (itself)")
         return Registration(reg.model_name, version, decision, cand, cand, reused=existing is not None, lineage=lin)
-    inc, inc_name = incumbent_metrics(cfg, c, comparison, evaluate_fn or evaluate_model)
+    inc, inc_name = incumbent_metrics(cfg, c, comparison,
+                                      evaluate_fn or functools.partial(evaluate_model, eval_dir=eval_dir))
     decision = decide(cand, inc, reg, inc_name, comparison.gain(e.ndcg), e, comparison.kind)
     log_decision(cfg, c, version, decision, cand, inc, comparison)
     if existing is None:

@@ -104,10 +104,10 @@ def scored_run(cfg: KadetConfig, ds: Dataset, queries: dict[str, str], qrels: Qr
 
 
 def evaluate(cfg: KadetConfig, output_dir: str | Path | None = None, model: str | None = None,
-             retriever: str | None = None, max_queries: int | None = None) -> EvalResult:
-    """Evaluate a retriever on ``cfg.data.data_dir`` and write metrics, run and manifest."""
+             retriever: str | None = None, max_queries: int | None = None, dataset: Dataset | None = None) -> EvalResult:
+    """Evaluate a retriever on ``dataset`` (default: ``cfg.data.data_dir``) and write metrics, run and manifest."""
     start = time.perf_counter()
-    ds = load_beir(cfg.data.data_dir, cfg.data.split, cfg.data.qrels or None)
+    ds = dataset if dataset is not None else load_beir(cfg.data.data_dir, cfg.data.split, cfg.data.qrels or None)
     eval_q = ds.eval_queries()
     if max_queries:
         eval_q = dict(list(eval_q.items())[:max_queries])
