@@ -330,7 +330,7 @@ def _gain(cfg: KadetConfig, per_query: Mapping) -> dict:
     ndcg = cfg.evaluation.ndcg
     return paired_bootstrap({q: v[ndcg] for q, v in per_query["base"].items()},
                             {q: v[ndcg] for q, v in per_query["candidate"].items()},
-                            confidence=cfg.register.confidence or 0.95, seed=cfg.seed)
+                            confidence=cfg.register.confidence, seed=cfg.seed)
 
 
 def dev_by_type(cfg: KadetConfig, ds: Dataset, labels_path: str | Path, systems: Mapping[str, str]) -> dict:

@@ -338,7 +338,7 @@ def judge_status(pool: Pool, grades: dict[str, dict[str, int]], confidence: floa
     qrels = judged_qrels(pool, grades)
     d = JudgeStatus(done=len(qrels), total=len(pool.queries), passages=sum(len(q.docs) for q in pool.queries),
                     judged=sum(1 for q in pool.queries for doc in q.docs if doc in grades.get(q.qid, {})),
-                    confidence=confidence or 0.9)
+                    confidence=confidence)
     if not qrels:
         return d
     d.no_relevant = sum(1 for rels in qrels.values() if not any(g > 0 for g in rels.values()))
@@ -409,7 +409,7 @@ def open_session(cfg: KadetConfig, data_dir: str | os.PathLike, queries_file: st
     default_export = data_dir if data_dir.is_dir() else data_dir.parent
     return Session(pool=pool, corpus=corpus, judgements=Judgements(Path(out) / JUDGEMENTS_FILE), data_dir=data_dir,
                    export_to=Path(export_to) if export_to else default_export,
-                   confidence=cfg.register.confidence or 0.9, seed=cfg.seed, force=force)
+                   confidence=cfg.register.confidence, seed=cfg.seed, force=force)
 
 
 # ---------------------------------------------------------------- export
