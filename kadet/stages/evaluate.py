@@ -158,14 +158,15 @@ def format_table(rows: list[tuple[str, dict[str, float]]]) -> str:
 
 
 def eval_data_fingerprint(ds: Dataset, split: str) -> str:
-    """One digest of the corpus, queries and qrels a metric was measured on."""
+    """The *eval data fingerprint* (version tag ``kadet.eval_data``): one digest of the corpus,
+    queries and qrels a metric was measured on."""
     import hashlib
 
-    from kadet.core.manifest import fingerprint
+    from kadet.core.manifest import digest
 
     h = hashlib.sha256(split.encode())
     for name in sorted(ds.files):
-        h.update(name.encode() + b"=" + fingerprint(ds.files[name]).encode() + b"\n")
+        h.update(name.encode() + b"=" + digest(ds.files[name]).encode() + b"\n")
     return "sha256:" + h.hexdigest()
 
 

@@ -40,7 +40,7 @@ from kadet.core.config import KadetConfig
 from kadet.kit.data import Dataset, Document, Qrels, _records, corpus_file, read_corpus, read_queries
 from kadet.core.errors import DataError, KadetError
 from kadet.core.io import json_roundtrip
-from kadet.core.manifest import fingerprint
+from kadet.core.manifest import digest
 from kadet.kit.search import Run, ranked
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ def pool_settings(data_dir: str | os.PathLike, queries_file: str | os.PathLike, 
     """What ``pool.json`` was built for: the settings, the corpus and the query file (by content)."""
     return json_roundtrip({**asdict(s), "base": _where(s.base), "candidate": _where(s.candidate),
                            "data": _where(str(data_dir)), "queries_file": _where(str(queries_file)),
-                           "queries_sha256": fingerprint(Path(queries_file))})
+                           "queries_sha256": digest(Path(queries_file))})
 
 
 def load_corpus(data_dir: str | os.PathLike) -> Dataset:
