@@ -111,7 +111,7 @@ def test_every_setting_is_one_declaration_with_its_help_and_rules():
     declared = {key: f.metadata for key, f, _ in _fields(KadetConfig())}
     assert RANGES == {key: meta["range"] for key, meta in declared.items() if "range" in meta}
     assert RANGES["distill.lr"] == (0, None, False) and RANGES["label.list_size"] == (2, None, True)
-    assert RANGES["register.confidence"] == (0, 1, True)
+    assert RANGES["register.confidence"] == (0, 1, False)
     assert declared["label.teacher"]["names"][-1] == "ensemble" and "names" in declared["mine.retrievers"]
     # a new setting is one declaration: validate and the help read it from there
     from kadet.core.config import setting, validate
@@ -248,3 +248,26 @@ def test_the_teachers_docs_stages_lists_are_teachers():
     text = (REPO / "docs" / "stages.md").read_text(encoding="utf-8")
     listed = re.findall(r"`([^`]+)`", text.split("Teachers (`label.teacher`):", 1)[1].split("label.ensemble", 1)[0])
     assert len(listed) >= 6 and all(names_component(name, TEACHERS) for name in listed), listed
+
+
+def test_register_confidence_is_only_a_level_and_the_old_zero_still_turns_the_test_off(tmp_path, caplog):
+    """``register.confidence: 0`` used to mean three things (gate test off; a 95% interval in
+    comparison.json; kadet judge at 90%): now the switch is ``register.require_significant_gain``
+    and ``register.confidence`` is only the level; an old 0 still turns the test off, with a warning."""
+    new = load_config(None, ["register.require_significant_gain=false"]).register
+    assert new.require_significant_gain is False and new.confidence == 0.9
+    assert load_config(None, []).register.require_significant_gain is True
+    old = tmp_path / "old.yaml"
+    old.write_text("register:\n  confidence: 0\n", encoding="utf-8")
+    with caplog.at_level("WARNING"):
+        cfg = load_config(old).register
+    assert cfg.require_significant_gain is False and cfg.confidence == 0.9
+    assert "register.require_significant_gain' = false" in caplog.text and "0.95" in caplog.text
+    old.write_text("register:\n  confidence: 0\n  require_significant_gain: true\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="contradicts"):
+        load_config(old)
+    with pytest.raises(ConfigError, match="must be > 0"):
+        validate_level = KadetConfig()
+        validate_level.register.confidence = 0
+        from kadet.core.config import validate
+        validate(validate_level)

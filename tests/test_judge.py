@@ -13,9 +13,9 @@ import pytest
 
 from kadet.core.config import KadetConfig
 from kadet.core.errors import DataError, KadetError
-from kadet.tools.judge import (JUDGEMENTS_FILE, POOL_FILE, JudgeSettings, Judgements, Pool, PoolQuery, Session, decide,
-                         disagreement, export, load_corpus, make_server, open_session, pool_docs, read_judgements,
-                         read_user_queries, select_queries, url_of)
+from kadet.tools.judge import (JUDGEMENTS_FILE, POOL_FILE, JudgeSettings, Judgements, Pool, PoolQuery, Session,
+                         disagreement, export, judge_status, load_corpus, make_server, open_session, pool_docs,
+                         read_judgements, read_user_queries, select_queries, url_of)
 
 from benchmarks.common import CHROMEDRIVER, CHROMIUM  # noqa: E402
 
@@ -137,14 +137,14 @@ def test_status_decides_only_with_enough_queries_and_stays_blind(tmp_path, tiny_
     grades = {}
     for i, q in enumerate(pool.queries[:4]):
         grades[q.qid] = {"d1": 2, "d2": 0, "d3": 0, "d4": 0}
-    few = decide(pool, grades, confidence=0.9)
+    few = judge_status(pool, grades, confidence=0.9)
     assert few.done == 4 and not few.decides and few.base < few.candidate
     assert few.judged == 16 and few.passages == 48
     grades[pool.queries[4].qid] = {"d1": 2}       # incomplete: not counted
-    assert decide(pool, grades).done == 4
+    assert judge_status(pool, grades).done == 4
     for q in pool.queries:
         grades[q.qid] = {"d1": 2, "d2": 0, "d3": 1 if q.qid == "q2" else 0, "d4": 0}
-    many = decide(pool, grades, confidence=0.9)
+    many = judge_status(pool, grades, confidence=0.9)
     assert many.done == 12 and many.decides and many.ci[0] > 0
     assert "enough to decide" in many.message()
     public = many.public()
@@ -154,7 +154,7 @@ def test_status_decides_only_with_enough_queries_and_stays_blind(tmp_path, tiny_
     # equal systems never decide; the page says more are needed, not who leads
     tie = _pool(12, docs)
     tie.runs["base"] = tie.runs["candidate"]
-    even = decide(tie, grades)
+    even = judge_status(tie, grades)
     assert not even.decides and "score the same" in even.message()
     for word in ("base", "candidate", "ahead", "better"):
         assert word not in json.dumps(even.public()).lower()
@@ -411,8 +411,8 @@ def _check_the_export(cfg, tmp_path, session, truth, q2, exported, tiny_st) -> N
     base = evaluate(cfg, model="all-MiniLM-L6-v2")
     cand = evaluate(cfg, model=str(tiny_st))
     assert len(base.per_query) == 4
-    assert base.metrics["ndcg@10"] == pytest.approx(result.decision.base, abs=1e-6)
-    assert cand.metrics["ndcg@10"] == pytest.approx(result.decision.candidate, abs=1e-6)
+    assert base.metrics["ndcg@10"] == pytest.approx(result.status.base, abs=1e-6)
+    assert cand.metrics["ndcg@10"] == pytest.approx(result.status.candidate, abs=1e-6)
     assert base.metrics["ndcg@10"] > 0.3 > cand.metrics["ndcg@10"]   # MiniLM vs a random tiny model
     if os.environ.get("KADET_JUDGE_SCREENSHOT"):   # how docs/judge.png is made
         shutil.copyfile(tmp_path / "judge.png", os.environ["KADET_JUDGE_SCREENSHOT"])

@@ -415,10 +415,14 @@ class RegisterConfig(_Section):
                                     "incumbent is the champion, or the base model while there is none) ...", low=0)
     max_recall_drop: float = setting(0.01, "... and its Recall@100 may fall at most this much below the "
                                            "incumbent's.", low=0)
-    confidence: float = setting(0.9, "... and, with a confidence > 0, the paired bootstrap interval (over the "
-                                     "evaluation queries) of its nDCG@10 gain over the base model must lie above 0 at "
-                                     "this level: a gain within noise is not a gain. 0 turns the test off.",
-                                low=0, high=1)
+    require_significant_gain: bool = setting(
+        True, "... and the paired bootstrap interval (over the evaluation queries) of its nDCG@10 gain over the base "
+              "model must lie above 0 at register.confidence: a gain within noise is not a gain. false turns this "
+              "test off (the interval is still measured and reported).")
+    confidence: float = setting(0.9, "Level of the paired bootstrap interval of the nDCG@10 gain over the base model: "
+                                     "the one in comparison.json, the report and the run summary, the one the gate "
+                                     "tests (register.require_significant_gain), and the one kadet judge's page "
+                                     "decides at.", above=0, high=1)
     silver_promotes: bool = setting(
         False, "Whether a candidate judged only on *silver* queries (held-out synthetic queries judged by the teacher "
                "it learned from) may be promoted. Off: silver measured agreement with the teacher, not retrieval "
@@ -645,11 +649,48 @@ def _coerce_scalar(value: Any, tp: Any, key: str, source: str) -> Any:
     return value
 
 
+#: The old ``register.confidence: 0``: it turned the gate's significance test off, and also made
+#: comparison.json's gain interval a 95% one and ``kadet judge`` decide at 90%.
+OLD_CONFIDENCE_OFF = ("'register.confidence' = 0 no longer turns the gate's significance test off: read as "
+                      "'register.require_significant_gain' = false. 'register.confidence' is now only the level of "
+                      "the gain's paired bootstrap interval (> 0; left as it was, default 0.9), for comparison.json "
+                      "and kadet judge alike, where 0 used to mean 95% and 90%: set it to 0.95 to keep the 95% "
+                      "interval. Write 'register.require_significant_gain: false' instead")
+
+
+def _migrate_values(out: dict[str, Any], source: str) -> None:
+    """Old values that meant something else, mapped onto their settings in ``out`` (in place)."""
+    import logging
+
+    register = out.get("register")
+    if not isinstance(register, dict) or "confidence" not in register:
+        return
+    value = register["confidence"]
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return
+    try:
+        off = float(value) == 0
+    except ValueError:
+        return
+    if not off:
+        return
+    del register["confidence"]
+    keep = register.get("require_significant_gain", False)
+    if keep is True or (isinstance(keep, str) and keep.lower() in ("true", "yes", "1", "on")):
+        raise ConfigError(f"{source}: 'register.confidence' = 0 (the old way to turn the gate's significance test "
+                          "off) contradicts 'register.require_significant_gain' = true; drop 'register.confidence' "
+                          "or give it a level > 0")
+    register["require_significant_gain"] = False
+    logging.getLogger(__name__).warning("%s: %s", source, OLD_CONFIDENCE_OFF)
+
+
 def _migrate(data: dict[str, Any], source: str) -> dict[str, Any]:
-    """``data`` with the RENAMED keys moved to their new place (a warning names each)."""
+    """``data`` with the RENAMED keys moved to their new place and old values mapped onto their
+    new settings (:func:`_migrate_values`); a warning names each."""
     import logging
 
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    _migrate_values(out, source)
     for old, new in RENAMED.items():
         section, name = old.split(".")
         if isinstance(out.get(section), dict) and name in out[section]:

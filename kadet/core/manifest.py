@@ -14,7 +14,8 @@ Every stage writes ``manifest.json`` next to its outputs::
       "extra":   {...}
     }
 
-The fingerprints let a pipeline cache a stage and tell when an input changed.
+The inputs' digests (:func:`digest`; the key is ``"fingerprint"``, as other runs read it) let a
+pipeline cache a stage and tell when an input changed.
 """
 
 from __future__ import annotations
@@ -34,14 +35,15 @@ from kadet.core.io import write_json
 MANIFEST_NAME = "manifest.json"
 
 
-def fingerprint(path: str | os.PathLike) -> str:
-    """``sha256:<hex>`` of a file's bytes, or of a folder's relative names and file hashes."""
+def digest(path: str | os.PathLike) -> str:
+    """``sha256:<hex>`` of a file's bytes, or of a folder's relative names and file hashes: the
+    generic content digest (not the corpus fingerprint stage, ``kadet.stages.fingerprint``)."""
     p = Path(path)
     h = hashlib.sha256()
     if p.is_dir():
         for f in sorted(x for x in p.rglob("*") if x.is_file()):
             h.update(f.relative_to(p).as_posix().encode() + b"\0")
-            h.update(fingerprint(f).encode() + b"\n")
+            h.update(digest(f).encode() + b"\n")
     else:
         with open(p, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -66,9 +68,10 @@ class Manifest:
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     def add_input(self, name: str, uri: str | os.PathLike, local: str | os.PathLike | None = None) -> None:
-        """Record an input and its content fingerprint (hashing the local copy if given)."""
+        """Record an input and its content digest, under the key ``fingerprint`` (hashing the local
+        copy if given)."""
         target = Path(local if local is not None else uri)
-        self.inputs[name] = {"uri": str(uri), "fingerprint": fingerprint(target) if target.exists() else ""}
+        self.inputs[name] = {"uri": str(uri), "fingerprint": digest(target) if target.exists() else ""}
 
     def drop(self, reason: str, n: int = 1) -> None:
         """Count ``n`` items dropped for ``reason``."""

@@ -53,8 +53,9 @@ def route_modules(model, kind: str) -> list:
 
 
 def route_fingerprint(model, kind: str) -> str:
-    """Content hash of what turns a ``kind`` text into a vector: each module's type, config,
-    tokenizer and weights. Equal for a plain model and a Router route built from it."""
+    """The *route fingerprint* (an embedding cache key part): content hash of what turns a ``kind``
+    text into a vector: each module's type, config, tokenizer and weights. Equal for a plain
+    model and a Router route built from it."""
     h = hashlib.sha256()
     for m in route_modules(model, kind):
         h.update(type(m).__name__.encode() + b"\0")

@@ -83,7 +83,8 @@ def _fingerprint_cached(path: str, stamp: tuple) -> str:
 
 
 def model_fingerprint(path: str | os.PathLike) -> str:
-    """Content hash of a model folder (weights, config, tokenizer); memoised by mtimes."""
+    """The *model fingerprint* (version tag ``kadet.model_fingerprint``): content hash of a model
+    folder (weights, config, tokenizer); memoised by mtimes."""
     root = Path(path).resolve()
     files = sorted(p for p in root.rglob("*") if p.is_file())
     stamp = tuple((p.as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in files)

@@ -21,6 +21,7 @@ from kadet.kit.encode import Encoder
 
 log = logging.getLogger(__name__)
 
+#: A TREC run, a retriever's output: ``{qid: {doc_id: score}}`` (not a pipeline run).
 Run = dict[str, dict[str, float]]
 
 

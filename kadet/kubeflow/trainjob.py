@@ -81,9 +81,9 @@ class JobSettings:
 
 
 def job_key(labels: str | Path, config_yaml: str) -> str:
-    from kadet.core.manifest import fingerprint
+    from kadet.core.manifest import digest
 
-    blob = json.dumps({"labels": fingerprint(labels), "config": config_yaml}, sort_keys=True)
+    blob = json.dumps({"labels": digest(labels), "config": config_yaml}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

@@ -8,9 +8,9 @@ if all hold (:func:`decide`; nDCG@10 and Recall@100 are ``evaluation.ndcg_k`` / 
 2. nDCG@10 >= ``register.ndcg_floor``;
 3. nDCG@10 >= the incumbent's nDCG@10 on the *same* test data + ``register.min_delta``;
 4. Recall@100 >= the incumbent's Recall@100 - ``register.max_recall_drop``;
-5. with ``register.confidence`` > 0 and the gain measured (``comparison.json``'s ``delta``), its
-   nDCG@10 gain over the base model is not noise: the lower end of the gain's paired bootstrap
-   interval at that confidence is above 0;
+5. with ``register.require_significant_gain`` (the default) and the gain measured
+   (``comparison.json``'s ``delta``), its nDCG@10 gain over the base model is not noise: the lower
+   end of the gain's paired bootstrap interval at ``register.confidence`` is above 0;
 6. the evaluation is gold (judged queries), unless ``register.silver_promotes`` accepts silver.
 
 Figures that tie to 1e-9 count as equal. The reasons list every rule that fails, except that a
@@ -112,7 +112,7 @@ def decide(candidate: Mapping[str, float], incumbent: Mapping[str, float] | None
         if rc < floor - EPS:
             reasons.append(f"{R} {rc:.4f} dropped more than {gate.max_recall_drop:g} "
                            f"below {incumbent_name}'s {incumbent[RECALL]:.4f}")
-    if gate.confidence and gain is not None:
+    if gate.require_significant_gain and gain is not None:
         low = float(gain["ci_low"])
         if not math.isfinite(low) or low <= 0.0:
             reasons.append(f"{N} gain over the base model {gain['mean']:+.4f} is within noise: its "

@@ -158,14 +158,15 @@ def format_table(rows: list[tuple[str, dict[str, float]]]) -> str:
 
 
 def eval_data_fingerprint(ds: Dataset, split: str) -> str:
-    """One digest of the corpus, queries and qrels a metric was measured on."""
+    """The *eval data fingerprint* (version tag ``kadet.eval_data``): one digest of the corpus,
+    queries and qrels a metric was measured on."""
     import hashlib
 
-    from kadet.core.manifest import fingerprint
+    from kadet.core.manifest import digest
 
     h = hashlib.sha256(split.encode())
     for name in sorted(ds.files):
-        h.update(name.encode() + b"=" + fingerprint(ds.files[name]).encode() + b"\n")
+        h.update(name.encode() + b"=" + digest(ds.files[name]).encode() + b"\n")
     return "sha256:" + h.hexdigest()
 
 
@@ -330,7 +331,7 @@ def _gain(cfg: KadetConfig, per_query: Mapping) -> dict:
     ndcg = cfg.evaluation.ndcg
     return paired_bootstrap({q: v[ndcg] for q, v in per_query["base"].items()},
                             {q: v[ndcg] for q, v in per_query["candidate"].items()},
-                            confidence=cfg.register.confidence or 0.95, seed=cfg.seed)
+                            confidence=cfg.register.confidence, seed=cfg.seed)
 
 
 def dev_by_type(cfg: KadetConfig, ds: Dataset, labels_path: str | Path, systems: Mapping[str, str]) -> dict:

@@ -1,4 +1,8 @@
-"""What a corpus holds, and what changed since the version a run builds on.
+"""The fingerprint stage: what a corpus holds, and what changed since the version a run builds on.
+
+(Its two fingerprints are the *corpus fingerprint* and the *inputs fingerprint*; a stage's
+input digests are :func:`kadet.core.manifest.digest`, a model folder's ``model_fingerprint``
+and an encoder route's ``route_fingerprint`` are in ``kadet.kit``.)
 
 A scheduled run must retrain when the corpus *content* changed and do nothing new when it did
 not, whatever its address. Three digests decide it:
@@ -76,8 +80,8 @@ def _s3_entries(uri: str) -> list[tuple[str, int, str]]:
 
 
 def corpus_fingerprint(uri: str | os.PathLike, *more: str | os.PathLike) -> dict:
-    """``{"digest", "files", "bytes"}`` of what ``uri`` (and ``more``, e.g. a qrels file kept
-    elsewhere) holds: the same content gives the same digest at another local path, or at another
+    """The *corpus fingerprint*: ``{"digest", "files", "bytes"}`` of what ``uri`` (and ``more``,
+    e.g. a qrels file kept elsewhere) holds: the same content gives the same digest at another local path, or at another
     S3 prefix uploaded the same way. A local copy and an S3 copy differ (SHA-256 vs ETag), as do
     two S3 uploads with other multipart part sizes: those count as a change (a retrain), never
     the other way round."""
@@ -98,7 +102,8 @@ def _drop(tree: dict, dotted: str) -> None:
 
 
 def inputs_fingerprint(cfg, corpus_digest: str) -> str:
-    """The corpus and every setting that shapes the trained model (:data:`NOT_MODEL_SETTINGS` left out)."""
+    """The *inputs fingerprint* (tag :data:`INPUTS_TAG`): the corpus fingerprint's digest and every
+    setting that shapes the trained model (:data:`NOT_MODEL_SETTINGS` left out)."""
     settings = cfg.to_dict()
     for dotted in NOT_MODEL_SETTINGS:
         _drop(settings, dotted)

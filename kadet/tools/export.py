@@ -80,6 +80,8 @@ class Source:
 
 @dataclass
 class ExportResult:
+    """An exported model: its folder, what it came from and how it was exported."""
+
     out: Path
     source: Source
     mode: str

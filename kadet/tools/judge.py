@@ -40,7 +40,7 @@ from kadet.core.config import KadetConfig
 from kadet.kit.data import Dataset, Document, Qrels, _records, corpus_file, read_corpus, read_queries
 from kadet.core.errors import DataError, KadetError
 from kadet.core.io import json_roundtrip
-from kadet.core.manifest import fingerprint
+from kadet.core.manifest import digest
 from kadet.kit.search import Run, ranked
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ def pool_settings(data_dir: str | os.PathLike, queries_file: str | os.PathLike, 
     """What ``pool.json`` was built for: the settings, the corpus and the query file (by content)."""
     return json_roundtrip({**asdict(s), "base": _where(s.base), "candidate": _where(s.candidate),
                            "data": _where(str(data_dir)), "queries_file": _where(str(queries_file)),
-                           "queries_sha256": fingerprint(Path(queries_file))})
+                           "queries_sha256": digest(Path(queries_file))})
 
 
 def load_corpus(data_dir: str | os.PathLike) -> Dataset:
@@ -286,9 +286,10 @@ def judged_qrels(pool: Pool, grades: dict[str, dict[str, int]]) -> Qrels:
 
 
 @dataclass
-class Decision:
-    """Base vs candidate on the completely judged queries. ``public()`` is what the page may see:
-    whether the paired test decides, never which system is ahead."""
+class JudgeStatus:
+    """The judging session's status (not the register gate's ``Decision``): base vs candidate on
+    the completely judged queries and whether the paired test decides yet. ``public()`` is what
+    the page may see: whether the paired test decides, never which system is ahead."""
 
     done: int
     total: int
@@ -326,8 +327,8 @@ class Decision:
                 "decides": self.decides, "message": self.message()}
 
 
-def decide(pool: Pool, grades: dict[str, dict[str, int]], confidence: float = 0.9, seed: int = 0,
-           ndcg_k: int = CUT) -> Decision:
+def judge_status(pool: Pool, grades: dict[str, dict[str, int]], confidence: float = 0.9, seed: int = 0,
+                 ndcg_k: int = CUT) -> JudgeStatus:
     """nDCG@10 of base and candidate on the completely judged queries (pytrec_eval) and the paired
     bootstrap interval of the difference; it decides when the interval excludes 0 and at least
     ``MIN_DECIDE`` queries are judged. Otherwise estimates the queries still needed (normal
@@ -335,9 +336,9 @@ def decide(pool: Pool, grades: dict[str, dict[str, int]], confidence: float = 0.
     from kadet.stages.evaluate import paired_bootstrap, per_query_metrics
 
     qrels = judged_qrels(pool, grades)
-    d = Decision(done=len(qrels), total=len(pool.queries), passages=sum(len(q.docs) for q in pool.queries),
-                 judged=sum(1 for q in pool.queries for doc in q.docs if doc in grades.get(q.qid, {})),
-                 confidence=confidence or 0.9)
+    d = JudgeStatus(done=len(qrels), total=len(pool.queries), passages=sum(len(q.docs) for q in pool.queries),
+                    judged=sum(1 for q in pool.queries for doc in q.docs if doc in grades.get(q.qid, {})),
+                    confidence=confidence)
     if not qrels:
         return d
     d.no_relevant = sum(1 for rels in qrels.values() if not any(g > 0 for g in rels.values()))
@@ -394,8 +395,8 @@ class Session:
     seed: int = 42
     force: bool = False
 
-    def decision(self) -> Decision:
-        return decide(self.pool, self.judgements.snapshot(), self.confidence, self.seed)
+    def status(self) -> JudgeStatus:
+        return judge_status(self.pool, self.judgements.snapshot(), self.confidence, self.seed)
 
 
 def open_session(cfg: KadetConfig, data_dir: str | os.PathLike, queries_file: str | os.PathLike,
@@ -408,23 +409,25 @@ def open_session(cfg: KadetConfig, data_dir: str | os.PathLike, queries_file: st
     default_export = data_dir if data_dir.is_dir() else data_dir.parent
     return Session(pool=pool, corpus=corpus, judgements=Judgements(Path(out) / JUDGEMENTS_FILE), data_dir=data_dir,
                    export_to=Path(export_to) if export_to else default_export,
-                   confidence=cfg.register.confidence or 0.9, seed=cfg.seed, force=force)
+                   confidence=cfg.register.confidence, seed=cfg.seed, force=force)
 
 
 # ---------------------------------------------------------------- export
 
 
 @dataclass
-class ExportResult:
+class JudgeExport:
+    """What ``kadet judge`` exported (not ``kadet.tools.export.ExportResult``, an exported model)."""
+
     folder: Path
     queries: int
     new_queries: int
     qrels_rows: int
-    decision: Decision
+    status: JudgeStatus
     picks: dict[str, int]
 
     def summary(self) -> str:
-        d = self.decision
+        d = self.status
         lines = [f"judge: exported {self.queries} judged queries ({self.picks.get('disagreement', 0)} picked for "
                  f"disagreement, {self.picks.get('random', 0)} at random; {d.no_relevant} with no relevant passage), "
                  f"{self.qrels_rows} judgements to {self.folder}/qrels/test.tsv; {self.new_queries} new queries in "
@@ -454,7 +457,7 @@ def merge_queries(path: Path, new: dict[str, str], picks: dict[str, str]) -> tup
     return kept + "".join(added), len(added)
 
 
-def export(session: Session, export_to: str | os.PathLike | None = None, force: bool | None = None) -> ExportResult:
+def export(session: Session, export_to: str | os.PathLike | None = None, force: bool | None = None) -> JudgeExport:
     """Write the completely judged queries as BEIR files into ``export_to`` (default the session's):
     ``qrels/test.tsv`` (grades 0/1/2) and ``queries.jsonl`` (merged); copies the corpus there
     when the folder has none. Refuses to overwrite ``qrels/test.tsv`` unless ``force``."""
@@ -487,8 +490,8 @@ def export(session: Session, export_to: str | os.PathLike | None = None, force: 
     counts: dict[str, int] = {}
     for q in qrels:
         counts[picks[q]] = counts.get(picks[q], 0) + 1
-    return ExportResult(folder=folder, queries=len(qrels), new_queries=n_new, qrels_rows=len(rows),
-                        decision=session.decision(), picks=counts)
+    return JudgeExport(folder=folder, queries=len(qrels), new_queries=n_new, qrels_rows=len(rows),
+                       status=session.status(), picks=counts)
 
 
 def write_text_synced(path: Path, text: str) -> None:
@@ -517,7 +520,7 @@ def page_state(session: Session) -> dict:
                                "text": docs[d].text if d in docs else "(passage missing from the corpus)"}
                               for d in q.docs]} for q in session.pool.queries],
         "grades": {q.qid: grades.get(q.qid, {}) for q in session.pool.queries},
-        "status": session.decision().public(),
+        "status": session.status().public(),
         "export_to": str(session.export_to),
     }
 
@@ -549,7 +552,7 @@ class JudgeHandler(BaseHTTPRequestHandler):
     server_version = "kadet-judge"
     session: Session
     host: str = "127.0.0.1"          # the address served: a Host header may name it
-    on_export = None                 # called with the ExportResult after an export from the page
+    on_export = None                 # called with the JudgeExport after an export from the page
     html: bytes = b""
 
     def log_message(self, fmt, *args):  # quiet: one debug line per request
@@ -579,7 +582,7 @@ class JudgeHandler(BaseHTTPRequestHandler):
         if route == "/api/state":
             return self._json(page_state(self.session))
         if route == "/api/status":
-            return self._json(self.session.decision().public())
+            return self._json(self.session.status().public())
         return self._json({"error": f"no such page {route}"}, HTTPStatus.NOT_FOUND)
 
     def do_POST(self):
@@ -608,7 +611,7 @@ class JudgeHandler(BaseHTTPRequestHandler):
         if grade not in GRADES or isinstance(grade, bool):
             return self._json({"error": f"grade must be one of {GRADES}"}, HTTPStatus.BAD_REQUEST)
         session.judgements.add(qid, doc, grade)
-        return self._json({"ok": True, "status": session.decision().public()})
+        return self._json({"ok": True, "status": session.status().public()})
 
     def _export(self) -> None:
         try:

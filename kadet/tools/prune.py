@@ -50,7 +50,7 @@ USED_FILE = "used.json"
 
 
 @dataclass(frozen=True)
-class Run:
+class PipelineRun:
     """A pipeline run as the MLflow store knows it (its parent run)."""
 
     key: str
@@ -137,12 +137,12 @@ def log_removals(work: Path, keep: int) -> list[Removal]:
             + _older_units("logs", stage_units, keep, "runs' stage logs"))
 
 
-def newest_success(runs: dict[str, Run]) -> Run | None:
+def newest_success(runs: dict[str, PipelineRun]) -> PipelineRun | None:
     done = [r for r in runs.values() if r.status == "FINISHED"]
     return max(done, key=lambda r: r.start) if done else None
 
 
-def resume_removals(work: Path, runs: dict[str, Run], now: float) -> list[Removal]:
+def resume_removals(work: Path, runs: dict[str, PipelineRun], now: float) -> list[Removal]:
     """``resume/<run key>/`` of runs that started no later than the newest successful run (a
     folder whose run MLflow does not know counts from its newest file)."""
     ok = newest_success(runs)
@@ -169,7 +169,7 @@ def read_used(folder: Path) -> tuple[str, float] | None:
         return None
 
 
-def store_removals(work: Path, runs: dict[str, Run], keep: int, now: float) -> list[Removal]:
+def store_removals(work: Path, runs: dict[str, PipelineRun], keep: int, now: float) -> list[Removal]:
     """``store/<kind>/<digest>/`` folders last used by none of the newest ``keep`` runs (runs as
     MLflow and the ``used.json`` files know them) nor by the newest successful run."""
     folders = [d for kind in _folders(work / "store") for d in _folders(kind)]
@@ -201,8 +201,8 @@ def _store_missing(cfg: KadetConfig) -> bool:
     return uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists()
 
 
-def pipeline_runs(cfg: KadetConfig) -> dict[str, Run]:
-    """Every pipeline run of the configured experiment: ``{run key: Run}`` (its parent run)."""
+def pipeline_runs(cfg: KadetConfig) -> dict[str, PipelineRun]:
+    """Every pipeline run of the configured experiment: ``{run key: PipelineRun}`` (its parent run)."""
     from kadet.registry import tracking
 
     if _store_missing(cfg):
@@ -218,7 +218,7 @@ def pipeline_runs(cfg: KadetConfig) -> dict[str, Run]:
         for r in page:
             if "mlflow.parentRunId" not in r.data.tags:
                 key = r.data.tags[tracking.PIPELINE_TAG]
-                runs[key] = Run(key, r.info.start_time / 1000.0, r.info.status)
+                runs[key] = PipelineRun(key, r.info.start_time / 1000.0, r.info.status)
         token = page.token
         if not token:
             return runs

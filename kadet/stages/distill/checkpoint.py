@@ -22,7 +22,7 @@ import torch
 
 from kadet.core.config import DistillConfig, KadetConfig
 from kadet.core.errors import KadetError
-from kadet.core.manifest import fingerprint
+from kadet.core.manifest import digest
 
 #: ``distill`` settings that change how a run shows itself, not what it learns: left out of the
 #: checkpoint key and of the hyperparameters the model card lists.
@@ -37,7 +37,7 @@ def hyperparameters(settings: DistillConfig) -> dict:
 def checkpoint_key(cfg: KadetConfig, labels_path: str | Path, init_key: str = "") -> str:
     """What a checkpoint depends on: the training settings, base model, start, seed and labels."""
     blob = json.dumps({"distill": hyperparameters(cfg.distill), "model": cfg.retrieval.model, "seed": cfg.seed,
-                       "init": init_key, "labels": fingerprint(labels_path)}, sort_keys=True, default=str)
+                       "init": init_key, "labels": digest(labels_path)}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
