@@ -29,6 +29,62 @@ def test_each_subcommand_has_help(capsys):
         assert "--config" in out and "--set" in out, name
 
 
+#: What each subcommand needs to parse at all (its required flags and positionals).
+REQUIRED = {"run": ["--data", "d"], "plan": ["--data", "d"], "judge": ["--model", "m"], "export": ["--out", "o"],
+            "submit": ["--host", "h"], "schedule": ["--host", "h", "--cron", "0 3 * * 1"],
+            "models": ["stage", "src", "dest"], "data": ["get", "scifact", "dest"]}
+
+
+def test_one_record_per_subcommand_and_main_honours_its_lock_and_config_flags(tmp_path, capsys, monkeypatch):
+    """The CLI is one table: each subcommand ``kadet --help`` lists has exactly one record in
+    COMMANDS, which its parser hands to main; a record without ``config`` takes no --profile, and
+    while another holder has the work dir's lock a command that ``locks`` is refused before its
+    handler runs, one that does not runs (so do all of them on torchrun ranks > 0)."""
+    import dataclasses
+    import os
+    import re
+
+    from kadet.cli import COMMANDS, _by_name
+    from kadet.core.storage import work_dir_lock
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listed = re.findall(r"^ {4}(\S+)", capsys.readouterr().out, re.M)
+    assert listed == list(COMMANDS) and all(name == c.name for name, c in COMMANDS.items())
+    with pytest.raises(ValueError, match="two records for kadet config"):
+        _by_name([COMMANDS["config"], COMMANDS["prune"], COMMANDS["config"]])
+    parser = build_parser()
+    for name, command in COMMANDS.items():
+        assert parser.parse_args([name, *REQUIRED.get(name, [])])._command is command, name
+        if not command.config and not any(opt.flag == "--profile" for opt in command.opts):
+            with pytest.raises(SystemExit):
+                parser.parse_args([name, *REQUIRED.get(name, []), "--profile", "local"])
+    assert {n for n, c in COMMANDS.items() if not c.config} == {"submit", "schedule", "models", "data"}
+    assert {n for n, c in COMMANDS.items() if not c.locks} == {"config", "plan", "submit", "schedule", "judge",
+                                                                "data", "export", "models"}
+    capsys.readouterr()
+
+    work, ran = tmp_path / "work", []
+
+    def stub(args) -> int:
+        ran.append(args.command)
+        return 0
+
+    with work_dir_lock(work, "kadet holder"):   # an flock of its own: to main, another holder
+        assert main(["config", "--work-dir", str(work)]) == 0                      # the real commands
+        assert f"work_dir: {work}" in capsys.readouterr().out
+        assert main(["prune", "--dry-run", "--work-dir", str(work)]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and f"work dir {work} is in use by pid {os.getpid()} (kadet holder" in err
+        for name, command in COMMANDS.items():                                     # every record's flag
+            monkeypatch.setitem(COMMANDS, name, dataclasses.replace(command, run=stub))
+            assert main([name, *REQUIRED.get(name, []), "--work-dir", str(work)]) == (2 if command.locks else 0), name
+            assert ("is in use by" in capsys.readouterr().err) == command.locks, name
+        assert ran == [n for n, c in COMMANDS.items() if not c.locks]
+        monkeypatch.setenv("RANK", "1")
+        assert main(["prune", "--work-dir", str(work)]) == 0 and ran[-1] == "prune"
+
+
 def test_evaluate_command(tiny_beir, tmp_path, capsys):
     rc = main(["evaluate", "--data", str(tiny_beir), "--retriever", "bm25", "--work-dir", str(tmp_path), "--json"])
     assert rc == 0
@@ -133,10 +189,10 @@ def test_failed_evaluate_leaves_no_empty_folder(tmp_path, capsys):
 
 
 def _config_commands() -> list[str]:
-    from kadet.cli import SUBCOMMANDS
+    from kadet.cli import COMMANDS
 
     return [n for n in ("evaluate", "prepare", "generate", "mine", "label", "distill", "teacher-report", "config",
-                        "judge", "export") if n in SUBCOMMANDS]
+                        "judge", "export") if n in COMMANDS]
 
 
 def test_config_profile_local_is_what_run_uses(capsys):

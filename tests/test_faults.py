@@ -332,7 +332,7 @@ def test_two_kadet_processes_on_one_work_dir(tmp_path, tiny_beir):
               f"def slow(args):\n"
               f"    while not pathlib.Path({str(release)!r}).exists(): time.sleep(0.05)\n"
               f"    return 0\n"
-              f"c.COMMANDS['evaluate'] = slow\n"
+              f"c.COMMANDS['evaluate'] = __import__('dataclasses').replace(c.COMMANDS['evaluate'], run=slow)\n"
               f"sys.exit(c.main(['evaluate', '--work-dir', {str(work)!r}]))\n")
     first = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lock = work / ".kadet.lock"
