@@ -24,6 +24,7 @@ from kadet.core.config import (CHOICES, RANGES, TEACHERS, KadetConfig, dump_conf
 from kadet.core.errors import KadetError
 from kadet.core.layout import STAGES, input_path
 from kadet.core.storage import is_s3, output_dir, output_dir_for_rank, work_dir_lock
+from kadet.kit.models import offline_env
 
 log = logging.getLogger("kadet")
 
@@ -699,9 +700,7 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    offline_env()
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

@@ -10,7 +10,6 @@ subprocess of this Python. Embedded defaults: the packaged models, offline; MLfl
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -35,14 +34,14 @@ def run_local(data: str, work_dir: str = ".kadet", config: str | None = None, ov
     from kfp import local
 
     from kadet.reporting.console import session
+    from kadet.kit.models import offline_env
     from kadet.tools.datasets import check_data
     from kadet.kubeflow.pipeline import make_pipeline
 
     check_data(data)  # before any task starts: a wrong --data fails in one line, not inside KFP
     work = Path(work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    offline_env(tokenizer_threads=True)
     text = local_config_text(config, overrides, profile)
     cfg = config_from_text(text)
     cfg.work_dir = str(work)

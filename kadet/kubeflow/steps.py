@@ -4,7 +4,7 @@ Each step takes plain strings and folder paths (a component passes its artifacts
 builds the config from the pipeline's YAML text plus the UI parameters, runs one stage inside
 a nested MLflow run of the pipeline's parent run, and logs what that stage should show. The
 components in ``kadet/kubeflow/`` are one call each into this module, so the same DAG can also be
-run in one process (``benchmarks/pipeline_overhead.py`` compares the two).
+run in one process (``benchmarks/speed/pipeline_overhead.py`` compares the two).
 
 Layout of each step's output folder = the stage's own (see each stage module):
 prepare ``corpus.jsonl``, ``passages.jsonl``; generate ``queries.jsonl``; mine
@@ -45,7 +45,7 @@ def is_set(value) -> bool:
 
 #: The Kubeflow UI's run parameters, in one table: parameter -> the setting(s) it sets. A component
 #: names a parameter once, in its signature, and passes ``ui=locals()``; the pipeline's signature
-#: (KFP needs a real one) is checked against this table by tests/test_pipeline.py.
+#: (KFP needs a real one) is checked against this table by tests/unit/kubeflow/test_pipeline.py.
 UI_SETTINGS: dict[str, tuple[str, ...]] = {
     "data_uri": ("data.data_dir",), "eval_qrels_uri": ("data.qrels",), "sample_size": ("prepare.sample_size",),
     "query_types": ("generate.types",), "teacher": ("label.teacher",),
