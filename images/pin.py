@@ -19,7 +19,7 @@ Postgres; pulled and re-tagged by ``make build``). Subcommands:
 
 Resolution asks the registry (``--resolver CMD``: ``CMD REF`` prints the digest; default
 ``crane digest``, else ``docker buildx imagetools inspect``); the rewriting needs no registry and
-is what ``tests/test_images.py`` runs, with a made-up registry and a stand-in resolver.
+is what ``tests/deploy/test_images.py`` runs, with a made-up registry and a stand-in resolver.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@
 # answers within $KADET_INDEX_TIMEOUT seconds (default 5), else from pip's default index.
 # The interpreter is $PYTHON (default python3.11, else python3); it must be Python 3.11
 # (pyproject: requires-python >=3.11,<3.12), or the script stops with exit code 3.
-# The functions below can be sourced on their own (tests/test_bootstrap.py does).
+# The functions below can be sourced on their own (tests/deploy/test_bootstrap.py does).
 set -euo pipefail
 
 TORCH_VERSION="2.13.0"

@@ -1,4 +1,6 @@
-"""Shared fixtures: where the real SciFact data lives, tiny corpora built on the fly."""
+"""Shared fixtures for tests/unit, tests/system and tests/deploy: where the real SciFact data lives,
+tiny corpora built on the fly. The test data itself is built by tests/doubles/data.py; the offline
+environment and the shared data's location are the library's (benchmarks/ use the same)."""
 
 from __future__ import annotations
 
@@ -7,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from kadet.kit.models import offline_env
+
+offline_env()   # before anything imports huggingface_hub
 
 REPO = Path(__file__).resolve().parents[1]
 
-from benchmarks.common import (find_scifact, find_shared_data, make_tiny_st, scifact_slice,  # noqa: E402,F401
-                               write_beir)
+from kadet.tools.datasets import find_scifact  # noqa: E402
+from tests.doubles.data import make_tiny_st, write_beir  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

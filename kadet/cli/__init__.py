@@ -29,6 +29,7 @@ from kadet.cli.tools import CONFIG, DATASETS, EXPORT, JUDGE, PRUNE
 from kadet.core.config import load_config, profile_config
 from kadet.core.errors import KadetError
 from kadet.core.storage import work_dir_lock
+from kadet.kit.models import offline_env
 
 __all__ = ["COMMANDS", "Command", "Opt", "build_parser", "main", "plan_config", "planned_vs_taken",
            "print_run_summary", "_load"]
@@ -74,9 +75,7 @@ def _run(command: Command, args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    offline_env()
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

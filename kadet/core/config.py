@@ -426,7 +426,7 @@ class RegisterConfig(_Section):
     silver_promotes: bool = setting(
         False, "Whether a candidate judged only on *silver* queries (held-out synthetic queries judged by the teacher "
                "it learned from) may be promoted. Off: silver measured agreement with the teacher, not retrieval "
-               "quality, and promoted models that real queries show are worse (python benchmarks/gate.py); such a "
+               "quality, and promoted models that real queries show are worse (python -m benchmarks.studies.gate); such a "
                "candidate becomes challenger. Judge 30-50 real queries with kadet judge for a gold gate, or set this "
                "true to accept silver.")
     promote_settle_s: float = setting(2.0, "Seconds a promotion waits before reading the champion alias back "

@@ -110,7 +110,7 @@ SILVER_CAVEAT = ("Silver (no judged queries): these figures say how closely the 
 #: The gate's reason for not promoting on silver (``register.silver_promotes`` false, the default).
 SILVER_REFUSAL = ("silver evaluation cannot promote: held-out synthetic queries judged by the teacher the model "
                   "learned from measure agreement with that teacher, not retrieval on real queries "
-                  "(benchmarks/gate.py: silver promoted models that judged queries show are worse). "
+                  "(benchmarks/studies/gate.py: silver promoted models that judged queries show are worse). "
                   "Judge 30-50 real queries with `kadet judge` to make the gate gold, "
                   "or set register.silver_promotes: true to accept silver")
 

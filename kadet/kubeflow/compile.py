@@ -4,7 +4,7 @@
     python -m kadet.kubeflow.compile --image REG/kadet@sha256:... --gpu-image REG/kadet@sha256:...   # -> build/
 
 ``--check`` compiles to a temporary file and exits 1 (with a diff summary) if the committed
-YAML differs: CI runs it through ``tests/test_pipeline.py``. The committed YAML is compiled
+YAML differs: CI runs it through ``tests/unit/kubeflow/test_pipeline.py``. The committed YAML is compiled
 with the default images and stays that reference: with ``--image``/``--gpu-image`` (your
 registry's, e.g. ``make -C images compile``) the output goes to ``build/kadet_pipeline.yaml``.
 """

@@ -11,8 +11,6 @@ subprocess of this Python. Embedded defaults: the packaged models, offline; MLfl
 from __future__ import annotations
 
 import dataclasses
-
-import os
 import time
 from pathlib import Path
 
@@ -39,14 +37,14 @@ def run_local(data: str, work_dir: str = ".kadet", config: str | None = None, ov
     from kfp import local
 
     from kadet.reporting.console import session
+    from kadet.kit.models import offline_env
     from kadet.tools.datasets import check_data
     from kadet.kubeflow.pipeline import make_pipeline
 
     check_data(data)  # before any task starts: a wrong --data fails in one line, not inside KFP
     work = Path(work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    offline_env(tokenizer_threads=True)
     # the run's config, resolved once here; the pipeline's first task reads it as its config_yaml
     # (no profile on top, no parameter that sets a setting) and hands it to every task
     cfg = dataclasses.replace(resolved if resolved is not None else load_config(config, overrides,

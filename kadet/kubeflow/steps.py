@@ -4,7 +4,7 @@ Each step takes plain strings and folder paths (a component passes its artifacts
 builds the config from the pipeline's YAML text plus the UI parameters, runs one stage inside
 a nested MLflow run of the pipeline's parent run, and logs what that stage should show. The
 components in ``kadet/kubeflow/`` are one call each into this module, so the same DAG can also be
-run in one process (``benchmarks/pipeline_overhead.py`` compares the two).
+run in one process (``benchmarks/speed/pipeline_overhead.py`` compares the two).
 
 Layout of each step's output folder = the stage's own (see each stage module):
 prepare ``corpus.jsonl``, ``passages.jsonl``; generate ``queries.jsonl``; mine

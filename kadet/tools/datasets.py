@@ -1,4 +1,5 @@
-"""Public BEIR datasets: fetch one (``kadet data get NAME DIR``) with checksums, and check a ``--data`` path.
+"""Public BEIR datasets: fetch one (``kadet data get NAME DIR``) with checksums, check a ``--data`` path,
+and find the shared local copy (:func:`find_shared_data`, :func:`find_scifact`).
 
     kadet data get scifact data/scifact          # download, unzip, verify sha256, then move into place
 
@@ -136,3 +137,35 @@ def check_data(data: str | os.PathLike, flag: str = "--data") -> None:
                          "corpus.parquet, or a corpus file)")
     if path.is_dir() and not any((path / n).is_file() for n in ("corpus.jsonl", "corpus.parquet")):
         raise KadetError(f"{flag} {text}: the folder has no corpus.jsonl or corpus.parquet")
+
+
+#: The source checkout kadet runs from (``kadet/tools/datasets.py`` -> the folder holding ``kadet/``):
+#: the shared data is looked for beside it.
+CHECKOUT = Path(__file__).resolve().parents[2]
+
+
+def find_shared_data() -> Path | None:
+    """The local copy of the public datasets (``shared/data``, holding ``beir/<name>/``) that the
+    README's main job, the tests and the benchmarks read: ``$KADET_SHARED_DATA``, else the first
+    ``shared/data`` with a ``beir`` folder beside the checkout or beside one of its parents, else
+    /work/shared/data; None when there is none.
+
+    Here, not in tests/ or benchmarks/, so that both find the data the same way without importing
+    each other (``kadet data get`` is how such a copy is made)."""
+    env = os.environ.get("KADET_SHARED_DATA")
+    if env:
+        return Path(env)
+    for parent in [CHECKOUT, *CHECKOUT.parents]:
+        cand = parent.parent / "shared" / "data" if parent == CHECKOUT else parent / "shared" / "data"
+        if (cand / "beir").is_dir():
+            return cand
+    fallback = Path("/work/shared/data")
+    return fallback if fallback.is_dir() else None
+
+
+def find_scifact() -> Path:
+    """The shared copy of BEIR SciFact (:func:`find_shared_data`); FileNotFoundError when absent."""
+    root = find_shared_data()
+    if root is None or not (root / "beir" / "scifact" / "corpus.jsonl").exists():
+        raise FileNotFoundError("BEIR SciFact not found: set KADET_SHARED_DATA to the shared/data folder")
+    return root / "beir" / "scifact"

@@ -9,7 +9,7 @@ whose ``query`` route is the tuned tower and whose ``document`` route is the unt
     DIR/model/        the source folder as is (Router kept): encode_query / encode_document
     DIR/onnx/query/   model.onnx (+ model_int8.onnx), tokenizer files, config.json, README.md
     DIR/onnx/document/  the same for documents (omitted where identical: a full model without task prompts)
-    DIR/README.md     which folder for what, with calls that run (tests/test_export.py runs them)
+    DIR/README.md     which folder for what, with calls that run (tests/unit/tools/test_export.py runs them)
     DIR/export.json   source, mode, base model, fingerprints, ONNX vs torch differences
 
 The ONNX graphs end in the final sentence embedding: the model's own sentence-transformers modules
@@ -380,7 +380,7 @@ def _onnx_readme(config: dict, facts: dict) -> str:
 # --- README ----------------------------------------------------------------------------------
 
 def readme(out: Path, source: Source, mode: str, info: dict) -> str:
-    """DIR/README.md. Every ```python block runs as written (tests/test_export.py executes them)."""
+    """DIR/README.md. Every ```python block runs as written (tests/unit/tools/test_export.py executes them)."""
     o = out.resolve()
     one_onnx = bool(info.get("onnx")) and "document" not in info["onnx"]
     parts = [*_readme_folders(source, mode, info, one_onnx), *_readme_sentence_transformers(o),

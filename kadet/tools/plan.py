@@ -3,7 +3,7 @@
 The counts are exact where they can be (prepare runs for real into a temporary folder; the
 generation requests and sentence queries are planned as generate plans them); the times come
 from timed micro-batches of the real parts on this machine, scaled linearly by the counts (every
-stage is linear in its inputs, ``benchmarks/scaling.py``):
+stage is linear in its inputs, ``benchmarks/speed/scaling.py``):
 
 * task start: a fresh Python importing what a KFP task imports (once per task of the DAG);
 * encode: the base model on a sample of passages and of queries (mine, evaluate);

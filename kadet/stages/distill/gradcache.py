@@ -9,7 +9,7 @@ embeddings, not the activations that produced them. So:
    which accumulates exactly the parameter gradients of the full-batch loss.
 
 Peak activation memory is that of one chunk; the gradients equal the uncached computation
-(up to floating point), which tests/test_gradcache.py checks. That needs ``encode`` to be
+(up to floating point), which tests/unit/stages/distill/test_gradcache.py checks. That needs ``encode`` to be
 deterministic: step 3 must get the embeddings step 1 got. No random state is replayed between
 the passes, so the model must have no dropout active (the distill trainer turns dropout off, as
 METHOD.md's recipe says, and checks it: :func:`kadet.stages.distill.start.no_dropout`).

@@ -1,0 +1,192 @@
+"""``kadet submit`` and ``kadet schedule`` against a local HTTP double of the KFP v2beta1 API
+(tests/doubles/kfpdouble.py). No KFP server can run here, so these check the *shape* of the requests
+``kfp.Client`` sends, not that a cluster runs them."""
+
+from __future__ import annotations
+
+import pytest
+
+from kadet.cli import main
+from kadet.core.errors import KadetError
+from kadet.kubeflow.compile import DEFAULT_OUTPUT
+from kadet.kubeflow.remote import kfp_cron, parse_params
+from tests.doubles.kfpdouble import kfp_double
+
+
+def _posts(double, route):
+    return [r for r in double.requests if r["method"] == "POST" and r["path"].split("?")[0] == route]
+
+
+def test_submit_uploads_the_pipeline_version_once_and_runs_it(capsys):
+    """Was: an inline pipeline spec per run (no pipeline or version in the UI) and no backend
+    check. Now the compiled YAML is uploaded as pipeline ``kadet``, version ``kadet-<sha256[:12]>``,
+    once; later submits of the same YAML reuse it."""
+    import hashlib
+
+    args = ["submit", "--data", "s3://corpora/scifact", "--param", "training_mode=full", "--param", "sample_size=500",
+            "--run-name", "nightly", "--token", "tok"]
+    with kfp_double() as (host, double):
+        assert main([*args[:1], "--host", host, *args[1:]]) == 0
+        assert main([*args[:1], "--host", host, *args[1:]]) == 0          # the same YAML again
+    assert len(_posts(double, "/apis/v2beta1/pipelines/upload")) == 1
+    (upload,) = _posts(double, "/apis/v2beta1/pipelines/upload_version")
+    assert DEFAULT_OUTPUT.read_text() in upload["body"]["upload"]            # the committed YAML, as is
+    digest = hashlib.sha256(DEFAULT_OUTPUT.read_bytes()).hexdigest()[:12]
+    (version,) = [v for v in double.versions.values() if v["display_name"] == f"kadet-{digest}"]
+    runs = _posts(double, "/apis/v2beta1/runs")
+    assert len(runs) == 2
+    body = runs[0]["body"]
+    assert body["pipeline_version_reference"] == {"pipeline_id": version["pipeline_id"],
+                                                  "pipeline_version_id": version["pipeline_version_id"]}
+    assert body["display_name"] == "nightly" and body["service_account"] == "kadet-pipeline-runner"
+    assert body["runtime_config"]["parameters"] == {"data_uri": "s3://corpora/scifact", "training_mode": "full",
+                                                    "sample_size": 500}
+    assert body["experiment_id"] in double.experiments
+    assert {k.lower(): v for k, v in runs[0]["headers"].items()}["authorization"] == "Bearer tok"
+    assert any(r["path"] == "/apis/v1beta1/healthz" for r in double.requests)
+    assert "submitted run" in capsys.readouterr().out
+
+
+def test_submit_says_which_backend_it_needs():
+    with kfp_double(version="2.3.0") as (host, double):
+        with pytest.raises(KadetError, match=r"the KFP backend is 2.3.0; kadet's pipeline needs Kubeflow Pipelines >= 2.14"):
+            from kadet.kubeflow.remote import submit
+
+            submit(host, {"data_uri": "s3://x"})
+    assert not _posts(double, "/apis/v2beta1/runs")
+
+
+def test_schedule_is_idempotent_by_name_and_never_overlaps_or_catches_up():
+    with kfp_double() as (host, double):
+        args = ["schedule", "--host", host, "--data", "s3://corpora/scifact", "--cron", "0 3 * * 1", "--name", "weekly",
+                "--no-cache"]
+        assert main(args) == 0 and main(args) == 0                           # the same schedule twice: one job
+        assert len(double.recurring) == 1
+        (body,) = double.recurring.values()
+        assert body["display_name"] == "weekly" and body["mode"] == "ENABLE"
+        assert body["trigger"] == {"cron_schedule": {"cron": "0 0 3 * * 1"}}
+        assert int(body["max_concurrency"]) == 1 and body["no_catchup"] is True
+        assert body["runtime_config"]["parameters"] == {"data_uri": "s3://corpora/scifact"}
+        assert body["pipeline_version_reference"]["pipeline_version_id"] in double.versions
+        assert main([*args[:-3], "--cron", "0 4 * * 1", *args[-3:-1], "--no-cache"]) == 0   # a changed schedule
+        (changed,) = double.recurring.values()
+        assert changed["trigger"]["cron_schedule"]["cron"] == "0 0 4 * * 1" and changed is not body
+
+
+def test_cron_and_parameter_errors():
+    assert kfp_cron("*/15 * * * *") == "0 */15 * * * *" and kfp_cron("0 0 3 * * 1") == "0 0 3 * * 1"
+    with pytest.raises(KadetError, match="expected 5 fields"):
+        kfp_cron("0 3 * *")
+    with pytest.raises(KadetError, match="expected key=value"):
+        parse_params(["training_mode"], "s3://x")
+    with pytest.raises(KadetError, match="no data"):
+        parse_params([], None)
+
+
+def _run_params(double) -> dict:
+    (run,) = _posts(double, "/apis/v2beta1/runs")
+    return run["body"]["runtime_config"]["parameters"]
+
+
+def test_submit_passes_profile_config_and_set_to_the_pipeline(tmp_path, capsys):
+    """Was: --config, --set and --work-dir were accepted and ignored (``--set generate.tgi.url=...``
+    did nothing), and there was no --profile. Now they reach the run as the pipeline's
+    ``profile`` / ``config_yaml`` / ``work_dir`` parameters, and the config a step builds from
+    them in its pod is exactly what ``kadet config`` builds from the same flags here."""
+    from kadet.core.config import load_config, profile_config, resolve_config
+
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("label: {rerank_depth: 50}\ndistill: {epochs: 2}\n")
+    flags = ["--config", str(extra), "--set", "generate.tgi.url=http://my-tgi.team-a:80", "--set", "distill.lr=1e-4"]
+    with kfp_double() as (host, double):
+        assert main(["submit", "--host", host, "--data", "s3://kadet/corpora/x", "--profile", "local", *flags,
+                     "--work-dir", "/var/cache/kadet/team-a"]) == 0
+    params = _run_params(double)
+    assert params["profile"] == "local" and params["work_dir"] == "/var/cache/kadet/team-a"
+    in_pod = resolve_config(params["profile"], params["config_yaml"])
+    here = load_config(str(extra), flags[3::2], base=profile_config("local"))
+    assert in_pod.to_dict() == here.to_dict()
+    assert in_pod.generate.tgi.url == "http://my-tgi.team-a:80" and in_pod.label.rerank_depth == 50
+    assert "generate.backend" not in params["config_yaml"] and "sample_size" not in params["config_yaml"]  # only changes
+    assert "submitted run" in capsys.readouterr().out
+
+    # no --profile: the pipeline's own (gpu) stays, config_yaml carries only the --set
+    with kfp_double() as (host, double):
+        assert main(["submit", "--host", host, "--data", "s3://kadet/corpora/x", "--set", "distill.epochs=3"]) == 0
+    params = _run_params(double)
+    assert "profile" not in params and params["config_yaml"].split() == ["distill:", "epochs:", "3"]
+    assert resolve_config("gpu", params["config_yaml"]).distill.epochs == 3
+
+    # a profile file: its settings travel in config_yaml over kadet's defaults (profile "")
+    with kfp_double() as (host, double):
+        assert main(["submit", "--host", host, "--data", "s3://kadet/corpora/x", "--profile", str(extra)]) == 0
+    params = _run_params(double)
+    assert params["profile"] == "" and resolve_config("", params["config_yaml"]).label.rerank_depth == 50
+
+
+def test_submit_refuses_what_it_cannot_pass_before_any_call(tmp_path, capsys):
+    """A work dir off the steps' volume, a bad --set, a --param that clashes with --config, a bad
+    --cron: one line, exit 2, and the KFP API never called."""
+    cases = [(["--work-dir", "/tmp/kadet"], "must lie on the volume the steps mount (/var/cache/kadet)"),
+             (["--set", "distill.nope=1"], "unknown key 'distill.nope'"),
+             (["--set", "distill.epochs=2", "--param", "config_yaml=x"], "both set the pipeline parameter config_yaml")]
+    with kfp_double() as (host, double):
+        for extra, message in cases:
+            assert main(["submit", "--host", host, "--data", "s3://kadet/c", *extra]) == 2, extra
+            err = capsys.readouterr().err
+            assert message in err and err.count("\n") == 1, err
+        assert main(["schedule", "--host", host, "--data", "s3://kadet/c", "--cron", "0 25 * * *"]) == 2
+        assert "the hour field '25' is not valid" in capsys.readouterr().err
+    assert double.requests == []
+
+
+def test_an_unreachable_or_refusing_host_is_one_line_not_a_traceback(capsys):
+    """Was: a 106-line urllib3 traceback and exit 1 for a host that does not answer."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for command in (["submit"], ["schedule", "--cron", "0 3 * * 1"]):
+        assert main([*command, "--host", f"http://127.0.0.1:{port}", "--data", "s3://kadet/c"]) == 2
+        err = capsys.readouterr().err
+        assert err == f"kadet: error: cannot reach the KFP API at http://127.0.0.1:{port}: Connection refused\n"
+    with kfp_double(token="right") as (host, double):   # behind an auth proxy, without a valid token
+        assert main(["submit", "--host", host, "--data", "s3://kadet/c", "--token", "wrong"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "answered 401 Unauthorized; pass a token with --token" in err
+        assert main(["submit", "--host", host, "--data", "s3://kadet/c", "--token", "right"]) == 0
+
+
+def test_in_a_profile_namespace_the_pipeline_is_found_in_that_namespace():
+    """Was: the lookup asked for the *shared* pipeline named kadet (``get_pipeline_id``) while the
+    upload went to the profile namespace: a second submit uploaded the pipeline again (KFP answers
+    409, the name is taken in that namespace), and where a shared ``kadet`` existed the namespaced
+    run was started from the shared pipeline. Now both happen in the namespace."""
+    args = ["--data", "s3://kadet/corpora/x", "--namespace", "team-a"]
+    with kfp_double() as (host, double):
+        shared = double.answer("POST", "/apis/v2beta1/pipelines/upload?name=kadet", None)[1]   # an admin's
+        assert main(["submit", "--host", host, *args]) == 0
+        assert main(["submit", "--host", host, *args]) == 0
+        assert main(["schedule", "--host", host, *args, "--cron", "0 3 * * 1"]) == 0
+    uploads = [r for r in _posts(double, "/apis/v2beta1/pipelines/upload")]
+    assert len(uploads) == 1 and "namespace=team-a" in uploads[0]["path"]
+    (mine,) = [p for p in double.pipelines.values() if p["namespace"] == "team-a"]
+    assert mine["pipeline_id"] != shared["pipeline_id"]
+    refs = [r["body"]["pipeline_version_reference"]["pipeline_id"] for r in _posts(double, "/apis/v2beta1/runs")]
+    refs += [j["pipeline_version_reference"]["pipeline_id"] for j in double.recurring.values()]
+    assert refs == [mine["pipeline_id"]] * 3
+    assert all(e["namespace"] == "team-a" for e in double.experiments.values())
+    with kfp_double() as (host, double):   # no shared one: the second submit reuses it (a second upload: 409)
+        for _ in range(2):
+            assert main(["submit", "--host", host, *args]) == 0
+    assert len(_posts(double, "/apis/v2beta1/pipelines/upload")) == 1 and len(double.pipelines) == 1
+
+
+def test_cron_fields_are_checked():
+    for good, six in (("0 3 * * MON-FRI", "0 0 3 * * MON-FRI"), ("*/15 8-18 1,15 * *", "0 */15 8-18 1,15 * *"),
+                      ("0 0 3 ? JAN 1", "0 0 3 ? JAN 1")):
+        assert kfp_cron(good) == six
+    for bad in ("0 3 * * 7", "0 3 * 13 *", "a b c d e", "0 3 * * */0", "0 3 1-2-3 * *", "60 0 3 * * 1"):
+        with pytest.raises(KadetError, match="is not valid"):
+            kfp_cron(bad)
