@@ -11,11 +11,18 @@ from kadet.cli.command import Command, load
 from kadet.cli.options import POSITIVE, Opt
 
 
-def plan_config(args: argparse.Namespace, profile: str):
-    from kadet.core.config import config_from_text
-    from kadet.kubeflow.local import local_config_text
+def run_config(args: argparse.Namespace, profile: str):
+    """The run's config, resolved once: the profile, then ``--config``, then ``--set``."""
+    from kadet.core.config import load_config, profile_config
 
-    cfg = config_from_text(local_config_text(args.config, args.overrides, profile))
+    return load_config(args.config, args.overrides, base=profile_config(profile))
+
+
+def plan_config(args: argparse.Namespace, profile: str, cfg=None):
+    """What ``kadet plan`` measures: a copy of the run's config (``cfg``, else resolved here) on ``--data``."""
+    import copy
+
+    cfg = copy.deepcopy(cfg) if cfg is not None else run_config(args, profile)
     cfg.data.data_dir = args.data
     return cfg
 
@@ -40,16 +47,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_data(args.data)  # before the plan and before KFP starts
     print(f"kadet run: {args.data} (profile {args.profile}, work dir {args.work_dir or '.kadet'})", flush=True,
           file=sys.stderr if args.json else sys.stdout)
+    resolved = run_config(args, args.profile)
     plan = None
     if not args.no_plan and not args.json:
         from kadet.tools.plan import format_plan, make_plan
 
-        cfg = plan_config(args, args.profile)
+        cfg = plan_config(args, args.profile, resolved)
         cfg.generate.num_shards = cfg.label.num_shards = args.shards
         plan = make_plan(cfg)
         print(format_plan(plan, "plan:"), flush=True)
-    summary = run_local(args.data, args.work_dir or ".kadet", args.config, args.overrides, shards=args.shards,
-                        profile=args.profile, verbose=args.verbose, console_to_stderr=args.json)
+    summary = run_local(args.data, args.work_dir or ".kadet", shards=args.shards, profile=args.profile,
+                        verbose=args.verbose, console_to_stderr=args.json, resolved=resolved)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
