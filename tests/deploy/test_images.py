@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import subprocess
 import tomllib
+from pathlib import Path
 
 from tests.conftest import REPO
 
