@@ -1,1 +1,2 @@
-"""The kadet DAG (:mod:`kadet.kubeflow.pipeline`), its compile entry point and local runner."""
+"""The KFP adapter, the only layer that imports kfp: the run parameters' table, the components and
+what each runs, the DAG and its compiler, local and remote runs, the Kubeflow Trainer job."""

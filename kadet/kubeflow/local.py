@@ -11,10 +11,11 @@ subprocess of this Python. Embedded defaults: the packaged models, offline; MLfl
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
-from kadet.kit.comparison import parse_metric_name
+from kadet.kit.comparison import SILVER_CAVEAT, Comparison
 from kadet.core.config import config_from_text, dump_config, load_config, profile_config
 from kadet.core.errors import KadetError
 
@@ -55,6 +56,7 @@ def run_local(data: str, work_dir: str = ".kadet", config: str | None = None, ov
                enable_caching=caching, raise_on_error=True)
     t0 = time.perf_counter()
     started = int(time.time() * 1000)
+    earlier = set((work / "kfp").iterdir()) if (work / "kfp").is_dir() else set()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     log_file = work / "logs" / f"kadet-run-{stamp}.log"
     try:
@@ -67,7 +69,9 @@ def run_local(data: str, work_dir: str = ".kadet", config: str | None = None, ov
         if "finished with status" not in str(exc):
             raise
         raise KadetError(f"{failure_line(cfg, str(exc), started)}; KFP's output: {log_file}") from None
-    return {**summarise(cfg, time.perf_counter() - t0), "log": str(log_file)}
+    outputs = [d for d in (work / "kfp").iterdir() if d.is_dir() and d not in earlier]
+    return {**summarise(cfg, time.perf_counter() - t0, max(outputs, key=lambda d: d.stat().st_mtime, default=None)),
+            "log": str(log_file)}
 
 
 def failure_line(cfg, kfp_message: str, since_ms: int) -> str:
@@ -93,11 +97,36 @@ def failure_line(cfg, kfp_message: str, since_ms: int) -> str:
     return f"task {task_name} failed before it could record why"
 
 
-def _prefixed(run, prefix: str) -> dict[str, float]:
-    """``{"ndcg@10": ..}`` from a run's metrics named ``<prefix>ndcg_at_10`` and so on."""
-    if run is None:
+def read_comparison(run_outputs: Path | None) -> Comparison | None:
+    """The evaluate task's ``comparison.json`` in this run's task folders (``<pipeline root>/<run>/``),
+    typed; None when the run stopped before evaluating (nothing new, nothing to learn)."""
+    from kadet.core.layout import file_in
+
+    path = Path(file_in(run_outputs / "evaluate" / "report", "evaluate", "comparison")) if run_outputs else None
+    return Comparison.from_json(json.loads(path.read_text())) if path is not None and path.is_file() else None
+
+
+def read_preflight(run_outputs: Path | None) -> dict:
+    """The pre-flight task's figures (its ``preflight.json``): ``{"base", "teacher", "lead",
+    "lead_ci_low", "lead_ci_high"}``; {} when it measured nothing (a silver run)."""
+    path = run_outputs / "preflight" / "report" / "preflight.json" if run_outputs else None
+    if path is None or not path.is_file():
         return {}
-    return {parse_metric_name(k.removeprefix(prefix)): v for k, v in run.data.metrics.items() if k.startswith(prefix)}
+    r = json.loads(path.read_text())
+    return {"base": r["base"], "teacher": r["teacher"], "lead": r["lead"], "lead_ci_low": r["ci_low"],
+            "lead_ci_high": r["ci_high"]}
+
+
+def comparison_summary(comp: Comparison | None, ndcg: str) -> dict:
+    """What ``kadet run``'s closing lines say of the evaluation, read from the comparison itself."""
+    if comp is None:
+        return {"base": {}, "candidate": {}, "gain_ci": None, "eval_kind": None, "gate_retriever": None,
+                "retrievers": {}}
+    gain = comp.gain(ndcg)
+    return {"base": dict(comp.base), "candidate": dict(comp.candidate),
+            "gain_ci": [gain["ci_low"], gain["ci_high"]] if gain else None, "eval_kind": comp.kind,
+            "gate_retriever": comp.retriever, "retrievers": comp.retrievers} | (
+        {"caveat": SILVER_CAVEAT} if comp.kind == "silver" else {})
 
 
 def work_counts(stages) -> dict[str, dict[str, int]]:
@@ -109,10 +138,11 @@ def work_counts(stages) -> dict[str, dict[str, int]]:
     return {stage: {"reused": reused, "new": new} for stage, (reused, new) in counts.items()}
 
 
-def summarise(cfg, seconds: float) -> dict:
-    """The newest pipeline run in MLflow: stage wall times, metrics, registry outcome."""
+def summarise(cfg, seconds: float, run_outputs: Path | None = None) -> dict:
+    """The run's outcome: the evaluation from the evaluate task's ``comparison.json`` in
+    ``run_outputs`` (this run's task folders), the registry outcome and the stage wall times from
+    the run's MLflow runs, which record them."""
     from kadet.registry import tracking
-    from kadet.kit.comparison import SILVER_CAVEAT
     from kadet.registry.register import alias_version
 
     c = tracking.client(cfg)
@@ -124,33 +154,23 @@ def summarise(cfg, seconds: float) -> dict:
                              order_by=["attributes.start_time ASC"], max_results=200)
     stages = [(r.info.run_name, ((r.info.end_time or r.info.start_time) - r.info.start_time) / 1000.0, r)
               for r in children]
-    ev = next((r for n, _, r in stages if n == "evaluate"), None)
     reg = next((r for n, _, r in stages if n == "register"), None)
-    pre = next((r for n, _, r in stages if n == "preflight"), None)
     champ = alias_version(c, cfg.register.model_name, cfg.register.champion_alias)
     return {
         "seconds": round(seconds, 1), "parent_run": parent.info.run_id,
         "stages": [(n, round(s, 1)) for n, s, _ in stages],
-        "base": _prefixed(ev, "base_"), "candidate": _prefixed(ev, "candidate_"),
-        "gain_ci": ([reg.data.metrics[k] for k in ("gate.gain_ci_low", "gate.gain_ci_high")]
-                    if reg and "gate.gain_ci_low" in reg.data.metrics else None),
+        **comparison_summary(read_comparison(run_outputs), cfg.evaluation.ndcg),
         "version": reg.data.tags.get(tracking.MODEL_VERSION_TAG) if reg else None,
         # a promotion refused at the last moment (the champion moved meanwhile) is on the parent
         "gate": parent.data.tags.get(tracking.GATE_TAG) or (reg.data.tags.get(tracking.GATE_TAG) if reg else None),
         "champion": champ.version if champ else None,
         "tracking_uri": tracking.tracking_uri(cfg), "model_name": cfg.register.model_name,
         "metrics": [cfg.evaluation.ndcg, cfg.evaluation.recall],
-        "eval_kind": ev.data.tags.get(tracking.EVAL_KIND_TAG, "gold") if ev else None,
         # the version trained on this very corpus content and these settings, when nothing was new
         "unchanged_since": parent.data.tags.get(tracking.UNCHANGED_TAG),
         # the pre-flight check's reason to stop: the teacher is not measurably ahead of the base
         "nothing_to_learn": parent.data.tags.get(tracking.NOTHING_TO_LEARN_TAG),
         # the teacher's lead over the base on the judged queries ({} on silver runs): what there was to learn
-        "preflight": {k.removeprefix("preflight."): v for k, v in (pre.data.metrics if pre else {}).items()
-                      if k.startswith("preflight.")},
+        "preflight": read_preflight(run_outputs),
         "work": work_counts(stages),
-        "gate_retriever": ev.data.tags.get(tracking.GATE_RETRIEVER_TAG, "dense") if ev else None,
-        # every retriever measured: {"dense": {"base": {...}, "candidate": {...}}, "hybrid": ..., "bm25": {...}}
-        "retrievers": {**{r: {who: _prefixed(ev, f"{r}_{who}_") for who in ("base", "candidate")}
-                          for r in ("dense", "hybrid")}, "bm25": _prefixed(ev, "bm25_")},
-    } | ({"caveat": SILVER_CAVEAT} if ev and ev.data.tags.get(tracking.EVAL_KIND_TAG) == "silver" else {})
+    }

@@ -1,0 +1,1 @@
+"""What a person reads after a run: report.html, its plots, and kadet run's console."""

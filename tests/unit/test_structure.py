@@ -150,3 +150,17 @@ def test_no_function_in_kadet_is_longer_than_sixty_lines():
                 if n > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({n} lines)")
     assert long == []
+
+
+def test_only_the_kubeflow_layer_imports_kfp():
+    """The library runs without KFP below its adapter (kadet/kubeflow/): stages, tools and the
+    registry never import it, even inside a function."""
+    found = []
+    for name, path in modules().items():
+        if name.startswith("kadet.kubeflow"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += [f"{name} imports {n}" for n in names if n == "kfp" or n.startswith("kfp.")]
+    assert found == []

@@ -272,16 +272,3 @@ def test_compiled_yaml_carries_the_platform_settings(spec, compiled):
         assert env["MLFLOW_TRACKING_URI"].startswith("http://mlflow.") and "AWS_SECRET_ACCESS_KEY" not in env
         assert container["resources"]["resourceCpuRequest"] and container["resources"]["resourceMemoryLimit"]
     assert spec["root"]["inputDefinitions"]["parameters"]["work_dir"]["defaultValue"] == plat.cache_mount
-
-
-# The default query type (sentence, no LLM: the same queries on any CPU); the LLM backends have
-# their own tests in test_generate.py. The pre-flight step runs and logs its figures, but on 20
-# judged queries its interval is wide, so these runs go on whatever it measures (min_teacher_lead
-# -1); its stop has its own run below and its figures test_preflight.py.
-TINY = """
-prepare: {sample_size: 12}
-generate: {types: {sentence: 1.0}}
-label: {rerank_depth: 10, list_size: 8, min_top_percentile: 0}
-distill: {epochs: 2, batch_size: 8, chunk_size: 16, passage_max_len: 128, lr: 1.0e-5, min_teacher_lead: -1.0}
-register: {model_name: kadet-ci}
-"""
