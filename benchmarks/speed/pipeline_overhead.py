@@ -30,9 +30,11 @@ def run_direct(data: str, work: Path, config_text: str, shards: int = 1) -> None
     from kadet.core.layout import output_path
 
     run = f"direct-{int(time.time())}"
-    sc = lambda **kw: steps.step_config(config_text, work_dir=str(work), **kw)  # noqa: E731
+    # the run's one config, resolved as the pipeline's first task does; each step reads it frozen
+    resolved = steps.config_step({"config_yaml": config_text, "work_dir": str(work), "data_uri": data})
+    sc = lambda **task: steps.step_config(resolved, {k.replace("__", "."): v for k, v in task.items()})  # noqa: E731
     out = work / "direct"
-    steps.prepare_step(sc(data__data_dir=data), str(out / "prepare"), run)
+    steps.prepare_step(sc(), str(out / "prepare"), run)
     passages, corpus = output_path(out, "prepare", "passages"), output_path(out, "prepare", "corpus")
     for i in range(shards):
         steps.generate_step(sc(generate__shard_index=i, generate__num_shards=shards), passages,
@@ -48,7 +50,7 @@ def run_direct(data: str, work: Path, config_text: str, shards: int = 1) -> None
     labels = output_path(out, "label", "labels")
     steps.distill_step(sc(), labels, str(out / "distill"), run)
     model = str(steps.model_folder(out / "distill"))
-    steps.evaluate_step(sc(data__data_dir=data), model, labels, str(out / "evaluate"), run)
+    steps.evaluate_step(sc(), model, labels, str(out / "evaluate"), run)
     gate = steps.register_step(sc(), model, str(out / "evaluate"), run)
     if gate["promote"]:
         steps.promote_step(sc(), gate["version"], run)

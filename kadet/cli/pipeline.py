@@ -57,7 +57,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         plan = make_plan(cfg)
         print(format_plan(plan, "plan:"), flush=True)
     summary = run_local(args.data, args.work_dir or ".kadet", shards=args.shards, profile=args.profile,
-                        verbose=args.verbose, console_to_stderr=args.json, resolved=resolved)
+                        verbose=args.verbose, console_to_stderr=args.json, resolved=resolved, runner=args.runner,
+                        image=args.image)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -145,7 +146,12 @@ PIPELINE_COMMANDS = (
              Opt("--profile", help="settings under --config/--set: local (CPU, the default), gpu (METHOD.md's "
                                    "scale) or a YAML file", kw={"default": "local"}),
              Opt("--json", help="print the summary as JSON", kw={"action": "store_true"}),
-             Opt("--no-plan", help="start without timing the plan first", kw={"action": "store_true"}))),
+             Opt("--no-plan", help="start without timing the plan first", kw={"action": "store_true"}),
+             Opt("--runner", help="subprocess: each task a process here; docker: each task in the component image "
+                                  "(uid 10001, read-only root, only the work dir and the data mounted), as on a "
+                                  "cluster", kw={"choices": ("subprocess", "docker"), "default": "subprocess"}),
+             Opt("--image", help="the component image of --runner docker (default: what `make -C images local` "
+                                 "builds, localhost/kadet:VERSION-cpu)"))),
     Command("plan", "what a run will process and how long each stage will take here, before running it",
             "Counts passages, queries per type, candidate and teacher pairs and training steps (prepare runs "
             "for real in a temporary folder), times small batches of each stage's real work on this machine and "

@@ -10,14 +10,19 @@ subprocess of this Python. Embedded defaults: the packaged models, offline; MLfl
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
+import os
 import time
 from pathlib import Path
 
 from kadet.kit.comparison import SILVER_CAVEAT, Comparison
 from kadet.core.config import config_from_text, dump_config, load_config, profile_config
 from kadet.core.errors import KadetError
+
+log = logging.getLogger(__name__)
 
 
 def local_config_text(config: str | None = None, overrides: list[str] | None = None, profile: str = "local") -> str:
@@ -27,51 +32,79 @@ def local_config_text(config: str | None = None, overrides: list[str] | None = N
 
 def run_local(data: str, work_dir: str = ".kadet", config: str | None = None, overrides: list[str] | None = None,
               shards: int = 1, caching: bool = False, profile: str = "local", verbose: bool = False,
-              console_to_stderr: bool = False, resolved=None, **params) -> dict:
+              console_to_stderr: bool = False, resolved=None, runner: str = "subprocess", image: str | None = None,
+              **params) -> dict:
     """Run the whole DAG locally; returns the registry outcome and per-stage wall times.
 
     ``resolved``: the run's config as the caller already resolved it (the CLI, which took the
     work dir's lock from it); else ``profile``, ``config`` and ``overrides`` are resolved here.
+    ``runner``: ``subprocess`` (each task a Python process here) or ``docker`` (each task in the
+    component ``image``, as the cluster runs it: kadet/kubeflow/containers.py).
     The console shows one line per stage as it starts and ends, and live bars; everything KFP
     and the libraries print goes to ``<work_dir>/logs/kadet-run-<time>.log`` (``verbose``: to
     the console too, as it comes)."""
-    from kfp import local
-
-    from kadet.reporting.console import session
     from kadet.kit.models import offline_env
-    from kadet.tools.datasets import check_data
     from kadet.kubeflow.pipeline import make_pipeline
+    from kadet.reporting.console import session
+    from kadet.tools.datasets import check_data
 
     check_data(data)  # before any task starts: a wrong --data fails in one line, not inside KFP
     work = Path(work_dir).resolve()
-    work.mkdir(parents=True, exist_ok=True)
+    (work / "kfp").mkdir(parents=True, exist_ok=True)
     offline_env(tokenizer_threads=True)
     # the run's config, resolved once here; the pipeline's first task reads it as its config_yaml
     # (no profile on top, no parameter that sets a setting) and hands it to every task
     cfg = dataclasses.replace(resolved if resolved is not None else load_config(config, overrides,
                                                                                  base=profile_config(profile)),
                               work_dir=str(work))
-    text = dump_config(cfg)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(work / "kfp"),
-               enable_caching=caching, raise_on_error=True)
     t0 = time.perf_counter()
     started = int(time.time() * 1000)
-    earlier = set((work / "kfp").iterdir()) if (work / "kfp").is_dir() else set()
+    earlier = set((work / "kfp").iterdir())
     stamp = time.strftime("%Y%m%d-%H%M%S")
     log_file = work / "logs" / f"kadet-run-{stamp}.log"
     try:
+        # the session first: the tasks (in containers too) write their progress to its events file
         with session(log_file, work / "logs" / f"kadet-run-{stamp}.events.jsonl", quiet=not verbose,
-                     to_stderr=console_to_stderr):
-            make_pipeline()(**params, data_uri=str(Path(data).resolve()) if "://" not in data else data,
-                            config_yaml=text, profile="", work_dir=str(work), generate_shards=shards,
-                            label_shards=shards)
+                     to_stderr=console_to_stderr), task_runner(runner, image, work, data, caching) as base_image:
+            make_pipeline(base_image)(**params, data_uri=str(Path(data).resolve()) if "://" not in data else data,
+                                      config_yaml=dump_config(cfg), profile="", work_dir=str(work),
+                                      generate_shards=shards, label_shards=shards)
     except RuntimeError as exc:
         if "finished with status" not in str(exc):
             raise
         raise KadetError(f"{failure_line(cfg, str(exc), started)}; KFP's output: {log_file}") from None
     outputs = [d for d in (work / "kfp").iterdir() if d.is_dir() and d not in earlier]
     return {**summarise(cfg, time.perf_counter() - t0, max(outputs, key=lambda d: d.stat().st_mtime, default=None)),
-            "log": str(log_file)}
+            "log": str(log_file), "runner": runner}
+
+
+@contextlib.contextmanager
+def task_runner(runner: str, image: str | None, work: Path, data: str, caching: bool):
+    """``kfp.local`` set up for the run's tasks; yields the component image (None: subprocesses)."""
+    from kfp import local
+
+    if runner == "subprocess":
+        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(work / "kfp"),
+                   enable_caching=caching, raise_on_error=True)
+        yield None
+        return
+    if runner != "docker":
+        raise KadetError(f"--runner {runner!r}: subprocess or docker")
+    from kadet.kubeflow import containers
+
+    image = image or containers.DEFAULT_LOCAL_IMAGE
+    with containers.docker_api(), containers.task_containers():
+        containers.check_image(image)
+        for name in containers.stop_orphans(work):
+            log.warning("stopped task container %s, left running in %s by a run that was killed", name, work)
+        containers.share_work_dir(work)
+        local.init(runner=local.DockerRunner(**containers.run_args(work, data)), pipeline_root=str(work / "kfp"),
+                   enable_caching=caching, raise_on_error=True)
+        umask = os.umask(0o002)   # what this process creates for the tasks stays writable for their user
+        try:
+            yield image
+        finally:
+            os.umask(umask)
 
 
 def failure_line(cfg, kfp_message: str, since_ms: int) -> str:
