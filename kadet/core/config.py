@@ -388,6 +388,12 @@ class DistillConfig(_Section):
                                     "unless the lead's 95% interval lies above min_teacher_lead.")
     min_teacher_lead: float = setting(0.0, "See preflight: the least lead (in the gate metric, e.g. nDCG@10) "
                                            "worth distilling.")
+    trainer_wait_s: float = setting(86400.0, "On a cluster with gpu_count > 1 (kadet/kubeflow/trainjob.py): the "
+                                             "longest the distill task waits for its Kubeflow Trainer job, counted "
+                                             "from the job's creation (a retried task does not restart the clock); "
+                                             "then the task fails saying which job and in what state (its pods "
+                                             "Pending for a GPU, or still training). Keep it below the distill "
+                                             "task's timeout in kadet/kubeflow/platform.yaml.", above=0)
     bf16: bool = setting(True, "bfloat16 autocast on CUDA.")
     device: str | None = setting(None, "cpu, cuda, cuda:1...; None picks CUDA when available.")
     progress: bool = setting(True, "Show a progress bar.")
@@ -401,6 +407,11 @@ class TrackingConfig(_Section):
                                     "sqlite:///<work_dir>/mlflow.db.")
     experiment: str = setting("kadet", "The MLflow experiment of the runs.")
     sample_queries: int = setting(50, "Synthetic queries logged as a sample artifact of the generate run.", low=0)
+    ui_url: str = setting(factory=lambda: os.environ.get("KADET_MLFLOW_UI_URL", ""),
+                          help="The MLflow UI's address as people's browsers reach it (https://mlflow.example.com): "
+                               "the links in report.html and on the KFP run page point there. Default: "
+                               "$KADET_MLFLOW_UI_URL; empty = the tracking URI when it is http(s) (on a cluster an "
+                               "in-cluster address, which a browser cannot open).")
 
 
 @dataclass

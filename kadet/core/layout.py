@@ -22,6 +22,8 @@ from kadet.core.errors import ConfigError
 #: workflow's name, from the pod's labels, so the key is not an input and KFP's cache can hit).
 #: The reuse store marks what a run used with it; tracking names the MLflow parent run by it.
 RUN_KEY_ENV = "KADET_PIPELINE_RUN"
+#: On a cluster, the KFP run's id (the pod's ``pipeline/runid`` label): tagged on the MLflow parent run.
+KFP_RUN_ENV = "KADET_KFP_RUN_ID"
 
 
 @dataclass(frozen=True)

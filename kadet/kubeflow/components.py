@@ -21,7 +21,7 @@ from types import SimpleNamespace
 from typing import List, NamedTuple
 
 from kfp import dsl
-from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output, PipelineTaskFinalStatus
+from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Model, Output, PipelineTaskFinalStatus
 
 DEFAULT_IMAGE = "ghcr.io/kadet-ml/kadet:0.1.0-cpu"
 DEFAULT_GPU_IMAGE = "ghcr.io/kadet-ml/kadet:0.1.0-cuda"
@@ -65,26 +65,30 @@ def fingerprint(config: str, pipeline_run: str) -> NamedTuple("Fingerprint", [("
         fp["corpus"], fp["inputs"], fp["unchanged_since"])
 
 
-def unchanged(version: str, config: str, pipeline_run: str):
+def unchanged(version: str, config: str, pipeline_run: str, summary: Output[Markdown]):
     from kadet.kubeflow.steps import step_config, unchanged_step
 
-    unchanged_step(step_config(config), version, pipeline_run)
+    unchanged_step(step_config(config), version, pipeline_run, summary_path=summary.path)
 
 
-def preflight(corpus_fingerprint: str, config: str, pipeline_run: str, report: Output[Dataset]) -> NamedTuple(
-        "Preflight", [("go", str), ("reason", str)]):
+def preflight(corpus_fingerprint: str, config: str, pipeline_run: str, report: Output[Dataset],
+              figures: Output[Metrics]) -> NamedTuple("Preflight", [("go", str), ("reason", str)]):
     from collections import namedtuple
 
-    from kadet.kubeflow.steps import preflight_step, step_config
+    from kadet.kubeflow.steps import preflight_figures, preflight_step, step_config
 
     reason = preflight_step(step_config(config), report.path, pipeline_run)
+    for name, value in preflight_figures(report.path).items():
+        figures.log_metric(name, round(value, 4))
     return namedtuple("Preflight", ["go", "reason"])("no" if reason else "yes", reason)
 
 
-def nothing_to_learn(reason: str, config: str, pipeline_run: str):
+def nothing_to_learn(reason: str, preflight: Input[Dataset], config: str, pipeline_run: str,
+                     summary: Output[Markdown]):
     from kadet.kubeflow.steps import nothing_to_learn_step, step_config
 
-    nothing_to_learn_step(step_config(config), reason, pipeline_run)
+    nothing_to_learn_step(step_config(config), reason, pipeline_run, preflight_dir=preflight.path,
+                          summary_path=summary.path)
 
 
 def prepare(corpus_fingerprint: str, inputs_fingerprint: str, config: str, pipeline_run: str,
@@ -167,27 +171,32 @@ def evaluate(model: Input[Model], labels: Input[Dataset], config: str, pipeline_
 
 
 def register(model: Input[Model], report: Input[Dataset], prepared: Input[Dataset], config: str, pipeline_run: str,
-             run_report: Output[HTML]) -> NamedTuple("Gate", [("decision", str), ("version", str), ("reason", str)]):
+             run_report: Output[HTML], figures: Output[Metrics], summary: Output[Markdown]) -> NamedTuple(
+        "Gate", [("decision", str), ("version", str), ("reason", str)]):
     from collections import namedtuple
 
     from kadet.kubeflow.steps import model_folder, register_step, step_config
 
     r = register_step(step_config(config), str(model_folder(model.path)), report.path, pipeline_run,
-                      run_report.path, prepared_dir=prepared.path)
+                      run_report.path, prepared_dir=prepared.path, summary_path=summary.path)
+    for name, value in r["figures"].items():
+        figures.log_metric(name, round(value, 4))
     gate = namedtuple("Gate", ["decision", "version", "reason"])
     return gate("promote" if r["promote"] else "reject", r["version"], r["reason"])
 
 
-def promote(version: str, config: str, pipeline_run: str):
+def promote(version: str, gate: Input[Markdown], config: str, pipeline_run: str, summary: Output[Markdown]):
     from kadet.kubeflow.steps import promote_step, step_config
 
-    promote_step(step_config(config), version, pipeline_run)
+    promote_step(step_config(config), version, pipeline_run, gate_summary=gate.path, summary_path=summary.path)
 
 
-def challenger(version: str, reason: str, config: str, pipeline_run: str):
+def challenger(version: str, reason: str, gate: Input[Markdown], config: str, pipeline_run: str,
+               summary: Output[Markdown]):
     from kadet.kubeflow.steps import challenger_step, step_config
 
-    challenger_step(step_config(config), version, reason, pipeline_run)
+    challenger_step(step_config(config), version, reason, pipeline_run, gate_summary=gate.path,
+                    summary_path=summary.path)
 
 
 def finish(profile: str, config_yaml: str, work_dir: str, pipeline_run: str, status: PipelineTaskFinalStatus):

@@ -73,7 +73,9 @@ def make_pipeline(base_image: str | None = None, platform: Platform | None = Non
     kadet_pipeline.__signature__ = parameters.signature()
     kadet_pipeline.__doc__ = parameters.docstring(
         "Adapt an embedding model to one corpus; register it in MLflow if it beats the champion.")
-    return dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION)(kadet_pipeline)
+    # on a cluster the whole run is bounded too (platform.yaml deadline_s: Argo's activeDeadlineSeconds)
+    bound = dsl.PipelineConfig(active_deadline_seconds=platform.deadline_s) if platform and platform.deadline_s else None
+    return dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION, pipeline_config=bound)(kadet_pipeline)
 
 
 def _run(c, closer, values: dict, common: dict, trainer_job: str) -> list[tuple[str, object]]:
@@ -93,7 +95,7 @@ def _run(c, closer, values: dict, common: dict, trainer_job: str) -> list[tuple[
             with dsl.If(pre.outputs["go"] == "yes", name="something-to-learn"):
                 tasks = _train(c, fp, values, common, trainer_job)
             with dsl.Else(name="nothing-to-learn"):
-                stopped = c.nothing_to_learn(reason=pre.outputs["reason"], **common)
+                stopped = c.nothing_to_learn(reason=pre.outputs["reason"], preflight=pre.outputs["report"], **common)
     closer.set_display_name("close MLflow run")
     fp.set_display_name("0 corpus fingerprint").set_caching_options(False)
     same.set_display_name("0 nothing new: no change since the version trained on it").set_caching_options(False)
@@ -137,9 +139,10 @@ def _train(c, fp, values: dict, common: dict, trainer_job: str) -> list[tuple[st
     # the evaluation data too: a champion measured on other data (the corpus grew) is evaluated again here
     gate = c.register(model=trained.outputs["model"], report=ev.outputs["report"], prepared=prepared, **common)
     with dsl.If(gate.outputs["decision"] == "promote", name="gate-passed"):
-        promoted = c.promote(version=gate.outputs["version"], **common)
+        promoted = c.promote(version=gate.outputs["version"], gate=gate.outputs["summary"], **common)
     with dsl.Else(name="gate-failed"):
-        held_back = c.challenger(version=gate.outputs["version"], reason=gate.outputs["reason"], **common)
+        held_back = c.challenger(version=gate.outputs["version"], reason=gate.outputs["reason"],
+                                 gate=gate.outputs["summary"], **common)
     tasks = [("prepare", prep), ("shard_indices", gen_idx), ("generate", gen), ("generate_merge", queries),
              ("mine", mined), ("shard_indices", lab_idx), ("label", scored), ("label_merge", labels),
              ("distill", trained), ("evaluate", ev), ("register", gate), ("promote", promoted),

@@ -31,6 +31,12 @@ class Platform:
     resources: dict[str, dict[str, str]] = field(default_factory=dict)
     #: Pod field whose value keys the pipeline run (env KADET_PIPELINE_RUN) instead of a task input.
     run_key_field: str = ""
+    #: Pod field holding the KFP run's id (env KADET_KFP_RUN_ID, tagged on the MLflow parent run).
+    kfp_run_field: str = ""
+    #: Seconds each step's pod may run (its activeDeadlineSeconds; "default" for the rest; 0 = none).
+    timeouts: dict[str, int] = field(default_factory=dict)
+    #: Seconds a whole run may take (the Argo workflow's activeDeadlineSeconds; 0 = none).
+    deadline_s: int = 0
     #: run_as_user, run_as_group, run_as_non_root of every pipeline container.
     security_context: dict[str, object] = field(default_factory=dict)
     #: gpu_count > 1: the distill task launches a Kubeflow Trainer job of ``trainer_nodes`` nodes x
@@ -38,6 +44,10 @@ class Platform:
     trainer_kind: str = "auto"
     trainer_nodes: int = 1
     trainer_runtime: str = "torch-distributed"
+
+    def timeout(self, step: str) -> int:
+        """Seconds ``step``'s pod may run (``timeouts``: the step's, else ``default``; 0 = no limit)."""
+        return int(self.timeouts.get(step, self.timeouts.get("default", 0)))
 
     @property
     def distill_as_job(self) -> bool:
@@ -123,6 +133,12 @@ class Platform:
             from kadet.core.layout import RUN_KEY_ENV
 
             kubernetes.use_field_path_as_env(task, env_name=RUN_KEY_ENV, field_path=self.run_key_field)
+        if self.kfp_run_field:
+            from kadet.core.layout import KFP_RUN_ENV
+
+            kubernetes.use_field_path_as_env(task, env_name=KFP_RUN_ENV, field_path=self.kfp_run_field)
+        if self.timeout(step):
+            kubernetes.set_timeout(task, self.timeout(step))
         if self.security_context:
             kubernetes.set_security_context(task, **self.security_context)
         for key, value in self.pod_labels.items():

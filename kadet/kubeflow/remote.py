@@ -273,29 +273,113 @@ def find_pipeline(c, name: str, namespace: str | None) -> str | None:
     return ids[0] if ids else None
 
 
-def pipeline_version(c, package: str, name: str = PIPELINE_NAME, namespace: str | None = None) -> tuple[str, str, bool]:
-    """``(pipeline id, version id, reused)``: the pipeline ``name`` (uploaded if missing) and its
-    version named after the package's content (``kadet-<sha256[:12]>``), uploaded only if missing,
-    so the UI lists one pipeline with one version per compiled YAML however often it is submitted."""
+def source_commit() -> tuple[str, bool]:
+    """``(commit, dirty)`` of the kadet source this runs from: ``$KADET_GIT_COMMIT`` (an image
+    built without its .git), else ``git rev-parse`` of the checkout; ("", False) when neither."""
+    import subprocess
+
+    if os.environ.get("KADET_GIT_COMMIT"):
+        return os.environ["KADET_GIT_COMMIT"][:12], False
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "", False
+    return commit, bool(dirty)
+
+
+def version_name(package: str, name: str = PIPELINE_NAME) -> str:
+    """The pipeline version's name: kadet's version, the commit it was compiled from and the
+    package's content (``kadet-0.1.0-gac7b85f1e2d3-1a2b3c4d5e6f``; no ``g<commit>`` outside a checkout),
+    so one compiled YAML is one version however often it is submitted, and the UI says which kadet made it."""
     import hashlib
 
-    version = f"{name}-{hashlib.sha256(Path(package).read_bytes()).hexdigest()[:12]}"
+    from kadet import __version__
+
+    commit, _ = source_commit()
+    digest = hashlib.sha256(Path(package).read_bytes()).hexdigest()[:12]
+    return "-".join(p for p in (name, __version__, f"g{commit}" if commit else "", digest) if p)
+
+
+def version_description(package: str) -> str:
+    """What the UI says about a version: kadet's version, the commit (and whether the checkout had
+    uncommitted changes), the package's digest and the images its steps run."""
+    import hashlib
+
+    from kadet import __version__
+    from kadet.kubeflow.pipeline import DESCRIPTION
+
+    commit, dirty = source_commit()
+    images = sorted(set(package_images(package).values()))
+    where = f"commit {commit}{' with uncommitted changes' if dirty else ''}" if commit else "commit unknown"
+    return (f"kadet {__version__}, {where}; package sha256 {hashlib.sha256(Path(package).read_bytes()).hexdigest()}; "
+            f"images {', '.join(images)}. {DESCRIPTION}")
+
+
+def pipeline_version(c, package: str, name: str = PIPELINE_NAME, namespace: str | None = None) -> tuple[str, str, bool]:
+    """``(pipeline id, version id, reused)``: the pipeline ``name`` (created if missing, with no
+    version of its own: KFP's upload would add one named after the pipeline, a duplicate of the
+    next) and its version :func:`version_name`, described by :func:`version_description` and
+    uploaded only if missing, so the UI lists one pipeline with one version per compiled YAML."""
+    from kfp_server_api import V2beta1Pipeline
+
+    version = version_name(package, name)
     pid = find_pipeline(c, name, namespace)
     if pid is None:
-        pid = c.upload_pipeline(package, pipeline_name=name, namespace=namespace,
-                                description="kadet: adapt an embedding model to one corpus").pipeline_id
+        body = V2beta1Pipeline(display_name=name, description="kadet: adapt an embedding model to one corpus",
+                               namespace=namespace)
+        pid = c.pipelines.pipeline_service_create_pipeline(pipeline=body).pipeline_id
     found = c.list_pipeline_versions(pid, page_size=1, filter=_by_name(version)).pipeline_versions or []
     if found:
         return pid, found[0].pipeline_version_id, True
-    v = c.upload_pipeline_version(package, pipeline_version_name=version, pipeline_id=pid)
+    v = c.upload_pipeline_version(package, pipeline_version_name=version, pipeline_id=pid,
+                                  description=version_description(package))
     return pid, v.pipeline_version_id, False
 
 
+#: The first KFP backend that honours the run's deadline (platform.yaml ``deadline_s``: the
+#: platform spec's ``pipelineConfig.activeDeadlineSeconds``, KFP PR #13187). Older backends read
+#: the platform spec strictly and, finding a field they do not know, ignore the whole of it.
+DEADLINE_BACKEND = (2, 17)
+
+
+def for_backend(package: str, tag: str, folder: str) -> str:
+    """``package``, or for a backend older than :data:`DEADLINE_BACKEND` a copy in ``folder``
+    without the run's deadline (said on stderr), so that its platform spec is not dropped."""
+    import sys
+
+    import yaml
+
+    found = re.match(r"v?(\d+)\.(\d+)", tag)
+    if found and tuple(map(int, found.groups())) >= DEADLINE_BACKEND:
+        return package
+    docs = list(yaml.safe_load_all(Path(package).read_text()))
+    kube = docs[1].get("platforms", {}).get("kubernetes", {}) if len(docs) > 1 else {}
+    if "activeDeadlineSeconds" not in (kube.get("pipelineConfig") or {}):
+        return package
+    seconds = kube["pipelineConfig"].pop("activeDeadlineSeconds")
+    if not kube["pipelineConfig"]:
+        kube.pop("pipelineConfig")
+    print(f"kadet: the KFP backend is {tag}: it cannot bound a run's time (from "
+          f"{'.'.join(map(str, DEADLINE_BACKEND))}), so the package goes without its {seconds} s deadline; "
+          "the steps' own timeouts still hold", file=sys.stderr)
+    out = Path(folder) / Path(package).name
+    out.write_text(yaml.safe_dump_all(docs, sort_keys=False), encoding="utf-8")
+    return str(out)
+
+
 def _connect(host: str, namespace: str | None, token: str | None, package: str | None):
-    """Check the backend, then ``(client, pipeline id, version id)``: the package uploaded or reused."""
-    check_backend(probe(host, token))
+    """Check the backend, then ``(client, pipeline id, version id)``: the package uploaded or reused
+    (without the run's deadline on a backend that would drop the platform spec over it)."""
+    import tempfile
+
+    tag = check_backend(probe(host, token))
     c = client(host, namespace, token)
-    pid, vid, _ = pipeline_version(c, package_path(package), namespace=namespace)
+    with tempfile.TemporaryDirectory() as tmp:
+        pid, vid, _ = pipeline_version(c, for_backend(package_path(package), tag, tmp), namespace=namespace)
     return c, pid, vid
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -68,10 +69,23 @@ def fingerprint_step(cfg: KadetConfig, pipeline_run: str) -> dict:
     return {**fp, "unchanged_since": version}
 
 
-def unchanged_step(cfg: KadetConfig, version: str, pipeline_run: str) -> None:
-    """A run with nothing new: say so on the pipeline's parent run (no stage runs, no version)."""
-    tag_parent(cfg, pipeline_run, {tracking.UNCHANGED_TAG: version,
-                                   tracking.GATE_TAG: unchanged_text(cfg.register.model_name, version)})
+def unchanged_step(cfg: KadetConfig, version: str, pipeline_run: str, summary_path: str | None = None) -> None:
+    """A run with nothing new: say so on the pipeline's parent run (no stage runs, no version) and,
+    with ``summary_path``, in the KFP run page's Markdown."""
+    from kadet.reporting import summary
+
+    name = cfg.register.model_name
+    text = unchanged_text(name, version)
+    tag_parent(cfg, pipeline_run, {tracking.UNCHANGED_TAG: version, tracking.GATE_TAG: text})
+    write_summary(summary_path, lambda: summary.no_change(name, version, text,
+                                                          tracking.links(cfg, pipeline_run, name, version)))
+
+
+def write_summary(path: str | None, text) -> None:
+    """``text()`` (Markdown) to ``path``, the task's ``Markdown`` output; nothing without a path."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text(), encoding="utf-8")
 
 
 def tag_parent(cfg: KadetConfig, pipeline_run: str, tags: dict[str, str]) -> None:
@@ -109,9 +123,31 @@ def preflight_step(cfg: KadetConfig, out: str, pipeline_run: str) -> str:
     return "" if result["go"] else result["message"]
 
 
-def nothing_to_learn_step(cfg: KadetConfig, reason: str, pipeline_run: str) -> None:
-    """A run the pre-flight check stopped: say why on the pipeline's parent run (no version)."""
+#: The pre-flight figures the KFP run page shows (the preflight task's ``Metrics``).
+PREFLIGHT_FIGURES = ("base", "teacher", "lead", "ci_low", "ci_high", "queries", "min_teacher_lead")
+
+
+def preflight_result(out: str | None) -> dict:
+    """``preflight.json`` of a pre-flight output folder ({} when the lead was not measured)."""
+    path = Path(out) / "preflight.json" if out else None
+    return json.loads(path.read_text()) if path and path.exists() else {}
+
+
+def preflight_figures(out: str) -> dict[str, float]:
+    """The pre-flight figures (:data:`PREFLIGHT_FIGURES`) of a pre-flight output folder, as numbers."""
+    pre = preflight_result(out)
+    return {f"preflight_{k}": float(pre[k]) for k in PREFLIGHT_FIGURES if k in pre}
+
+
+def nothing_to_learn_step(cfg: KadetConfig, reason: str, pipeline_run: str, preflight_dir: str | None = None,
+                          summary_path: str | None = None) -> None:
+    """A run the pre-flight check stopped: say why on the pipeline's parent run (no version) and,
+    with ``summary_path``, in the KFP run page's Markdown (the figures from ``preflight_dir``)."""
+    from kadet.reporting import summary
+
     tag_parent(cfg, pipeline_run, {tracking.NOTHING_TO_LEARN_TAG: reason, tracking.GATE_TAG: reason})
+    pre = preflight_result(preflight_dir)
+    write_summary(summary_path, lambda: summary.nothing_to_learn(reason, pre, tracking.links(cfg, pipeline_run)))
 
 
 def prepare_step(cfg: KadetConfig, out: str, pipeline_run: str, fingerprint: dict | None = None) -> dict:
@@ -303,14 +339,17 @@ def log_by_type(by_type: dict, ndcg: str) -> None:
 
 
 def register_step(cfg: KadetConfig, model_dir: str, comparison_dir: str, pipeline_run: str,
-                  report_path: str | None = None, prepared_dir: str | None = None) -> dict:
+                  report_path: str | None = None, prepared_dir: str | None = None,
+                  summary_path: str | None = None) -> dict:
     """Log and register the candidate, decide the gate (aliases are set by the next step); write
     the run's ``report.html`` to ``report_path`` (the KFP run page shows it) and log it to MLflow,
-    on this step's run and on the pipeline's parent run."""
+    on this step's run and on the pipeline's parent run; the decision as Markdown to
+    ``summary_path``. Returns the gate's figures too (``figures``: :func:`gate_figures`)."""
     import mlflow
 
     from kadet.kit.comparison import Comparison
     from kadet.registry.register import gate_text, register_candidate
+    from kadet.reporting import summary
     from kadet.reporting.report import write_report_or_reason
 
     pipeline_run = tracking.run_key(pipeline_run)
@@ -330,24 +369,63 @@ def register_step(cfg: KadetConfig, model_dir: str, comparison_dir: str, pipelin
                 report = Path(shutil.copy(report, Path(tmp) / "report.html"))
             mlflow.log_artifact(str(report))
             tracking.client(cfg).log_artifact(tracking.parent_run_id(cfg, pipeline_run), str(report))
+    metrics = (cfg.evaluation.ndcg, cfg.evaluation.recall)
+    write_summary(summary_path, lambda: summary.gate_decision(comparison, gate, metrics, gate["links"]))
     return {"version": r.version, "promote": r.decision.promote, "reason": r.decision.reason,
-            "incumbent": r.decision.incumbent, "candidate": r.candidate, "incumbent_metrics": r.incumbent_metrics}
+            "incumbent": r.decision.incumbent, "candidate": r.candidate, "incumbent_metrics": r.incumbent_metrics,
+            "figures": gate_figures(comparison, r.candidate, r.incumbent_metrics, r.decision.promote, metrics)}
 
 
-def promote_step(cfg: KadetConfig, version: str, pipeline_run: str) -> None:
+def gate_figures(comparison, candidate: dict, incumbent: dict | None, promote: bool,
+                 metrics: tuple[str, str]) -> dict[str, float]:
+    """What the gate decided on, as the KFP ``Metrics`` the run page shows: candidate and
+    incumbent in both gate metrics, their delta, the gain's interval over the base, the decision."""
+    from kadet.kit.comparison import metric_name
+
+    out = {"promote": float(promote)}
+    for m in metrics:
+        out[metric_name(f"candidate_{m}")] = float(candidate.get(m, float("nan")))
+        if incumbent:
+            out[metric_name(f"incumbent_{m}")] = float(incumbent.get(m, float("nan")))
+            out[metric_name(f"delta_{m}")] = out[metric_name(f"candidate_{m}")] - out[metric_name(f"incumbent_{m}")]
+    gain = comparison.gain(metrics[0])
+    if gain:
+        out |= {metric_name(f"gain_{metrics[0]}"): float(gain["mean"]), "gain_ci_low": float(gain["ci_low"]),
+                "gain_ci_high": float(gain["ci_high"])}
+        if "confidence" in gain:
+            out["gain_confidence"] = float(gain["confidence"])
+    return {k: v for k, v in out.items() if math.isfinite(v)}   # KFP's metadata is JSON: no NaN
+
+
+def promote_step(cfg: KadetConfig, version: str, pipeline_run: str, gate_summary: str | None = None,
+                 summary_path: str | None = None) -> None:
     """Promote (a compare-and-set: the champion may have moved since the register step); a
-    refusal at this point is recorded on the pipeline's parent run as ``kadet.gate``."""
+    refusal at this point is recorded on the pipeline's parent run as ``kadet.gate``. With
+    ``summary_path``: the register step's Markdown (``gate_summary``, a file) and the outcome."""
     from kadet.registry.register import promote
+    from kadet.reporting import summary
 
     d = promote(cfg, version)
     if not d.promote:
         tracking.client(cfg).set_tag(tracking.parent_run_id(cfg, pipeline_run), tracking.GATE_TAG, d.reason)
+    write_summary(summary_path, lambda: summary.outcome(read_text(gate_summary), d.promote, version,
+                                                        "" if d.promote else d.reason))
 
 
-def challenger_step(cfg: KadetConfig, version: str, reason: str, pipeline_run: str) -> None:
+def challenger_step(cfg: KadetConfig, version: str, reason: str, pipeline_run: str, gate_summary: str | None = None,
+                    summary_path: str | None = None) -> None:
+    """Alias ``challenger`` on the version the gate refused; with ``summary_path``, the register
+    step's Markdown (``gate_summary``) and the outcome."""
     from kadet.registry.register import mark_challenger
+    from kadet.reporting import summary
 
     mark_challenger(cfg, version, reason)
+    write_summary(summary_path, lambda: summary.outcome(read_text(gate_summary), False, version))
+
+
+def read_text(path: str | None) -> str:
+    """A file's text ("" without a path or file: the outcome line alone)."""
+    return Path(path).read_text(encoding="utf-8") if path and Path(path).is_file() else ""
 
 
 def finish_step(cfg: KadetConfig, pipeline_run: str, state: str, error: str | None = None) -> None:

@@ -66,11 +66,11 @@ class JobSettings:
     labels: dict[str, str] = field(default_factory=dict)
     service_account: str = ""
     shm_size: str = "2Gi"
-    timeout_s: int = 7 * 24 * 3600
 
     @classmethod
     def from_json(cls, text: str) -> "JobSettings":
         data = json.loads(text)
+        data.pop("timeout_s", None)   # an older pipeline's fixed wait: now the setting distill.trainer_wait_s
         unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise KadetError(f"trainer job settings: unknown key(s) {sorted(unknown)}")
@@ -180,14 +180,15 @@ def state(kind: str, job: dict) -> tuple[str, str]:
     return "running", ""
 
 
-def run_job(manifest: dict, api, poll_s: float = 15.0, timeout_s: float = 7 * 24 * 3600,
+def run_job(manifest: dict, api, poll_s: float = 15.0, timeout_s: float = 24 * 3600,
             max_attempts: int = 10) -> str:
     """Create the job, or re-attach to a running or finished one of the same name, and wait
     until it ends; returns the name it ran under.
 
     ``api`` is a ``kubernetes.client.CustomObjectsApi``. Names are ``<name>-<attempt>``: a job
     that failed (an earlier try) stays for its logs and the next attempt gets the next number;
-    its ranks resume from the checkpoints. So the runner needs create and get, never delete."""
+    its ranks resume from the checkpoints. So the runner needs create and get, never delete.
+    The wait is bounded: :func:`wait_job`."""
     from kubernetes.client.rest import ApiException
 
     kind = manifest["kind"]
@@ -214,6 +215,14 @@ def run_job(manifest: dict, api, poll_s: float = 15.0, timeout_s: float = 7 * 24
             break
     else:
         raise KadetError(f"distill: {kind} {ns}/{base}-1 .. -{max_attempts} all failed; see their pods' logs")
+    return wait_job(api, kind, ns, name, poll_s, timeout_s)
+
+
+def wait_job(api, kind: str, ns: str, name: str, poll_s: float, timeout_s: float) -> str:
+    """Wait until job ``name`` succeeds (returns its name) or fails, or until it is ``timeout_s``
+    old (from its creation, so a retried task that re-attaches does not start the clock again):
+    then fail saying which job, for how long and in what state (:func:`stalled_text`)."""
+    group, version, plural, _ = KINDS[kind]
     start = time.monotonic()
     while True:
         job = api.get_namespaced_custom_object(group, version, ns, plural, name)
@@ -223,9 +232,36 @@ def run_job(manifest: dict, api, poll_s: float = 15.0, timeout_s: float = 7 * 24
         if st == "failed":
             raise KadetError(f"distill: {kind} {ns}/{name} failed: {msg or 'see its pods'} "
                              f"(kubectl -n {ns} logs -l {POD_LABEL[kind]}={name})")
-        if time.monotonic() - start > timeout_s:
-            raise KadetError(f"distill: {kind} {ns}/{name} did not finish in {timeout_s:.0f} s")
+        waited = max(time.monotonic() - start, job_age(job) or 0.0)
+        if waited > timeout_s:
+            raise KadetError(stalled_text(kind, ns, name, job, waited, timeout_s))
         time.sleep(poll_s)
+
+
+def job_age(job: dict) -> float | None:
+    """Seconds since the job's ``metadata.creationTimestamp`` (None without one)."""
+    from datetime import datetime, timezone
+
+    stamp = (job.get("metadata") or {}).get("creationTimestamp")
+    if not stamp:
+        return None
+    created = datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    return (datetime.now(timezone.utc) - created).total_seconds()
+
+
+def stalled_text(kind: str, ns: str, name: str, job: dict, waited: float, timeout_s: float) -> str:
+    """Why the distill task gives up on a job: which one, how long, its last condition (or that it
+    has none: its pods never started, e.g. Pending for a GPU), and what to do."""
+    conds = [c for c in (job.get("status") or {}).get("conditions") or [] if c.get("status") == "True"]
+    if conds:
+        last = conds[-1]
+        detail = ": ".join(str(x) for x in (last.get("reason"), last.get("message")) if x)
+        where = f"its last condition is {last.get('type')}" + (f" ({detail})" if detail else "")
+    else:
+        where = "it has no condition yet: its pods have not started (Pending: no node with a free GPU?)"
+    return (f"distill: {kind} {ns}/{name} has not finished after {waited:.0f} s (distill.trainer_wait_s = "
+            f"{timeout_s:.0f}); {where}. The job is left as it is (the pipeline's runner may not delete it): "
+            f"kubectl -n {ns} describe {kind.lower()} {name}; kubectl -n {ns} get pods -l {POD_LABEL[kind]}={name}")
 
 
 def prepare_job_dir(work_dir: str | Path, labels: str | Path, config_yaml: str) -> Path:
@@ -258,7 +294,7 @@ def distill_as_job(cfg, labels: str | Path, out: str | Path, settings: JobSettin
         kind = settings.kind if settings.kind != "auto" else served_kind(api_client)
 
         def launch(manifest):
-            run_job(manifest, client.CustomObjectsApi(api_client), timeout_s=settings.timeout_s)
+            run_job(manifest, client.CustomObjectsApi(api_client), timeout_s=cfg.distill.trainer_wait_s)
     else:
         kind = settings.kind if settings.kind != "auto" else "PyTorchJob"
     manifest = render(settings, kind, f"kadet-distill-{job_dir.name}", namespace or "default", str(job_dir))

@@ -28,7 +28,7 @@ from typing import Any
 from kadet.core import progress
 from kadet.kit.comparison import metric_name  # noqa: F401 - re-exported: kadet/kubeflow/components.py imports it from here
 from kadet.core.config import KadetConfig
-from kadet.core.layout import RUN_KEY_ENV
+from kadet.core.layout import KFP_RUN_ENV, RUN_KEY_ENV
 from kadet.core.manifest import Manifest
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ GATE_TAG = "kadet.gate"
 MODEL_VERSION_TAG = "kadet.model_version"
 UNCHANGED_TAG = "kadet.unchanged_since"  # on a parent run that found nothing new (the version it matched)
 NOTHING_TO_LEARN_TAG = "kadet.nothing_to_learn"  # on a parent run the pre-flight check stopped (its reason)
+KFP_RUN_TAG = "kadet.kfp_run_id"  # on a parent run: the KFP run it belongs to (a cluster run; $KADET_KFP_RUN_ID)
 DATASET_ATTEMPTS = 3  # tries to log one input as an MLflow dataset (see log_inputs)
 #: Config sections logged as params on each stage's run (plus ``data`` and ``retrieval``).
 STAGE_SECTIONS = {
@@ -129,9 +130,13 @@ def parent_run_id(cfg: KadetConfig, pipeline_run: str, run_name: str | None = No
     exp = experiment_id(cfg)
     found = c.search_runs([exp], filter_string=f"tags.`{PIPELINE_TAG}` = '{pipeline_run}'", max_results=1,
                           order_by=["attributes.start_time ASC"])
+    kfp_run = os.environ.get(KFP_RUN_ENV, "")
     if found:
+        if kfp_run and found[0].data.tags.get(KFP_RUN_TAG) != kfp_run:
+            c.set_tag(found[0].info.run_id, KFP_RUN_TAG, kfp_run)
         return found[0].info.run_id
-    run = c.create_run(exp, run_name=run_name or f"kadet-{pipeline_run}", tags={PIPELINE_TAG: pipeline_run})
+    tags = {PIPELINE_TAG: pipeline_run, **({KFP_RUN_TAG: kfp_run} if kfp_run else {})}
+    run = c.create_run(exp, run_name=run_name or f"kadet-{pipeline_run}", tags=tags)
     return run.info.run_id
 
 
@@ -275,17 +280,19 @@ def one_line(exc: BaseException, limit: int = 500) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def links(cfg: KadetConfig, pipeline_run: str, model_name: str, version: str) -> dict[str, str]:
-    """Where to find a run and its model version: MLflow UI addresses for an http(s) tracking
-    server, else the URIs MLflow's clients take."""
+def links(cfg: KadetConfig, pipeline_run: str, model_name: str = "", version: str = "") -> dict[str, str]:
+    """Where to find a run (and its model version, when given): addresses in the MLflow UI at
+    ``tracking.ui_url`` (what a browser opens; on a cluster the tracking URI is an in-cluster
+    address), else at an http(s) tracking URI, else the URIs MLflow's clients take."""
     parent = parent_run_id(cfg, pipeline_run)
     uri = tracking_uri(cfg)
-    if uri.startswith(("http://", "https://")):
-        base = uri.rstrip("/")
-        return {"MLflow run": f"{base}/#/experiments/{experiment_id(cfg)}/runs/{parent}",
-                "model version": f"{base}/#/models/{model_name}/versions/{version}"}
-    return {"MLflow run": f"runs:/{parent}", "model version": f"models:/{model_name}/{version}",
-            "tracking store": uri}
+    base = cfg.tracking.ui_url or (uri if uri.startswith(("http://", "https://")) else "")
+    if base:
+        base = base.rstrip("/")
+        out = {"MLflow run": f"{base}/#/experiments/{experiment_id(cfg)}/runs/{parent}"}
+        return {**out, "model version": f"{base}/#/models/{model_name}/versions/{version}"} if version else out
+    out = {"MLflow run": f"runs:/{parent}"}
+    return {**out, **({"model version": f"models:/{model_name}/{version}"} if version else {}), "tracking store": uri}
 
 
 def finish_parent(cfg: KadetConfig, pipeline_run: str, status: str = "FINISHED") -> None:

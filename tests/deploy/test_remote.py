@@ -19,20 +19,34 @@ def _posts(double, route):
 
 def test_submit_uploads_the_pipeline_version_once_and_runs_it(capsys):
     """Was: an inline pipeline spec per run (no pipeline or version in the UI) and no backend
-    check. Now the compiled YAML is uploaded as pipeline ``kadet``, version ``kadet-<sha256[:12]>``,
-    once; later submits of the same YAML reuse it."""
+    check; then a version named by a hash alone, with no description, and the first upload made a
+    second version (KFP's upload of a pipeline adds one named after it). Now the pipeline is
+    created without a version and the compiled YAML becomes its one version, named with kadet's
+    version, the commit and the content (``kadet-0.1.0-g<commit>-<sha256[:12]>``) and described;
+    later submits of the same YAML reuse it."""
     import hashlib
+
+    from kadet import __version__
+    from kadet.kubeflow.remote import source_commit
 
     args = ["submit", "--data", "s3://corpora/scifact", "--param", "training_mode=full", "--param", "sample_size=500",
             "--run-name", "nightly", "--token", "tok"]
     with kfp_double() as (host, double):
         assert main([*args[:1], "--host", host, *args[1:]]) == 0
         assert main([*args[:1], "--host", host, *args[1:]]) == 0          # the same YAML again
-    assert len(_posts(double, "/apis/v2beta1/pipelines/upload")) == 1
+    assert not _posts(double, "/apis/v2beta1/pipelines/upload")            # it would add a version of its own
+    (created,) = _posts(double, "/apis/v2beta1/pipelines")
+    assert created["body"]["display_name"] == "kadet" and created["body"]["description"]
     (upload,) = _posts(double, "/apis/v2beta1/pipelines/upload_version")
     assert DEFAULT_OUTPUT.read_text() in upload["body"]["upload"]            # the committed YAML, as is
-    digest = hashlib.sha256(DEFAULT_OUTPUT.read_bytes()).hexdigest()[:12]
-    (version,) = [v for v in double.versions.values() if v["display_name"] == f"kadet-{digest}"]
+    digest = hashlib.sha256(DEFAULT_OUTPUT.read_bytes()).hexdigest()
+    commit, _ = source_commit()
+    (version,) = double.versions.values()                                    # one version: no duplicate
+    assert version["display_name"] == f"kadet-{__version__}-{'g' + commit + '-' if commit else ''}{digest[:12]}"
+    assert commit and len(commit) == 12                                      # the tests run from a checkout
+    text = version["description"]
+    assert f"kadet {__version__}, commit {commit}" in text and digest in text
+    assert "ghcr.io/kadet-ml/kadet:0.1.0-cpu" in text and "ghcr.io/kadet-ml/kadet:0.1.0-cuda" in text
     runs = _posts(double, "/apis/v2beta1/runs")
     assert len(runs) == 2
     body = runs[0]["body"]
@@ -169,8 +183,8 @@ def test_in_a_profile_namespace_the_pipeline_is_found_in_that_namespace():
         assert main(["submit", "--host", host, *args]) == 0
         assert main(["submit", "--host", host, *args]) == 0
         assert main(["schedule", "--host", host, *args, "--cron", "0 3 * * 1"]) == 0
-    uploads = [r for r in _posts(double, "/apis/v2beta1/pipelines/upload")]
-    assert len(uploads) == 1 and "namespace=team-a" in uploads[0]["path"]
+    creates = _posts(double, "/apis/v2beta1/pipelines")
+    assert len(creates) == 1 and creates[0]["body"]["namespace"] == "team-a"
     (mine,) = [p for p in double.pipelines.values() if p["namespace"] == "team-a"]
     assert mine["pipeline_id"] != shared["pipeline_id"]
     refs = [r["body"]["pipeline_version_reference"]["pipeline_id"] for r in _posts(double, "/apis/v2beta1/runs")]
@@ -180,7 +194,24 @@ def test_in_a_profile_namespace_the_pipeline_is_found_in_that_namespace():
     with kfp_double() as (host, double):   # no shared one: the second submit reuses it (a second upload: 409)
         for _ in range(2):
             assert main(["submit", "--host", host, *args]) == 0
-    assert len(_posts(double, "/apis/v2beta1/pipelines/upload")) == 1 and len(double.pipelines) == 1
+    assert len(_posts(double, "/apis/v2beta1/pipelines")) == 1 and len(double.pipelines) == 1
+    assert len(double.versions) == 1
+
+
+def test_a_backend_that_cannot_bound_a_run_gets_the_package_without_its_deadline(capsys):
+    """The run's deadline (platform.yaml deadline_s) is the platform spec's
+    ``pipelineConfig.activeDeadlineSeconds``, which KFP backends before 2.17 do not know; they read
+    the platform spec strictly and would drop all of it (volumes, Secrets, GPUs). For them the
+    package goes without the deadline, said on stderr; the steps' timeouts stay."""
+    args = ["submit", "--data", "s3://kadet/c"]
+    for tag, bounded in (("2.16.1", False), ("2.17.3", True)):
+        with kfp_double(version=tag) as (host, double):
+            assert main([args[0], "--host", host, *args[1:]]) == 0
+        (upload,) = _posts(double, "/apis/v2beta1/pipelines/upload_version")
+        assert ("activeDeadlineSeconds: 259200" in upload["body"]["upload"]) is bounded, tag
+        assert "activeDeadlineSeconds: '3600'" in upload["body"]["upload"]       # a step's timeout
+        err = capsys.readouterr().err
+        assert ("cannot bound a run's time" in err) is not bounded
 
 
 def test_cron_fields_are_checked():

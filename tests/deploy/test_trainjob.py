@@ -288,3 +288,28 @@ def test_the_job_lifecycle_against_a_fake_api():
     with pytest.raises(KadetError, match=re.escape("PyTorchJob team-a/kadet-distill-k-1 failed: rank 1 exited")):
         run_job(doc, api4, poll_s=0)
     assert state("TrainJob", {"status": {"conditions": [{"type": "Complete", "status": "True"}]}})[0] == "succeeded"
+
+
+def test_a_job_that_never_starts_fails_the_task_saying_which_job_and_why():
+    """Was: the distill task waited 7 days for its Trainer job, whatever it did: a job whose pods
+    stayed Pending for a GPU held the run, and with it the schedule (max_concurrency 1). Now the
+    wait is the setting distill.trainer_wait_s, counted from the job's creation (a retried task
+    that re-attaches does not start the clock again), and the error names the job and its state."""
+    from kadet.core.config import DistillConfig
+    from kadet.kubeflow.trainjob import JobSettings, stalled_text
+
+    doc = render(_settings(), "PyTorchJob", "kadet-distill-k", "team-a", "/w")
+    old = {"metadata": {"creationTimestamp": "2020-01-01T00:00:00Z"}, "status": {}}
+    api = FakeCustomObjects(existing={"kadet-distill-k-1": old})          # a retry re-attaches: long past its bound
+    with pytest.raises(KadetError, match=r"PyTorchJob team-a/kadet-distill-k-1 has not finished after \d+ s "
+                                         r"\(distill.trainer_wait_s = 3600\); it has no condition yet: its pods have "
+                                         r"not started \(Pending: no node with a free GPU\?\)"):
+        run_job(doc, api, poll_s=0, timeout_s=3600)
+    assert api.created == []
+    running = {"status": {"conditions": [{"type": "Running", "status": "True", "reason": "PyTorchJobRunning",
+                                          "message": "job is running"}]}}
+    text = stalled_text("TrainJob", "ns", "j-1", running, 7200, 3600)
+    assert "its last condition is Running (PyTorchJobRunning: job is running)" in text
+    assert "kubectl -n ns describe trainjob j-1" in text
+    assert DistillConfig().trainer_wait_s == 86400
+    assert "timeout_s" not in JobSettings.from_json('{"image": "i", "gpus_per_node": 2, "timeout_s": 5}').to_json()

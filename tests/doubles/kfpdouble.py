@@ -44,10 +44,19 @@ class KfpDouble:
         self.versions: dict[str, dict] = {}
         self.recurring: dict[str, dict] = {}
 
-    def _upload_version(self, pid: str, name: str) -> dict:
-        v = {"pipeline_id": pid, "pipeline_version_id": str(uuid.uuid4()), "display_name": name}
+    def _upload_version(self, pid: str, name: str, description: str = "") -> dict:
+        v = {"pipeline_id": pid, "pipeline_version_id": str(uuid.uuid4()), "display_name": name,
+             "description": description}
         self.versions[v["pipeline_version_id"]] = v
         return v
+
+    def _create_pipeline(self, name: str, namespace: str, description: str = "") -> tuple[int, dict]:
+        p = {"pipeline_id": str(uuid.uuid4()), "display_name": name, "namespace": namespace, "description": description}
+        if any((o["display_name"], o["namespace"]) == (name, namespace) for o in self.pipelines.values()):
+            return 409, {"error": f"Failed to create a pipeline: pipeline {name!r} already exists in "
+                                  f"namespace {namespace!r}", "code": 6}
+        self.pipelines[p["pipeline_id"]] = p
+        return 200, p
 
     def answer(self, method: str, path: str, body: dict | None) -> tuple[int, dict]:
         route = path.split("?")[0]
@@ -60,17 +69,17 @@ class KfpDouble:
                      and p["namespace"] == ns]
             return 200, {"pipelines": found, "total_size": len(found)}
         if route == "/apis/v2beta1/pipelines/upload" and method == "POST":   # like KFP: a first version too
-            p = {"pipeline_id": str(uuid.uuid4()), "display_name": q.get("name", ""), "namespace": q.get("namespace", "")}
-            if any((o["display_name"], o["namespace"]) == (p["display_name"], p["namespace"]) for o in self.pipelines.values()):
-                return 409, {"error": f"Failed to create a pipeline: pipeline {p['display_name']!r} already exists in "
-                                      f"namespace {p['namespace']!r}", "code": 6}
-            self.pipelines[p["pipeline_id"]] = p
-            self._upload_version(p["pipeline_id"], p["display_name"])
-            return 200, p
+            status, p = self._create_pipeline(q.get("name", ""), q.get("namespace", ""), q.get("description", ""))
+            if status == 200:
+                self._upload_version(p["pipeline_id"], p["display_name"])   # named after the pipeline, as KFP does
+            return status, p
+        if route == "/apis/v2beta1/pipelines" and method == "POST":          # CreatePipeline: no version
+            return self._create_pipeline(body.get("display_name", ""), body.get("namespace", ""),
+                                         body.get("description", ""))
         if route == "/apis/v2beta1/pipelines/upload_version" and method == "POST":
             if q.get("pipelineid") not in self.pipelines:
                 return 404, {"error": "no such pipeline"}
-            return 200, self._upload_version(q["pipelineid"], q.get("name", ""))
+            return 200, self._upload_version(q["pipelineid"], q.get("name", ""), q.get("description", ""))
         if route.startswith("/apis/v2beta1/pipelines/") and route.endswith("/versions") and method == "GET":
             pid, name = route.split("/")[4], _name_filter(path)
             found = [v for v in self.versions.values() if v["pipeline_id"] == pid

@@ -214,6 +214,11 @@ def test_a_run_with_nothing_to_learn_stops_before_any_work(tmp_path, capsys):
     assert pre[0].data.metrics["preflight.lead"] == 0.0
     print_run_summary(summary)
     assert summary["nothing_to_learn"] in capsys.readouterr().out
+    # the KFP run page's Markdown says it too, with the pre-flight's figures
+    (page,) = [p for p in (tmp_path / "work" / "kfp").rglob("summary") if p.is_file()]
+    text = page.read_text()
+    assert page.parent.name == "nothing-to-learn" and text.startswith("## Nothing to learn: lead +0.0000 [+0.0000, +0.0000]")
+    assert summary["nothing_to_learn"] in text and "- MLflow run: `runs:/" in text
 
 
 def check_report(text: str, kind: str) -> None:

@@ -272,3 +272,70 @@ def test_compiled_yaml_carries_the_platform_settings(spec, compiled):
         assert env["MLFLOW_TRACKING_URI"].startswith("http://mlflow.") and "AWS_SECRET_ACCESS_KEY" not in env
         assert container["resources"]["resourceCpuRequest"] and container["resources"]["resourceMemoryLimit"]
     assert spec["root"]["inputDefinitions"]["parameters"]["work_dir"]["defaultValue"] == plat.cache_mount
+
+
+def _outputs(spec, task: dict) -> dict:
+    """``{output name: schema title}`` of a task's component."""
+    arts = spec["components"][task["componentRef"]["name"]].get("outputDefinitions", {}).get("artifacts", {})
+    return {name: a["artifactType"]["schemaTitle"] for name, a in arts.items()}
+
+
+def test_every_branch_says_on_the_run_page_what_was_decided(spec):
+    """Was: the gate's and the pre-flight's figures lived only in MLflow, and the "no change" and
+    "nothing to learn" branches emitted no artifact (a green, empty run page). Now the last task of
+    every branch has a Markdown summary, and the pre-flight and gate tasks have Metrics."""
+    tasks = all_tasks(spec)
+    branches = {"nothing-new": "unchanged", "nothing-to-learn": "nothing-to-learn", "gate-passed": "promote",
+                "gate-failed": "challenger"}
+    for branch, task in branches.items():
+        group = next(t for t in tasks.values() if t["taskInfo"]["name"] == branch)
+        body = spec["components"][group["componentRef"]["name"]]["dag"]["tasks"]
+        assert task in body, (branch, sorted(body))
+        assert _outputs(spec, body[task]).get("summary") == "system.Markdown", branch
+    assert _outputs(spec, tasks["preflight"])["figures"] == "system.Metrics"
+    assert _outputs(spec, tasks["register"]) == {"run_report": "system.HTML", "figures": "system.Metrics",
+                                                 "summary": "system.Markdown"}
+    # promote and challenger build on the register task's decision (its Markdown), nothing to learn on the pre-flight's
+    for task in ("promote", "challenger"):
+        got = tasks[task]["inputs"]["artifacts"]["gate"]
+        assert "summary" in yaml.safe_dump(got), got
+    assert "report" in yaml.safe_dump(tasks["nothing-to-learn"]["inputs"]["artifacts"]["preflight"])
+
+
+def test_no_run_holds_the_schedule_for_ever(spec, compiled):
+    """Was: no task had a timeout and the Trainer job's wait defaulted to 7 days: one run stuck
+    Pending on a GPU stopped all retraining (schedules run one at a time). Now every step's pod
+    has a timeout (platform.yaml), the whole run a deadline (Argo's activeDeadlineSeconds), and
+    the distill task's wait for a Trainer job (distill.trainer_wait_s) ends before its pod's."""
+    from kadet.core.config import DistillConfig
+    from kadet.kubeflow.platform import Platform
+
+    plat = Platform.load()
+    kube = compiled[1]["platforms"]["kubernetes"]
+    assert kube["pipelineConfig"]["activeDeadlineSeconds"] == plat.deadline_s > 0
+    executors = kube["deploymentSpec"]["executors"]
+    assert set(executors) == set(spec["deploymentSpec"]["executors"])          # every step, the exit task included
+    for name, ex in executors.items():
+        step = name.removeprefix("exec-").replace("-", "_").removesuffix("_2")
+        assert int(ex["activeDeadlineSeconds"]) == plat.timeout(step) > 0, name
+        assert int(ex["activeDeadlineSeconds"]) <= plat.deadline_s, name
+    assert int(executors["exec-distill"]["activeDeadlineSeconds"]) > DistillConfig().trainer_wait_s
+    assert int(executors["exec-generate"]["activeDeadlineSeconds"]) > int(executors["exec-config"]["activeDeadlineSeconds"])
+    # and each pod knows its KFP run (tagged on the MLflow parent run)
+    for name, ex in executors.items():
+        assert {"name": "KADET_KFP_RUN_ID", "fieldPath": "metadata.labels['pipeline/runid']"} in ex["fieldPathAsEnv"]
+
+
+def test_the_local_pipeline_has_no_cluster_bounds():
+    """kadet run (kfp.local) builds the pipeline without the platform: no deadline, no pod timeout."""
+    from kfp import compiler
+
+    from kadet.kubeflow.pipeline import make_pipeline
+
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        compiler.Compiler().compile(make_pipeline(), str(Path(tmp) / "p.yaml"))
+        text = (Path(tmp) / "p.yaml").read_text()
+    assert "activeDeadlineSeconds" not in text and "pipelineConfig" not in text
