@@ -264,7 +264,7 @@ def teacher_needs(spec: str, cfg) -> list[Need]:
 DATA_STEPS = ("fingerprint", "preflight", "prepare", "evaluate")
 TRACKED_STEPS = (*DATA_STEPS, "generate", "generate_merge", "mine", "label", "label_merge", "distill", "register",
                  "promote", "challenger", "finish", "unchanged", "nothing_to_learn")
-PLAIN_STEPS = ("shard_indices",)
+PLAIN_STEPS = ("config", "shard_indices")   # config: the profile (packaged) and the run parameters
 
 
 def step_needs(cfg, step: str, env: dict[str, str] | None = None) -> list[Need]:
