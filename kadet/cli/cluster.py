@@ -1,4 +1,5 @@
-"""The cluster subcommands: submit and schedule (a Kubeflow Pipelines endpoint) and models (stage
+"""The cluster subcommands: submit and schedule (create, list, pause, resume, delete; a Kubeflow
+Pipelines endpoint) and models (stage
 a model onto the model-cache volume or into a bucket). None reads a kadet config of its own."""
 
 from __future__ import annotations

@@ -175,11 +175,11 @@ ACCESS = {"standalone": "kubeflow", "profile": "kubeflow-user-example-com"}
 def render_access(mode: str, tmp_path: Path, settings: str | None = None) -> list[dict]:
     """``manifests/pipeline-access/<mode>`` rendered with the Secrets' env files a user writes
     (here: placeholder values in a copy; the real files are never committed) and, if given,
-    ``settings`` as the admin's ``settings.env``."""
+    ``settings`` as the admin's ``settings.properties``."""
     copy = tmp_path / "pipeline-access"
     shutil.copytree(MANIFESTS / "pipeline-access", copy, dirs_exist_ok=True)
     if settings is not None:
-        (copy / "base" / "settings.env").write_text(settings)
+        (copy / "base" / "settings.properties").write_text(settings)
     for example in (copy / "base" / "secrets").glob("*.env.example"):
         example.with_suffix("").write_text("".join(f"{line.split('=')[0]}=placeholder\n" for line in
                                                    example.read_text().splitlines() if "=" in line))
@@ -244,8 +244,8 @@ def test_the_runner_role_is_least_privilege(tmp_path):
 def test_the_artifact_secret_the_runner_reads_is_a_setting(tmp_path):
     """Was: ``mlpipeline-minio-artifact`` written into the Role; a KFP whose kfp-launcher ConfigMap
     names another Secret (its providers' secretRef) left the launcher without access. Now it is
-    ``artifact-secret`` in pipeline-access/base/settings.env."""
-    text = (MANIFESTS / "pipeline-access" / "base" / "settings.env").read_text()
+    ``artifact-secret`` in pipeline-access/base/settings.properties."""
+    text = (MANIFESTS / "pipeline-access" / "base" / "settings.properties").read_text()
     docs = render_access("profile", tmp_path, text.replace("=mlpipeline-minio-artifact", "=team-a-s3-creds"))
     (role,) = [d for d in docs if d["kind"] == "Role"]
     secrets = {n for r in role["rules"] if r["resources"] == ["secrets"] for n in r["resourceNames"]}
@@ -675,6 +675,8 @@ def test_the_install_guide_runs_here(tmp_path):
     profile = [d for d in yaml.safe_load_all(next(out for c, out in ran if "pipeline-access-$PROFILE" in c
                                                   and c.startswith("kubectl")))]
     assert {d["metadata"].get("namespace") for d in profile if d["kind"] != "Namespace"} == {"team-a"}
+    (cron,) = [d for d in profile if d["kind"] == "CronJob"]                 # make pin pinned the prune's image
+    assert containers(cron)[1][0]["image"].startswith("registry.example.com/kadet/kadet@sha256:")
     assert (tmp_path / "s3" / "kadet" / "corpora" / "mycorpus" / "corpus.jsonl").is_file()
     assert (tmp_path / "s3" / "kadet" / "models" / "bge-reranker-v2-m3" / "config.json").is_file()
     runs = [r["body"] for r in double.requests if r["method"] == "POST" and r["path"] == "/apis/v2beta1/runs"]
