@@ -1,6 +1,6 @@
-"""The cluster subcommands: submit and schedule (create, list, pause, resume, delete; a Kubeflow
-Pipelines endpoint) and models (stage
-a model onto the model-cache volume or into a bucket). None reads a kadet config of its own."""
+"""The cluster subcommands: submit and schedule (create, list, pause, resume, delete) on a Kubeflow
+Pipelines endpoint, and models (stage a model onto the model-cache volume or into a bucket). None
+reads a kadet config of its own."""
 
 from __future__ import annotations
 
