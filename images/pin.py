@@ -11,6 +11,7 @@ Postgres; pulled and re-tagged by ``make build``). Subcommands:
   pushes exactly these);
 - ``pin``: resolves each target's digest in the registry and writes kustomize ``images:``
   (``name`` -> ``newName`` in the registry + ``digest``) into ``manifests/base/kustomization.yaml``
+  (and the CPU image's into ``manifests/pipeline-access/base/kustomization.yaml``: the prune CronJob)
   (so every ``kubectl apply -k`` deploys ``REGISTRY/...@sha256:...``) and the lock file
   ``build/images.json``;
 - ``compile``: compiles the pipeline against the lock's ``kadet@sha256:...`` (CPU and CUDA) into
@@ -133,6 +134,11 @@ def pin(resolve: Callable[[str], str], registry: str, version: str, base: Path =
         if not source.startswith("kadet:"):
             entries.append({"name": split_ref(source)[0], "newName": name, "digest": pinned[target].split("@")[1]})
     pin_kustomization(base, entries)
+    access = base.parent / "pipeline-access" / "base"
+    if (access / "prune.yaml").exists():   # the kadet-prune CronJob runs the CPU image
+        cpu = pinned[f"{registry.rstrip('/')}/kadet:{version}-cpu"]
+        pin_kustomization(access, [{"name": split_ref(manifest_images(access)[0])[0], "newName": cpu.split("@")[0],
+                                    "digest": cpu.split("@")[1]}])
     content = {"registry": registry.rstrip("/"), "version": version, "images": pinned,
                "kadet_cpu": pinned[f"{registry.rstrip('/')}/kadet:{version}-cpu"],
                "kadet_cuda": pinned[f"{registry.rstrip('/')}/kadet:{version}-cuda"]}

@@ -68,7 +68,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from kadet.tools.prune import format_removals, prune
 
     cfg = load(args)
-    removals = prune(cfg, cfg.retention.keep_runs, dry_run=args.dry_run)
+    removals = prune(cfg, cfg.retention.keep_runs, dry_run=args.dry_run, all_models=args.all_models)
     print(format_removals(removals, args.dry_run, cfg.retention.keep_runs))
     return 0
 
@@ -141,4 +141,7 @@ PRUNE = Command(
     "MLflow store is local). --dry-run prints what it would remove, with sizes.",
     cmd_prune,
     (Opt("--keep", "retention.keep_runs"),
-     Opt("--dry-run", help="print what would be removed and its size; remove nothing", kw={"action": "store_true"})))
+     Opt("--dry-run", help="print what would be removed and its size; remove nothing", kw={"action": "store_true"}),
+     Opt("--all-models", help="the refused versions of every registered model, not only register.model_name's "
+                              "(on a cluster each corpus registers its own; the kadet-prune CronJob passes it)",
+         kw={"action": "store_true"})))

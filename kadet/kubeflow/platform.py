@@ -37,8 +37,12 @@ class Platform:
     timeouts: dict[str, int] = field(default_factory=dict)
     #: Seconds a whole run may take (the Argo workflow's activeDeadlineSeconds; 0 = none).
     deadline_s: int = 0
-    #: run_as_user, run_as_group, run_as_non_root of every pipeline container.
+    #: run_as_user, run_as_group, run_as_non_root: the Trainer job's and the staging Job's containers.
     security_context: dict[str, object] = field(default_factory=dict)
+    #: Also on the pipeline's own containers (kfp-kubernetes' set_security_context): a field the KFP
+    #: backend knows from 2.16.0 on (older ones refuse the run), so off unless asked for; ``kadet
+    #: submit`` then refuses a backend older than 2.16 (kadet.kubeflow.remote.package_floor).
+    kfp_security_context: bool = False
     #: gpu_count > 1: the distill task launches a Kubeflow Trainer job of ``trainer_nodes`` nodes x
     #: gpu_count GPUs (kadet/kubeflow/trainjob.py): kind auto (what the cluster serves), PyTorchJob or TrainJob.
     trainer_kind: str = "auto"
@@ -139,7 +143,7 @@ class Platform:
             kubernetes.use_field_path_as_env(task, env_name=KFP_RUN_ENV, field_path=self.kfp_run_field)
         if self.timeout(step):
             kubernetes.set_timeout(task, self.timeout(step))
-        if self.security_context:
+        if self.security_context and self.kfp_security_context:
             kubernetes.set_security_context(task, **self.security_context)
         for key, value in self.pod_labels.items():
             kubernetes.add_pod_label(task, label_key=key, label_value=value)

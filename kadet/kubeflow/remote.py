@@ -2,7 +2,9 @@
 
     kadet submit   --host https://kfp.example.com --data s3://kadet/corpora/scifact [--param k=v ...]
                    [--profile local|gpu|FILE] [--config FILE] [--set key=value ...] [--work-dir PATH]
-    kadet schedule --host ... --data ... --cron "0 3 * * 1" [--name kadet-weekly]
+                   [--model-name NAME] [--no-cache]
+    kadet schedule --host ... --data ... --cron "0 3 * * 1" [--name NAME] [--replace]
+    kadet schedule list | pause | resume | delete --host ... [--name NAME | --data URI]
 
 Both use ``kfp.Client`` with the committed ``kadet/kubeflow/kadet_pipeline.yaml`` or ``--package``
 (``make -C images compile`` writes one for your registry into ``build/``). ``--profile`` becomes
@@ -10,10 +12,17 @@ the pipeline's ``profile`` parameter (a profile file's settings go into ``config
 ``--config`` and ``--set`` become its ``config_yaml``: only the settings that differ from the
 profile, so everything else (the cluster's TGI address, for one) stays the pods' own.
 Everything that can be checked here is checked before any call: parameters, config, ``--cron``,
-``--work-dir``. A recurring run has ``max_concurrency=1`` (a retraining never overlaps the
-previous one) and no catch-up (missed intervals are skipped, not replayed). Authentication
-follows ``kfp.Client``: ``--token``/``$KFP_TOKEN`` (bearer), or the in-cluster service account
-token. A failed call is one line naming the host and what it answered.
+``--work-dir``.
+
+One corpus, one schedule, one registered model: unless named, both are ``kadet-<corpus>`` (the
+last part of ``--data``), so a second corpus never deletes the first one's schedule nor fights
+over its ``champion``. A schedule of the same name with another version, cron or parameters is
+refused unless ``--replace``. A recurring run has ``max_concurrency=1`` (a retraining never
+overlaps the previous one) and no catch-up (missed intervals are skipped, not replayed); its cron
+runs in the timezone of KFP's scheduler (:data:`TIMEZONE_NOTE`). ``--no-cache`` uploads the
+package with caching off on every task as a version of its own (:func:`uncached_package`).
+Authentication follows ``kfp.Client``: ``--token``/``$KFP_TOKEN`` (bearer), or the in-cluster
+service account token. A failed call is one line naming the host and what it answered.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import os
 import re
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from kadet.kubeflow import parameters
@@ -246,17 +256,43 @@ def package_path(package: str | None) -> str:
 #: The oldest KFP backend that runs the compiled pipeline: ``dsl.Collected`` of artifacts came
 #: with KFP 2.14.0 (its changelog: "backend/sdk: enable dsl.Collected for parameters & artifacts").
 MIN_BACKEND = (2, 14)
+#: A package whose steps carry a container ``securityContext`` (kfp-kubernetes'
+#: ``set_security_context``; ``kfp_security_context: true`` in kadet/kubeflow/platform.yaml) needs
+#: KFP >= 2.16.0: the field came with kubeflow/pipelines#12832 (first tagged in 2.16.0), and an
+#: older API server's Argo compiler reads each step's Kubernetes config with a strict
+#: ``protojson.Unmarshal`` (backend/src/v2/compiler/argocompiler/container.go), so it refuses the
+#: run ("unknown field").
+SECURITY_CONTEXT_BACKEND = (2, 16)
 
 
-def check_backend(info: dict) -> str:
-    """The backend's version from its healthz answer; a clear error if it is older than
-    :data:`MIN_BACKEND` or unknown."""
+def package_floor(package: str | Path) -> tuple[tuple[int, int], str]:
+    """``(oldest KFP backend, why)`` that runs this compiled package."""
+    import yaml
+
+    docs = list(yaml.safe_load_all(Path(package).read_text(encoding="utf-8")))
+    executors = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values() if len(docs) > 1 else []
+    if any("securityContext" in ex for ex in executors):
+        return SECURITY_CONTEXT_BACKEND, "its steps set a container securityContext (kfp_security_context: true)"
+    return MIN_BACKEND, "dsl.Collected of artifacts"
+
+
+def check_backend(info: dict, floor: tuple[int, int] = MIN_BACKEND, why: str = "dsl.Collected of artifacts") -> str:
+    """The backend's version from its healthz answer; a clear error if it is older than ``floor``
+    (:data:`MIN_BACKEND`; :func:`package_floor` for a package) or unknown."""
     tag = str(info.get("tag_name") or "")
     found = re.match(r"v?(\d+)\.(\d+)", tag)
-    if not found or tuple(map(int, found.groups())) < MIN_BACKEND:
+    if not found or tuple(map(int, found.groups())) < floor:
         raise KadetError(f"the KFP backend is {tag or 'of unknown version'}; kadet's pipeline needs Kubeflow "
-                         f"Pipelines >= {'.'.join(map(str, MIN_BACKEND))} (dsl.Collected of artifacts): upgrade it")
+                         f"Pipelines >= {'.'.join(map(str, floor))} ({why}): upgrade it")
     return tag
+
+
+def _check_package(host: str, token: str | None, package: str) -> None:
+    """Refuse a backend too old for what this package needs beyond :data:`MIN_BACKEND` (which
+    :func:`_connect` checks)."""
+    floor, why = package_floor(package)
+    if floor > MIN_BACKEND:
+        check_backend(probe(host, token), floor, why)
 
 
 def _by_name(name: str) -> str:
@@ -383,40 +419,208 @@ def _connect(host: str, namespace: str | None, token: str | None, package: str |
     return c, pid, vid
 
 
+#: KFP's scheduler fires every cron in one timezone for the whole install: its
+#: ``pipeline-install-config`` ConfigMap's ``cronScheduleTimezone`` (env ``CRON_SCHEDULE_TIMEZONE`` of
+#: ``ml-pipeline-scheduledworkflow``; KFP's manifests set "UTC", unset means the controller's local
+#: time). A recurring run cannot carry its own.
+TIMEZONE_NOTE = ("in the KFP scheduler's timezone (pipeline-install-config cronScheduleTimezone: UTC as KFP "
+                 "installs it)")
+#: ``kadet schedule``'s actions; ``create`` is what ``kadet schedule --cron ... --data ...`` does.
+SCHEDULE_ACTIONS = ("create", "list", "pause", "resume", "delete")
+
+
+def corpus_slug(data_uri: str) -> str:
+    """The corpus' name as a DNS-label-like slug: the last part of its URI (``s3://kadet/corpora/
+    SciFact_v2/`` -> ``scifact-v2``)."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(data_uri)
+    parts = [p for p in (parsed.netloc + "/" + parsed.path if parsed.scheme else data_uri).split("/") if p]
+    slug = re.sub(r"[^a-z0-9]+", "-", parts[-1].lower()).strip("-")[:48].strip("-") if parts else ""
+    if not slug:
+        raise KadetError(f"--data {data_uri}: no corpus name to derive names from: pass --name and --model-name")
+    return slug
+
+
+def default_name(data_uri: str) -> str:
+    """The schedule name and the registered model name a corpus gets unless the user names them:
+    ``kadet-<corpus slug>``, so two corpora never share either."""
+    return f"kadet-{corpus_slug(data_uri)}"
+
+
+def with_model_name(params: dict, model_name: str | None = None) -> tuple[dict, str, str]:
+    """``(params, model name, where it came from)``: ``--model-name``, else the ``model_name``
+    parameter or ``register.model_name`` in ``config_yaml`` the user set, else ``kadet-<corpus>``
+    (the pipeline's own default, ``kadet-embedding``, would make every corpus fight over one
+    champion)."""
+    import yaml
+
+    if model_name:
+        if params.get("model_name") not in (None, "", model_name):
+            raise KadetError("--model-name and --param model_name both set the pipeline parameter model_name: use one")
+        return {**params, "model_name": model_name}, model_name, "--model-name"
+    if params.get("model_name"):
+        return params, str(params["model_name"]), "--param model_name"
+    doc = yaml.safe_load(params.get("config_yaml") or "") or {}
+    configured = (doc.get("register") or {}).get("model_name") if isinstance(doc, dict) else None
+    if configured:
+        return params, str(configured), "config_yaml (register.model_name)"
+    derived = default_name(str(params["data_uri"]))
+    return {**params, "model_name": derived}, derived, "from --data's corpus; --model-name sets another"
+
+
+def uncached_package(package: str | Path, folder: str | Path) -> str:
+    """A copy of the compiled pipeline in ``folder`` whose every task has caching off: uploaded, it is
+    a version of its own (its name is its content's digest). ``kfp.Client`` applies ``enable_caching``
+    only to a package it submits inline, never to a run of an uploaded version, and the v2beta1 run
+    has no cache field, so ``--no-cache`` is this version."""
+    import yaml
+
+    docs = list(yaml.safe_load_all(Path(package).read_text(encoding="utf-8")))
+    spec = docs[0]
+    dags = [spec.get("root", {}).get("dag", {})] + [c.get("dag", {}) for c in spec.get("components", {}).values()]
+    for dag in dags:
+        for task in (dag.get("tasks") or {}).values():
+            task["cachingOptions"] = {}
+    out = Path(folder) / f"{Path(package).stem}-nocache.yaml"
+    out.write_text(yaml.safe_dump_all(docs, sort_keys=False), encoding="utf-8")
+    return str(out)
+
+
+@contextlib.contextmanager
+def _package_for(package: str | None, caching: bool) -> Iterator[str]:
+    """The package to upload: as compiled, or (``caching`` off) its uncached copy."""
+    import tempfile
+
+    path = package_path(package)
+    if caching:
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="kadet-nocache-") as folder:
+        yield uncached_package(path, folder)
+
+
 def submit(host: str, params: dict, experiment: str = DEFAULT_EXPERIMENT, run_name: str | None = None,
            package: str | None = None, namespace: str | None = None, service_account: str = DEFAULT_SERVICE_ACCOUNT,
            caching: bool = True, token: str | None = None) -> str:
-    """Check the backend, upload (or reuse) the pipeline version, start one run; returns its run id."""
-    with kfp_errors(host):
-        c, pid, vid = _connect(host, namespace, token, package)
+    """Check the backend, upload (or reuse) the pipeline version (``caching`` off: its uncached
+    version), start one run; returns its run id."""
+    with kfp_errors(host), _package_for(package, caching) as pkg:
+        _check_package(host, token, pkg)
+        c, pid, vid = _connect(host, namespace, token, pkg)
         exp = c.create_experiment(experiment, namespace=namespace)
         run = c.run_pipeline(exp.experiment_id, run_name or f"{PIPELINE_NAME} {params.get('data_uri', '')}".strip(),
-                             params=params, pipeline_id=pid, version_id=vid, enable_caching=caching,
-                             service_account=service_account)
+                             params=params, pipeline_id=pid, version_id=vid, service_account=service_account)
     return run.run_id
 
 
-def schedule(host: str, params: dict, cron: str, name: str = "kadet-retrain", experiment: str = DEFAULT_EXPERIMENT,
+def _experiment_id(c, experiment: str, namespace: str | None) -> str | None:
+    found = c.list_experiments(page_size=10, filter=_by_name(experiment), namespace=namespace).experiments or []
+    return next((e.experiment_id for e in found if e.display_name == experiment), None)
+
+
+def _jobs(c, experiment_id: str) -> list:
+    """Every recurring run of the experiment (all pages)."""
+    jobs, token = [], ""
+    while True:
+        page = c.list_recurring_runs(page_token=token, page_size=100, experiment_id=experiment_id)
+        jobs += page.recurring_runs or []
+        token = page.next_page_token or ""
+        if not token:
+            return jobs
+
+
+def _cron(job) -> str | None:
+    return job.trigger.cron_schedule.cron if job.trigger is not None and job.trigger.cron_schedule is not None else None
+
+
+def _short(value: object) -> str:
+    return _one_line(json.dumps(value) if not isinstance(value, str) else repr(value), 60)
+
+
+def schedule_changes(job, version_id: str, cron6: str, params: dict) -> list[str]:
+    """What differs between the recurring run ``job`` and the one asked for (empty: the same)."""
+    ref = job.pipeline_version_reference
+    changes = [] if ref is not None and ref.pipeline_version_id == version_id else ["the pipeline version"]
+    if _cron(job) != cron6:
+        changes.append(f"cron {_cron(job)!r} -> {cron6!r}")
+    old = dict(job.runtime_config.parameters or {}) if job.runtime_config else {}
+    changes += [f"{key} {_short(old.get(key))} -> {_short(params.get(key))}"
+                for key in sorted(set(old) | set(params)) if old.get(key) != params.get(key)]
+    return changes
+
+
+def schedule(host: str, params: dict, cron: str, name: str, experiment: str = DEFAULT_EXPERIMENT,
              package: str | None = None, namespace: str | None = None,
-             service_account: str = DEFAULT_SERVICE_ACCOUNT, caching: bool = True, token: str | None = None) -> str:
+             service_account: str = DEFAULT_SERVICE_ACCOUNT, caching: bool = True, token: str | None = None,
+             replace: bool = False) -> tuple[str, str]:
     """Create the recurring run ``name`` (cron, max_concurrency=1, no catch-up) on the uploaded
-    pipeline version; idempotent by name: the same schedule again is left as it is, a changed one
-    (version, cron, parameters) replaces it. Returns its id."""
+    pipeline version: ``(its id, "created" | "unchanged" | "replaced")``. The same schedule again is
+    left as it is; one of that name with another version, cron or parameters is refused (naming what
+    differs) unless ``replace``, which deletes it and creates the new one."""
     cron6 = kfp_cron(cron)  # before any call
-    with kfp_errors(host):
-        c, pid, vid = _connect(host, namespace, token, package)
+    with kfp_errors(host), _package_for(package, caching) as pkg:
+        _check_package(host, token, pkg)
+        c, pid, vid = _connect(host, namespace, token, pkg)
         exp = c.create_experiment(experiment, namespace=namespace)
-        for job in c.list_recurring_runs(experiment_id=exp.experiment_id, page_size=100).recurring_runs or []:
-            if job.display_name != name:
-                continue
-            spec = job.pipeline_version_reference
-            same = (spec is not None and spec.pipeline_version_id == vid and job.trigger is not None
-                    and job.trigger.cron_schedule is not None and job.trigger.cron_schedule.cron == cron6
-                    and (job.runtime_config.parameters if job.runtime_config else {}) == params)
-            if same:
-                return job.recurring_run_id
+        same = [j for j in _jobs(c, exp.experiment_id) if j.display_name == name]
+        changed = {j.recurring_run_id: schedule_changes(j, vid, cron6, params) for j in same}
+        if len(same) == 1 and not changed[same[0].recurring_run_id]:
+            return same[0].recurring_run_id, "unchanged"
+        if same and not replace:
+            what = "; ".join(next(iter(d for d in changed.values() if d), ["a duplicate name"]))
+            raise KadetError(f"a schedule named {name!r} already exists in experiment {experiment!r} with other "
+                             f"settings ({what}): pass --replace to replace it, or --name for another schedule")
+        for job in same:
             c.delete_recurring_run(job.recurring_run_id)
         job = c.create_recurring_run(
             exp.experiment_id, name, cron_expression=cron6, max_concurrency=1, no_catchup=True, params=params,
-            pipeline_id=pid, version_id=vid, enable_caching=caching, service_account=service_account)
-    return job.recurring_run_id
+            pipeline_id=pid, version_id=vid, service_account=service_account)
+    return job.recurring_run_id, "replaced" if same else "created"
+
+
+@dataclass(frozen=True)
+class ScheduleInfo:
+    """One recurring run as ``kadet schedule list`` shows it."""
+
+    name: str
+    id: str
+    status: str       # ENABLED, DISABLED
+    cron: str
+    data_uri: str
+    model_name: str
+
+    def line(self) -> str:
+        return f"{self.name:<28} {self.status:<9} {self.cron:<18} {self.model_name or '-':<24} {self.data_uri}  {self.id}"
+
+
+def _info(job) -> ScheduleInfo:
+    params = dict(job.runtime_config.parameters or {}) if job.runtime_config else {}
+    return ScheduleInfo(job.display_name, job.recurring_run_id, str(job.status or "?"), _cron(job) or "-",
+                        str(params.get("data_uri", "")), str(params.get("model_name", "")))
+
+
+def manage_schedule(host: str, action: str, name: str | None = None, experiment: str = DEFAULT_EXPERIMENT,
+                    namespace: str | None = None, token: str | None = None) -> list[ScheduleInfo]:
+    """``list`` the experiment's recurring runs, or ``pause`` / ``resume`` / ``delete`` the one named
+    ``name``; returns the recurring runs it listed or acted on."""
+    if action not in SCHEDULE_ACTIONS[1:]:
+        raise KadetError(f"kadet schedule {action}: expected one of {', '.join(SCHEDULE_ACTIONS)}")
+    if action != "list" and not name:
+        raise KadetError(f"kadet schedule {action}: which schedule? pass --name NAME or the corpus' --data URI")
+    with kfp_errors(host):
+        probe(host, token)
+        c = client(host, namespace, token)
+        exp = _experiment_id(c, experiment, namespace)
+        jobs = _jobs(c, exp) if exp else []
+        if action == "list":
+            return [_info(j) for j in jobs]
+        mine = [j for j in jobs if j.display_name == name]
+        if not mine:
+            raise KadetError(f"no schedule named {name!r} in experiment {experiment!r}"
+                             f"{' (namespace ' + namespace + ')' if namespace else ''}: `kadet schedule list` shows them")
+        call = {"pause": c.disable_recurring_run, "resume": c.enable_recurring_run,
+                "delete": c.delete_recurring_run}[action]
+        for job in mine:
+            call(job.recurring_run_id)
+    return [_info(j) for j in mine]

@@ -15,10 +15,12 @@ Which API the cluster serves decides the manifest (``kind: auto``):
 
 - ``PyTorchJob`` (``kubeflow.org/v1``, Training Operator 1.x): one ``Master`` replica plus
   ``nodes - 1`` ``Worker`` replicas, ``nprocPerNode`` = GPUs per node, container ``pytorch``.
-- ``TrainJob`` (``trainer.kubeflow.org/v1alpha1``, Kubeflow Trainer 2.x): ``runtimeRef`` the
+- ``TrainJob`` (``trainer.kubeflow.org/v1alpha1``, Kubeflow Trainer >= 2.2): ``runtimeRef`` the
   ``torch-distributed`` ClusterTrainingRuntime, ``trainer`` (image, command, nodes, processes,
   resources), and the pod settings (PVC, node selector, tolerations, security context, service
-  account) as a ``runtimePatches`` entry on the runtime's ``node`` job.
+  account) as a ``runtimePatches`` entry on the runtime's ``node`` job. ``runtimePatches`` came with
+  Trainer 2.2 (:data:`MIN_TRAINER`); the job is created with strict field validation, so an older
+  Trainer refuses it by that field's name and the task says which Trainer it needs.
 """
 
 from __future__ import annotations
@@ -180,6 +182,24 @@ def state(kind: str, job: dict) -> tuple[str, str]:
     return "running", ""
 
 
+#: ``TrainJob.spec.runtimePatches`` (how kadet puts the PVC, node selector, tolerations and security
+#: context on the job's pods) came with Kubeflow Trainer v2.2.0 (kubeflow/trainer#3309, "Replace
+#: PodTemplateOverrides with RuntimePatches API"); 2.0 and 2.1 have ``podTemplateOverrides`` instead.
+MIN_TRAINER = "2.2"
+
+
+def _create_error(kind: str, ns: str, name: str, exc) -> str:
+    """One line for a refused create; an API server that does not know ``runtimePatches`` is a
+    Trainer older than :data:`MIN_TRAINER`."""
+    body = exc.body or ""
+    if kind == "TrainJob" and exc.status in (400, 422) and "runtimePatches" in body:
+        return (f"distill: the cluster's Kubeflow Trainer does not know TrainJob.spec.runtimePatches (it refused "
+                f"{ns}/{name}: {exc.status} {exc.reason}): kadet's TrainJob needs Kubeflow Trainer >= {MIN_TRAINER}; "
+                "upgrade it, or set trainer_kind: PyTorchJob in kadet/kubeflow/platform.yaml where the Training "
+                "Operator 1.x is installed")
+    return f"distill: cannot create {kind} {ns}/{name}: {exc.status} {exc.reason} {body[:300]}"
+
+
 def run_job(manifest: dict, api, poll_s: float = 15.0, timeout_s: float = 24 * 3600,
             max_attempts: int = 10) -> str:
     """Create the job, or re-attach to a running or finished one of the same name, and wait
@@ -203,11 +223,10 @@ def run_job(manifest: dict, api, poll_s: float = 15.0, timeout_s: float = 24 * 3
                 raise KadetError(f"distill: cannot read {kind} {ns}/{name}: {exc.status} {exc.reason}") from None
             body = copy.deepcopy(manifest)
             body["metadata"]["name"] = name
-            try:
-                api.create_namespaced_custom_object(group, version, ns, plural, body)
+            try:   # Strict: an API server that does not know a field refuses it instead of dropping it
+                api.create_namespaced_custom_object(group, version, ns, plural, body, field_validation="Strict")
             except ApiException as exc2:
-                raise KadetError(f"distill: cannot create {kind} {ns}/{name}: {exc2.status} {exc2.reason} "
-                                 f"{(exc2.body or '')[:300]}") from None
+                raise KadetError(_create_error(kind, ns, name, exc2)) from None
             log.info("distill: created %s %s/%s", kind, ns, name)
             break
         if state(kind, job)[0] != "failed":

@@ -11,7 +11,9 @@ What each run adds under ``--work-dir`` (default ``.kadet``), and what prune kee
 - ``store/<kind>/<settings digest>/``: generations and teacher scores kept for later runs;
   ``used.json`` names the last run that read the folder. Those last used by one of the newest
   N runs or by the newest successful run.
-- the MLflow registry: a version per run; a refused one (gate failed, not champion) holds a
+- the MLflow registry (``register.model_name``; ``--all-models``: every registered model, as the
+  cluster's nightly ``kadet-prune`` CronJob runs it, manifests/pipeline-access/base/prune.yaml):
+  a version per run; a refused one (gate failed, not champion) holds a
   whole model. The newest N refused versions; prune deletes the older ones with their logged
   model's files where those lie in the work dir (a server's stay until its own ``mlflow gc``).
   The register run that refused it stays, with its report and model card.
@@ -244,15 +246,33 @@ def _model_files(c, v, work: Path) -> tuple[str | None, Path | None]:
     return model_id, folder
 
 
-def model_removals(cfg: KadetConfig, keep: int, work: Path) -> list[Removal]:
-    """Refused versions (gate failed, no alias) of ``register.model_name`` but the newest ``keep``."""
+def model_names(cfg: KadetConfig, all_models: bool = False) -> list[str]:
+    """``register.model_name``, or (``all_models``) every registered model of the store: on a
+    cluster each corpus registers its own (``kadet-<corpus>``). Only versions kadet's gate refused
+    are ever removed, so a model kadet did not register loses nothing."""
+    if not all_models:
+        return [cfg.register.model_name]
+    from kadet.registry import tracking
+
+    c, names, token = tracking.client(cfg), [], None
+    while True:
+        page = c.search_registered_models(max_results=1000, page_token=token)
+        names += [m.name for m in page]
+        token = page.token
+        if not token:
+            return sorted(names)
+
+
+def model_removals(cfg: KadetConfig, keep: int, work: Path, name: str | None = None) -> list[Removal]:
+    """Refused versions (gate failed, no alias) of ``name`` (default ``register.model_name``) but
+    the newest ``keep``."""
     from mlflow.exceptions import MlflowException
 
     from kadet.registry import tracking
 
     if _store_missing(cfg):
         return []
-    name, c = cfg.register.model_name, tracking.client(cfg)
+    name, c = name or cfg.register.model_name, tracking.client(cfg)
     try:
         aliased = {str(v) for v in c.get_registered_model(name).aliases.values()}
     except MlflowException:   # no such model yet
@@ -271,14 +291,18 @@ def model_removals(cfg: KadetConfig, keep: int, work: Path) -> list[Removal]:
     return out
 
 
-def plan(cfg: KadetConfig, keep: int | None = None, now: float | None = None) -> list[Removal]:
-    """Everything prune would remove, oldest kinds of growth first; removes nothing."""
+def plan(cfg: KadetConfig, keep: int | None = None, now: float | None = None,
+         all_models: bool = False) -> list[Removal]:
+    """Everything prune would remove, oldest kinds of growth first; removes nothing (``all_models``:
+    the refused versions of every registered model, not only ``register.model_name``'s)."""
     keep = cfg.retention.keep_runs if keep is None else keep
     if keep < 1:
         raise KadetError(f"prune: --keep / retention.keep_runs = {keep} must be >= 1 (the newest run is never pruned)")
     work, now = Path(cfg.work_dir).resolve(), time.time() if now is None else now
     try:
-        runs, models = pipeline_runs(cfg), model_removals(cfg, keep, work)
+        runs = pipeline_runs(cfg)
+        models = [] if _store_missing(cfg) else [
+            r for name in model_names(cfg, all_models) for r in model_removals(cfg, keep, work, name)]
     except Exception as exc:   # a server that is down: say so instead of guessing what is safe
         from kadet.registry import tracking
 
@@ -305,9 +329,9 @@ def remove(cfg: KadetConfig, r: Removal) -> None:
             p.unlink()
 
 
-def prune(cfg: KadetConfig, keep: int | None = None, dry_run: bool = False) -> list[Removal]:
+def prune(cfg: KadetConfig, keep: int | None = None, dry_run: bool = False, all_models: bool = False) -> list[Removal]:
     """Remove what :func:`plan` lists (``dry_run``: nothing); returns the list."""
-    removals = plan(cfg, keep)
+    removals = plan(cfg, keep, all_models=all_models)
     if not dry_run:
         for r in removals:
             remove(cfg, r)

@@ -172,11 +172,14 @@ def _walk_items(obj):
 ACCESS = {"standalone": "kubeflow", "profile": "kubeflow-user-example-com"}
 
 
-def render_access(mode: str, tmp_path: Path) -> list[dict]:
+def render_access(mode: str, tmp_path: Path, settings: str | None = None) -> list[dict]:
     """``manifests/pipeline-access/<mode>`` rendered with the Secrets' env files a user writes
-    (here: placeholder values in a copy; the real files are never committed)."""
+    (here: placeholder values in a copy; the real files are never committed) and, if given,
+    ``settings`` as the admin's ``settings.properties``."""
     copy = tmp_path / "pipeline-access"
     shutil.copytree(MANIFESTS / "pipeline-access", copy, dirs_exist_ok=True)
+    if settings is not None:
+        (copy / "base" / "settings.properties").write_text(settings)
     for example in (copy / "base" / "secrets").glob("*.env.example"):
         example.with_suffix("").write_text("".join(f"{line.split('=')[0]}=placeholder\n" for line in
                                                    example.read_text().splitlines() if "=" in line))
@@ -231,6 +234,64 @@ def test_the_runner_role_is_least_privilege(tmp_path):
         if {"secrets", "configmaps", "persistentvolumeclaims"} & set(rule["resources"]):
             assert rule.get("resourceNames") and rule["verbs"] == ["get"], rule
     assert not [d for d in yaml.safe_load_all(render("base")) if d and d["kind"] in ("RoleBinding", "ClusterRoleBinding")]
+    # was: get, watch, patch on every pod of the namespace; KFP's driver only reads its own pod, and
+    # Argo >= 3.4's executor reports through workflowtaskresults, not by patching its pod
+    assert [r["verbs"] for r in role["rules"] if r["resources"] == ["pods"]] == [["get"]]
+    secrets = [n for r in role["rules"] if r["resources"] == ["secrets"] for n in r["resourceNames"]]
+    assert sorted(secrets) == ["kadet-minio", "kadet-mlflow-client", "mlpipeline-minio-artifact"]
+
+
+def test_the_artifact_secret_the_runner_reads_is_a_setting(tmp_path):
+    """Was: ``mlpipeline-minio-artifact`` written into the Role; a KFP whose kfp-launcher ConfigMap
+    names another Secret (its providers' secretRef) left the launcher without access. Now it is
+    ``artifact-secret`` in pipeline-access/base/settings.properties."""
+    text = (MANIFESTS / "pipeline-access" / "base" / "settings.properties").read_text()
+    docs = render_access("profile", tmp_path, text.replace("=mlpipeline-minio-artifact", "=team-a-s3-creds"))
+    (role,) = [d for d in docs if d["kind"] == "Role"]
+    secrets = {n for r in role["rules"] if r["resources"] == ["secrets"] for n in r["resourceNames"]}
+    assert secrets == {"kadet-minio", "kadet-mlflow-client", "team-a-s3-creds"}
+
+
+@pytest.mark.parametrize("mode", sorted(ACCESS))
+def test_the_prune_cronjob_applies_kadet_prune_where_the_runs_work(mode, tmp_path):
+    """The cluster's retention: a nightly CronJob in each install mode's namespace that runs
+    ``kadet prune`` (the same rules as on a laptop, kadet/tools/prune.py) on the pipeline's work
+    dir (the PVC at the pipeline's ``work_dir``) and the MLflow registry of every corpus
+    (``--all-models``), as the pipeline's MLflow user; validated strictly, bounded, non-root, no
+    token, admitted to MLflow by the NetworkPolicies, its command one ``kadet`` parses."""
+    from kadet.cli import build_parser
+    from kadet.kubeflow.compile import DEFAULT_OUTPUT
+    from kadet.kubeflow.parameters import PARAMETERS
+    from kadet.kubeflow.platform import Platform
+    from kadet.kubeflow.remote import package_images
+
+    docs = render_access(mode, tmp_path)                       # kubernetes-validate --strict on every object
+    (cron,) = [d for d in docs if d["kind"] == "CronJob"]
+    assert problems([cron]) == [] and cron["metadata"]["namespace"] == ACCESS[mode]
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid" and cron["spec"]["timeZone"] == "Etc/UTC"
+    pod, (c,) = containers(cron)
+    assert pod["automountServiceAccountToken"] is False and "serviceAccountName" not in pod
+    assert c["image"] == package_images(DEFAULT_OUTPUT)["exec-prepare"]
+    platform = Platform.load()
+    work_dir = next(p.default for p in PARAMETERS if p.name == "work_dir")
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    claims = {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in pod["volumes"]}
+    assert claims[mounts[work_dir]] == platform.cache_pvc and work_dir == platform.cache_mount
+    settings = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}["kadet-pipeline-settings"]
+    env = {e["name"]: e for e in c["env"]}
+    keep = env["KEEP_RUNS"]["valueFrom"]["configMapKeyRef"]
+    argv = [a.replace("$(KEEP_RUNS)", settings["data"][keep["key"]]) for a in c["command"]]
+    assert argv[0] == "kadet" and keep["name"] == "kadet-pipeline-settings"
+    args = build_parser().parse_args(argv[1:])
+    assert args.command == "prune" and args.all_models and args.work_dir == work_dir
+    assert getattr(args, "retention.keep_runs") == 3
+    assert env["MLFLOW_TRACKING_URI"]["value"] == platform.env["MLFLOW_TRACKING_URI"]
+    refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in c["env"] if "secretKeyRef" in e.get("valueFrom", {})}
+    assert refs == {"kadet-mlflow-client"} and ("Secret", "kadet-mlflow-client") in {(d["kind"], d["metadata"]["name"])
+                                                                                     for d in docs}
+    labels = cron["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+    services = [d for d in yaml.safe_load_all(render("base")) if d]
+    assert endpoint_problem(platform.env["MLFLOW_TRACKING_URI"], labels, services) is None
 
 
 def test_the_services_admit_pipeline_pods_from_their_namespaces():
@@ -614,6 +675,8 @@ def test_the_install_guide_runs_here(tmp_path):
     profile = [d for d in yaml.safe_load_all(next(out for c, out in ran if "pipeline-access-$PROFILE" in c
                                                   and c.startswith("kubectl")))]
     assert {d["metadata"].get("namespace") for d in profile if d["kind"] != "Namespace"} == {"team-a"}
+    (cron,) = [d for d in profile if d["kind"] == "CronJob"]                 # make pin pinned the prune's image
+    assert containers(cron)[1][0]["image"].startswith("registry.example.com/kadet/kadet@sha256:")
     assert (tmp_path / "s3" / "kadet" / "corpora" / "mycorpus" / "corpus.jsonl").is_file()
     assert (tmp_path / "s3" / "kadet" / "models" / "bge-reranker-v2-m3" / "config.json").is_file()
     runs = [r["body"] for r in double.requests if r["method"] == "POST" and r["path"] == "/apis/v2beta1/runs"]

@@ -54,7 +54,7 @@ def test_submit_uploads_the_pipeline_version_once_and_runs_it(capsys):
                                                   "pipeline_version_id": version["pipeline_version_id"]}
     assert body["display_name"] == "nightly" and body["service_account"] == "kadet-pipeline-runner"
     assert body["runtime_config"]["parameters"] == {"data_uri": "s3://corpora/scifact", "training_mode": "full",
-                                                    "sample_size": 500}
+                                                    "sample_size": 500, "model_name": "kadet-scifact"}
     assert body["experiment_id"] in double.experiments
     assert {k.lower(): v for k, v in runs[0]["headers"].items()}["authorization"] == "Bearer tok"
     assert any(r["path"] == "/apis/v1beta1/healthz" for r in double.requests)
@@ -70,21 +70,150 @@ def test_submit_says_which_backend_it_needs():
     assert not _posts(double, "/apis/v2beta1/runs")
 
 
-def test_schedule_is_idempotent_by_name_and_never_overlaps_or_catches_up():
+def test_schedule_is_idempotent_by_name_and_never_overlaps_or_catches_up(capsys):
+    """Was: a changed schedule of the same name was deleted and recreated without a word. Now the
+    same schedule again is left as it is, a changed one is refused (naming what changed) and
+    replaced only with --replace."""
     with kfp_double() as (host, double):
-        args = ["schedule", "--host", host, "--data", "s3://corpora/scifact", "--cron", "0 3 * * 1", "--name", "weekly",
-                "--no-cache"]
+        args = ["schedule", "--host", host, "--data", "s3://corpora/scifact", "--cron", "0 3 * * 1", "--name", "weekly"]
         assert main(args) == 0 and main(args) == 0                           # the same schedule twice: one job
+        out = capsys.readouterr().out
+        assert "created schedule weekly" in out and "unchanged schedule weekly" in out
+        assert "in the KFP scheduler's timezone (pipeline-install-config cronScheduleTimezone" in out
         assert len(double.recurring) == 1
         (body,) = double.recurring.values()
         assert body["display_name"] == "weekly" and body["mode"] == "ENABLE"
         assert body["trigger"] == {"cron_schedule": {"cron": "0 0 3 * * 1"}}
         assert int(body["max_concurrency"]) == 1 and body["no_catchup"] is True
-        assert body["runtime_config"]["parameters"] == {"data_uri": "s3://corpora/scifact"}
+        assert body["runtime_config"]["parameters"] == {"data_uri": "s3://corpora/scifact", "model_name": "kadet-scifact"}
         assert body["pipeline_version_reference"]["pipeline_version_id"] in double.versions
-        assert main([*args[:-3], "--cron", "0 4 * * 1", *args[-3:-1], "--no-cache"]) == 0   # a changed schedule
-        (changed,) = double.recurring.values()
-        assert changed["trigger"]["cron_schedule"]["cron"] == "0 0 4 * * 1" and changed is not body
+        changed = [*args[:-4], "--cron", "0 4 * * 1", "--name", "weekly"]
+        assert main(changed) == 2                                            # refused: it would delete the old one
+        err = capsys.readouterr().err
+        assert "a schedule named 'weekly' already exists" in err and "cron '0 0 3 * * 1' -> '0 0 4 * * 1'" in err
+        assert "--replace" in err and list(double.recurring.values()) == [body]
+        assert not [r for r in double.requests if r["method"] == "DELETE"]
+        assert main([*changed, "--replace"]) == 0                            # replaced
+        assert "replaced schedule weekly" in capsys.readouterr().out
+        (new,) = double.recurring.values()
+        assert new["trigger"]["cron_schedule"]["cron"] == "0 0 4 * * 1" and new is not body
+
+
+def test_two_corpora_keep_two_schedules_and_two_models(capsys):
+    """Was: every schedule defaulted to one name (``kadet-retrain``), so scheduling a second corpus
+    deleted the first one's, and every corpus registered into ``kadet-embedding`` (two corpora
+    fought over ``champion``). Now each corpus gets its own schedule and model, ``kadet-<corpus>``,
+    shown in the output; a parameter of the same name for another corpus is refused, not swapped."""
+    with kfp_double() as (host, double):
+        for corpus in ("s3://kadet/corpora/scifact", "s3://kadet/corpora/NFCorpus/"):
+            assert main(["schedule", "--host", host, "--data", corpus, "--cron", "0 3 * * 1"]) == 0
+        out = capsys.readouterr().out
+        assert main(["submit", "--host", host, "--data", "s3://kadet/corpora/fiqa"]) == 0
+        assert main(["submit", "--host", host, "--data", "s3://kadet/corpora/fiqa", "--model-name", "fiqa-prod"]) == 0
+        assert main(["submit", "--host", host, "--data", "s3://kadet/corpora/fiqa", "--set",
+                     "register.model_name=from-config"]) == 0
+        submitted = capsys.readouterr().out
+    jobs = {j["display_name"]: j["runtime_config"]["parameters"] for j in double.recurring.values()}
+    assert jobs == {"kadet-scifact": {"data_uri": "s3://kadet/corpora/scifact", "model_name": "kadet-scifact"},
+                    "kadet-nfcorpus": {"data_uri": "s3://kadet/corpora/NFCorpus/", "model_name": "kadet-nfcorpus"}}
+    assert "created schedule kadet-scifact" in out and "registers model kadet-nfcorpus" in out
+    runs = [r["body"]["runtime_config"]["parameters"] for r in _posts(double, "/apis/v2beta1/runs")]
+    assert [r.get("model_name") for r in runs] == ["kadet-fiqa", "fiqa-prod", None]   # config_yaml's own stays
+    assert "register:\n  model_name: from-config" in runs[2]["config_yaml"]
+    assert "registers model kadet-fiqa (from --data's corpus" in submitted
+    assert "registers model from-config (config_yaml (register.model_name))" in submitted
+
+
+def test_schedule_list_pause_resume_delete_reach_the_api(capsys):
+    with kfp_double() as (host, double):
+        for corpus in ("scifact", "nfcorpus"):
+            assert main(["schedule", "--host", host, "--data", f"s3://kadet/corpora/{corpus}", "--cron", "0 3 * * 1"]) == 0
+        ids = {j["display_name"]: rid for rid, j in double.recurring.items()}
+        capsys.readouterr()
+        assert main(["schedule", "list", "--host", host]) == 0
+        listed = capsys.readouterr().out
+        assert "2 schedule(s) in experiment 'kadet'" in listed and listed.count("ENABLED") == 2
+        assert "kadet-scifact" in listed and "s3://kadet/corpora/nfcorpus" in listed
+        assert main(["schedule", "pause", "--host", host, "--name", "kadet-scifact"]) == 0
+        assert double.recurring[ids["kadet-scifact"]]["status"] == "DISABLED"
+        assert double.recurring[ids["kadet-nfcorpus"]]["status"] == "ENABLED"
+        assert main(["schedule", "list", "--host", host]) == 0 and "DISABLED" in capsys.readouterr().out
+        assert main(["schedule", "resume", "--host", host, "--data", "s3://kadet/corpora/scifact"]) == 0  # by corpus
+        assert double.recurring[ids["kadet-scifact"]]["status"] == "ENABLED"
+        assert main(["schedule", "delete", "--host", host, "--name", "kadet-nfcorpus"]) == 0
+        assert list(double.recurring) == [ids["kadet-scifact"]]
+        capsys.readouterr()
+        assert main(["schedule", "delete", "--host", host, "--name", "kadet-nfcorpus"]) == 2
+        assert "no schedule named 'kadet-nfcorpus'" in capsys.readouterr().err
+        assert main(["schedule", "pause", "--host", host]) == 2
+        assert "which schedule?" in capsys.readouterr().err
+        assert main(["schedule", "--host", host, "--data", "s3://kadet/corpora/x"]) == 2
+        assert "--cron is required to create a schedule" in capsys.readouterr().err
+    posts = {r["path"].split("/")[-1] for r in double.requests if r["method"] == "POST"}
+    assert {f"{ids['kadet-scifact']}:disable", f"{ids['kadet-scifact']}:enable"} <= posts
+    assert [r["path"] for r in double.requests if r["method"] == "DELETE"][0].endswith(ids["kadet-nfcorpus"])
+
+
+def test_no_cache_runs_an_uncached_version():
+    """Was: ``--no-cache`` went to ``kfp.Client`` as ``enable_caching`` with a pipeline version id,
+    which the client ignores (it applies it only to a package submitted inline): every task still
+    came from the cache. Now it uploads the package with caching off on every task, as a version
+    of its own, and the run (or schedule) runs that version."""
+    import yaml
+
+    with kfp_double() as (host, double):
+        assert main(["submit", "--host", host, "--data", "s3://kadet/corpora/x"]) == 0
+        assert main(["submit", "--host", host, "--data", "s3://kadet/corpora/x", "--no-cache"]) == 0
+        assert main(["schedule", "--host", host, "--data", "s3://kadet/corpora/x", "--cron", "0 3 * * 1",
+                     "--no-cache"]) == 0
+    uploads = _posts(double, "/apis/v2beta1/pipelines/upload_version")
+    assert len(uploads) == 2                                     # the package as compiled, then its uncached copy
+    cached, uncached = (yaml.safe_load_all(u["body"]["upload"].split("\r\n\r\n", 1)[1].rsplit("\r\n--", 1)[0])
+                        for u in uploads)
+    cached, uncached = list(cached)[0], list(uncached)[0]
+
+    def caching(spec):
+        dags = [spec["root"]["dag"], *(c["dag"] for c in spec["components"].values() if "dag" in c)]
+        return [t.get("cachingOptions", {}).get("enableCache", False) for d in dags for t in d["tasks"].values()]
+
+    assert any(caching(cached)) and not any(caching(uncached)) and len(caching(cached)) == len(caching(uncached))
+    versions = [r["body"]["pipeline_version_reference"]["pipeline_version_id"] for r in _posts(double, "/apis/v2beta1/runs")]
+    names = {v["pipeline_version_id"]: v["display_name"] for v in double.versions.values()}
+    assert versions[0] != versions[1] and names[versions[0]] != names[versions[1]]
+    (job,) = double.recurring.values()
+    assert job["pipeline_version_reference"]["pipeline_version_id"] == versions[1]   # the same uncached version
+
+
+def test_the_security_context_is_opt_in_and_then_needs_kfp_2_16(tmp_path):
+    """Was: every step carried a container ``securityContext`` (kfp-kubernetes'
+    ``set_security_context``), a field KFP's backend knows only from 2.16.0 on (an older API
+    server's Argo compiler refuses the run), while kadet claimed >= 2.14. Now the committed
+    package has none and runs on 2.14; with ``kfp_security_context: true`` the package carries it
+    and ``kadet submit`` refuses a backend older than 2.16 before any upload."""
+    import yaml
+
+    from kadet.kubeflow.compile import compile_pipeline
+    from kadet.kubeflow.platform import DEFAULT_PLATFORM
+    from kadet.kubeflow.remote import MIN_BACKEND, package_floor, submit
+
+    assert package_floor(DEFAULT_OUTPUT)[0] == MIN_BACKEND == (2, 14)
+    plat = tmp_path / "platform.yaml"
+    plat.write_text(yaml.safe_dump({**yaml.safe_load(DEFAULT_PLATFORM.read_text()), "kfp_security_context": True}))
+    package = compile_pipeline(tmp_path / "p.yaml", platform=plat)
+    executors = list(yaml.safe_load_all(package.read_text()))[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert all(int(ex["securityContext"]["runAsUser"]) == 10001 for ex in executors.values())
+    assert package_floor(package)[0] == (2, 16)
+    for version, ok in (("2.15.0", False), ("2.16.0", True)):
+        with kfp_double(version=version) as (host, double):
+            if ok:
+                assert submit(host, {"data_uri": "s3://x"}, package=str(package))
+            else:
+                with pytest.raises(KadetError, match=r"backend is 2.15.0; .* >= 2.16 \(its steps set a container "
+                                                     r"securityContext"):
+                    submit(host, {"data_uri": "s3://x"}, package=str(package))
+                assert not _posts(double, "/apis/v2beta1/pipelines/upload")
+    with kfp_double(version="2.14.0") as (host, double):                      # the committed package: fine
+        assert submit(host, {"data_uri": "s3://x"})
 
 
 def test_cron_and_parameter_errors():

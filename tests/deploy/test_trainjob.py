@@ -247,10 +247,12 @@ def test_the_rendered_job_command_trains_data_parallel(tiny_st, tmp_path):
 class FakeCustomObjects:
     """Fault injection: a Kubernetes API holding jobs whose status the test scripts."""
 
-    def __init__(self, existing=None, statuses=None):
+    def __init__(self, existing=None, statuses=None, unknown_spec_fields=()):
         self.jobs = dict(existing or {})
         self.statuses = list(statuses or [])
         self.created = []
+        #: Fields of ``spec`` this API server's CRD does not declare (an older operator's).
+        self.unknown = set(unknown_spec_fields)
 
     def get_namespaced_custom_object(self, group, version, ns, plural, name):
         from kubernetes.client.rest import ApiException
@@ -261,8 +263,17 @@ class FakeCustomObjects:
             self.jobs[name] = {**self.jobs[name], "status": {"conditions": [self.statuses.pop(0)]}}
         return self.jobs[name]
 
-    def create_namespaced_custom_object(self, group, version, ns, plural, body):
-        assert (group, version, plural) == ("kubeflow.org", "v1", "pytorchjobs")
+    def create_namespaced_custom_object(self, group, version, ns, plural, body, field_validation=None):
+        from kubernetes.client.rest import ApiException
+
+        assert field_validation == "Strict"          # else an older operator's CRD silently drops a field
+        unknown = sorted(self.unknown & set(body["spec"]))
+        if unknown:   # what the API server answers a Strict create with an undeclared field
+            exc = ApiException(status=400, reason="Bad Request")
+            exc.body = json.dumps({"kind": "Status", "status": "Failure", "reason": "BadRequest", "code": 400,
+                                   "message": f'{body["kind"]} in version "{version}" cannot be handled as a '
+                                              f'{body["kind"]}: strict decoding error: unknown field "spec.{unknown[0]}"'})
+            raise exc
         self.jobs[body["metadata"]["name"]] = body
         self.created.append(body["metadata"]["name"])
 
@@ -313,3 +324,18 @@ def test_a_job_that_never_starts_fails_the_task_saying_which_job_and_why():
     assert "kubectl -n ns describe trainjob j-1" in text
     assert DistillConfig().trainer_wait_s == 86400
     assert "timeout_s" not in JobSettings.from_json('{"image": "i", "gpus_per_node": 2, "timeout_s": 5}').to_json()
+
+
+def test_a_trainer_older_than_2_2_is_named_not_silently_given_a_job_without_its_volume():
+    """Was: kadet's TrainJob puts the PVC, node selector, tolerations and security context in
+    ``spec.runtimePatches``, a field Kubeflow Trainer has only from v2.2.0 on (2.0/2.1:
+    ``podTemplateOverrides``), while the docs said "Trainer 2.x"; created without strict
+    validation, an older Trainer's API server drops the unknown field and the job runs without its
+    work volume. Now the create is strict and the refusal names the Trainer version needed."""
+    doc = render(_settings(), "TrainJob", "kadet-distill-k", "team-a", "/w")
+    api = FakeCustomObjects(unknown_spec_fields={"runtimePatches"})
+    with pytest.raises(KadetError, match=r"needs Kubeflow Trainer >= 2\.2; upgrade it, or set trainer_kind: PyTorchJob"):
+        run_job(doc, api, poll_s=0)
+    assert api.created == []
+    ok = FakeCustomObjects(statuses=[{"type": "Complete", "status": "True"}])   # Trainer >= 2.2
+    assert run_job(doc, ok, poll_s=0) == "kadet-distill-k-1"

@@ -90,7 +90,15 @@ class KfpDouble:
                      if not q.get("experiment_id") or j["experiment_id"] == q["experiment_id"]]
             return 200, {"recurringRuns": found, "total_size": len(found)}   # sic: the API's own spelling
         if route.startswith("/apis/v2beta1/recurringruns/") and method == "DELETE":
-            self.recurring.pop(route.rsplit("/", 1)[1], None)
+            if self.recurring.pop(route.rsplit("/", 1)[1], None) is None:
+                return 404, {"error": "no such recurring run", "code": 5}
+            return 200, {}
+        if route.startswith("/apis/v2beta1/recurringruns/") and method == "POST":   # {id}:enable, {id}:disable
+            rid, _, verb = route.rsplit("/", 1)[1].partition(":")
+            if rid not in self.recurring or verb not in ("enable", "disable"):
+                return 404, {"error": f"no such recurring run or action {route}", "code": 5}
+            self.recurring[rid].update({"enable": {"status": "ENABLED", "mode": "ENABLE"},
+                                        "disable": {"status": "DISABLED", "mode": "DISABLE"}}[verb])
             return 200, {}
         if route == "/apis/v2beta1/experiments" and method == "POST":
             exp = {"experiment_id": str(uuid.uuid4()), "display_name": body["display_name"],
