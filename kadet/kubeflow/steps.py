@@ -335,17 +335,22 @@ def register_step(cfg: KadetConfig, model_dir: str, comparison_dir: str, pipelin
 
 
 def promote_step(cfg: KadetConfig, version: str, pipeline_run: str) -> None:
-    """Promote (a compare-and-set: the champion may have moved since the register step); a
-    refusal at this point is recorded on the pipeline's parent run as ``kadet.gate``."""
-    from kadet.registry.register import promote
+    """Promote (a compare-and-set: the champion may have moved since the register step). A
+    refusal at this point is recorded (the version is the challenger, the reason is the pipeline's
+    parent run's ``kadet.gate``) and then fails the task with the reason, so the KFP run shows it
+    (red, not a green "promote" that promoted nothing)."""
+    from kadet.core.errors import KadetError
+    from kadet.registry.promotion import promote
 
     d = promote(cfg, version)
     if not d.promote:
         tracking.client(cfg).set_tag(tracking.parent_run_id(cfg, pipeline_run), tracking.GATE_TAG, d.reason)
+        raise KadetError(f"promotion of v{version} refused at the last moment (the champion moved after the "
+                         f"register step decided): {d.reason}; v{version} is the challenger")
 
 
 def challenger_step(cfg: KadetConfig, version: str, reason: str, pipeline_run: str) -> None:
-    from kadet.registry.register import mark_challenger
+    from kadet.registry.promotion import mark_challenger
 
     mark_challenger(cfg, version, reason)
 
