@@ -263,13 +263,16 @@ def find_champion(cfg: KadetConfig, scratch: Path):
 
 
 def alias_version(client, name: str, alias: str):
-    """The version an alias (champion, challenger) of model ``name`` points at, or None."""
+    """The version an alias (champion, challenger) of model ``name`` points at, or None. Any other
+    error of the store is raised (a registry that cannot answer is not one without a champion)."""
     from mlflow.exceptions import MlflowException
 
     try:
         return client.get_model_version_by_alias(name, alias)
-    except MlflowException:  # no such model or alias unset
-        return None
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):  # no such model; alias unset
+            return None
+        raise
 
 
 def local_model_dir(model_uri: str, tracking_uri: str | None = None, dst_path: str | Path | None = None) -> Path:
@@ -341,6 +344,8 @@ def register_candidate(cfg: KadetConfig, model_dir: str | Path, comparison: Comp
             **{k: v for k, v in lineage_tags(lin).items() if k != INPUTS_TAG}}
     if pipeline_run:
         tags[PIPELINE_TAG] = pipeline_run
+    if inputs:   # becomes kadet.inputs_fingerprint once the version has its alias (promotion.settle_inputs)
+        tags[PENDING_INPUTS_TAG] = inputs
     for k, v in tags.items():
         c.set_model_version_tag(reg.model_name, version, k, v)
     champ = alias_version(c, reg.model_name, reg.champion_alias)
@@ -355,8 +360,6 @@ def register_candidate(cfg: KadetConfig, model_dir: str | Path, comparison: Comp
     log_decision(cfg, c, version, decision, cand, inc, comparison)
     if existing is None:
         attach_card(cfg, c, model_dir, comparison, version, decision, model_id, lin)
-    if inputs:   # made kadet.inputs_fingerprint once the version has its alias (settle_inputs)
-        c.set_model_version_tag(reg.model_name, version, PENDING_INPUTS_TAG, inputs)
     return Registration(reg.model_name, version, decision, cand, inc, reused=existing is not None, lineage=lin)
 
 
