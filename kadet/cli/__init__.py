@@ -7,7 +7,7 @@ Each subcommand is one :class:`~kadet.cli.command.Command` record in :data:`COMM
 flags, whether it reads a config, whether it takes the work-dir lock, its handler); the parser and
 the dispatch in :func:`main` are built from that table. The records live beside their handlers:
 kadet/cli/stages.py (the stages, teacher-report), pipeline.py (run, plan), tools.py (judge, config,
-export, data, prune), cluster.py (submit, schedule, models).
+export, data, prune), registry.py (gate, promote), cluster.py (submit, schedule, models).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from kadet.cli.command import Command
 from kadet.cli.command import load as _load
 from kadet.cli.options import Opt
 from kadet.cli.pipeline import PIPELINE_COMMANDS, plan_config, planned_vs_taken, print_run_summary
+from kadet.cli.registry import REGISTRY_COMMANDS
 from kadet.cli.stages import STAGE_COMMANDS
 from kadet.cli.tools import CONFIG, DATASETS, EXPORT, JUDGE, PRUNE
 from kadet.core.config import load_config, profile_config
@@ -48,7 +49,7 @@ def _by_name(commands: Iterable[Command]) -> dict[str, Command]:
 
 
 #: Every subcommand, once, in ``kadet --help``'s order.
-COMMANDS: dict[str, Command] = _by_name((*STAGE_COMMANDS, *PIPELINE_COMMANDS, JUDGE, CONFIG, EXPORT,
+COMMANDS: dict[str, Command] = _by_name((*STAGE_COMMANDS, *PIPELINE_COMMANDS, JUDGE, *REGISTRY_COMMANDS, CONFIG, EXPORT,
                                          *CLUSTER_COMMANDS, DATASETS, PRUNE))
 
 

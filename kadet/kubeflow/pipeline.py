@@ -27,7 +27,7 @@ read back frozen) and its input artifacts; the data tasks are cached on it and o
 Every task knows its pipeline run (MLflow nests each stage's run under one parent run): on a
 cluster from its pod (``platform.yaml: run_key_field``), so that the run id is no task input and
 KFP's cache can reuse a data step (prepare ... evaluate) whose inputs did not change; locally as
-the job id. The registry steps never cache.
+the job id. The registry steps never cache, and are retried like the data steps (each is idempotent).
 """
 
 
@@ -98,6 +98,7 @@ def _run(c, closer, values: dict, common: dict, trainer_job: str) -> list[tuple[
                 stopped = c.nothing_to_learn(reason=pre.outputs["reason"], preflight=pre.outputs["report"], **common)
     closer.set_display_name("close MLflow run")
     fp.set_display_name("0 corpus fingerprint").set_caching_options(False)
+    fp.set_retry(num_retries=RETRIES, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="600s")
     same.set_display_name("0 nothing new: no change since the version trained on it").set_caching_options(False)
     # never cached: a cached task logs no MLflow run, and its figures belong on every run's page
     # (the embedding cache keeps a rerun cheap); retried like the data steps
@@ -115,6 +116,9 @@ TITLES = {"prepare": "1 prepare corpus", "generate": "2 generate queries",
           "register": "7 register and gate", "promote": "7 promote to champion", "challenger": "7 keep as challenger"}
 #: Data tasks: cached on their inputs (prepare's include the corpus fingerprint), retried on failure.
 CACHED = ("prepare", "generate", "generate_merge", "mine", "label", "label_merge", "distill", "evaluate")
+#: Registry tasks: never cached, retried on failure (each is idempotent: the register step finds
+#: its version by the model's fingerprint; kadet/registry/promotion.py).
+REGISTRY = ("register", "promote", "challenger")
 
 
 def _train(c, fp, values: dict, common: dict, trainer_job: str) -> list[tuple[str, object]]:
@@ -151,7 +155,7 @@ def _train(c, fp, values: dict, common: dict, trainer_job: str) -> list[tuple[st
         if step in TITLES:
             task.set_display_name(TITLES[step])
         task.set_caching_options(step in CACHED)
-        if step in CACHED:
+        if step in CACHED or step in REGISTRY:
             # a failed try resumes: generate and label keep their logs under work_dir, distill its checkpoints
             task.set_retry(num_retries=RETRIES, backoff_duration="30s", backoff_factor=2.0,
                            backoff_max_duration="600s")

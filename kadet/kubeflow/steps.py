@@ -399,10 +399,13 @@ def gate_figures(comparison, candidate: dict, incumbent: dict | None, promote: b
 
 def promote_step(cfg: KadetConfig, version: str, pipeline_run: str, gate_summary: str | None = None,
                  summary_path: str | None = None) -> None:
-    """Promote (a compare-and-set: the champion may have moved since the register step); a
-    refusal at this point is recorded on the pipeline's parent run as ``kadet.gate``. With
+    """Promote (a compare-and-set: the champion may have moved since the register step). A
+    refusal at this point is recorded (the version is the challenger, the reason is the pipeline's
+    parent run's ``kadet.gate``), written in the summary, and then fails the task with the reason,
+    so the KFP run shows it (red, not a green "promote" that promoted nothing). With
     ``summary_path``: the register step's Markdown (``gate_summary``, a file) and the outcome."""
-    from kadet.registry.register import promote
+    from kadet.core.errors import KadetError
+    from kadet.registry.promotion import promote
     from kadet.reporting import summary
 
     d = promote(cfg, version)
@@ -410,13 +413,16 @@ def promote_step(cfg: KadetConfig, version: str, pipeline_run: str, gate_summary
         tracking.client(cfg).set_tag(tracking.parent_run_id(cfg, pipeline_run), tracking.GATE_TAG, d.reason)
     write_summary(summary_path, lambda: summary.outcome(read_text(gate_summary), d.promote, version,
                                                         "" if d.promote else d.reason))
+    if not d.promote:
+        raise KadetError(f"promotion of v{version} refused at the last moment (the champion moved after the "
+                         f"register step decided): {d.reason}; v{version} is the challenger")
 
 
 def challenger_step(cfg: KadetConfig, version: str, reason: str, pipeline_run: str, gate_summary: str | None = None,
                     summary_path: str | None = None) -> None:
     """Alias ``challenger`` on the version the gate refused; with ``summary_path``, the register
     step's Markdown (``gate_summary``) and the outcome."""
-    from kadet.registry.register import mark_challenger
+    from kadet.registry.promotion import mark_challenger
     from kadet.reporting import summary
 
     mark_challenger(cfg, version, reason)

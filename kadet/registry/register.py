@@ -23,15 +23,24 @@ model folder finds its existing version (tag ``kadet.model_fingerprint``) instea
 registering a duplicate, and a version that already is champion stays champion.
 
 The decision and the aliases are two steps, as the pipeline runs them (two tasks, the second
-chosen by the first's outcome): a candidate that passed is promoted by :func:`promote`, a
-compare-and-set that decides again if the champion moved meanwhile; one that failed gets the
-challenger alias and a ``kadet.gate_failure`` tag from :func:`mark_challenger`; the champion stays.
+chosen by the first's outcome); the aliases are :mod:`kadet.registry.promotion`'s: a candidate
+that passed is promoted by ``promote``, a compare-and-set that decides again if the champion moved
+meanwhile; one that failed gets the challenger alias and a ``kadet.gate_failure`` tag from
+``mark_challenger``; the champion stays. (A person gates an existing version again on new judged
+queries, or promotes one by hand, there too.)
 
     r = register_candidate(cfg, model_dir, comparison, pipeline_run)   # version + decision
     if r.decision.promote:
-        promote(cfg, r.version)                                      # may still refuse
+        promotion.promote(cfg, r.version)                            # may still refuse
     else:
-        mark_challenger(cfg, r.version, r.decision.reason)
+        promotion.mark_challenger(cfg, r.version, r.decision.reason)
+
+The inputs fingerprint (``kadet.inputs_fingerprint``: "nothing changed since this version") is
+written only once the version has its alias or its refusal is recorded (``promotion.settle_inputs``,
+the last write of ``promote`` and ``mark_challenger``); the register step keeps it meanwhile as
+``kadet.inputs_pending``. A registry step that fails half way therefore never makes the next run
+say "no change since vN" for a version that is neither champion nor challenger: that run reuses
+the version (same model folder) and finishes its registration.
 """
 
 from __future__ import annotations
@@ -39,7 +48,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +71,8 @@ EVAL_TAG = EVAL_DATA_TAG
 FAILURE_TAG = "kadet.gate_failure"
 #: The champion version the register step decided against ("" = none, the base model).
 DECIDED_TAG = "kadet.decided_against"
+#: The inputs fingerprint a version waits for its alias with (:func:`settle_inputs`).
+PENDING_INPUTS_TAG = "kadet.inputs_pending"
 #: Metrics that tie to float precision count as equal.
 EPS = 1e-9
 
@@ -175,18 +185,24 @@ def trained_on(cfg: KadetConfig, inputs: str) -> str:
 
 
 def _versions(client, name: str) -> list:
+    """Every version of model ``name`` (none if there is no such model). Any other error of the
+    store is raised: a registry that cannot answer must fail the step (which is retried), never
+    pass for an empty one (a duplicate version, a needless retrain)."""
     from mlflow.exceptions import MlflowException
 
     try:
         return list(client.search_model_versions(f"name = '{name}'"))
-    except MlflowException:
-        return []
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return []
+        raise
 
 
-def lineage(cfg: KadetConfig, client, prepared_dir: str | Path | None) -> dict:
+def lineage(cfg: KadetConfig, client, prepared_dir: str | Path | None, exclude: str = "") -> dict:
     """Where a new version comes from: the corpus it was trained on (fingerprint, documents),
-    its parent (the champion, else the newest version) and what changed in the corpus since the
-    parent was trained. Call before the new version exists."""
+    its parent (the champion, else the newest version other than ``exclude``, the version itself
+    when a retried register step finds it registered) and what changed in the corpus since the
+    parent was trained. Call before the new version exists, or pass it as ``exclude``."""
     from kadet.stages.fingerprint import changes, read_digests
     from kadet.core.manifest import Manifest
 
@@ -195,8 +211,10 @@ def lineage(cfg: KadetConfig, client, prepared_dir: str | Path | None) -> dict:
     m = Manifest.read(prepared_dir)
     fp = m.extra.get("fingerprint") or {}
     reg = cfg.register
-    parent = alias_version(client, reg.model_name, reg.champion_alias) or max(
-        _versions(client, reg.model_name), key=lambda v: int(v.version), default=None)
+    champ = alias_version(client, reg.model_name, reg.champion_alias)
+    parent = champ if champ is not None and str(champ.version) != exclude else max(
+        (v for v in _versions(client, reg.model_name) if str(v.version) != exclude),
+        key=lambda v: int(v.version), default=None)
     parent_fp = (parent.tags or {}).get(CORPUS_TAG, "") if parent is not None else ""
     new = read_digests(cfg.work_dir, fp.get("corpus", ""))
     return {"corpus_fingerprint": fp.get("corpus", ""), "inputs_fingerprint": fp.get("inputs", ""),
@@ -245,13 +263,16 @@ def find_champion(cfg: KadetConfig, scratch: Path):
 
 
 def alias_version(client, name: str, alias: str):
-    """The version an alias (champion, challenger) of model ``name`` points at, or None."""
+    """The version an alias (champion, challenger) of model ``name`` points at, or None. Any other
+    error of the store is raised (a registry that cannot answer is not one without a champion)."""
     from mlflow.exceptions import MlflowException
 
     try:
         return client.get_model_version_by_alias(name, alias)
-    except MlflowException:  # no such model or alias unset
-        return None
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):  # no such model; alias unset
+            return None
+        raise
 
 
 def local_model_dir(model_uri: str, tracking_uri: str | None = None, dst_path: str | Path | None = None) -> Path:
@@ -308,18 +329,23 @@ def register_candidate(cfg: KadetConfig, model_dir: str | Path, comparison: Comp
     fp = model_fingerprint(model_dir)
     cand = {e.ndcg: float(comparison.candidate[e.ndcg]), e.recall: float(comparison.candidate[e.recall])}
     existing = find_version(c, reg.model_name, fp)
-    lin = lineage(cfg, c, prepared_dir) if existing is None else {}
     if existing is None:
-        version, model_id = log_version(model_dir, reg.model_name)
+        lin = lineage(cfg, c, prepared_dir)
+        version, model_id = log_version(model_dir, reg.model_name, fp)
     else:
         version, model_id = str(existing.version), ""
         log.info("model folder already registered as %s v%s: reusing it", reg.model_name, version)
+        # a retried step whose first try registered the version but not its lineage: write it now
+        lin = lineage(cfg, c, prepared_dir, exclude=version) if CORPUS_TAG not in (existing.tags or {}) else {}
+    inputs = lin.get("inputs_fingerprint") or prepared_inputs(prepared_dir)
     tags = {FINGERPRINT_TAG: fp, EVAL_TAG: comparison.eval_data, **{metric_tag(k): f"{v:.6f}" for k, v in cand.items()},
             "kadet.base_model": str(comparison.models["base"]),
             metric_tag(f"base_{e.ndcg}"): f"{comparison.base[e.ndcg]:.6f}",
             **{k: v for k, v in lineage_tags(lin).items() if k != INPUTS_TAG}}
     if pipeline_run:
         tags[PIPELINE_TAG] = pipeline_run
+    if inputs:   # becomes kadet.inputs_fingerprint once the version has its alias (promotion.settle_inputs)
+        tags[PENDING_INPUTS_TAG] = inputs
     for k, v in tags.items():
         c.set_model_version_tag(reg.model_name, version, k, v)
     champ = alias_version(c, reg.model_name, reg.champion_alias)
@@ -334,21 +360,31 @@ def register_candidate(cfg: KadetConfig, model_dir: str | Path, comparison: Comp
     log_decision(cfg, c, version, decision, cand, inc, comparison)
     if existing is None:
         attach_card(cfg, c, model_dir, comparison, version, decision, model_id, lin)
-    if lin.get("inputs_fingerprint"):   # last: a version whose gate did not finish never stops a later run
-        c.set_model_version_tag(reg.model_name, version, INPUTS_TAG, lin["inputs_fingerprint"])
     return Registration(reg.model_name, version, decision, cand, inc, reused=existing is not None, lineage=lin)
 
 
-def log_version(model_dir: str | Path, model_name: str) -> tuple[str, str]:
+def prepared_inputs(prepared_dir: str | Path | None) -> str:
+    """The inputs fingerprint the prepare step recorded in its manifest ("" if none)."""
+    from kadet.core.manifest import Manifest
+
+    if prepared_dir is None or not (Path(prepared_dir) / "manifest.json").exists():
+        return ""
+    return str((Manifest.read(prepared_dir).extra.get("fingerprint") or {}).get("inputs", ""))
+
+
+def log_version(model_dir: str | Path, model_name: str, fingerprint: str = "") -> tuple[str, str]:
     """Log the folder as an MLflow sentence-transformers model on the active run and register it
-    as a new version of ``model_name``: ``(version, logged model id)``."""
+    as a new version of ``model_name``: ``(version, logged model id)``. The version is created with
+    its ``kadet.model_fingerprint`` tag, so a retried register step finds it instead of registering
+    a duplicate."""
     import mlflow
     from sentence_transformers import SentenceTransformer
 
     st = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
     info = mlflow.sentence_transformers.log_model(st, name="model", pip_requirements=pip_requirements(),
                                                   signature=serving_signature(st), input_example=SERVING_EXAMPLE)
-    return str(mlflow.register_model(info.model_uri, model_name).version), info.model_id
+    tags = {FINGERPRINT_TAG: fingerprint} if fingerprint else None
+    return str(mlflow.register_model(info.model_uri, model_name, tags=tags).version), info.model_id
 
 
 def log_decision(cfg: KadetConfig, c, version: str, decision: Decision, cand: Mapping[str, float],
@@ -431,91 +467,3 @@ def version_metrics(version, metrics: EvaluationConfig = DEFAULT_METRICS) -> dic
     if not all(metric_tag(n) in tags for n in names):
         return None
     return {n: float(tags[metric_tag(n)]) for n in names}
-
-
-def promote(cfg: KadetConfig, version: str, attempts: int = 5) -> Decision:
-    """Point the champion alias at ``version`` as a compare-and-set; returns the final decision.
-
-    The register step decided against the champion of its time (tag ``kadet.decided_against``);
-    another run may have moved the alias since. So: re-read the champion; if it is another
-    version than the one decided against, decide again against it (:func:`decide_again`); set the
-    alias; wait ``register.promote_settle_s`` and read it back. If a concurrent run moved it
-    meanwhile, repeat against that run's version. Each promoter keeps the better of the two, so
-    two runs racing converge on the better model whatever the interleaving.
-    """
-    from kadet.registry.tracking import client as get_client
-
-    reg, c = cfg.register, get_client(cfg)
-    mv = c.get_model_version(reg.model_name, version)
-    decided_against = (mv.tags or {}).get(DECIDED_TAG, "")
-    for _ in range(attempts):
-        champ = alias_version(c, reg.model_name, reg.champion_alias)
-        if champ is None or str(champ.version) != version:
-            if champ is not None and str(champ.version) != decided_against:
-                d = decide_again(cfg, mv, champ)
-                if not d.promote:
-                    log.info("promote v%s: champion is now v%s, better or as good: %s", version, champ.version, d.reason)
-                    mark_challenger(cfg, version, d.reason)
-                    return d
-                decided_against = str(champ.version)
-            if not set_champion_alias(c, reg, version):
-                continue
-        time.sleep(reg.promote_settle_s)
-        now = alias_version(c, reg.model_name, reg.champion_alias)
-        if now is not None and str(now.version) == version:
-            break
-        log.info("promote v%s: the champion alias moved to v%s meanwhile: deciding again", version,
-                 now.version if now else None)
-    else:
-        raise KadetError(f"register: the champion alias of {reg.model_name} kept moving; v{version} not promoted "
-                         f"after {attempts} tries (are many runs promoting at once?)")
-    mark_champion(c, reg, version)
-    return Decision(True, [], f"champion v{decided_against}" if decided_against else "base model")
-
-
-def decide_again(cfg: KadetConfig, mv, champ) -> Decision:
-    """Version ``mv`` against ``champ``, a champion that moved in after the register step decided:
-    their tagged metrics on the same test data; other test data: refused (a rerun re-evaluates it)."""
-    mine, theirs = version_metrics(mv, cfg.evaluation), version_metrics(champ, cfg.evaluation)
-    same_data = (champ.tags or {}).get(EVAL_TAG) == (mv.tags or {}).get(EVAL_TAG)
-    if theirs is None or mine is None or not same_data:
-        return Decision(False, [f"champion moved to v{champ.version} during this run and was measured on "
-                                "other test data; rerun the register step to compare on the same data"],
-                        f"champion v{champ.version}")
-    return decide(mine, theirs, cfg.register, f"champion v{champ.version}", metrics=cfg.evaluation,
-                  kind=(mv.tags or {}).get(EVAL_KIND_TAG, "gold"))
-
-
-def set_champion_alias(c, reg: RegisterConfig, version: str) -> bool:
-    """Point the champion alias at ``version``; False (after ``register.promote_settle_s``) when a
-    concurrent write of the same alias made the store refuse (its unique key): read it again."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        c.set_registered_model_alias(reg.model_name, reg.champion_alias, version)
-        return True
-    except MlflowException as exc:
-        log.info("promote v%s: the champion alias was being written by another run (%s): re-reading",
-                 version, str(exc).splitlines()[0][:200])
-        time.sleep(reg.promote_settle_s)
-        return False
-
-
-def mark_champion(c, reg: RegisterConfig, version: str) -> None:
-    """Tag a promoted version as passed: its failure tag and the challenger alias on it go."""
-    c.set_model_version_tag(reg.model_name, version, GATE_TAG, "passed")
-    if FAILURE_TAG in (c.get_model_version(reg.model_name, version).tags or {}):
-        c.delete_model_version_tag(reg.model_name, version, FAILURE_TAG)
-    chall = alias_version(c, reg.model_name, reg.challenger_alias)
-    if chall is not None and str(chall.version) == version:
-        c.delete_registered_model_alias(reg.model_name, reg.challenger_alias)
-
-
-def mark_challenger(cfg: KadetConfig, version: str, reason: str) -> None:
-    """Point the challenger alias at ``version`` and tag why it failed; the champion stays."""
-    from kadet.registry.tracking import client as get_client
-
-    reg, c = cfg.register, get_client(cfg)
-    c.set_registered_model_alias(reg.model_name, reg.challenger_alias, version)
-    c.set_model_version_tag(reg.model_name, version, GATE_TAG, "failed")
-    c.set_model_version_tag(reg.model_name, version, FAILURE_TAG, reason)

@@ -55,7 +55,7 @@ DATASET_ATTEMPTS = 3  # tries to log one input as an MLflow dataset (see log_inp
 STAGE_SECTIONS = {
     "prepare": ["prepare"], "generate": ["generate"], "mine": ["mine"], "label": ["label"],
     "distill": ["distill"], "evaluate": ["evaluation"], "register": ["register"],
-    "preflight": ["label", "distill", "evaluation"],
+    "preflight": ["label", "distill", "evaluation"], "gate": ["evaluation", "register"],
 }
 
 

@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import random
+import shlex
 import shutil
 import statistics
 import threading
@@ -394,6 +395,9 @@ class Session:
     confidence: float = 0.9
     seed: int = 42
     force: bool = False
+    #: which registered version the candidate is, and the flags that reach its registry (:func:`gate_target`)
+    gate_version: str = "challenger"
+    gate_flags: str = ""
 
     def status(self) -> JudgeStatus:
         return judge_status(self.pool, self.judgements.snapshot(), self.confidence, self.seed)
@@ -407,9 +411,38 @@ def open_session(cfg: KadetConfig, data_dir: str | os.PathLike, queries_file: st
     pool = load_or_build_pool(cfg, data_dir, queries_file, out, s, lock)
     corpus = load_corpus(data_dir).corpus
     default_export = data_dir if data_dir.is_dir() else data_dir.parent
+    version, flags = gate_target(cfg, s.candidate)
     return Session(pool=pool, corpus=corpus, judgements=Judgements(Path(out) / JUDGEMENTS_FILE), data_dir=data_dir,
                    export_to=Path(export_to) if export_to else default_export,
-                   confidence=cfg.register.confidence, seed=cfg.seed, force=force)
+                   confidence=cfg.register.confidence, seed=cfg.seed, force=force, gate_version=version, gate_flags=flags)
+
+
+def gate_target(cfg: KadetConfig, candidate: str) -> tuple[str, str]:
+    """For the ``kadet gate`` command an export prints: the registered version the candidate
+    folder is (looked up by its fingerprint, only in a local store that exists: judging never
+    waits on a server), else ``challenger``; and the flags that reach the same registry (work dir,
+    tracking URI without credentials, model name)."""
+    from kadet.registry.promotion import public_uri
+    from kadet.registry.tracking import tracking_uri
+
+    defaults = KadetConfig()
+    flags = "" if cfg.work_dir == defaults.work_dir else f" --work-dir {shlex.quote(str(cfg.work_dir))}"
+    if cfg.tracking.tracking_uri:
+        flags += f" --set tracking.tracking_uri={shlex.quote(public_uri(cfg.tracking.tracking_uri))}"
+    if cfg.register.model_name != defaults.register.model_name:
+        flags += f" --model-name {shlex.quote(cfg.register.model_name)}"
+    uri, version = tracking_uri(cfg), "challenger"
+    if uri.startswith("sqlite:///") and Path(uri.removeprefix("sqlite:///")).exists() and Path(candidate).is_dir():
+        try:
+            from kadet.kit.models import model_fingerprint
+            from kadet.registry.register import find_version
+            from kadet.registry.tracking import client
+
+            mv = find_version(client(cfg), cfg.register.model_name, model_fingerprint(candidate))
+            version = str(mv.version) if mv is not None else version
+        except Exception as exc:  # a hint only: never fail the judging for it
+            log.debug("no registered version found for %s: %s", candidate, exc)
+    return version, flags
 
 
 # ---------------------------------------------------------------- export
@@ -425,6 +458,8 @@ class JudgeExport:
     qrels_rows: int
     status: JudgeStatus
     picks: dict[str, int]
+    #: the command that gates the judged candidate on this folder (kadet/registry/promotion.py)
+    next_command: str = ""
 
     def summary(self) -> str:
         d = self.status
@@ -435,6 +470,8 @@ class JudgeExport:
                  f"nDCG@10 base {d.base:.4f} -> candidate {d.candidate:.4f} (gain {d.candidate - d.base:+.4f}); "
                  f"paired bootstrap {d.confidence:.0%} interval [{d.ci[0]:+.4f}, {d.ci[1]:+.4f}]",
                  d.message()]
+        if self.next_command:
+            lines.append(f"next, gate the candidate on these judged queries (promoted if it passes): {self.next_command}")
         return "\n".join(lines)
 
 
@@ -490,8 +527,9 @@ def export(session: Session, export_to: str | os.PathLike | None = None, force: 
     counts: dict[str, int] = {}
     for q in qrels:
         counts[picks[q]] = counts.get(picks[q], 0) + 1
+    command = f"kadet gate --version {session.gate_version} --data {shlex.quote(str(folder))}{session.gate_flags}"
     return JudgeExport(folder=folder, queries=len(qrels), new_queries=n_new, qrels_rows=len(rows),
-                       status=session.status(), picks=counts)
+                       status=session.status(), picks=counts, next_command=command)
 
 
 def write_text_synced(path: Path, text: str) -> None:
@@ -621,7 +659,8 @@ class JudgeHandler(BaseHTTPRequestHandler):
         if self.on_export is not None:
             self.on_export(result)
         return self._json({"ok": True, "message": f"exported {result.queries} judged queries to "
-                           f"{result.folder} (queries.jsonl, qrels/test.tsv); the figures are in the terminal"})
+                           f"{result.folder} (queries.jsonl, qrels/test.tsv); the figures are in the terminal. "
+                           f"Next: {result.next_command}"})
 
 
 def url_of(server: ThreadingHTTPServer) -> str:

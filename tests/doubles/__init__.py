@@ -3,6 +3,7 @@
 - :mod:`tests.doubles.servers`: free ports, the llama.cpp server, a FAKE fault-injection HTTP server;
 - :mod:`tests.doubles.s3server`: a real S3 server (``rclone serve s3``) on 127.0.0.1;
 - :mod:`tests.doubles.mlflowserver`: a real ``mlflow server`` on 127.0.0.1;
+- :mod:`tests.doubles.mlflowfaults`: a FAKE MLflow client for fault injection (wraps the real one, fails once);
 - :mod:`tests.doubles.kfpdouble`: a local HTTP double of the KFP v2beta1 API;
 - :mod:`tests.doubles.data`: tiny BEIR folders, real SciFact slices, a tiny random model;
 - :mod:`tests.doubles.browser`: Debian's chromium, headless, for the judge page.

@@ -32,7 +32,8 @@ def test_each_subcommand_has_help(capsys):
 #: What each subcommand needs to parse at all (its required flags and positionals).
 REQUIRED = {"run": ["--data", "d"], "plan": ["--data", "d"], "judge": ["--model", "m"], "export": ["--out", "o"],
             "submit": ["--host", "h"], "schedule": ["--host", "h", "--cron", "0 3 * * 1"],
-            "models": ["stage", "src", "dest"], "data": ["get", "scifact", "dest"]}
+            "models": ["stage", "src", "dest"], "data": ["get", "scifact", "dest"],
+            "gate": ["--version", "challenger"], "promote": ["--version", "2", "--reason", "r"]}
 
 
 def test_one_record_per_subcommand_and_main_honours_its_lock_and_config_flags(tmp_path, capsys, monkeypatch):
@@ -61,7 +62,7 @@ def test_one_record_per_subcommand_and_main_honours_its_lock_and_config_flags(tm
                 parser.parse_args([name, *REQUIRED.get(name, []), "--profile", "local"])
     assert {n for n, c in COMMANDS.items() if not c.config} == {"submit", "schedule", "models", "data"}
     assert {n for n, c in COMMANDS.items() if not c.locks} == {"config", "plan", "submit", "schedule", "judge",
-                                                                "data", "export", "models"}
+                                                                "data", "export", "models", "promote"}
     capsys.readouterr()
 
     work, ran = tmp_path / "work", []

@@ -14,7 +14,8 @@ from kadet.kit.comparison import Comparison
 from kadet.core.config import load_config
 from kadet.core.errors import ConfigError
 from kadet.stages.evaluate import compare, evaluate
-from kadet.registry.register import FAILURE_TAG, decide, mark_challenger, promote, register_candidate
+from kadet.registry.promotion import mark_challenger, promote
+from kadet.registry.register import FAILURE_TAG, decide, register_candidate
 from kadet.registry import tracking
 from tests.doubles.data import make_tiny_st
 from tests.doubles.mlflowserver import mlflow_server

@@ -283,7 +283,8 @@ def _make_champion(cfg, model_dir, comparison) -> str:
     """Register ``model_dir`` the way the register and promote steps do; returns its version."""
     from kadet.registry import tracking
     from kadet.kit.comparison import Comparison
-    from kadet.registry.register import promote, register_candidate
+    from kadet.registry.promotion import promote
+    from kadet.registry.register import register_candidate
 
     with tracking.stage_run(cfg, "register", pipeline_run="champion-run"):
         r = register_candidate(cfg, model_dir, Comparison.from_json(comparison), "champion-run")

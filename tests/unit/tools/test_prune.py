@@ -86,7 +86,8 @@ def _register(cfg, model: Path, ndcg: float, i: int) -> str:
     """Register ``model`` the way the register and promote steps do (its own experiment, so its
     runs are not among the pipeline runs above)."""
     from kadet.kit.comparison import Comparison
-    from kadet.registry.register import mark_challenger, promote, register_candidate
+    from kadet.registry.promotion import mark_challenger, promote
+    from kadet.registry.register import register_candidate
 
     comparison = Comparison(eval_data="sha256:same", candidate={"ndcg@10": ndcg, "recall@100": 0.9},
                             base={"ndcg@10": 0.5, "recall@100": 0.9}, models={"base": "all-MiniLM-L6-v2"})
