@@ -359,14 +359,15 @@ def test_a_silver_candidate_is_never_compared_with_a_gold_champion(server, model
     (ev / "comparison.json").write_text(json.dumps(comp))
     seen = []
 
-    def spy(cfg_, model_dir):
-        seen.append(cfg_.data.data_dir)
+    def spy(cfg_, model_dir, eval_dir=None):
+        seen.append((cfg_.data.data_dir, eval_dir))
         return {"ndcg@10": 0.55, "recall@100": 0.9}
 
     monkeypatch.setattr(register, "evaluate_model", spy)
     cfg.register.silver_promotes = True                                # the old behaviour, opted into
     out = register_step(cfg, str(models[1]), str(ev), "silver-run")
-    assert seen == [str(ev / "silver")]                                # re-measured on the silver set, not gold 0.95
+    # re-measured on the silver set, not gold 0.95: the set is the gate's input, the config is not rewritten
+    assert seen == [(cfg.data.data_dir, str(ev / "silver"))] and cfg.data.data_dir != str(ev / "silver")
     assert out["promote"] and out["incumbent"] == "champion v1 (re-evaluated)"
     c = tracking.client(cfg)
     assert c.get_model_version("silver", out["version"]).tags["kadet.eval_kind"] == "silver"
