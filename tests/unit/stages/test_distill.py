@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from kadet.core.config import load_config
+from kadet.registry.register import find_champion
 from kadet.stages.distill import Distiller, distill, lr_factor
 from kadet.core.io import write_jsonl
 from kadet.core.manifest import Manifest
@@ -328,7 +329,7 @@ def test_warm_start_begins_from_the_champions_query_tower(tiny_st, query_champio
     cfg = _store_cfg(tiny_st, root, "distill.mode=query", "distill.init=champion")
     champion = SentenceTransformer(str(query_champion["model"]), device="cpu")
     base = SentenceTransformer(str(tiny_st), device="cpu")
-    trainer = Distiller(cfg, query_champion["labels"], tmp_path / "probe")
+    trainer = Distiller(cfg, query_champion["labels"], tmp_path / "probe", find_champion=find_champion)
     assert trainer.init.source == "champion" and trainer.init.version == query_champion["version"] == "1"
     start = _student_queries(trainer)
     np.testing.assert_allclose(start, champion.encode_query(QUERIES), atol=1e-5)
@@ -368,11 +369,11 @@ def test_no_usable_champion_falls_back_to_the_base_model_and_says_why(tiny_st, q
          "champion v1 is a query-mode model and distill.mode is full"),
     ]
     for cfg, reason in cases:
-        trainer = Distiller(cfg, labels, tmp_path / "probe")
+        trainer = Distiller(cfg, labels, tmp_path / "probe", find_champion=find_champion)
         assert trainer.init.source == "base" and reason in trainer.init.reason, trainer.init.reason
         np.testing.assert_allclose(_student_queries(trainer), base_q, atol=1e-5)
         assert reason in caplog.text and "starting from the base model" in caplog.text
-    m = distill(cases[1][0], labels, tmp_path / "fallback")
+    m = distill(cases[1][0], labels, tmp_path / "fallback", find_champion=find_champion)
     assert m.extra["init"]["from"] == "base" and m.extra["init"]["version"] is None
     assert "has no 'champion' version yet" in m.extra["init"]["reason"]
     plain = distill(_store_cfg(tiny_st, tmp_path, "distill.mode=query"), labels, tmp_path / "plain")
@@ -382,17 +383,17 @@ def test_no_usable_champion_falls_back_to_the_base_model_and_says_why(tiny_st, q
 def test_a_champion_trained_from_another_base_model_is_not_a_start(tiny_st, query_champion, tmp_path):
     other = make_tiny_st(tmp_path / "other", seed=7)
     cfg = _store_cfg(other, query_champion["root"], "distill.mode=query", "distill.init=champion")
-    trainer = Distiller(cfg, query_champion["labels"], tmp_path / "probe")
+    trainer = Distiller(cfg, query_champion["labels"], tmp_path / "probe", find_champion=find_champion)
     assert trainer.init.source == "base" and f"trained from {tiny_st}" in trainer.init.reason
 
 
 def test_warm_start_from_a_full_mode_champion_takes_the_whole_model(tiny_st, tmp_path):
     labels = _labels(tmp_path / "labels.jsonl")
     cfg = _store_cfg(tiny_st, tmp_path, "distill.mode=full", "distill.epochs=2")
-    distill(cfg, labels, tmp_path / "trained")
+    distill(cfg, labels, tmp_path / "trained", find_champion=find_champion)
     _make_champion(cfg, tmp_path / "trained" / "model", _comparison(tiny_st))
     cfg.distill.init = "champion"
-    trainer = Distiller(cfg, labels, tmp_path / "probe")
+    trainer = Distiller(cfg, labels, tmp_path / "probe", find_champion=find_champion)
     assert trainer.init.source == "champion" and trainer.init.version == "1"
     champion = _weights(tmp_path / "trained" / "model")
     start = trainer.model.state_dict()
@@ -409,7 +410,7 @@ def test_the_gate_measures_a_warm_started_candidate_against_its_champion_on_this
 
     cfg = _store_cfg(tiny_st, query_champion["root"], "distill.mode=query", "distill.init=champion",
                      f"data.data_dir={tiny_beir}")
-    distill(cfg, query_champion["labels"], tmp_path / "warm")
+    distill(cfg, query_champion["labels"], tmp_path / "warm", find_champion=find_champion)
     comparison = compare(cfg, str(tmp_path / "warm" / "model"), tmp_path / "ev")
     assert comparison.models["base"] == str(tiny_st)                     # evaluate still reports base vs candidate
     champion_here = evaluate(cfg, model=str(query_champion["model"]), retriever="dense").metrics
@@ -418,3 +419,12 @@ def test_the_gate_measures_a_warm_started_candidate_against_its_champion_on_this
     assert r.decision.incumbent == "champion v1 (re-evaluated)"
     assert r.incumbent_metrics == pytest.approx({k: champion_here[k] for k in ("ndcg@10", "recall@100")})
     assert r.incumbent_metrics != pytest.approx(_comparison(tiny_st)["candidate"])   # not the tags from elsewhere
+
+
+def test_a_champion_start_without_a_registry_falls_back_to_the_base_and_says_why(tiny_st, tmp_path):
+    """The stage knows no registry: whoever runs it hands it one (the pipeline's step, the CLI, the
+    Trainer job's worker); a caller that does not is told, and training starts from the base."""
+    labels = _labels(tmp_path / "labels.jsonl")
+    trainer = Distiller(_cfg(tiny_st, tmp_path, "distill.init=champion"), labels, tmp_path / "o")
+    assert trainer.init.source == "base" and "no registry" in trainer.init.reason
+    trainer.ranks.close()
