@@ -13,7 +13,7 @@ import pytest
 
 from kadet.core.config import KadetConfig
 from kadet.core.errors import DataError, KadetError
-from kadet.tools.judge import (JUDGEMENTS_FILE, POOL_FILE, JudgeSettings, Judgements, Pool, PoolQuery, Session,
+from kadet.tools.judge import (GRADES, JUDGEMENTS_FILE, POOL_FILE, JudgeSettings, Judgements, Pool, PoolQuery, Session,
                          disagreement, export, judge_status, load_corpus, make_server, open_session, pool_docs,
                          read_judgements, read_user_queries, select_queries, url_of)
 
@@ -531,3 +531,116 @@ def test_bad_queries_file_and_port_are_one_line_errors(tmp_path, tiny_beir, tiny
     assert "argument --port: 99999 must be <= 65535" in err and "Traceback" not in err
     with pytest.raises(KadetError, match="port 99999 is out of range"):
         make_server(_session(tmp_path, tiny_beir, _pool(1, ["d1"])), port=99999)
+
+
+def _fuzz_request(rng, pool: Pool) -> tuple[str, bytes]:
+    """One random request: ``(kind, raw bytes)``; ``kind`` "answer" for a well-formed answer."""
+    q = rng.choice(pool.queries)
+    doc = rng.choice(q.docs)
+    grade = rng.choice([0, 1, 2, 2.0, "2", True, -1, 3, None, [1], 10 ** 30])
+    kind = rng.choice(["answer"] * 6 + ["types", "unknown", "array", "utf8", "nested", "oversize", "length",
+                                        "short", "long", "csrf", "host", "get", "export"])
+    body = json.dumps({"qid": q.qid, "doc_id": doc, "grade": rng.choice(GRADES)}).encode()
+    head, length, path = {"Host": "127.0.0.1", "X-Kadet-Judge": "1"}, None, "/api/judge"
+    if kind == "types":
+        body = json.dumps({"qid": rng.choice([q.qid, 1, None, ["q1"]]), "doc_id": rng.choice([doc, 7, {}]),
+                           "grade": grade}).encode()
+    elif kind == "unknown":
+        body = json.dumps({"qid": "q" + "9" * rng.randint(1, 300), "doc_id": "d\u00e9\U0001F600", "grade": 1}).encode()
+    elif kind == "array":
+        body = rng.choice([b"[1, 2]", b"null", b"2", b'"x"', b"", b"{", b"NaN"])
+    elif kind == "utf8":
+        body = b'{"qid": "\xff\xfe", "doc_id": "d1", "grade": 1}'
+    elif kind == "nested":
+        depth = rng.randint(1000, 30000)
+        body = b'{"a": ' * depth + b"1" + b"}" * depth if rng.random() < 0.5 else b"[" * depth + b"]" * depth
+    elif kind == "oversize":
+        length, body = str(rng.choice([10 ** 6, 10 ** 12, 2 ** 63])), b"{}"
+    elif kind == "length":
+        length = rng.choice(["-1", "-99999", "abc", "1e3", "\u00b2", "0x10", "9" * 40, ""])
+    elif kind == "short":
+        length = str(len(body) + rng.randint(1, 500))   # more announced than sent: the read times out
+    elif kind == "long":
+        length = str(max(0, len(body) - rng.randint(1, 10)))   # less announced: a cut JSON
+    elif kind == "csrf":
+        head.pop("X-Kadet-Judge")
+    elif kind == "host":
+        head["Host"] = "evil.example"
+    elif kind == "export":
+        path, body = "/api/export", b"{}"
+    method = "GET" if kind == "get" else "POST"
+    if kind == "get":
+        path, body = rng.choice(["/", "/api/state", "/api/status", "/nowhere", "/" + "x" * 5000, "/%ff"]), b""
+    head["Content-Length"] = str(len(body)) if length is None else length
+    lines = [f"{method} {path} HTTP/1.1"] + [f"{k}: {v}" for k, v in head.items()]
+    return kind, ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + body
+
+
+def test_fuzz_the_server_keeps_every_acknowledged_answer(tmp_path, tiny_beir, capfd):
+    """300 random and malformed requests from 4 threads at once against a local server (bounded:
+    under a minute): no 5xx, no traceback, the server still answers, the log reads back, and every
+    answer it acknowledged (200) is in the log after a restart, also after a torn write."""
+    import random
+    import socket
+    import time
+    from collections import Counter
+
+
+    pool = _pool(3, ["d1", "d2", "d3", "d4"])
+    session = _session(tmp_path, tiny_beir, pool, export_to=tmp_path / "exported")
+    server = make_server(session, timeout=0.3)
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    acked, statuses, dropped, lock = Counter(), Counter(), Counter(), threading.Lock()
+    deadline = time.monotonic() + 45
+
+    def client(seed: int, n: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(n):
+            if time.monotonic() > deadline:
+                return
+            kind, data = _fuzz_request(rng, pool)
+            try:
+                with socket.create_connection(server.server_address[:2], timeout=5) as sock:
+                    sock.sendall(data)
+                    reply = b"".join(iter(lambda: sock.recv(65536), b""))
+                status = int(reply.split(b" ", 2)[1])
+            except (ConnectionError, IndexError, ValueError) as exc:   # an answer cut or never sent
+                with lock:
+                    dropped[f"{kind}: {type(exc).__name__}"] += 1
+                continue
+            with lock:
+                statuses[status] += 1
+                if kind == "answer" and status == 200:
+                    body = json.loads(data.split(b"\r\n\r\n", 1)[1])
+                    acked[(body["qid"], body["doc_id"], body["grade"])] += 1
+
+    threads = [threading.Thread(target=client, args=(seed, 75)) for seed in range(4)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert serving.is_alive() and _request(server, "GET", "/api/state")[0] == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+    sent = sum(statuses.values()) + sum(dropped.values())
+    # a restart after a crash mid-write: the torn tail is cut before the next answer
+    with open(session.judgements.path, "a", encoding="utf-8") as fh:
+        fh.write('{"qid": "q1", "doc_id": "d1", "gra')
+    restarted = Judgements(session.judgements.path)
+    restarted.add("q2", "d2", 1)
+    acked[("q2", "d2", 1)] += 1
+    logged = Counter((r["qid"], r["doc_id"], r["grade"]) for r in map(json.loads, session.judgements.path.open()))
+    lost = sum(max(0, n - logged[k]) for k, n in acked.items())
+    errors = sum(n for s, n in statuses.items() if s >= 400)
+    crashes = sum(n for s, n in statuses.items() if s >= 500) + capfd.readouterr().err.count("Traceback")
+    print(f"\nfuzz: {sent} requests sent in {time.monotonic() - started:.1f}s, {errors} errors returned "
+          f"({dict(sorted(statuses.items()))}), {sum(acked.values())} answers acknowledged, server crashes {crashes}, "
+          f"answers lost {lost}, connections dropped {sum(dropped.values())} {dict(dropped)}")
+    assert sent == 300 and crashes == 0 and lost == 0
+    assert not dropped and sum(acked.values()) > 50
+    final = Judgements(session.judgements.path).snapshot()          # a second restart reads it all back
+    assert all(final[q][d] in GRADES for q in final for d in final[q])
