@@ -13,8 +13,9 @@ from kadet.core.config import CHOICES, RANGES, KadetConfig, field_docs, get_path
 from kadet.core.layout import STAGES
 
 
-def _count(low: int):
-    """An argparse type: an integer >= ``low`` (a clear usage error otherwise, never a traceback)."""
+def _count(low: int, high: int | None = None):
+    """An argparse type: an integer >= ``low`` (and <= ``high``, when given): a clear usage error
+    otherwise, never a traceback."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -22,12 +23,16 @@ def _count(low: int):
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"{value} must be >= {low}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"{value} must be <= {high}")
         return value
-    parse.__name__ = f"integer >= {low}"
+    parse.__name__ = f"integer >= {low}" if high is None else f"integer {low}-{high}"
     return parse
 
 
 POSITIVE, NON_NEGATIVE = _count(1), _count(0)
+#: A TCP port, or 0 for a free one.
+PORT = _count(0, 65535)
 
 
 @dataclass(frozen=True)

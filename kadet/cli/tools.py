@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from kadet.cli.command import Command, load, need_data
-from kadet.cli.options import DATA, NON_NEGATIVE, POSITIVE, Opt
+from kadet.cli.options import DATA, PORT, POSITIVE, Opt
 from kadet.core.config import dump_config
 from kadet.core.errors import KadetError
 from kadet.core.storage import work_dir_lock
@@ -94,7 +94,7 @@ JUDGE = Command(
      Opt("--model", help="the candidate: a sentence-transformers folder", kw={"required": True}),
      Opt("--base", help="the base model (default retrieval.model)"),
      Opt("--out", help="pool and answers (default <work_dir>/judge)"),
-     Opt("--port", help="port on 127.0.0.1 (default 0: a free one)", kw={"type": NON_NEGATIVE, "default": 0}),
+     Opt("--port", help="port on 127.0.0.1 (default 0: a free one)", kw={"type": PORT, "default": 0}),
      Opt("--max-queries", help="queries to judge (default 50)", kw={"type": POSITIVE, "default": 50}),
      Opt("--depth", help="passages pooled per system and query (default 10)", kw={"type": POSITIVE, "default": 10}),
      Opt("--random-share", help="share of the queries drawn at random, not for disagreement (default 0.3)",

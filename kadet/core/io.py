@@ -15,6 +15,8 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
+from kadet.core.errors import KadetError
+
 
 def _temporary(path: Path) -> Path:
     """A unique hidden temp name in ``path``'s folder: two writers never share it, readers never match it."""
@@ -60,3 +62,19 @@ def append_jsonl(path: str | os.PathLike, records: list[dict]) -> None:
 def json_roundtrip(obj) -> dict:
     """``obj`` as it reads back from JSON (tuples become lists), for comparisons with stored JSON."""
     return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def replaceable_folder(target: str | os.PathLike, keep: dict[str, str | os.PathLike]) -> Path:
+    """``target`` resolved (``.``, ``..`` and links followed), for a command that deletes and
+    replaces it; a ``KadetError`` when it is the filesystem root or is, or holds, one of ``keep``
+    (``{what: path}``: the current directory, the work dir, the registry file), which replacing
+    it would delete. Build the new folder beside the resolved path, never inside it."""
+    target = Path(target).expanduser().resolve()
+    if target == Path(target.anchor):
+        raise KadetError(f"refusing to replace {target}: it is the filesystem root")
+    for what, path in keep.items():
+        path = Path(path).expanduser().resolve()
+        if path == target or target in path.parents:
+            raise KadetError(f"refusing to replace {target}: it {'is' if path == target else 'holds'} {what} "
+                             f"({path}); pick an output folder outside it")
+    return target

@@ -38,6 +38,7 @@ import numpy as np
 from kadet import __version__
 from kadet.core.config import KadetConfig
 from kadet.core.errors import KadetError
+from kadet.core.io import replaceable_folder
 from kadet.kit.models import model_fingerprint, resolve_model_path
 from kadet.kit.towers import ROUTER_TYPE_SUFFIX, model_mode, route_prompt, save_tower  # noqa: F401 - export's API
 
@@ -524,10 +525,38 @@ def _readme_mlflow(source: Source) -> list[str]:
 
 # --- the export ------------------------------------------------------------------------------
 
+def protected_paths(cfg: KadetConfig) -> dict[str, Path]:
+    """What a command that replaces a folder must never delete: the current directory, the work dir
+    and the local registry (the sqlite file of the tracking URI, when it is one)."""
+    from kadet.registry.tracking import tracking_uri
+
+    keep = {"the current directory": Path.cwd(), "the work dir": Path(cfg.work_dir)}
+    uri = tracking_uri(cfg)
+    if uri.startswith("sqlite:///"):
+        keep["the MLflow registry"] = Path(uri.removeprefix("sqlite:///"))
+    return keep
+
+
+def swap_into(tmp: Path, out: Path) -> None:
+    """Put the finished folder ``tmp`` at ``out`` (its sibling): the old ``out`` is moved aside first
+    and deleted only once the new one is in place."""
+    aside = out.with_name(f".{out.name}.old-{time.time_ns()}")
+    if out.exists():
+        out.rename(aside)
+    try:
+        tmp.rename(out)
+    except BaseException:
+        if aside.exists() and not out.exists():
+            aside.rename(out)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def export_model(cfg: KadetConfig, out: str | Path, model: str | None = None, version: str | None = None,
                  onnx: bool = True, force: bool = False, int8_min_cosine: float = INT8_MIN_COSINE) -> ExportResult:
-    """Write the export folder ``out`` (built beside it, then renamed into place)."""
-    out = Path(out)
+    """Write the export folder ``out`` (built beside it, then renamed into place). ``out`` may not be,
+    or hold, the current directory, the work dir or the registry file (:func:`replaceable_folder`)."""
+    out = replaceable_folder(out, protected_paths(cfg))
     if out.exists() and any(out.iterdir()) and not force:
         raise KadetError(f"export: {out} exists and is not empty; pass --force to replace it")
     if onnx:
@@ -572,9 +601,7 @@ def export_model(cfg: KadetConfig, out: str | Path, model: str | None = None, ve
         info["seconds"] = round(time.time() - started, 1)
         (tmp / "export.json").write_text(json.dumps(info, indent=2) + "\n")
         (tmp / "README.md").write_text(readme(out, source, mode, info))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        swap_into(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -47,6 +47,10 @@ from kadet.kit.search import Run, ranked
 log = logging.getLogger(__name__)
 
 GRADES = (0, 1, 2)
+#: The largest request body the page's server reads; a larger Content-Length is answered 413.
+MAX_BODY = 64 * 1024
+#: Seconds a connection may take to send its request (a body shorter than its Content-Length waits this long).
+READ_TIMEOUT = 10.0
 #: Completely judged queries below which the paired test is never called decided.
 MIN_DECIDE = 10
 #: The cut at which base and candidate are compared and their disagreement is measured.
@@ -118,7 +122,11 @@ def read_user_queries(path: str | os.PathLike) -> dict[str, str]:
     if path.suffix == ".txt":
         if not path.is_file():
             raise DataError(path, "file not found")
-        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
+        lines = [line.strip() for line in text.splitlines()]
         queries = {f"q{i}": t for i, t in enumerate((t for t in lines if t), start=1)}
     else:
         queries = {qid: q.text for qid, q in read_queries(path).items()}
@@ -245,35 +253,65 @@ def load_or_build_pool(cfg: KadetConfig, data_dir: str | os.PathLike, queries_fi
 # ---------------------------------------------------------------- judgements
 
 
+def is_grade(value) -> bool:
+    """A grade is the integer 0, 1 or 2: not 2.0, "2" or True."""
+    return type(value) is int and value in GRADES
+
+
 def read_judgements(path: str | os.PathLike) -> dict[str, dict[str, int]]:
     """``{qid: {doc_id: grade}}`` from ``judgements.jsonl``; the last answer per (query, passage)
-    wins. A torn last line (a crash mid-write) is ignored; any other bad line is an error."""
+    wins. A torn last line (a crash mid-write: no newline after it) is ignored here and cut off the
+    file before the next answer is appended (:meth:`Judgements.add`); a bad grade (an older kadet
+    saved 2.0) is reported as ``file:line`` and read as its integer or skipped, never crashed on;
+    any other bad line is an error naming its line."""
     path = Path(path)
     grades: dict[str, dict[str, int]] = {}
     if not path.exists():
         return grades
-    raw = path.read_bytes()
-    lines = raw.split(b"\n")
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        last = lineno == len(lines)  # no newline after it: a torn write
-        try:
-            rec = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            if last:
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if not raw.endswith(b"\n"):
                 log.warning("%s:%d: torn last line (interrupted write) ignored", path, lineno)
                 break
-            raise DataError(path, f"malformed JSON: {exc}", lineno) from None
-        if not isinstance(rec, dict):
-            raise DataError(path, "expected a JSON object", lineno)
-        for name in ("qid", "doc_id"):
-            if not isinstance(rec.get(name), str) or not rec[name]:
-                raise DataError(path, "missing or not a string", lineno, name)
-        if rec.get("grade") not in GRADES or isinstance(rec.get("grade"), bool):
-            raise DataError(path, f"grade must be one of {GRADES}, got {rec.get('grade')!r}", lineno, "grade")
-        grades.setdefault(rec["qid"], {})[rec["doc_id"]] = rec["grade"]
+            rec = _judgement(path, lineno, raw) if raw.strip() else None
+            if rec is not None:
+                grades.setdefault(rec["qid"], {})[rec["doc_id"]] = rec["grade"]
     return grades
+
+
+def _judgement(path: Path, lineno: int, raw: bytes) -> dict | None:
+    """One line of the answer log as a checked record; None for an answer to skip (reported)."""
+    try:
+        rec = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        rec = _unglued(raw)   # an older kadet appended the next answer to a torn line
+        if rec is None:
+            raise DataError(path, f"malformed JSON: {exc}", lineno) from None
+        log.warning("%s:%d: a torn answer glued to the next one (older kadet): the torn part ignored", path, lineno)
+    if not isinstance(rec, dict):
+        raise DataError(path, "expected a JSON object", lineno)
+    for name in ("qid", "doc_id"):
+        if not isinstance(rec.get(name), str) or not rec[name]:
+            raise DataError(path, "missing or not a string", lineno, name)
+    grade = rec.get("grade")
+    if is_grade(grade):
+        return rec
+    if isinstance(grade, float) and grade in GRADES:
+        log.warning("%s:%d: field 'grade': %r read as %d (saved by an older kadet)", path, lineno, grade, int(grade))
+        return {**rec, "grade": int(grade)}
+    log.warning("%s:%d: field 'grade': must be an integer 0, 1 or 2, got %.40r: answer skipped (the passage is "
+                "asked again)", path, lineno, grade)
+    return None
+
+
+def _unglued(raw: bytes) -> dict | None:
+    """The whole record at the end of a line that starts with a torn one, if there is one."""
+    at = raw.rfind(b'{"qid": ')
+    try:
+        rec = json.loads(raw[at:]) if at > 0 else None
+    except (ValueError, RecursionError):
+        return None
+    return rec if isinstance(rec, dict) else None
 
 
 def complete_queries(pool: Pool, grades: dict[str, dict[str, int]]) -> list[str]:
@@ -369,11 +407,15 @@ class Judgements:
 
     def add(self, qid: str, doc_id: str, grade: int) -> None:
         """Append one answer and fsync before returning: an answer acknowledged is never lost."""
+        if not is_grade(grade):
+            raise KadetError(f"grade must be the integer 0, 1 or 2, got {grade!r}")
         rec = {"qid": qid, "doc_id": doc_id, "grade": grade, "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        line = (json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8")
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            with open(self.path, "a+b") as fh:
+                cut_torn_tail(fh, self.path)
+                fh.write(line)
                 fh.flush()
                 os.fsync(fh.fileno())
             self.grades.setdefault(qid, {})[doc_id] = grade
@@ -381,6 +423,24 @@ class Judgements:
     def snapshot(self) -> dict[str, dict[str, int]]:
         with self._lock:
             return {q: dict(g) for q, g in self.grades.items()}
+
+
+def cut_torn_tail(fh, path: Path) -> None:
+    """Cut what follows the log's last newline (a torn write: a crash, a full disk) so the next
+    answer starts on its own line, as :func:`kadet.core.journal.read_log` does; ``fh`` is open
+    ``a+b`` (appends go to the end whatever the position)."""
+    size = fh.seek(0, os.SEEK_END)
+    if not size:
+        return
+    fh.seek(size - 1)
+    if fh.read(1) == b"\n":
+        return
+    fh.seek(0)
+    end = fh.read().rfind(b"\n") + 1
+    log.warning("%s: torn last line (interrupted write, %d bytes) cut off", path, size - end)
+    fh.truncate(end)
+    fh.flush()
+    os.fsync(fh.fileno())
 
 
 @dataclass
@@ -507,6 +567,10 @@ def export(session: Session, export_to: str | os.PathLike | None = None, force: 
     if not qrels:
         raise KadetError(f"no completely judged query yet in {session.judgements.path}: judge every passage of at "
                          "least one query first")
+    bad = [(q, d, g) for q, rels in qrels.items() for d, g in rels.items() if not is_grade(g)]
+    if bad:   # validated before anything is written: an export never leaves a half-usable folder
+        raise KadetError(f"not exported: {len(bad)} grades are not 0, 1 or 2 (first: query {bad[0][0]!r} passage "
+                         f"{bad[0][1]!r} grade {bad[0][2]!r})")
     qrels_path = folder / "qrels" / "test.tsv"
     if qrels_path.exists() and not force:
         raise DataError(qrels_path, "exists; pass --force to overwrite it (its judgements are replaced by these), "
@@ -518,7 +582,12 @@ def export(session: Session, export_to: str | os.PathLike | None = None, force: 
     folder.mkdir(parents=True, exist_ok=True)
     if not any((folder / n).exists() for n in ("corpus.jsonl", "corpus.parquet")):
         src = corpus_file(session.data_dir)
-        shutil.copyfile(src, folder / f"corpus{src.suffix}")
+        tmp = folder / f".corpus{src.suffix}.{uuid.uuid4().hex}.tmp"
+        try:
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, folder / f"corpus{src.suffix}")
+        finally:
+            tmp.unlink(missing_ok=True)
     write_text_synced(queries_path, merged)
     rows = [f"{q}\t{d}\t{g}\n" for q, rels in qrels.items() for d, g in rels.items()]
     (folder / "qrels").mkdir(exist_ok=True)
@@ -569,17 +638,23 @@ CSRF_HEADER = "X-Kadet-Judge"
 
 
 def make_server(session: Session, host: str = "127.0.0.1", port: int = 0,
-                on_export=None) -> ThreadingHTTPServer:
+                on_export=None, timeout: float = READ_TIMEOUT) -> ThreadingHTTPServer:
     """A threaded HTTP server for the judging page on ``host:port`` (0: a free port).
 
     Routes: ``GET /`` the page; ``GET /api/state``; ``POST /api/judge`` ``{"qid", "doc_id",
     "grade"}`` (saved before the reply); ``POST /api/export``. ``on_export(result)`` is called
     after an export from the page (the CLI prints the figures there; the page never shows them).
+    A request has ``timeout`` seconds to arrive and at most ``MAX_BODY`` bytes of body.
     """
+    if not 0 <= port <= 65535:
+        raise KadetError(f"judge: port {port} is out of range (0-65535; 0 picks a free one)")
     handler = type("Handler", (JudgeHandler,), {
         "session": session, "host": host, "on_export": staticmethod(on_export) if on_export else None,
-        "html": resources.files("kadet.tools").joinpath("judge.html").read_bytes()})
-    server = ThreadingHTTPServer((host, port), handler)
+        "timeout": timeout, "html": resources.files("kadet.tools").joinpath("judge.html").read_bytes()})
+    try:
+        server = ThreadingHTTPServer((host, port), handler)
+    except OSError as exc:
+        raise KadetError(f"judge: cannot serve on {host}:{port}: {exc.strerror or exc}") from None
     server.daemon_threads = True
     return server
 
@@ -612,6 +687,26 @@ class JudgeHandler(BaseHTTPRequestHandler):
         return name in ("127.0.0.1", "localhost", "::1", self.host)
 
     def do_GET(self):
+        self._guarded(self._get)
+
+    def do_POST(self):
+        self._guarded(self._post)
+
+    def _guarded(self, route) -> None:
+        """Answer the request; a client that left is let go, anything unexpected is a 500 and one
+        log line (a traceback only with --verbose), never a dropped connection."""
+        try:
+            route()
+        except (ConnectionError, TimeoutError):
+            self.close_connection = True
+        except Exception as exc:
+            log.error("judge: %s %.80s failed: %s: %s", self.command, self.path, type(exc).__name__, exc)
+            log.debug("judge: the failure", exc_info=True)
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self._json({"error": f"internal error: {type(exc).__name__}"}, HTTPStatus.INTERNAL_SERVER_ERROR)
+
+    def _get(self) -> None:
         if not self._host_ok():
             return self._json({"error": "bad Host header"}, HTTPStatus.FORBIDDEN)
         route = self.path.split("?", 1)[0]
@@ -621,33 +716,56 @@ class JudgeHandler(BaseHTTPRequestHandler):
             return self._json(page_state(self.session))
         if route == "/api/status":
             return self._json(self.session.status().public())
-        return self._json({"error": f"no such page {route}"}, HTTPStatus.NOT_FOUND)
+        return self._json({"error": f"no such page {route[:200]}"}, HTTPStatus.NOT_FOUND)
 
-    def do_POST(self):
+    def _post(self) -> None:
         if not self._host_ok() or self.headers.get(CSRF_HEADER) != "1":
+            self.close_connection = True
             return self._json({"error": f"forbidden: missing {CSRF_HEADER} header"}, HTTPStatus.FORBIDDEN)
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = json.loads(self.rfile.read(length) or b"{}") if length < 1_000_000 else None
-        except (ValueError, json.JSONDecodeError):
-            body = None
-        if not isinstance(body, dict):
-            return self._json({"error": "expected a JSON object"}, HTTPStatus.BAD_REQUEST)
+        body, error = self._body()
+        if error is not None:
+            self.close_connection = True
+            return self._json({"error": error[1]}, error[0])
         route = self.path.split("?", 1)[0]
         if route == "/api/judge":
             return self._judge(body)
         if route == "/api/export":
             return self._export()
-        return self._json({"error": f"no such endpoint {route}"}, HTTPStatus.NOT_FOUND)
+        return self._json({"error": f"no such endpoint {route[:200]}"}, HTTPStatus.NOT_FOUND)
+
+    def _body(self) -> tuple[dict | None, tuple[int, str] | None]:
+        """The request's JSON object, or ``(status, message)``: the body is read only when its
+        Content-Length is a byte count up to ``MAX_BODY``, and within the handler's ``timeout``."""
+        raw = (self.headers.get("Content-Length") or "").strip()
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 12):
+            return None, (HTTPStatus.LENGTH_REQUIRED, f"Content-Length must be a byte count, got {raw[:40]!r}")
+        length = int(raw)
+        if length > MAX_BODY:
+            return None, (HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"request body over {MAX_BODY} bytes")
+        try:
+            data = self.rfile.read(length)
+        except (TimeoutError, OSError):
+            return None, (HTTPStatus.REQUEST_TIMEOUT, "request body not received in time")
+        if len(data) < length:
+            return None, (HTTPStatus.BAD_REQUEST, "request body shorter than its Content-Length")
+        try:
+            body = json.loads(data) if data else {}
+        except (ValueError, RecursionError) as exc:   # bad UTF-8 or JSON; nesting too deep
+            return None, (HTTPStatus.BAD_REQUEST, f"expected a JSON object: {type(exc).__name__}")
+        if not isinstance(body, dict):
+            return None, (HTTPStatus.BAD_REQUEST, "expected a JSON object")
+        return body, None
 
     def _judge(self, body: dict) -> None:
         session = self.session
         qid, doc, grade = body.get("qid"), body.get("doc_id"), body.get("grade")
         q = session.pool.query(qid) if isinstance(qid, str) else None
-        if q is None or doc not in q.docs:
-            return self._json({"error": f"unknown query {qid!r} or passage {doc!r} of it"}, HTTPStatus.BAD_REQUEST)
-        if grade not in GRADES or isinstance(grade, bool):
-            return self._json({"error": f"grade must be one of {GRADES}"}, HTTPStatus.BAD_REQUEST)
+        if q is None or not isinstance(doc, str) or doc not in q.docs:
+            return self._json({"error": f"unknown query {qid!r:.80} or passage {doc!r:.80} of it"},
+                              HTTPStatus.BAD_REQUEST)
+        if not is_grade(grade):
+            return self._json({"error": f"grade must be the integer 0, 1 or 2, got {grade!r:.40}"},
+                              HTTPStatus.BAD_REQUEST)
         session.judgements.add(qid, doc, grade)
         return self._json({"ok": True, "status": session.status().public()})
 

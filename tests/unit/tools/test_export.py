@@ -164,6 +164,30 @@ def test_refuses_to_overwrite_and_no_onnx(trained, exported, tmp_path):
     assert not list(tmp_path.glob(".plain.tmp-*"))           # built beside, renamed into place
 
 
+@pytest.mark.parametrize("target", [".", "..", "work", "store"])
+def test_force_never_replaces_a_folder_holding_the_cwd_work_dir_or_registry(tiny_st, tmp_path, monkeypatch, capsys,
+                                                                             target):
+    """``kadet export --out . --force`` once deleted the current folder (the temporary export was
+    built inside it) and then failed: a target that is, or holds, the current directory, the work dir
+    or the registry file is refused before anything is written, and nothing is deleted."""
+    from kadet.cli import main
+
+    project = tmp_path / "project"
+    (project / "work").mkdir(parents=True)
+    (project / "work" / "mlflow.db").write_text("registry")
+    (project / "store").mkdir()
+    (project / "store" / "mlflow.db").write_text("registry")
+    (project / "notes.txt").write_text("keep me")
+    monkeypatch.chdir(project)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    argv = ["export", "--out", target, "--force", "--no-onnx", "--model", str(tiny_st),
+            "--work-dir", str(project / "work"), "--set", f"tracking.tracking_uri=sqlite:///{project}/store/mlflow.db"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "refusing to replace" in err and "Traceback" not in err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before   # nothing deleted, nothing left
+
+
 def _register(work, model_dir, name):
     """Register a version the way kadet's register step does (log_model + register_model), sqlite store."""
     import mlflow
