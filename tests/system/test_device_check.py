@@ -36,8 +36,8 @@ runpy.run_module(module, run_name="__main__", alter_sys=True)
 
 #: the gpu profile shrunk to a CPU slice: the same code paths, tiny steps
 TINY = ["distill.batch_size=8", "distill.chunk_size=4", "distill.list_size=4", "distill.query_max_len=32",
-        "distill.passage_max_len=64", "distill.epochs=2", "distill.min_warmup_steps=1", "distill.progress=false",
-        "retrieval.max_seq_length=128", "retrieval.device=cpu", "distill.device=cpu"]
+        "distill.passage_max_len=64", "distill.epochs=1", "distill.min_warmup_steps=1", "distill.progress=false",
+        "retrieval.max_seq_length=96", "retrieval.device=cpu", "distill.device=cpu"]
 
 
 def tiny_labels(data: Path, out: Path, n: int = 28, list_size: int = 6, seed: int = 0) -> Path:
@@ -72,7 +72,7 @@ def test_the_device_check_runs_on_cpu_and_its_metrics_are_kadets(scifact, tmp_pa
     from kadet.core.config import load_config, profile_config
     from kadet.stages.evaluate import evaluate
 
-    data = scifact_slice(tmp_path / "data", n_queries=20, n_docs=300)
+    data = scifact_slice(tmp_path / "data", n_queries=10, n_docs=120)
     labels = tiny_labels(data, tmp_path / "labels.jsonl")
     subprocess.run([sys.executable, "-m", "benchmarks.studies.device_bundle", "--out", str(tmp_path / "bundle"),
                     "--data", str(data), "--labels", str(labels)], cwd=REPO, check=True, timeout=300,
@@ -88,8 +88,8 @@ def test_the_device_check_runs_on_cpu_and_its_metrics_are_kadets(scifact, tmp_pa
     assert (out / "device_check.md").read_text().strip() == printed.strip()
     for row in result["rows"][2:]:
         t = row["training"]
-        assert t["train_queries"] == 24 and t["steps_per_epoch"] == 3 and t["epochs"] == 2 and t["steps"] == 6
-        assert t["stopped"] == "all 2 epochs"
+        assert t["train_queries"] == 24 and t["steps_per_epoch"] == 3 and t["epochs"] == 1 and t["steps"] == 3
+        assert t["stopped"] == "all 1 epochs"
     assert "batch 8, chunk 4" in result["settings"] and "bf16 True" in result["settings"]
 
     # the same models on the same data through kadet's evaluate stage (pytrec_eval)
