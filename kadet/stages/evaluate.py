@@ -15,8 +15,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytrec_eval
-
 from kadet.kit.comparison import Comparison
 from kadet.core.config import KadetConfig
 from kadet.kit.data import Dataset, Qrels, eval_kind, load_beir
@@ -36,7 +34,11 @@ def per_query_metrics(qrels: Qrels, run: Run, ndcg_k: int = 10, recall_k: int = 
     """``{qid: {"ndcg@10": .., "recall@100": .., "mrr@10": ..}}`` for queries in both qrels and run.
 
     A judged query with no retrieved document scores 0 on every measure (trec_eval ``-c``).
+    ``pytrec_eval`` is imported here, not with the module: the rest of this module (``retrieve``,
+    ``drop_identical_ids``) runs where it is not installed (benchmarks/studies/device_check.py).
     """
+    import pytrec_eval
+
     qrels = {q: rels for q, rels in qrels.items() if rels}
     full = {q: dict(run.get(q, {})) or {"__none__": 0.0} for q in qrels}
     cut = top_k(full, mrr_k)
