@@ -17,22 +17,11 @@ from kadet.kubeflow.steps import challenger_step, fingerprint_step, promote_step
 from kadet.registry import tracking
 from kadet.registry.register import FAILURE_TAG, PENDING_INPUTS_TAG, alias_version
 from kadet.stages.fingerprint import INPUTS_TAG
-from tests.doubles.data import make_tiny_st
 from tests.doubles.mlflowfaults import Injector, install
-from tests.doubles.mlflowserver import mlflow_server
 
 NDCG, RECALL = "ndcg@10", "recall@100"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as uri:
-        yield uri
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return [make_tiny_st(tmp_path_factory.mktemp(f"m{i}"), seed=i) for i in range(3)]
 
 
 def config(server, tmp_path, name, data, *extra):

@@ -17,8 +17,6 @@ from kadet.stages.evaluate import compare, evaluate
 from kadet.registry.promotion import mark_challenger, promote
 from kadet.registry.register import FAILURE_TAG, decide, register_candidate
 from kadet.registry import tracking
-from tests.doubles.data import make_tiny_st
-from tests.doubles.mlflowserver import mlflow_server
 
 NDCG, RECALL = "ndcg@10", "recall@100"          # the default evaluation.ndcg_k / recall_k
 GATE = load_config(None, ["register.ndcg_floor=0.3", "register.min_delta=0.01", "register.max_recall_drop=0.02"]).register
@@ -104,16 +102,6 @@ def test_the_card_says_what_each_loss_setting_trained_with():
     assert loss_text(d, 0.3).startswith("infonce (InfoNCE alone, temperature 0.01:") and "KL" not in loss_text(d, 0.3)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as uri:
-        yield uri
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    """Three distinct tiny models (different seeds, so different fingerprints)."""
-    return [make_tiny_st(tmp_path_factory.mktemp(f"m{i}"), seed=i) for i in range(3)]
 
 
 def comparison(cand, base=m(0.5), eval_data="sha256:data-A"):
