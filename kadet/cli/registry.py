@@ -11,21 +11,24 @@ from kadet.cli.options import DATA, Opt
 
 def cmd_gate(args: argparse.Namespace) -> int:
     """Exit status 0 when the version is promoted, 1 when the gate refuses (the reasons are printed)."""
-    from kadet.registry.promotion import public_uri, regate
+    from kadet.registry.promotion import mlflow_access, public_uri, regate
     from kadet.registry.tracking import tracking_uri
 
     cfg = load(args)
     print(f"kadet gate: {cfg.register.model_name} {args.version} in {public_uri(tracking_uri(cfg))}", flush=True)
-    result = regate(cfg, args.version)
+    with mlflow_access(cfg):
+        result = regate(cfg, args.version)
     print(result.summary())
     return 0 if result.promoted else 1
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from kadet.registry.promotion import promote_by_hand
+    from kadet.registry.promotion import mlflow_access, promote_by_hand
 
     cfg = load(args)
-    print(promote_by_hand(cfg, args.version, args.reason, to=args.to, by=args.by or "", force=args.force).summary())
+    with mlflow_access(cfg):
+        result = promote_by_hand(cfg, args.version, args.reason, to=args.to, by=args.by or "", force=args.force)
+    print(result.summary())
     return 0
 
 

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -130,6 +131,8 @@ def set_champion_alias(c, reg: RegisterConfig, version: str) -> bool:
         c.set_registered_model_alias(reg.model_name, reg.champion_alias, version)
         return True
     except MlflowException as exc:
+        if exc.error_code in AUTH_REFUSALS:  # not a concurrent write: no retry can help
+            raise
         log.info("promote v%s: the champion alias was being written by another run (%s): re-reading",
                  version, str(exc).splitlines()[0][:200])
         time.sleep(reg.promote_settle_s)
@@ -190,6 +193,35 @@ def version_folder(cfg: KadetConfig, c, mv, scratch: Path) -> Path:
     source = c.get_model_version_download_uri(cfg.register.model_name, mv.version)
     local = "://" not in source or source.startswith("file:")
     return local_model_dir(source, tracking_uri=tracking_uri(cfg), dst_path=None if local else scratch)
+
+
+#: MLflow's error codes for a caller it refuses: 401 (no or wrong credentials), 403 (no permission).
+AUTH_REFUSALS = ("UNAUTHENTICATED", "PERMISSION_DENIED")
+
+
+@contextmanager
+def mlflow_access(cfg: KadetConfig):
+    """MLflow refusing the caller (HTTP 401, 403) as a one-line :class:`KadetError` that says what
+    to do, with the store's public address (never a password, token or the server's traceback)."""
+    from mlflow.exceptions import MlflowException
+
+    from kadet.registry.tracking import tracking_uri
+
+    try:
+        yield
+    except MlflowException as exc:
+        if exc.error_code not in AUTH_REFUSALS:
+            raise
+        where, user = public_uri(tracking_uri(cfg)), os.environ.get("MLFLOW_TRACKING_USERNAME", "")
+        if exc.error_code == "UNAUTHENTICATED":
+            given = (f"the credentials of MLFLOW_TRACKING_USERNAME={user!r} were refused" if user else
+                     "the token in MLFLOW_TRACKING_TOKEN was refused" if os.environ.get("MLFLOW_TRACKING_TOKEN")
+                     else "no credentials were given")
+            raise KadetError(f"MLflow at {where} requires authentication (HTTP 401): {given}; set "
+                             "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) "
+                             "in the environment") from None
+        raise KadetError(f"MLflow at {where} refused {user or 'this user'} (HTTP 403, permission denied) on "
+                         f"{cfg.register.model_name}: an MLflow admin grants EDIT on the registered model") from None
 
 
 def public_uri(uri: str) -> str:
