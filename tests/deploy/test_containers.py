@@ -157,9 +157,13 @@ def test_a_bad_corpus_line_fails_in_one_line_in_a_container_too(images, tmp_path
     assert "\n" not in line and "corpus.jsonl:" in line and "failed" in line, line
 
 
-def test_an_unreachable_mlflow_fails_in_one_line_in_a_container(images, tmp_path):
+def test_an_unreachable_mlflow_fails_in_one_line_in_a_container(images, tmp_path, monkeypatch):
     from kadet.core.errors import KadetError
     from kadet.kubeflow.local import run_local
+
+    # MLflow's client retries a refused connection 7 times with backoff (minutes per call); the
+    # variable reaches the tasks in their containers (containers.PASSED_ENV), so this fails fast
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 
     data = scifact_slice(tmp_path / "data", n_queries=5, n_docs=50)
     (tmp_path / "tiny.yaml").write_text(TINY)
