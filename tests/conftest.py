@@ -82,3 +82,15 @@ def _mlflow_uris_do_not_leak():
 
         tracking_utils._tracking_uri = None
         registry_utils._registry_uri = None
+
+
+@pytest.fixture(autouse=True)
+def _print_is_print():
+    """A test that runs KFP's local runner in this process may end with ``builtins.print`` still
+    swapped for kfp's indenting one (kfp.local swaps it while a task runs; kadet.kubeflow.local
+    restores it, this keeps any other path from leaking into later tests' output)."""
+    import builtins
+
+    original = builtins.print
+    yield
+    builtins.print = original

@@ -10,6 +10,7 @@ subprocess of this Python. Embedded defaults: the packaged models, offline; MLfl
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import dataclasses
 import json
@@ -62,7 +63,8 @@ def run_local(data: str, work_dir: str = ".kadet", config: str | None = None, ov
     earlier = set((work / "kfp").iterdir())
     stamp = time.strftime("%Y%m%d-%H%M%S")
     log_file = work / "logs" / f"kadet-run-{stamp}.log"
-    try:
+    shown = builtins.print   # kfp.local swaps print for an indenting one while a task runs and, when
+    try:                     # tasks overlap, can leave it swapped: put it back whatever happens
         # the session first: the tasks (in containers too) write their progress to its events file
         with session(log_file, work / "logs" / f"kadet-run-{stamp}.events.jsonl", quiet=not verbose,
                      to_stderr=console_to_stderr), task_runner(runner, image, work, data, caching) as base_image:
@@ -73,6 +75,8 @@ def run_local(data: str, work_dir: str = ".kadet", config: str | None = None, ov
         if "finished with status" not in str(exc):
             raise
         raise KadetError(f"{failure_line(cfg, str(exc), started)}; KFP's output: {log_file}") from None
+    finally:
+        builtins.print = shown
     outputs = [d for d in (work / "kfp").iterdir() if d.is_dir() and d not in earlier]
     return {**summarise(cfg, time.perf_counter() - t0, max(outputs, key=lambda d: d.stat().st_mtime, default=None)),
             "log": str(log_file), "runner": runner}

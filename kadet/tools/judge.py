@@ -637,6 +637,22 @@ def page_state(session: Session) -> dict:
 CSRF_HEADER = "X-Kadet-Judge"
 
 
+class JudgeServer(ThreadingHTTPServer):
+    """The page's server: a request that fails outside its handler's own answers (the browser went
+    away mid-reply, a socket timed out) is one log line, never a traceback on the console."""
+
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            log.debug("judge page: the client at %s went away: %s", client_address[0], exc)
+        else:
+            log.error("judge page: a request from %s failed: %s: %s", client_address[0], type(exc).__name__, exc)
+
+
 def make_server(session: Session, host: str = "127.0.0.1", port: int = 0,
                 on_export=None, timeout: float = READ_TIMEOUT) -> ThreadingHTTPServer:
     """A threaded HTTP server for the judging page on ``host:port`` (0: a free port).
@@ -652,7 +668,7 @@ def make_server(session: Session, host: str = "127.0.0.1", port: int = 0,
         "session": session, "host": host, "on_export": staticmethod(on_export) if on_export else None,
         "timeout": timeout, "html": resources.files("kadet.tools").joinpath("judge.html").read_bytes()})
     try:
-        server = ThreadingHTTPServer((host, port), handler)
+        server = JudgeServer((host, port), handler)
     except OSError as exc:
         raise KadetError(f"judge: cannot serve on {host}:{port}: {exc.strerror or exc}") from None
     server.daemon_threads = True
