@@ -86,11 +86,14 @@ def _mlflow_uris_do_not_leak():
 
 @pytest.fixture(autouse=True)
 def _print_is_print():
-    """A test that runs KFP's local runner in this process may end with ``builtins.print`` still
-    swapped for kfp's indenting one (kfp.local swaps it while a task runs; kadet.kubeflow.local
-    restores it, this keeps any other path from leaking into later tests' output)."""
+    """A test that runs KFP's local runner in this process may end with ``builtins.print`` (or the
+    root logger's handlers) still swapped by kfp.local; kadet.kubeflow.local restores both, this
+    keeps any other path from leaking into later tests."""
     import builtins
+    import logging
 
-    original = builtins.print
+    original, root = builtins.print, logging.getLogger()
+    handlers = root.handlers[:]
     yield
     builtins.print = original
+    root.handlers[:] = handlers   # nor a handler left on a stream that test closed

@@ -63,8 +63,11 @@ def run_local(data: str, work_dir: str = ".kadet", config: str | None = None, ov
     earlier = set((work / "kfp").iterdir())
     stamp = time.strftime("%Y%m%d-%H%M%S")
     log_file = work / "logs" / f"kadet-run-{stamp}.log"
-    shown = builtins.print   # kfp.local swaps print for an indenting one while a task runs and, when
-    try:                     # tasks overlap, can leave it swapped: put it back whatever happens
+    # kfp.local swaps print (an indenting one) and the root logger's handlers while a task runs and,
+    # when tasks overlap, can leave them swapped (handlers on a closed stream): put both back after
+    shown, root = builtins.print, logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
         # the session first: the tasks (in containers too) write their progress to its events file
         with session(log_file, work / "logs" / f"kadet-run-{stamp}.events.jsonl", quiet=not verbose,
                      to_stderr=console_to_stderr), task_runner(runner, image, work, data, caching) as base_image:
@@ -77,6 +80,7 @@ def run_local(data: str, work_dir: str = ".kadet", config: str | None = None, ov
         raise KadetError(f"{failure_line(cfg, str(exc), started)}; KFP's output: {log_file}") from None
     finally:
         builtins.print = shown
+        root.handlers[:], root.level = handlers, level
     outputs = [d for d in (work / "kfp").iterdir() if d.is_dir() and d not in earlier]
     return {**summarise(cfg, time.perf_counter() - t0, max(outputs, key=lambda d: d.stat().st_mtime, default=None)),
             "log": str(log_file), "runner": runner}

@@ -636,11 +636,12 @@ def test_fuzz_the_server_keeps_every_acknowledged_answer(tmp_path, tiny_beir, ca
     logged = Counter((r["qid"], r["doc_id"], r["grade"]) for r in map(json.loads, session.judgements.path.open()))
     lost = sum(max(0, n - logged[k]) for k, n in acked.items())
     errors = sum(n for s, n in statuses.items() if s >= 400)
-    crashes = sum(n for s, n in statuses.items() if s >= 500) + capfd.readouterr().err.count("Traceback")
+    err = capfd.readouterr().err
+    crashes = sum(n for s, n in statuses.items() if s >= 500) + err.count("Traceback")
     print(f"\nfuzz: {sent} requests sent in {time.monotonic() - started:.1f}s, {errors} errors returned "
           f"({dict(sorted(statuses.items()))}), {sum(acked.values())} answers acknowledged, server crashes {crashes}, "
           f"answers lost {lost}, connections dropped {sum(dropped.values())} {dict(dropped)}")
-    assert sent == 300 and crashes == 0 and lost == 0
+    assert sent == 300 and crashes == 0 and lost == 0, err[-3000:]
     assert not dropped and sum(acked.values()) > 50
     final = Judgements(session.judgements.path).snapshot()          # a second restart reads it all back
     assert all(final[q][d] in GRADES for q in final for d in final[q])
