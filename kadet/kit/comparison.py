@@ -81,11 +81,6 @@ def metric_name(name: str) -> str:
     return name.replace("@", "_at_")
 
 
-def parse_metric_name(name: str) -> str:
-    """The kadet metric an MLflow name stands for: ``ndcg_at_10`` -> ``ndcg@10``."""
-    return name.replace("_at_", "@")
-
-
 def gain_text(gain: Mapping[str, float], metric: str = "") -> str:
     """The gain and its paired bootstrap interval, as every output says it:
     "nDCG@10 gain +0.0140; 95% paired bootstrap interval over 300 queries [+0.0005, +0.0277]; the
