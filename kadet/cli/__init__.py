@@ -66,12 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(command: Command, args: argparse.Namespace) -> int:
     """``command``'s handler, under the work dir's lock if the command takes it (torchrun ranks > 0
-    never do: rank 0 holds it)."""
+    never do: rank 0 holds it). The work dir is resolved once, here (``--work-dir``, else the
+    config's ``work_dir`` from ``--profile``, ``--config`` and ``--set``), and handed to the
+    handler as ``args.work_dir``: the lock is on the folder the command then uses."""
     if not command.locks or int(os.environ.get("RANK", "0")) > 0:
         return command.run(args)
-    work_dir = args.work_dir or load_config(args.config, args.overrides,
-                                            base=profile_config(getattr(args, "profile", None) or "")).work_dir
-    with work_dir_lock(work_dir, f"kadet {args.command}"):
+    args.work_dir = args.work_dir or load_config(args.config, args.overrides,
+                                                 base=profile_config(getattr(args, "profile", None) or "")).work_dir
+    with work_dir_lock(args.work_dir, f"kadet {args.command}"):
         return command.run(args)
 
 

@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 
+from kadet.core.storage import mask_uri
 from kadet.cli.command import Command, load
 from kadet.cli.options import POSITIVE, Opt
 
@@ -32,7 +33,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from kadet.tools.plan import format_plan, make_plan
 
     check_data(args.data)
-    print(format_plan(make_plan(plan_config(args, args.profile)), f"kadet plan: {args.data} (profile {args.profile})"))
+    plan = make_plan(plan_config(args, args.profile))
+    print(format_plan(plan, f"kadet plan: {args.data} (profile {args.profile})"))
+    if args.scale:
+        from kadet.core.config import profile_config
+        from kadet.tools.plan import SCALE_SIZES, format_scale, load_scale_costs, scale_rows
+
+        costs = load_scale_costs()
+        plan.rates["distill_batch"] = plan_config(args, args.profile).distill.batch_size
+        sizes = tuple(args.passages) or SCALE_SIZES
+        rows = [r for name in ("local", "gpu") for r in scale_rows(name, profile_config(name), costs, plan.rates, sizes)]
+        print(format_scale(rows, costs, plan.machine, args.hours))
     if args.cluster_profile:
         cluster = make_plan(plan_config(args, args.cluster_profile), measure_here=False)
         print(format_plan(cluster, f"the same corpus on the {args.cluster_profile} profile (counts; its GPU stages "
@@ -45,7 +56,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from kadet.tools.datasets import check_data
 
     check_data(args.data)  # before the plan and before KFP starts
-    print(f"kadet run: {args.data} (profile {args.profile}, work dir {args.work_dir or '.kadet'})", flush=True,
+    print(f"kadet run: {args.data} (profile {args.profile}, work dir {args.work_dir})", flush=True,
           file=sys.stderr if args.json else sys.stdout)
     resolved = run_config(args, args.profile)
     plan = None
@@ -56,7 +67,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg.generate.num_shards = cfg.label.num_shards = args.shards
         plan = make_plan(cfg)
         print(format_plan(plan, "plan:"), flush=True)
-    summary = run_local(args.data, args.work_dir or ".kadet", shards=args.shards, profile=args.profile,
+    summary = run_local(args.data, args.work_dir, shards=args.shards, profile=args.profile,
                         verbose=args.verbose, console_to_stderr=args.json, resolved=resolved, runner=args.runner,
                         image=args.image)
     if args.json:
@@ -81,7 +92,7 @@ def print_run_summary(summary: dict, plan=None) -> None:
     base vs candidate, the registry outcome and how to use the model."""
     from kadet.kit.comparison import SILVER_CAVEAT, display, gain_text
 
-    print(f"kadet run: {summary['seconds'] / 60:.1f} min; MLflow {summary['tracking_uri']} "
+    print(f"kadet run: {summary['seconds'] / 60:.1f} min; MLflow {mask_uri(summary['tracking_uri'])} "
           f"(parent run {summary['parent_run']})")
     if summary.get("unchanged_since") or summary.get("nothing_to_learn"):
         print(summary["gate"])
@@ -160,6 +171,13 @@ PIPELINE_COMMANDS = (
             (Opt("--data", help="BEIR folder, corpus file or s3:// URI", kw={"required": True}),
              Opt("--profile", help="local (the default), gpu or a YAML file", kw={"default": "local"}),
              Opt("--cluster-profile", help="the profile to count for a cluster run (default gpu; '' for none)",
-                 kw={"default": "gpu"})),
+                 kw={"default": "gpu"}),
+             Opt("--scale", help="then each stage's time and memory at 100k, 1M and 10M passages on the local and gpu "
+                                 "profiles (docs/scale.md), and the pods that fit a run in --hours",
+                 kw={"action": "store_true"}),
+             Opt("--passages", help="with --scale: these corpus sizes instead (repeatable)",
+                 kw={"type": int, "action": "append", "default": []}),
+             Opt("--hours", help="with --scale: the time a run should fit in (default 24)",
+                 kw={"type": float, "default": 24.0})),
             locks=False),
 )

@@ -11,11 +11,12 @@ from kadet.cli.options import DATA, Opt
 
 def cmd_gate(args: argparse.Namespace) -> int:
     """Exit status 0 when the version is promoted, 1 when the gate refuses (the reasons are printed)."""
-    from kadet.registry.promotion import mlflow_access, public_uri, regate
+    from kadet.core.storage import mask_uri
+    from kadet.registry.promotion import mlflow_access, regate
     from kadet.registry.tracking import tracking_uri
 
     cfg = load(args)
-    print(f"kadet gate: {cfg.register.model_name} {args.version} in {public_uri(tracking_uri(cfg))}", flush=True)
+    print(f"kadet gate: {cfg.register.model_name} {args.version} in {mask_uri(tracking_uri(cfg))}", flush=True)
     with mlflow_access(cfg):
         result = regate(cfg, args.version)
     print(result.summary())

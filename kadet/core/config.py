@@ -32,6 +32,7 @@ from typing import Any, Literal
 import yaml
 
 from kadet.core.errors import ConfigError
+from kadet.core.io import read_text
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
@@ -144,6 +145,13 @@ class RetrievalConfig(_Section):
     bm25_stemmer: str = setting("english", "Snowball stemmer language for BM25 (empty string disables stemming).")
     bm25_stopwords: str = setting("en", "Stopword list for BM25 (bm25s).")
     embedding_cache: bool = setting(True, "Cache embeddings on disk keyed by model fingerprint and text hash.")
+    index: Literal["auto", "exact", "ivf"] = setting(
+        "exact", "Dense search: exact (in bounded memory), ivf (an approximate faiss IVF index), or auto: ivf from "
+                 "approximate_from documents up. Exact by default: on SciFact with all-MiniLM-L6-v2, IVF's "
+                 "recall@100 against exact search is 0.81 probing an eighth of the clusters and 0.985 probing half "
+                 "(python -m benchmarks.ann_recall; docs/scale.md).")
+    approximate_from: int = setting(500_000, "index=auto searches approximately from this many documents.", low=1)
+    nprobe: int = setting(0, "IVF clusters searched per query; 0: an eighth of them.", low=0)
 
 
 @dataclass
@@ -794,7 +802,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         return config_from_text("", overrides, base=base)
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = read_text(p)
     except FileNotFoundError:
         raise ConfigError(f"{p}: config file not found") from None
     return config_from_text(text, overrides, source=str(p), base=base)
@@ -815,7 +823,7 @@ def profile_text(profile: str = "local") -> tuple[str, str]:
     path = Path(profile)
     if not path.is_file():
         raise ConfigError(f"profile {profile!r} is neither a packaged profile ({', '.join(PROFILES)}) nor a file")
-    return path.read_text(encoding="utf-8"), str(path)
+    return read_text(path), str(path)
 
 
 def profile_config(profile: str = "") -> KadetConfig:

@@ -4,7 +4,9 @@
 hidden temporary name in the same folder, then is renamed over the target, so a reader sees the
 old file or the new one, never half of one, and two writers never share a temporary file.
 ``append_jsonl`` appends to a log and fsyncs, so a crash loses at most the group in flight
-(:mod:`kadet.core.journal` reads such logs back).
+(:mod:`kadet.core.journal` reads such logs back). ``read_text`` and ``decode_line`` are how every
+text file is read: bytes that are not UTF-8 are a :class:`~kadet.core.errors.DataError` naming the
+file, the line and the column, never a ``UnicodeDecodeError`` traceback.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
-from kadet.core.errors import KadetError
+from kadet.core.errors import DataError, KadetError
 
 
 def _temporary(path: Path) -> Path:
@@ -57,6 +59,39 @@ def append_jsonl(path: str | os.PathLike, records: list[dict]) -> None:
         fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def _not_utf8(path: str | os.PathLike, line: bytes, lineno: int, start: int) -> DataError:
+    """The one-line error for a line whose byte ``start`` (0-based, in ``line``) is not UTF-8."""
+    return DataError(path, f"invalid UTF-8 byte 0x{line[start]:02x} at column {start + 1} (not UTF-8 text; "
+                     "save it as UTF-8)", lineno)
+
+
+def decode_line(raw: bytes, path: str | os.PathLike, lineno: int) -> str:
+    """One line of a text file (``lineno``: 1-based) as UTF-8; a :class:`DataError` naming the
+    file, line and column of the first byte that is not."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(path, raw, lineno, exc.start) from None
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A text file (a config, a profile, a JSON file) as UTF-8; a :class:`DataError` naming the
+    file, line and column of the first byte that is not (``FileNotFoundError`` passes through)."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        begin = data.rfind(b"\n", 0, exc.start) + 1
+        end = data.find(b"\n", exc.start)
+        line = data[begin : end if end >= 0 else len(data)]
+        raise _not_utf8(path, line, data.count(b"\n", 0, exc.start) + 1, exc.start - begin) from None
+
+
+def read_json(path: str | os.PathLike):
+    """A JSON file, read as UTF-8 (:func:`read_text`)."""
+    return json.loads(read_text(path))
 
 
 def json_roundtrip(obj) -> dict:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from kadet.core.errors import KadetError
-from kadet.core.io import append_jsonl, json_roundtrip, write_json
+from kadet.core.io import append_jsonl, json_roundtrip, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class Journal:
     def written_for(self) -> dict | None:
         """The settings the log on disk was written for; None when unknown (no or a broken sidecar)."""
         try:
-            return json.loads(self.depends_file.read_text(encoding="utf-8"))
+            return read_json(self.depends_file)
         except (OSError, json.JSONDecodeError):
             return None
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from kadet import __version__
 from kadet.core.errors import KadetError
-from kadet.core.io import write_json
+from kadet.core.io import read_json, write_json
 
 MANIFEST_NAME = "manifest.json"
 
@@ -86,7 +86,7 @@ class Manifest:
 
     @classmethod
     def read(cls, out_dir: str | os.PathLike) -> "Manifest":
-        data = json.loads((Path(out_dir) / MANIFEST_NAME).read_text(encoding="utf-8"))
+        data = read_json(Path(out_dir) / MANIFEST_NAME)
         return cls(**data)
 
 
@@ -101,7 +101,7 @@ def require_complete(input_path: str | os.PathLike) -> None:
     if not path.exists():
         return
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path)
     except (OSError, json.JSONDecodeError) as exc:
         raise KadetError(f"{path}: unreadable manifest ({exc}); rerun the stage that wrote {folder}") from exc
     if data.get("complete", True) is False:

@@ -1,4 +1,5 @@
-"""Work that outlives a run: generations and teacher scores keyed by content, reused by later runs.
+"""Work that outlives a run: generations and teacher scores keyed by content, and whole stage
+outputs keyed by their inputs and settings, reused by later runs.
 
 A scheduled run over a grown corpus should pay only for what is new. Each kind of work keeps a
 store under the work dir (on a cluster the cache PVC), one folder per settings digest::
@@ -16,16 +17,23 @@ newest runs used.
     store = Store.open(work_dir, "teacher", {"member": "dense", "model": ...}, run="job-1")
     have = store.get(keys)          # the values already known (one pass over the segments)
     store.put({key: value, ...})    # one new segment
+
+A deterministic stage's whole output (mine, label's merge, distill, evaluate) is kept the same way,
+under ``store/finished-<stage>/<digest of its settings and inputs>/output/`` (:func:`finished`): a
+rerun after a killed or failed run, or a scheduled run on unchanged inputs, takes it instead of
+doing the stage again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from kadet.core.io import write_json, write_jsonl
@@ -99,3 +107,29 @@ class Store:
             for s in segs:
                 s.unlink()
         return len(segs)
+
+
+@contextlib.contextmanager
+def finished(work_dir: str | os.PathLike, stage: str, depends: Mapping, out: str | os.PathLike) -> Iterator[str]:
+    """A stage's whole output ``out``, kept for later runs with the same ``depends`` (its settings and
+    the digests of its inputs). Yields the run key of the earlier run whose kept output ``out`` now
+    holds, or "" when there is none: then the block does the stage's work into ``out``, and when it
+    succeeds ``out`` is kept (copied beside, then renamed into place: a crash keeps nothing half)."""
+    store = Store.open(work_dir, f"finished-{stage}", depends)
+    kept = store.folder / "output"
+    made_by = store.folder / "made_by.json"
+    for old in store.folder.glob(".output-*"):   # copies a killed run left half made
+        if time.time() - old.stat().st_mtime > 3600:
+            shutil.rmtree(old, ignore_errors=True)
+    if (kept / "manifest.json").exists() and made_by.exists():
+        shutil.copytree(kept, out, dirs_exist_ok=True)
+        yield json.loads(made_by.read_text(encoding="utf-8")).get("run") or "?"
+        return
+    yield ""
+    tmp = store.folder / f".output-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(out, tmp)
+    try:
+        tmp.rename(kept)
+    except OSError:             # kept meanwhile by a parallel run (or half a rename ago): theirs stays
+        shutil.rmtree(tmp, ignore_errors=True)
+    write_json(made_by, {"run": os.environ.get(RUN_KEY_ENV, ""), "time": round(time.time(), 1)})

@@ -15,6 +15,9 @@ Example::
 
     local = localize("s3://bucket/beir/scifact")   # downloads the prefix once, returns a Path
     publish(Path("out/"), "s3://bucket/runs/42/")  # uploads a folder
+
+A URI shown to people or written to a file goes through :func:`mask_uri` first, so a password in
+it (``http://user:password@host``) never reaches a console, a report or an export.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import parse_qsl, urlencode, urlparse, urlsplit, urlunsplit
 
 from kadet.core.errors import KadetError
 
@@ -40,6 +43,26 @@ DEFAULT_ENDPOINT = "https://s3.amazonaws.com"
 
 class NoSuchPrefix(KadetError):
     """Nothing in the bucket under an ``s3://`` URI."""
+
+
+def mask_uri(uri: str | os.PathLike) -> str:
+    """``uri`` as it may be printed or written: a password becomes ``***``
+    (``http://user:***@host``), a user alone (a token) ``***@host``, and every query value ``***``
+    (``?token=***``); a path or a URI without credentials comes back unchanged. Masking twice
+    changes nothing."""
+    text = str(uri)
+    try:
+        parts = urlsplit(text)
+    except ValueError:   # e.g. an unbalanced [ in the host: not a URI to mask, but hide its user part
+        return text.split("://", 1)[0] + "://***" if "@" in text else text
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, colon, _ = netloc.rpartition("@")[0].partition(":")
+        netloc = (f"{user}:***" if colon else "***") + "@" + netloc.rpartition("@")[2]
+    query = urlencode([(k, "***") for k, _ in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
+    if netloc == parts.netloc and query == parts.query:
+        return text
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def is_s3(uri: str | os.PathLike) -> bool:
@@ -201,10 +224,14 @@ def work_dir_lock(work_dir: str | os.PathLike, what: str = "kadet") -> Iterator[
     """Hold ``<work_dir>/.kadet.lock`` for the block: one kadet process per work dir.
 
     The lock is an ``flock`` on the file, so a crashed process never leaves it taken. A second
-    process gets a KadetError naming the holder (pid, command, start time).
+    process gets a KadetError naming the holder (pid, command, start time). The file also keeps the
+    holder's process key (kadet/core/lifeline.py): a process that takes the lock after a holder was
+    killed first ends the tasks that holder left running (they would write into the same work dir).
     """
     import fcntl
     import time
+
+    from kadet.core import lifeline
 
     folder = Path(work_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -215,12 +242,18 @@ def work_dir_lock(work_dir: str | os.PathLike, what: str = "kadet") -> Iterator[
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.seek(0)
-            holder = fh.read().strip() or "another process"
+            holder = fh.readline().strip() or "another process"
             raise KadetError(f"work dir {folder} is in use by {holder}; wait for it to finish or pass "
                              "another --work-dir") from None
         fh.seek(0)
+        before = fh.read().splitlines()
+        for line in before[1:]:
+            if line.startswith("key ") and (key := line[4:].strip()) != lifeline.process_key():
+                lifeline.end_left_processes(key)
+        fh.seek(0)
         fh.truncate()
-        fh.write(f"pid {os.getpid()} ({what}, since {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+        fh.write(f"pid {os.getpid()} ({what}, since {time.strftime('%Y-%m-%d %H:%M:%S')})\n"
+                 f"key {lifeline.process_key()}\n")
         fh.flush()
         yield
     finally:

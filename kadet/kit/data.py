@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kadet.core.errors import DataError
+from kadet.core.io import decode_line
 from kadet.core.manifest import require_complete
 from kadet.core.storage import localize
 
@@ -97,12 +98,7 @@ def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
     """``(line_number, line)`` for each non-blank line, newline stripped; bad UTF-8 raises."""
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
-            try:
-                line = raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as exc:
-                raise DataError(
-                    path, f"invalid UTF-8 byte 0x{raw[exc.start]:02x} at column {exc.start + 1}", lineno
-                ) from None
+            line = decode_line(raw, path, lineno).rstrip("\r\n")
             if line.strip():
                 yield lineno, line
 
@@ -287,12 +283,32 @@ def eval_kind(data_dir: str | os.PathLike, split: str, qrels: str | os.PathLike 
     if kind == "silver":
         return "silver"
     root = localize(data_dir)
-    judged = bool(qrels) or (root.is_dir() and (root / "queries.jsonl").exists()
-                             and (root / "qrels" / f"{split}.tsv").exists())
+    judged = bool(qrels) or has_judged_queries(root, split)
     if kind == "gold" and not judged:
         raise DataError(root / "qrels" / f"{split}.tsv", "evaluation.kind is gold but there are no judged queries "
                         f"for split {split!r} (queries.jsonl and this qrels file); use evaluation.kind=auto or silver")
     return "gold" if judged else "silver"
+
+
+def has_judged_queries(root: Path, split: str) -> bool:
+    """Whether the folder ``root`` holds judged queries for ``split``: ``queries.jsonl`` and
+    ``qrels/<split>.tsv`` both (a gold run), or neither (a corpus alone: silver). One without the
+    other is a :class:`DataError` naming both files: read as a corpus alone, the judged passages
+    would go into training and the judged queries would never be evaluated."""
+    if not root.is_dir():
+        return False
+    queries, qrels = root / "queries.jsonl", root / "qrels" / f"{split}.tsv"
+    judged = sorted((root / "qrels").glob("*.tsv")) if (root / "qrels").is_dir() else []
+    if judged and not queries.exists():
+        found = qrels if qrels.exists() else judged[0]
+        raise DataError(found, f"judgements without the queries they judge: {queries} is missing; add it "
+                        "(a gold run), or move the qrels out of the folder (a silver run)")
+    if queries.exists() and not qrels.exists():
+        others = ", ".join(p.stem for p in judged)
+        raise DataError(queries, f"queries without judgements for split {split!r}: {qrels} is missing; "
+                        + (f"set data.split to one of {others}, " if others else "add it (a gold run), ")
+                        + "or move queries.jsonl out of the folder (a silver run)")
+    return queries.exists()
 
 
 def load_beir(data_dir: str | os.PathLike, split: str = "test", qrels: str | os.PathLike | None = None) -> Dataset:

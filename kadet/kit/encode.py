@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from kadet.kit.models import resolve_device, resolve_model_path
+from kadet.kit.towers import quiet_router_lengths
 from kadet.core.progress import bar as progress_bar
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,25 @@ def route_fingerprint(model, kind: str) -> str:
     return h.hexdigest()[:20]
 
 
+#: A bound on the characters one token can stand for: a text longer than ``max_tokens`` times this
+#: is cut before it reaches a tokenizer, which would otherwise tokenise all of it (a 7.7 MB document:
+#: 2.3x the peak memory) only to keep the first ``max_tokens``. Generous on purpose: English
+#: averages ~4-5 characters a token, so the cut changes the kept tokens only of a text that averages
+#: more than 32 characters a token (long runs of spaces or symbols), never of prose.
+CHARS_PER_TOKEN = 32
+
+
+def clip_text(text: str, max_tokens: int) -> str:
+    """``text`` cut to ``max_tokens * CHARS_PER_TOKEN`` characters: what every tokenizer kadet calls
+    is given (the encoder, the teachers, distill), so none tokenises a huge document whole."""
+    limit = max(int(max_tokens), 1) * CHARS_PER_TOKEN
+    return text if len(text) <= limit else text[:limit]
+
+
 #: Encodes of at least this many texts report progress (a corpus, not a batch of queries).
 PROGRESS_FROM = 2000
+#: Texts tokenized and encoded at a time (length-sorted batches within each chunk).
+ENCODE_CHUNK = 4096
 
 class EmbeddingCache:
     """Append-only store of ``text hash -> embedding`` for one model setting.
@@ -111,14 +129,23 @@ class EmbeddingCache:
     def __len__(self) -> int:
         return len(self._load())
 
-    def get(self, keys: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray | None]:
-        """Return ``(found_mask, embeddings_of_found_in_order)``."""
+    def get(self, keys: Sequence[bytes], out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Return ``(found_mask, embeddings_of_found_in_order)``; with ``out`` (len(keys) x d), the
+        found rows are written into it in place and ``None`` is returned for them (no second copy
+        of a corpus's embeddings)."""
         index = self._load()
         hits = [index.get(k) for k in keys]
         mask = np.array([h is not None for h in hits], dtype=bool)
         if not mask.any():
             return mask, None
-        return mask, np.stack([self._parts[p][r] for p, r in (h for h in hits if h is not None)])
+        if out is None:
+            return mask, np.stack([self._parts[p][r] for p, r in (h for h in hits if h is not None)])
+        pos = np.flatnonzero(mask)
+        where = np.array([hits[i] for i in pos], dtype=np.int64).reshape(-1, 2)
+        for pid in np.unique(where[:, 0]):                  # one gather per part
+            sel = where[:, 0] == pid
+            out[pos[sel]] = self._parts[pid][where[sel, 1]]
+        return mask, None
 
     def put(self, keys: Sequence[bytes], emb: np.ndarray) -> None:
         if len(keys) == 0:
@@ -151,6 +178,7 @@ class Encoder:
     ):
         from sentence_transformers import SentenceTransformer
 
+        quiet_router_lengths()
         self.path = resolve_model_path(model)
         self.device = resolve_device(device)
         self.model = SentenceTransformer(str(self.path), device=self.device, local_files_only=True)
@@ -179,6 +207,12 @@ class Encoder:
     def dim(self) -> int:
         return int(self.model.get_embedding_dimension())
 
+    def route_max_tokens(self, kind: str) -> int:
+        """The tokens a ``kind`` text is truncated to: its route's own ``max_seq_length`` (a
+        query-side Router's query and document towers have different ones), else 512."""
+        first = route_modules(self.model, kind)[0]
+        return getattr(first, "max_seq_length", None) or 512
+
     def _cache(self, kind: str) -> EmbeddingCache | None:
         if self.cache_dir is None:
             return None
@@ -200,15 +234,17 @@ class Encoder:
         cache = self._cache(kind)
         todo = np.arange(len(unique))
         if cache is not None:
-            mask, found = cache.get(keys)
-            if found is not None:
-                out[mask] = found
+            mask, _ = cache.get(keys, out=out)
             todo = np.flatnonzero(~mask)
         if len(todo):
             emb = self._forward([unique[i] for i in todo], self.prompts[kind], kind)
             out[todo] = emb
             if cache is not None:
                 cache.put([keys[i] for i in todo], emb)
+            del emb
+        del cache                                            # its parts: the whole cache, in memory
+        if len(unique) == len(texts):                        # a corpus: no repeated text, no reordering copy
+            return out
         pos = {t: i for i, t in enumerate(unique)}
         return out[[pos[t] for t in texts]]
 
@@ -230,7 +266,22 @@ class Encoder:
         return batches
 
     def _forward(self, texts: list[str], prompt: str, task: str = "document") -> np.ndarray:
-        """Tokenize once, pad each length-sorted batch to its own longest text, run the model."""
+        """Tokenize once, pad each length-sorted batch to its own longest text, run the model;
+        :data:`ENCODE_CHUNK` texts at a time, so a corpus's tokenizations are never held whole
+        (a fast tokenizer keeps every text's full token list, overflow included: ~150 kB per passage)."""
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        progress = None
+        if self.show_progress or len(texts) >= PROGRESS_FROM:  # a corpus, not a handful of queries
+            progress = progress_bar(len(texts), f"encode {len(texts):,} texts", show=self.show_progress)
+        with torch.inference_mode():
+            for start in range(0, len(texts), ENCODE_CHUNK):
+                chunk = texts[start : start + ENCODE_CHUNK]
+                out[start : start + len(chunk)] = self._forward_chunk(chunk, prompt, task, progress)
+        if progress is not None:
+            progress.close()
+        return out
+
+    def _forward_chunk(self, texts: list[str], prompt: str, task: str, progress) -> np.ndarray:
         first = self.model[0]
         tok = getattr(self.model, "tokenizer", None)
         pooling = next((m for m in self.model if hasattr(m, "include_prompt")), None)
@@ -239,27 +290,27 @@ class Encoder:
             and type(first).__name__ == "Transformer"
             and (not prompt or pooling is None or pooling.include_prompt)
         )
-        max_len = self.model.max_seq_length or 512
+        max_len = self.route_max_tokens(task)
+        texts = [clip_text(t, max_len) for t in texts]
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if fast:
-            enc = tok([prompt + t for t in texts], add_special_tokens=True, truncation=True, max_length=max_len)
+            # the ids alone: the tokenizer's Encoding objects (offsets, overflow) are dropped here
+            enc = dict(tok([prompt + t for t in texts], add_special_tokens=True, truncation=True, max_length=max_len))
             lengths = [len(ids) for ids in enc["input_ids"]]
         else:  # generic path (Router, multimodal, prompt excluded from pooling): let ST preprocess
             lengths = [len(t) // 4 + 2 for t in texts]
-        with torch.inference_mode():
-            batches = self._batches(lengths)
-            if self.show_progress or len(texts) >= PROGRESS_FROM:  # a corpus, not a handful of queries
-                batches = progress_bar(desc=f"encode {len(texts):,} texts", show=self.show_progress, iterable=batches)
-            for batch in batches:
-                if fast:
-                    features = dict(tok.pad({k: [v[i] for i in batch] for k, v in enc.items()}, return_tensors="pt"))
-                    features["modality"] = "text"
-                else:
-                    kwargs = {"prompt": prompt} if prompt else {}
-                    if self._routed:  # asymmetric model: pick the query or document tower
-                        kwargs["task"] = task
-                    features = self.model.preprocess([texts[i] for i in batch], **kwargs)
-                features = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in features.items()}
-                emb = self.model(features)["sentence_embedding"]
-                out[batch] = emb.float().cpu().numpy()
+        for batch in self._batches(lengths):
+            if fast:
+                features = dict(tok.pad({k: [v[i] for i in batch] for k, v in enc.items()}, return_tensors="pt"))
+                features["modality"] = "text"
+            else:
+                kwargs = {"prompt": prompt} if prompt else {}
+                if self._routed:  # asymmetric model: pick the query or document tower
+                    kwargs["task"] = task
+                features = self.model.preprocess([texts[i] for i in batch], **kwargs)
+            features = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in features.items()}
+            emb = self.model(features)["sentence_embedding"]
+            out[batch] = emb.float().cpu().numpy()
+            if progress is not None:
+                progress.update(len(batch))
         return out

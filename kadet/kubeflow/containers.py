@@ -39,8 +39,9 @@ DEFAULT_LOCAL_IMAGE = f"localhost/kadet:{__version__}-cpu"
 #: The user the image runs as, here as on the cluster (images/Dockerfile, platform.yaml).
 IMAGE_UID = 10001
 #: Variables of the caller's environment a task gets too: the console's events file (in the work
-#: dir), where MLflow and S3 are, and their keys.
-PASSED_ENV = ("KADET_PROGRESS", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+#: dir), where MLflow and S3 are, and their keys; the ``kadet run`` the tasks belong to (which owns the
+#: MLflow parent run: kadet/core/lifeline.py).
+PASSED_ENV = ("KADET_PROGRESS", "KADET_PARENT", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
               "MLFLOW_TRACKING_TOKEN", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
               "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "KADET_S3_ENDPOINT", "KADET_TGI_URL")
 

@@ -18,6 +18,8 @@ import os
 import sys
 from pathlib import Path
 
+from kadet.core import lifeline
+from kadet.core.io import read_text
 from kadet.core.config import frozen_config
 from kadet.core.storage import output_dir_for_rank
 
@@ -27,8 +29,9 @@ def run(job_dir: str | Path) -> None:
     from kadet.registry.register import find_champion
     from kadet.stages.distill import distill
 
+    lifeline.follow_parent()   # a local job's workers end with the kadet run that started them
     job = Path(job_dir)
-    cfg = frozen_config((job / "config.yaml").read_text(encoding="utf-8"), source=str(job / "config.yaml"))
+    cfg = frozen_config(read_text(job / "config.yaml"), source=str(job / "config.yaml"))
     cfg = dataclasses.replace(cfg, work_dir=str(job / "work"))
     rank = int(os.environ.get("RANK", "0"))
     with output_dir_for_rank(str(job / "out"), rank) as local:

@@ -19,8 +19,11 @@ import os
 import time
 from pathlib import Path
 
+from kadet.core.storage import mask_uri
+from kadet.core.io import read_json
 from kadet.kit.comparison import SILVER_CAVEAT, Comparison
 from kadet.core.config import config_from_text, dump_config, load_config, profile_config
+from kadet.core import lifeline
 from kadet.core.errors import KadetError
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,7 @@ def run_local(data: str, work_dir: str = ".kadet", config: str | None = None, ov
     the console too, as it comes)."""
     from kadet.kit.models import offline_env
     from kadet.kubeflow.pipeline import make_pipeline
+    from kadet.registry.tracking import close_stale_runs
     from kadet.reporting.console import session
     from kadet.tools.datasets import check_data
 
@@ -69,8 +73,9 @@ def run_local(data: str, work_dir: str = ".kadet", config: str | None = None, ov
     handlers, level = root.handlers[:], root.level
     try:
         # the session first: the tasks (in containers too) write their progress to its events file
-        with session(log_file, work / "logs" / f"kadet-run-{stamp}.events.jsonl", quiet=not verbose,
+        with lifeline.parent_exported(), session(log_file, work / "logs" / f"kadet-run-{stamp}.events.jsonl", quiet=not verbose,
                      to_stderr=console_to_stderr), task_runner(runner, image, work, data, caching) as base_image:
+            close_stale_runs(cfg)   # what a killed run left RUNNING (its tasks and containers are gone by now)
             make_pipeline(base_image)(**params, data_uri=str(Path(data).resolve()) if "://" not in data else data,
                                       config_yaml=dump_config(cfg), profile="", work_dir=str(work),
                                       generate_shards=shards, label_shards=shards)
@@ -144,7 +149,7 @@ def read_comparison(run_outputs: Path | None) -> Comparison | None:
     from kadet.core.layout import file_in
 
     path = Path(file_in(run_outputs / "evaluate" / "report", "evaluate", "comparison")) if run_outputs else None
-    return Comparison.from_json(json.loads(path.read_text())) if path is not None and path.is_file() else None
+    return Comparison.from_json(read_json(path)) if path is not None and path.is_file() else None
 
 
 def read_preflight(run_outputs: Path | None) -> dict:
@@ -153,7 +158,7 @@ def read_preflight(run_outputs: Path | None) -> dict:
     path = run_outputs / "preflight" / "report" / "preflight.json" if run_outputs else None
     if path is None or not path.is_file():
         return {}
-    r = json.loads(path.read_text())
+    r = read_json(path)
     return {"base": r["base"], "teacher": r["teacher"], "lead": r["lead"], "lead_ci_low": r["ci_low"],
             "lead_ci_high": r["ci_high"]}
 
@@ -191,8 +196,8 @@ def summarise(cfg, seconds: float, run_outputs: Path | None = None) -> dict:
     parents = c.search_runs([exp], filter_string=f"tags.`{tracking.PIPELINE_TAG}` != ''",
                             order_by=["attributes.start_time DESC"], max_results=50)
     parent = next(r for r in parents if "mlflow.parentRunId" not in r.data.tags)
-    children = c.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
-                             order_by=["attributes.start_time ASC"], max_results=200)
+    of_parent = tracking.filter_equals("tags.`mlflow.parentRunId`", parent.info.run_id)
+    children = c.search_runs([exp], filter_string=of_parent, order_by=["attributes.start_time ASC"], max_results=200)
     stages = [(r.info.run_name, ((r.info.end_time or r.info.start_time) - r.info.start_time) / 1000.0, r)
               for r in children]
     reg = next((r for n, _, r in stages if n == "register"), None)
@@ -205,7 +210,7 @@ def summarise(cfg, seconds: float, run_outputs: Path | None = None) -> dict:
         # a promotion refused at the last moment (the champion moved meanwhile) is on the parent
         "gate": parent.data.tags.get(tracking.GATE_TAG) or (reg.data.tags.get(tracking.GATE_TAG) if reg else None),
         "champion": champ.version if champ else None,
-        "tracking_uri": tracking.tracking_uri(cfg), "model_name": cfg.register.model_name,
+        "tracking_uri": mask_uri(tracking.tracking_uri(cfg)), "model_name": cfg.register.model_name,
         "metrics": [cfg.evaluation.ndcg, cfg.evaluation.recall],
         # the version trained on this very corpus content and these settings, when nothing was new
         "unchanged_since": parent.data.tags.get(tracking.UNCHANGED_TAG),

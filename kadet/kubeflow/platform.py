@@ -12,6 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from kadet.core.io import read_text
+
 DEFAULT_PLATFORM = Path(__file__).with_name("platform.yaml")
 
 
@@ -116,7 +118,7 @@ class Platform:
 
     @classmethod
     def load(cls, path: str | Path = DEFAULT_PLATFORM) -> "Platform":
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(read_text(path)) or {}
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"{path}: unknown key(s) {sorted(unknown)}")

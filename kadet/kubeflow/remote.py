@@ -36,6 +36,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from kadet.core.io import read_text
 from kadet.kubeflow import parameters
 from kadet.core.errors import KadetError
 from kadet.kubeflow.compile import DEFAULT_OUTPUT
@@ -142,7 +143,7 @@ def package_mounts(package: str | Path) -> list[str]:
     """The mount paths of the volumes the compiled pipeline's steps mount (the model cache)."""
     import yaml
 
-    docs = list(yaml.safe_load_all(Path(package).read_text()))
+    docs = list(yaml.safe_load_all(read_text(package)))
     executors = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values() if len(docs) > 1 else []
     return sorted({m["mountPath"] for ex in executors for m in ex.get("pvcMount", [])})
 
@@ -151,7 +152,7 @@ def package_images(package: str | Path) -> dict[str, str]:
     """``{executor: container image}`` of the compiled pipeline's steps (``exec-prepare``: the CPU image)."""
     import yaml
 
-    spec = next(yaml.safe_load_all(Path(package).read_text()))
+    spec = next(yaml.safe_load_all(read_text(package)))
     return {name: e["container"]["image"] for name, e in spec["deploymentSpec"]["executors"].items()}
 
 
@@ -269,7 +270,7 @@ def package_floor(package: str | Path) -> tuple[tuple[int, int], str]:
     """``(oldest KFP backend, why)`` that runs this compiled package."""
     import yaml
 
-    docs = list(yaml.safe_load_all(Path(package).read_text(encoding="utf-8")))
+    docs = list(yaml.safe_load_all(read_text(package)))
     executors = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values() if len(docs) > 1 else []
     if any("securityContext" in ex for ex in executors):
         return SECURITY_CONTEXT_BACKEND, "its steps set a container securityContext (kfp_security_context: true)"
@@ -392,7 +393,7 @@ def for_backend(package: str, tag: str, folder: str) -> str:
     found = re.match(r"v?(\d+)\.(\d+)", tag)
     if found and tuple(map(int, found.groups())) >= DEADLINE_BACKEND:
         return package
-    docs = list(yaml.safe_load_all(Path(package).read_text()))
+    docs = list(yaml.safe_load_all(read_text(package)))
     kube = docs[1].get("platforms", {}).get("kubernetes", {}) if len(docs) > 1 else {}
     if "activeDeadlineSeconds" not in (kube.get("pipelineConfig") or {}):
         return package
@@ -476,7 +477,7 @@ def uncached_package(package: str | Path, folder: str | Path) -> str:
     has no cache field, so ``--no-cache`` is this version."""
     import yaml
 
-    docs = list(yaml.safe_load_all(Path(package).read_text(encoding="utf-8")))
+    docs = list(yaml.safe_load_all(read_text(package)))
     spec = docs[0]
     dags = [spec.get("root", {}).get("dag", {})] + [c.get("dag", {}) for c in spec.get("components", {}).values()]
     for dag in dags:

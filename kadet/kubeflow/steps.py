@@ -23,14 +23,21 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from kadet.core.storage import mask_uri
+from kadet.core import io
+from kadet.core.io import read_json
+from kadet import __version__
 from kadet.reporting import plots
 
 from kadet.registry import tracking
+from kadet.core import lifeline, progress
 from kadet.core.config import KadetConfig, config_from_text, frozen_config
 from kadet.core.manifest import Manifest
 from kadet.core.layout import file_in
 
 log = logging.getLogger(__name__)
+# every task imports this module first: a task of a local `kadet run` ends when that run is killed
+lifeline.follow_parent()
 
 
 def config_step(parameters: dict) -> str:
@@ -110,7 +117,8 @@ def preflight_step(cfg: KadetConfig, out: str, pipeline_run: str) -> str:
 
     with tracking.stage_run(cfg, "preflight", pipeline_run, out=out):
         Path(out).mkdir(parents=True, exist_ok=True)
-        result = check(cfg, out)
+        with reusable(cfg, "preflight", out, {"data": cfg.data.data_dir, "qrels": cfg.data.qrels}) as reused:
+            result = (preflight_result(out) or None) if reused else check(cfg, out)
         tracking.log_manifest(Manifest.read(out), out)
         if result is None:
             mlflow.set_tag("kadet.preflight", "not measured: no judged queries (silver run) or distill.preflight off")
@@ -130,7 +138,7 @@ PREFLIGHT_FIGURES = ("base", "teacher", "lead", "ci_low", "ci_high", "queries", 
 def preflight_result(out: str | None) -> dict:
     """``preflight.json`` of a pre-flight output folder ({} when the lead was not measured)."""
     path = Path(out) / "preflight.json" if out else None
-    return json.loads(path.read_text()) if path and path.exists() else {}
+    return read_json(path) if path and path.exists() else {}
 
 
 def preflight_figures(out: str) -> dict[str, float]:
@@ -148,6 +156,65 @@ def nothing_to_learn_step(cfg: KadetConfig, reason: str, pipeline_run: str, pref
     tag_parent(cfg, pipeline_run, {tracking.NOTHING_TO_LEARN_TAG: reason, tracking.GATE_TAG: reason})
     pre = preflight_result(preflight_dir)
     write_summary(summary_path, lambda: summary.nothing_to_learn(reason, pre, tracking.links(cfg, pipeline_run)))
+
+
+def setting_contents(cfg: KadetConfig) -> dict[str, str]:
+    """The content digests of what the settings name by path or packaged name (models, a .gguf
+    file, ``dense:PATH`` retrievers): a setting's string stays the same when the folder it names
+    is replaced. The data and the work dir are not settings of this kind (a stage's inputs are)."""
+    from kadet.core.manifest import digest
+    from kadet.kit.models import PACKAGED_MODELS, model_fingerprint, resolve_model_path
+
+    found: dict[str, str] = {}
+
+    def visit(key: str, value) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                visit(f"{key}.{k}" if key else k, v)
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                visit(f"{key}[{i}]", v)
+        elif isinstance(value, str) and value and key != "work_dir" and not key.startswith("data."):
+            text = value.split(":", 1)[1] if ":" in value and "://" not in value else value
+            if text in PACKAGED_MODELS:
+                found[key] = model_fingerprint(resolve_model_path(text))
+            elif "://" not in text and len(text) < 4096 and Path(text).expanduser().exists():
+                path = Path(text).expanduser()
+                found[key] = model_fingerprint(path) if path.is_dir() else digest(path)
+
+    visit("", cfg.to_dict())
+    return found
+
+
+#: On a stage run whose output was taken from an earlier run: that run's key.
+REUSED_TAG = "kadet.reused_from"
+
+
+@contextlib.contextmanager
+def reusable(cfg: KadetConfig, stage: str, out: str, inputs: dict[str, str | Sequence[str] | None],
+             extra: dict | None = None) -> Iterator[bool]:
+    """The stage's whole output from an earlier run with the same settings and the same ``inputs``
+    (their content digests), if one was kept (kadet/core/reuse.py ``finished``): yields True when
+    ``out`` now holds it (the block skips the stage's work; the stage run is tagged with the earlier
+    run), else False (the block does the work, and ``out`` is kept once it succeeds). Inputs not
+    on this machine (URIs) are never digested: such a stage always runs."""
+    from kadet.core.manifest import digest
+    from kadet.core.reuse import finished
+
+    paths = {k: [v] if isinstance(v, str) or v is None else list(v) for k, v in inputs.items()}
+    if any("://" in p for ps in paths.values() for p in ps if p):
+        yield False
+        return
+    depends = {"config": cfg.hash(), "kadet": __version__, "models": setting_contents(cfg), **(extra or {}),
+               **{k: [digest(p) if p and Path(p).exists() else "" for p in ps] for k, ps in paths.items()}}
+    with finished(cfg.work_dir, stage, depends, out) as earlier:
+        if earlier:
+            import mlflow
+
+            log.info("%s: the output of run %s is reused (same settings and inputs)", stage, earlier)
+            mlflow.set_tag(REUSED_TAG, earlier)
+            progress.event("reused", run=earlier)
+        yield bool(earlier)
 
 
 def prepare_step(cfg: KadetConfig, out: str, pipeline_run: str, fingerprint: dict | None = None) -> dict:
@@ -216,7 +283,8 @@ def mine_step(cfg: KadetConfig, queries: str, corpus: str, out: str, pipeline_ru
     from kadet.stages.mine import mine
 
     with tracking.stage_run(cfg, "mine", pipeline_run, out=out):
-        m = mine(cfg, queries, corpus, out)
+        with reusable(cfg, "mine", out, {"queries": queries, "corpus": corpus}) as reused:
+            m = Manifest.read(out) if reused else mine(cfg, queries, corpus, out)
         tracking.log_manifest(m, out)
     return m.counts
 
@@ -229,8 +297,14 @@ def label_step(cfg: KadetConfig, candidates: str, corpus: str, out: str, pipelin
     lab = cfg.label
     name = f"{lab.shard_index}-of-{lab.num_shards}"
     with tracking.stage_run(cfg, "label", pipeline_run, shard=name, out=out):
-        with resumable(cfg, pipeline_run, f"label-{name}", out) as work:
-            m = label(cfg, candidates, corpus, work, score=True, merge=False)
+        with reusable(cfg, f"label-{name}", out, {"candidates": candidates, "corpus": corpus}) as reused:
+            if reused:   # nothing scored now: the kept shard's pairs count as reused work
+                m = Manifest.read(out)
+                m.counts = {**m.counts, "scored_now": 0, "pairs_scored": 0,
+                            "pairs_reused": m.counts.get("pairs_reused", 0) + m.counts.get("pairs_scored", 0)}
+            else:
+                with resumable(cfg, pipeline_run, f"label-{name}", out) as work:
+                    m = label(cfg, candidates, corpus, work, score=True, merge=False)
         tracking.log_manifest(m)
     return m.counts
 
@@ -243,7 +317,8 @@ def label_merge_step(cfg: KadetConfig, candidates: str, corpus: str, shard_dirs:
     from kadet.stages.label.stage import merge_score_shards
 
     with tracking.stage_run(cfg, "label", pipeline_run, shard="merge", out=out):
-        m = merge_score_shards(cfg, candidates, corpus, shard_dirs, out)
+        with reusable(cfg, "label-merge", out, {"candidates": candidates, "corpus": corpus, "shards": shard_dirs}) as reused:
+            m = Manifest.read(out) if reused else merge_score_shards(cfg, candidates, corpus, shard_dirs, out)
         tracking.log_manifest(m, out)
         mlflow.log_dict(label_statistics(Path(file_in(out, "label", "labels")), m), "label_statistics.json")
     return m.counts
@@ -278,16 +353,20 @@ def distill_step(cfg: KadetConfig, labels: str, out: str, pipeline_run: str, tra
     from kadet.stages.distill import distill, init_tags
 
     with tracking.stage_run(cfg, "distill", pipeline_run, out=out):
-        if trainer_job:
-            from kadet.kubeflow import trainjob
+        with reusable(cfg, "distill", out, {"labels": labels}, extra=start_key(cfg)) as reused:
+            if reused:
+                m = Manifest.read(out)
+            elif trainer_job:
+                from kadet.kubeflow import trainjob
 
-            trainjob.distill_as_job(cfg, labels, out, trainjob.JobSettings.from_json(trainer_job), launch=launch)
-            m = Manifest.read(out)
-        else:
-            m = distill(cfg, labels, out, find_champion=find_champion)
+                trainjob.distill_as_job(cfg, labels, out, trainjob.JobSettings.from_json(trainer_job), launch=launch)
+                m = Manifest.read(out)
+            else:
+                m = distill(cfg, labels, out, find_champion=find_champion)
+            shutil.rmtree(Path(out) / "checkpoints", ignore_errors=True)  # resume state, not a product
         tracking.log_manifest(m, out)
         mlflow.set_tags(init_tags(m.extra.get("init")))   # base or champion vN, and why a fallback
-        curves = json.loads((Path(out) / "curves.json").read_text())
+        curves = read_json(Path(out) / "curves.json")
         for e, dev, tr in zip(curves["epoch"], curves["dev_loss"], curves.get("epoch_train_loss", [])):
             mlflow.log_metrics({"dev_loss": dev, "train_loss": tr}, step=int(e))
         mlflow.log_metrics({"best_dev_loss": m.extra["best_dev_loss"], "best_epoch": m.extra["best_epoch"]})
@@ -295,8 +374,19 @@ def distill_step(cfg: KadetConfig, labels: str, out: str, pipeline_run: str, tra
             plots.plot_curves(curves, Path(tmp) / "loss_curves.png")
             mlflow.log_artifact(str(Path(tmp) / "loss_curves.png"))
         mlflow.log_artifact(str(Path(out) / "curves.json"))
-        shutil.rmtree(Path(out) / "checkpoints", ignore_errors=True)  # resume state, not a product
     return {**m.counts, "best_epoch": m.extra["best_epoch"]}
+
+
+def start_key(cfg: KadetConfig) -> dict:
+    """What distill starts from, beyond its settings: with ``distill.init: champion``, the champion
+    it would start from, by its model fingerprint (another champion means other training; a
+    version number alone could name another model in a reset registry)."""
+    if cfg.distill.init != "champion":
+        return {}
+    from kadet.registry.register import FINGERPRINT_TAG, alias_version
+
+    champ = alias_version(tracking.client(cfg), cfg.register.model_name, cfg.register.champion_alias)
+    return {"champion": f"v{champ.version} {(champ.tags or {}).get(FINGERPRINT_TAG, champ.run_id)}" if champ else ""}
 
 
 def evaluate_step(cfg: KadetConfig, model_dir: str, labels: str | None, out: str, pipeline_run: str) -> dict:
@@ -304,11 +394,14 @@ def evaluate_step(cfg: KadetConfig, model_dir: str, labels: str | None, out: str
     Returns ``comparison.json``'s object (:meth:`kadet.kit.comparison.Comparison.to_json`)."""
     import mlflow
 
-    from kadet.kit.comparison import metric_name
+    from kadet.kit.comparison import Comparison, metric_name
     from kadet.stages.evaluate import compare
 
     with tracking.stage_run(cfg, "evaluate", pipeline_run, out=out):
-        comp = compare(cfg, model_dir, out, labels_path=labels)
+        with reusable(cfg, "evaluate", out, {"model": model_dir, "labels": labels, "data": cfg.data.data_dir,
+                                             "qrels": cfg.data.qrels}) as reused:
+            comp = (Comparison.from_json(json.loads(Path(file_in(out, "evaluate", "comparison")).read_text()))
+                    if reused else compare(cfg, model_dir, out, labels_path=labels))
         for who, figures in (("base", comp.base), ("candidate", comp.candidate)):   # what the gate judges
             mlflow.log_metrics({metric_name(f"{who}_{k}"): v for k, v in figures.items()})
         for r, figures in comp.retrievers.items():   # every retriever: dense_*, hybrid_*, bm25_*
@@ -353,7 +446,7 @@ def register_step(cfg: KadetConfig, model_dir: str, comparison_dir: str, pipelin
     from kadet.reporting.report import write_report_or_reason
 
     pipeline_run = tracking.run_key(pipeline_run)
-    comparison = Comparison.from_json(json.loads(Path(file_in(comparison_dir, "evaluate", "comparison")).read_text()))
+    comparison = Comparison.from_json(read_json(file_in(comparison_dir, "evaluate", "comparison")))
     # a silver run's held-out set (in evaluate's output) is where a champion is evaluated again
     silver = str(Path(comparison_dir) / comparison.silver_dir) if comparison.silver_dir else None
     with tracking.stage_run(cfg, "register", pipeline_run):
@@ -361,7 +454,7 @@ def register_step(cfg: KadetConfig, model_dir: str, comparison_dir: str, pipelin
         gate = {"lineage": r.lineage, "promote": r.decision.promote, "reason": gate_text(r.decision, comparison.kind),
                 "version": r.version, "model_name": r.name, "incumbent": r.decision.incumbent,
                 "incumbent_metrics": r.incumbent_metrics, "links": tracking.links(cfg, pipeline_run, r.name, r.version),
-                "tracking_uri": tracking.tracking_uri(cfg)}
+                "tracking_uri": mask_uri(tracking.tracking_uri(cfg))}
         with tempfile.TemporaryDirectory() as tmp:
             report = write_report_or_reason(cfg, pipeline_run, comparison, gate,
                                             report_path or Path(tmp) / "report.html")
@@ -431,13 +524,14 @@ def challenger_step(cfg: KadetConfig, version: str, reason: str, pipeline_run: s
 
 def read_text(path: str | None) -> str:
     """A file's text ("" without a path or file: the outcome line alone)."""
-    return Path(path).read_text(encoding="utf-8") if path and Path(path).is_file() else ""
+    return io.read_text(path) if path and Path(path).is_file() else ""
 
 
 def finish_step(cfg: KadetConfig, pipeline_run: str, state: str, error: str | None = None) -> None:
     """The pipeline's exit handler: close the parent run FINISHED if the pipeline succeeded,
     else FAILED with the error as a tag (it runs whatever happened to the other tasks)."""
     status = "FINISHED" if state == "SUCCEEDED" else "FAILED"
+    tracking.close_stale_runs(cfg)   # a task killed on the way (OOM, kill -9) left its stage run RUNNING
     if error:
         tracking.client(cfg).set_tag(tracking.parent_run_id(cfg, pipeline_run), tracking.ERROR_TAG, str(error)[:5000])
     tracking.finish_parent(cfg, pipeline_run, status)

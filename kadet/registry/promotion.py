@@ -32,8 +32,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
+from kadet.core.storage import mask_uri
 from kadet.core.config import KadetConfig, RegisterConfig
 from kadet.core.errors import KadetError
 from kadet.kit.comparison import Comparison, display, gain_text
@@ -212,7 +212,7 @@ def mlflow_access(cfg: KadetConfig):
     except MlflowException as exc:
         if exc.error_code not in AUTH_REFUSALS:
             raise
-        where, user = public_uri(tracking_uri(cfg)), os.environ.get("MLFLOW_TRACKING_USERNAME", "")
+        where, user = mask_uri(tracking_uri(cfg)), os.environ.get("MLFLOW_TRACKING_USERNAME", "")
         if exc.error_code == "UNAUTHENTICATED":
             given = (f"the credentials of MLFLOW_TRACKING_USERNAME={user!r} were refused" if user else
                      "the token in MLFLOW_TRACKING_TOKEN was refused" if os.environ.get("MLFLOW_TRACKING_TOKEN")
@@ -222,14 +222,6 @@ def mlflow_access(cfg: KadetConfig):
                              "in the environment") from None
         raise KadetError(f"MLflow at {where} refused {user or 'this user'} (HTTP 403, permission denied) on "
                          f"{cfg.register.model_name}: an MLflow admin grants EDIT on the registered model") from None
-
-
-def public_uri(uri: str) -> str:
-    """A store's address as it may be printed: without a user, password or query (a token)."""
-    parts = urlsplit(uri)
-    if not parts.netloc:
-        return uri
-    return urlunsplit((parts.scheme, parts.hostname + (f":{parts.port}" if parts.port else ""), parts.path, "", ""))
 
 
 def now() -> str:

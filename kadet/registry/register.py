@@ -52,12 +52,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kadet.core.storage import mask_uri
+from kadet.core.io import read_text
 from kadet.stages.distill import card
 from kadet.kit.comparison import SILVER_REFUSAL, Comparison, display, kind_text, metric_name
+from kadet.core import faults
 from kadet.core.config import EvaluationConfig, KadetConfig, RegisterConfig
 from kadet.core.errors import KadetError
 from kadet.stages.fingerprint import CHANGES_TAG, CORPUS_TAG, DOCUMENTS_TAG, INPUTS_TAG, PARENT_TAG
 from kadet.kit.models import model_fingerprint
+from kadet.kit.towers import quiet_router_lengths
 from kadet.registry.tracking import EVAL_DATA_TAG, EVAL_KIND_TAG, GATE_TAG, MODEL_VERSION_TAG, PIPELINE_TAG
 
 log = logging.getLogger(__name__)
@@ -168,7 +172,7 @@ def serving_signature(st):
 
 def find_version(client, name: str, fingerprint: str):
     """The version of ``name`` registered from this model folder content, if any."""
-    hits = [v for v in _versions(client, name) if (v.tags or {}).get(FINGERPRINT_TAG) == fingerprint]
+    hits = [v for v in model_versions(client, name) if (v.tags or {}).get(FINGERPRINT_TAG) == fingerprint]
     return min(hits, key=lambda v: int(v.version)) if hits else None
 
 
@@ -179,19 +183,21 @@ def trained_on(cfg: KadetConfig, inputs: str) -> str:
     earlier state (documents removed again) is a change since the newest version."""
     from kadet.registry.tracking import client
 
-    gated = [v for v in _versions(client(cfg), cfg.register.model_name) if (v.tags or {}).get(INPUTS_TAG)]
+    gated = [v for v in model_versions(client(cfg), cfg.register.model_name) if (v.tags or {}).get(INPUTS_TAG)]
     newest = max(gated, key=lambda v: int(v.version), default=None)
     return str(newest.version) if newest is not None and newest.tags[INPUTS_TAG] == inputs else ""
 
 
-def _versions(client, name: str) -> list:
+def model_versions(client, name: str) -> list:
     """Every version of model ``name`` (none if there is no such model). Any other error of the
     store is raised: a registry that cannot answer must fail the step (which is retried), never
     pass for an empty one (a duplicate version, a needless retrain)."""
     from mlflow.exceptions import MlflowException
 
+    from kadet.registry.tracking import filter_equals
+
     try:
-        return list(client.search_model_versions(f"name = '{name}'"))
+        return [v for v in client.search_model_versions(filter_equals("name", name)) if v.name == name]
     except MlflowException as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             return []
@@ -213,7 +219,7 @@ def lineage(cfg: KadetConfig, client, prepared_dir: str | Path | None, exclude: 
     reg = cfg.register
     champ = alias_version(client, reg.model_name, reg.champion_alias)
     parent = champ if champ is not None and str(champ.version) != exclude else max(
-        (v for v in _versions(client, reg.model_name) if str(v.version) != exclude),
+        (v for v in model_versions(client, reg.model_name) if str(v.version) != exclude),
         key=lambda v: int(v.version), default=None)
     parent_fp = (parent.tags or {}).get(CORPUS_TAG, "") if parent is not None else ""
     new = read_digests(cfg.work_dir, fp.get("corpus", ""))
@@ -251,11 +257,11 @@ def find_champion(cfg: KadetConfig, scratch: Path):
 
     reg, uri = cfg.register, tracking.tracking_uri(cfg)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-        raise NoChampion(f"there is no MLflow store at {uri} yet")
+        raise NoChampion(f"there is no MLflow store at {mask_uri(uri)} yet")
     c = tracking.client(cfg)
     mv = alias_version(c, reg.model_name, reg.champion_alias)
     if mv is None:
-        raise NoChampion(f"{reg.model_name} has no {reg.champion_alias!r} version yet in {uri}")
+        raise NoChampion(f"{reg.model_name} has no {reg.champion_alias!r} version yet in {mask_uri(uri)}")
     source = c.get_model_version_download_uri(reg.model_name, mv.version)
     local = "://" not in source or source.startswith("file:")
     folder = local_model_dir(source, tracking_uri=uri, dst_path=None if local else scratch / "champion")
@@ -332,6 +338,7 @@ def register_candidate(cfg: KadetConfig, model_dir: str | Path, comparison: Comp
     if existing is None:
         lin = lineage(cfg, c, prepared_dir)
         version, model_id = log_version(model_dir, reg.model_name, fp)
+        faults.point("register:created")   # fault injection (tests only): a version without its gate's tags
     else:
         version, model_id = str(existing.version), ""
         log.info("model folder already registered as %s v%s: reusing it", reg.model_name, version)
@@ -380,6 +387,7 @@ def log_version(model_dir: str | Path, model_name: str, fingerprint: str = "") -
     import mlflow
     from sentence_transformers import SentenceTransformer
 
+    quiet_router_lengths()
     st = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
     info = mlflow.sentence_transformers.log_model(st, name="model", pip_requirements=pip_requirements(),
                                                   signature=serving_signature(st), input_example=SERVING_EXAMPLE)
@@ -419,7 +427,7 @@ def usage(model_name: str, version: str, tracking_uri: str = "") -> list[str]:
     if tracking_uri.startswith("sqlite:///") and tracking_uri.endswith("/mlflow.db"):
         where = f" --work-dir {tracking_uri.removeprefix('sqlite:///').removesuffix('/mlflow.db')}"
     elif tracking_uri:
-        where = f" --set tracking.tracking_uri={tracking_uri}"
+        where = f" --set tracking.tracking_uri={mask_uri(tracking_uri)}"
     name = "" if model_name == RegisterConfig().model_name else f" --model-name {model_name}"
     return [f"kadet export --out adapted --version {version}{name}{where}: "
             "plain folders adapted/query (encode your queries) and adapted/document (index with it; for a "
@@ -456,7 +464,7 @@ def attach_card(cfg: KadetConfig, c, model_dir: str | Path, comparison: Comparis
         for name in (card.CARD, card.FACTS):
             c.log_model_artifact(model_id, str(Path(tmp) / name), SENTENCE_TRANSFORMERS_DATA_PATH)
         mlflow.log_artifact(str(path), "model_card")
-        text = path.read_text()
+        text = read_text(path)
         c.update_model_version(cfg.register.model_name, version, description=card.split_front_matter(text)[1][:5000])
 
 

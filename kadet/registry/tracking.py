@@ -20,12 +20,14 @@ import contextlib
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from kadet.core import progress
+from kadet.core import faults, lifeline, progress
+from kadet.core.storage import mask_uri
 from kadet.kit.comparison import metric_name  # noqa: F401 - re-exported: kadet/kubeflow/components.py imports it from here
 from kadet.core.config import KadetConfig
 from kadet.core.layout import KFP_RUN_ENV, RUN_KEY_ENV
@@ -50,6 +52,12 @@ MODEL_VERSION_TAG = "kadet.model_version"
 UNCHANGED_TAG = "kadet.unchanged_since"  # on a parent run that found nothing new (the version it matched)
 NOTHING_TO_LEARN_TAG = "kadet.nothing_to_learn"  # on a parent run the pre-flight check stopped (its reason)
 KFP_RUN_TAG = "kadet.kfp_run_id"  # on a parent run: the KFP run it belongs to (a cluster run; $KADET_KFP_RUN_ID)
+#: The process whose work a run is (kadet/core/lifeline.py ``process_key``): a stage run's task, a
+#: parent run's ``kadet run``. A RUNNING run whose process is gone is closed as KILLED (close_stale_runs).
+PROCESS_TAG = "kadet.process"
+#: On a stage run: the ``kadet run`` its task belongs to (a task in a container cannot be seen from
+#: the host, its ``kadet run`` can: once that is gone, the task is too).
+RUN_PROCESS_TAG = "kadet.run_process"
 DATASET_ATTEMPTS = 3  # tries to log one input as an MLflow dataset (see log_inputs)
 #: Config sections logged as params on each stage's run (plus ``data`` and ``retrieval``).
 STAGE_SECTIONS = {
@@ -123,19 +131,33 @@ def run_key(pipeline_run: str = "") -> str:
     return key
 
 
+def filter_equals(key: str, value: str) -> str:
+    """The MLflow filter clause that finds ``key`` (``name``, ``tags.`x```) equal to ``value``,
+    whatever ``value`` holds. MLflow's filter strings have no escape character: a value is quoted
+    with the quote it does not hold; one that holds both is matched with ``LIKE``, each quote and
+    ``%`` a one-character wildcard ``_``, which can match more than ``value``: keep only the exact
+    matches of what the search returns. Every filter kadet builds from a value goes through here."""
+    if "'" not in value:
+        return f"{key} = '{value}'"
+    if '"' not in value:
+        return f'{key} = "{value}"'
+    return f"{key} LIKE '" + re.sub(r"['\"%]", "_", value) + "'"
+
+
 def parent_run_id(cfg: KadetConfig, pipeline_run: str, run_name: str | None = None) -> str:
     """The parent run of ``pipeline_run`` (see :func:`run_key`), created on first use."""
     pipeline_run = run_key(pipeline_run)
     c = client(cfg)
     exp = experiment_id(cfg)
-    found = c.search_runs([exp], filter_string=f"tags.`{PIPELINE_TAG}` = '{pipeline_run}'", max_results=1,
-                          order_by=["attributes.start_time ASC"])
+    found = [r for r in c.search_runs([exp], filter_string=filter_equals(f"tags.`{PIPELINE_TAG}`", pipeline_run),
+                                      max_results=100, order_by=["attributes.start_time ASC"])
+             if r.data.tags.get(PIPELINE_TAG) == pipeline_run]
     kfp_run = os.environ.get(KFP_RUN_ENV, "")
     if found:
         if kfp_run and found[0].data.tags.get(KFP_RUN_TAG) != kfp_run:
             c.set_tag(found[0].info.run_id, KFP_RUN_TAG, kfp_run)
         return found[0].info.run_id
-    tags = {PIPELINE_TAG: pipeline_run, **({KFP_RUN_TAG: kfp_run} if kfp_run else {})}
+    tags = {PIPELINE_TAG: pipeline_run, PROCESS_TAG: lifeline.owner_key(), **({KFP_RUN_TAG: kfp_run} if kfp_run else {})}
     run = c.create_run(exp, run_name=run_name or f"kadet-{pipeline_run}", tags=tags)
     return run.info.run_id
 
@@ -173,6 +195,7 @@ def stage_run(cfg: KadetConfig, stage: str, pipeline_run: str, shard: str | None
             with failure_recorded(name, log_path):
                 yield active
                 publish_outputs(cfg, out, pipeline_run, name)
+    faults.point(f"after:{name}")   # fault injection (tests only): the stage is done, the next not begun
 
 
 @contextlib.contextmanager
@@ -196,8 +219,34 @@ def create_stage_run(cfg: KadetConfig, stage: str, name: str, pipeline_run: str)
     activate(cfg)
     parent = parent_run_id(cfg, pipeline_run)
     run = client(cfg).create_run(experiment_id(cfg), run_name=name,
-                                 tags={"mlflow.parentRunId": parent, PIPELINE_TAG: pipeline_run, STAGE_TAG: stage})
+                                 tags={"mlflow.parentRunId": parent, PIPELINE_TAG: pipeline_run, STAGE_TAG: stage,
+                                       PROCESS_TAG: lifeline.process_key(), RUN_PROCESS_TAG: lifeline.owner_key()})
     return run.info.run_id
+
+
+def close_stale_runs(cfg: KadetConfig) -> list[str]:
+    """Close as KILLED every RUNNING run of the experiment whose process (:data:`PROCESS_TAG`), or the
+    ``kadet run`` it belongs to (:data:`RUN_PROCESS_TAG`), is known to be gone: a killed ``kadet
+    run`` or task never closed it, and the MLflow UI would show it running forever. Processes this
+    machine cannot see (another host, a container) are never judged. Returns the closed runs' ids."""
+    c = client(cfg)
+    exp = c.get_experiment_by_name(cfg.tracking.experiment)
+    if exp is None:
+        return []
+    closed = []
+    for run in c.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000):
+        states = {k: lifeline.alive(k) for k in (run.data.tags.get(PROCESS_TAG), run.data.tags.get(RUN_PROCESS_TAG)) if k}
+        key = next((k for k, state in states.items() if state is False), None)
+        if key is None or True in states.values():   # a live task of a dead run: its own watchdog ends it
+            continue
+        c.set_tag(run.info.run_id, ERROR_TAG, f"its process (pid {lifeline.key_pid(key)}) ended without closing "
+                                             "the run: killed; closed by a later kadet process")
+        c.set_terminated(run.info.run_id, status="KILLED")
+        closed.append(run.info.run_id)
+    if closed:
+        log.warning("closed %d MLflow run(s) as KILLED: their kadet process was killed (%s)", len(closed),
+                    ", ".join(closed))
+    return closed
 
 
 @contextlib.contextmanager
@@ -286,13 +335,13 @@ def links(cfg: KadetConfig, pipeline_run: str, model_name: str = "", version: st
     address), else at an http(s) tracking URI, else the URIs MLflow's clients take."""
     parent = parent_run_id(cfg, pipeline_run)
     uri = tracking_uri(cfg)
-    base = cfg.tracking.ui_url or (uri if uri.startswith(("http://", "https://")) else "")
+    base = mask_uri(cfg.tracking.ui_url or (uri if uri.startswith(("http://", "https://")) else ""))
     if base:
         base = base.rstrip("/")
         out = {"MLflow run": f"{base}/#/experiments/{experiment_id(cfg)}/runs/{parent}"}
         return {**out, "model version": f"{base}/#/models/{model_name}/versions/{version}"} if version else out
     out = {"MLflow run": f"runs:/{parent}"}
-    return {**out, **({"model version": f"models:/{model_name}/{version}"} if version else {}), "tracking store": uri}
+    return {**out, **({"model version": f"models:/{model_name}/{version}"} if version else {}), "tracking store": mask_uri(uri)}
 
 
 def finish_parent(cfg: KadetConfig, pipeline_run: str, status: str = "FINISHED") -> None:

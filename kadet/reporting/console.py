@@ -61,6 +61,7 @@ class Console:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="kadet-console", daemon=True)
         self._counts: dict[str, str] = {}
+        self._reused: dict[str, str] = {}
         self._bar = None
         self._bar_key: tuple[str, str] | None = None
         self.failed: list[dict] = []
@@ -101,7 +102,10 @@ class Console:
         if kind == "start":
             self.line(stage, "started")
         elif kind == "counts":
-            self._counts[stage] = format_counts(e.get("counts", {}), e.get("dropped", {}), stage)
+            self._counts[stage] = (format_counts(e.get("counts", {}), e.get("dropped", {}), stage)
+                                   + self._reused.pop(stage, ""))
+        elif kind == "reused":   # the stage's output was taken from an earlier run (kubeflow/steps.py reusable)
+            self._reused[stage] = f" · reused from {e.get('run', '?')}"
         elif kind == "end":
             if e.get("status") == "ok":
                 counts = self._counts.get(stage, "")

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kadet.core.io import read_json
+from kadet.core.storage import mask_uri
 from kadet.reporting import plots
 from kadet.kit.comparison import SILVER_CAVEAT, Comparison, display, gain_text, kind_text, retriever_rows
 from kadet.core.config import KadetConfig
@@ -64,7 +66,7 @@ def collect(cfg: KadetConfig, pipeline_run: str) -> dict:
 
     c = tracking.client(cfg)
     parent = tracking.parent_run_id(cfg, pipeline_run)
-    runs = c.search_runs([tracking.experiment_id(cfg)], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'",
+    runs = c.search_runs([tracking.experiment_id(cfg)], filter_string=tracking.filter_equals("tags.`mlflow.parentRunId`", parent),
                          order_by=["attributes.start_time ASC"], max_results=500)
     stages, files = [], {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -78,7 +80,7 @@ def collect(cfg: KadetConfig, pipeline_run: str) -> dict:
                 try:
                     local = download_artifacts(run_id=r.info.run_id, artifact_path=name, dst_path=tmp,
                                                tracking_uri=tracking.tracking_uri(cfg))
-                    files[name] = json.loads(Path(local).read_text())
+                    files[name] = read_json(local)
                 except Exception:  # this stage did not log it
                     pass
     return {"parent_run": parent, "pipeline_run": pipeline_run, "stages": stages, "files": files}
@@ -159,7 +161,7 @@ def decision_section(p: Page) -> list[str]:
 def lineage_section(p: Page) -> list[str]:
     """:func:`work_section`, then where to find the run and the version (``gate["links"]``)."""
     parts = work_section(p.run, p.gate.get("lineage") or {})
-    links = p.gate.get("links") or {}
+    links = {k: mask_uri(v) for k, v in (p.gate.get("links") or {}).items()}
     if links:
         parts.append("<p>" + " · ".join(
             f'{_e(k)}: <a href="{_e(v)}">{_e(v)}</a>' if str(v).startswith("http") else f"{_e(k)}: <code>{_e(v)}</code>"

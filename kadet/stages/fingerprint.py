@@ -29,6 +29,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from kadet.core.io import read_json
 from kadet.core.errors import KadetError
 
 #: Settings that do not change the model a run trains: where things live, how the work is split,
@@ -150,4 +151,4 @@ def changes_text(c: Mapping[str, int] | None) -> str:
 
 def read_digests(work_dir: str | os.PathLike, corpus_digest: str) -> dict[str, str] | None:
     path = digests_path(work_dir, corpus_digest)
-    return json.loads(path.read_text(encoding="utf-8")) if corpus_digest and path.exists() else None
+    return read_json(path) if corpus_digest and path.exists() else None

@@ -16,7 +16,8 @@ Output ``candidates.jsonl``::
      "candidates": [{"doc_id": str, "rrf": float}, ...]}      # fused order, best first
 
 and ``manifest.json`` (``dropped``: ``round_trip``, ``too_few_candidates``,
-``source_not_in_corpus``; ``extra.round_trip_hits``: per retriever).
+``source_not_in_corpus``; ``extra.round_trip_hits``: per retriever; ``extra.dense_index``: per dense
+retriever, exact or approximate search, with the approximate index's recall against exact search).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def build_retrievers(cfg: KadetConfig, corpus: Mapping[str, Document], names: li
     for name in names or cfg.mine.retrievers:
         kind, _, arg = name.partition(":")
         if kind == "dense":
-            out[name] = DenseRetriever(Encoder.from_config(cfg, arg or None), corpus, cfg.data.title_separator)
+            out[name] = DenseRetriever.from_config(Encoder.from_config(cfg, arg or None), corpus, cfg)
         elif kind == "bm25":
             out[name] = BM25Retriever.from_config(corpus, cfg)
         else:
@@ -96,6 +97,9 @@ def mine_candidates(cfg: KadetConfig, queries: list[dict], corpus: Mapping[str, 
             "candidates": [{"doc_id": d, "rrf": round(fused[d], 8)} for d in order],
         })
     m.extra["round_trip_hits"] = {name: hits[name] for name in runs}
+    # which dense index searched (exact, or approximate with its recall against exact search)
+    m.extra["dense_index"] = {name: r.index.info for name, r in retrievers.items()
+                           if isinstance(r, DenseRetriever)}
     return rows
 
 

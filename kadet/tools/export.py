@@ -36,11 +36,13 @@ from pathlib import Path
 import numpy as np
 
 from kadet import __version__
+from kadet.core.storage import mask_uri
 from kadet.core.config import KadetConfig
 from kadet.core.errors import KadetError
-from kadet.core.io import replaceable_folder
+from kadet.core.io import read_json, replaceable_folder
 from kadet.kit.models import model_fingerprint, resolve_model_path
 from kadet.kit.towers import ROUTER_TYPE_SUFFIX, model_mode, route_prompt, save_tower  # noqa: F401 - export's API
+from kadet.kit.towers import quiet_router_lengths
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +72,11 @@ class Source:
     name: str = ""
     version: str = ""
     alias: str = ""
-    tracking_uri: str = ""
+    tracking_uri: str = ""      # masked (kadet.core.storage.mask_uri): it is printed and written
     base_model: str = ""
+
+    def __post_init__(self):
+        self.tracking_uri = mask_uri(self.tracking_uri)
 
     def describe(self) -> str:
         if not self.model_uri:
@@ -115,19 +120,19 @@ def _registry_source(cfg: KadetConfig, version: str) -> Source:
     from mlflow.exceptions import MlflowException
 
     from kadet.registry import tracking
-    from kadet.registry.register import alias_version, local_model_dir
+    from kadet.registry.register import alias_version, local_model_dir, model_versions
 
     uri, name = tracking.tracking_uri(cfg), cfg.register.model_name
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
-        raise KadetError(f"export: no MLflow store at {uri} (no kadet run in work dir {cfg.work_dir}?); "
+        raise KadetError(f"export: no MLflow store at {mask_uri(uri)} (no kadet run in work dir {cfg.work_dir}?); "
                          "pass --model PATH, --work-dir or tracking.tracking_uri")
     c = tracking.client(cfg)
     alias = ""
     try:
         if version == "latest":
-            versions = c.search_model_versions(f"name = '{name}'")
+            versions = model_versions(c, name)
             if not versions:
-                raise KadetError(f"export: model {name!r} has no versions in the registry at {uri}")
+                raise KadetError(f"export: model {name!r} has no versions in the registry at {mask_uri(uri)}")
             mv = max(versions, key=lambda v: int(v.version))
         elif version.isdigit():
             mv = c.get_model_version(name, version)
@@ -135,9 +140,9 @@ def _registry_source(cfg: KadetConfig, version: str) -> Source:
             alias = version
             mv = alias_version(c, name, alias)
             if mv is None:
-                raise KadetError(f"export: model {name!r} has no alias {alias!r} in the registry at {uri}")
+                raise KadetError(f"export: model {name!r} has no alias {alias!r} in the registry at {mask_uri(uri)}")
     except MlflowException as exc:
-        raise KadetError(f"export: model {name!r} version {version} not found in the registry at {uri} "
+        raise KadetError(f"export: model {name!r} version {version} not found in the registry at {mask_uri(uri)} "
                          f"({str(exc).splitlines()[0][:200]})") from None
     model_uri = f"models:/{name}/{mv.version}"
     saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
@@ -170,7 +175,7 @@ def resolve_source(cfg: KadetConfig, model: str | None = None, version: str | No
         base = ""
         if manifest.exists():
             try:
-                base = str(json.loads(manifest.read_text()).get("extra", {}).get("base_model", ""))
+                base = str(read_json(manifest).get("extra", {}).get("base_model", ""))
             except (ValueError, AttributeError):
                 base = ""
         return Source(path=path, base_model=base)
@@ -182,6 +187,7 @@ def resolve_source(cfg: KadetConfig, model: str | None = None, version: str | No
 def _load(path: Path):
     from sentence_transformers import SentenceTransformer
 
+    quiet_router_lengths()
     return SentenceTransformer(str(path), device="cpu", local_files_only=True)
 
 
@@ -272,7 +278,7 @@ def run_onnx(folder: Path, texts: list[str], file: str = "model.onnx", session=N
     """Embeddings from an exported ONNX folder with onnxruntime + tokenizers only (no torch)."""
     import onnxruntime as ort
 
-    config = json.loads((folder / "config.json").read_text())
+    config = read_json(folder / "config.json")
     tok = tokenizer_for(folder, config)
     sess = session or ort.InferenceSession(str(folder / file), providers=["CPUExecutionProvider"])
     enc = tok.encode_batch([config["prompt"] + t for t in texts])

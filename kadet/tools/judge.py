@@ -37,10 +37,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
 
+from kadet.core.storage import mask_uri
 from kadet.core.config import KadetConfig
 from kadet.kit.data import Dataset, Document, Qrels, _records, corpus_file, read_corpus, read_queries
 from kadet.core.errors import DataError, KadetError
-from kadet.core.io import json_roundtrip
+from kadet.core.io import json_roundtrip, read_json, read_text
 from kadet.core.manifest import digest
 from kadet.kit.search import Run, ranked
 
@@ -122,10 +123,7 @@ def read_user_queries(path: str | os.PathLike) -> dict[str, str]:
     if path.suffix == ".txt":
         if not path.is_file():
             raise DataError(path, "file not found")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise DataError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
+        text = read_text(path)
         lines = [line.strip() for line in text.splitlines()]
         queries = {f"q{i}": t for i, t in enumerate((t for t in lines if t), start=1)}
     else:
@@ -229,7 +227,7 @@ def load_or_build_pool(cfg: KadetConfig, data_dir: str | os.PathLike, queries_fi
     settings = pool_settings(data_dir, queries_file, s)
     if path.exists():
         try:
-            pool = Pool.from_json(json.loads(path.read_text(encoding="utf-8")))
+            pool = Pool.from_json(read_json(path))
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise DataError(path, f"unreadable pool ({exc}); move it aside to start over") from None
         changed = sorted(k for k in set(settings) | set(pool.settings) if settings.get(k) != pool.settings.get(k))
@@ -482,13 +480,12 @@ def gate_target(cfg: KadetConfig, candidate: str) -> tuple[str, str]:
     folder is (looked up by its fingerprint, only in a local store that exists: judging never
     waits on a server), else ``challenger``; and the flags that reach the same registry (work dir,
     tracking URI without credentials, model name)."""
-    from kadet.registry.promotion import public_uri
     from kadet.registry.tracking import tracking_uri
 
     defaults = KadetConfig()
     flags = "" if cfg.work_dir == defaults.work_dir else f" --work-dir {shlex.quote(str(cfg.work_dir))}"
     if cfg.tracking.tracking_uri:
-        flags += f" --set tracking.tracking_uri={shlex.quote(public_uri(cfg.tracking.tracking_uri))}"
+        flags += f" --set tracking.tracking_uri={shlex.quote(mask_uri(cfg.tracking.tracking_uri))}"
     if cfg.register.model_name != defaults.register.model_name:
         flags += f" --model-name {shlex.quote(cfg.register.model_name)}"
     uri, version = tracking_uri(cfg), "challenger"
@@ -539,7 +536,7 @@ def merge_queries(path: Path, new: dict[str, str], picks: dict[str, str]) -> tup
     """The text of ``queries.jsonl`` with ``new`` added (``{qid: text}``, each with its ``judge_pick``
     as metadata): existing lines kept as they are, new ids appended; an existing id with other text
     is an error naming the line. Returns the text and the number of ids added."""
-    kept = path.read_text(encoding="utf-8") if path.exists() else ""
+    kept = read_text(path) if path.exists() else ""
     seen: set[str] = set()
     if path.exists():
         for local, lineno, qid, obj in _records(path):

@@ -296,3 +296,120 @@ def format_plan(plan: Plan, title: str) -> str:
         lines += [f"    {s.stage:<9} {s.seconds:7.0f} s   {s.work}" for s in plan.stages]
         lines.append(f"    {'total':<9} {plan.seconds / 60:7.1f} min")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- scale
+
+#: Corpus sizes of the scale table (``kadet plan --scale``).
+SCALE_SIZES = (100_000, 1_000_000, 10_000_000)
+#: Per-passage costs of every stage on synthetic corpora, written by ``python benchmarks/scale.py
+#: --write-costs`` (its machine, date and commit inside).
+SCALE_COSTS = Path(__file__).with_name("scale_costs.json")
+#: Stages the pipeline shards across pods (generate, label) or can (corpus encoding).
+SHARDED = ("generate", "label", "encode corpus")
+
+
+@dataclass
+class ScaleRow:
+    profile: str
+    passages: int
+    stage: str
+    seconds: float
+    gib: float
+    basis: str            # where the figure comes from
+
+
+def load_scale_costs(path: Path = SCALE_COSTS) -> dict:
+    import json
+
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _queries(cfg: KadetConfig, passages: int) -> int:
+    """Queries a run generates for a corpus of ``passages``: the sample times the type weights."""
+    sample = min(passages, cfg.prepare.sample_size or passages)
+    return round(sample * sum(cfg.generate.types.values()))
+
+
+def scale_rows(profile: str, cfg: KadetConfig, costs: dict, rates: dict[str, float],
+               sizes: tuple[int, ...] = SCALE_SIZES) -> list[ScaleRow]:
+    """Per-stage seconds and peak GiB of ``cfg`` at each corpus size: the stages' own per-passage
+    cost and memory growth from ``costs`` (``benchmarks/scale.py``: a tiny encoder, at most
+    ``costs["queries"]`` queries), plus the work that depends on the model and the query count,
+    from ``rates`` (seconds per item, :func:`measure`'s names; a rate of 0 or absent is not
+    measured, and its rows say so)."""
+    from kadet.llm.prompts import EXTRACTED_TYPES
+
+    st = costs["stages"]
+    dim, tiny_dim = costs.get("real_dim", 384), costs.get("tiny_dim", 32)
+
+    def mem(stage: str, n: int, embeddings: int = 0) -> float:
+        c = st[stage]
+        return c["fixed_gib"] + c["gib_per_passage"] * n + embeddings * n * (dim - tiny_dim) * 4 / 2**30
+
+    rows: list[ScaleRow] = []
+    bench = f"per passage, {costs['machine']}"
+    for n in sizes:
+        q = _queries(cfg, n)
+        extra_q = q - costs["queries"]                          # queries beyond the benchmark's (their search)
+        lab, d = cfg.label, cfg.distill
+        pairs = q * lab.rerank_depth
+        enc = rates.get("encode_document", 0.0)
+        steps = math.ceil(q * (1 - lab.dev_fraction) / d.batch_size) * d.epochs
+        # a step's time is per query: measured at rates["distill_batch"] queries (the planned run's batch)
+        step_s = rates.get("distill_step", 0.0) * d.batch_size / rates.get("distill_batch", d.batch_size)
+        llm = rates.get("llm_request", 0.0)
+        requests = round(min(n, cfg.prepare.sample_size or n)
+                         * sum(w for t, w in cfg.generate.types.items() if t not in EXTRACTED_TYPES))
+        rows += [
+            ScaleRow(profile, n, "fingerprint", st["fingerprint"]["us_per_passage"] * 1e-6 * n, mem("fingerprint", n),
+                     bench),
+            ScaleRow(profile, n, "prepare", st["prepare"]["us_per_passage"] * 1e-6 * n, mem("prepare", n), bench),
+            ScaleRow(profile, n, "generate", requests * llm, st["generate"]["fixed_gib"],
+                     f"{requests:,} LLM requests x {llm:.2f} s" if llm else
+                     f"{requests:,} LLM requests; rate not measured here" if requests else "sentence queries"),
+            ScaleRow(profile, n, "encode corpus", n * enc, mem("mine", n, 2),
+                     f"{n:,} x {enc * 1e3:.1f} ms, the model measured here" if enc else "model rate not measured"),
+            ScaleRow(profile, n, "mine", st["mine"]["us_per_passage"] * 1e-6 * n
+                     + q * rates.get("encode_query", 0.0), mem("mine", n, 2),
+                     f"{q:,} queries; {bench}" + (f"; the search of {extra_q:,} more queries than measured: not "
+                                                  "included" if extra_q > 0 else "")),
+            ScaleRow(profile, n, "label", st["label"]["us_per_passage"] * 1e-6 * n
+                     + pairs * rates.get("teacher_pair", 0.0), mem("label", n),
+                     f"{pairs:,} teacher pairs x {rates.get('teacher_pair', 0.0) * 1e3:.2f} ms + {bench}"),
+            ScaleRow(profile, n, "distill", steps * step_s, 0.0,
+                     f"{steps:,} steps of {d.batch_size}" + ("" if rates.get("distill_step") else ", not measured")),
+            ScaleRow(profile, n, "evaluate", st["evaluate"]["us_per_passage"] * 1e-6 * n
+                     + (n * enc if d.mode == "full" else 0.0), mem("evaluate", n, 2),
+                     ("corpus re-encoded (full tuning); " if d.mode == "full" else "") + bench),
+        ]
+    return rows
+
+
+def pods_for(rows: list[ScaleRow], hours: float) -> dict:
+    """How many pods the sharded stages (:data:`SHARDED`) need so that the run fits in ``hours``:
+    the rest runs once, one pod (``serial_s``); ``pods`` is None when that alone does not fit."""
+    sharded = sum(r.seconds for r in rows if r.stage in SHARDED)
+    serial = sum(r.seconds for r in rows if r.stage not in SHARDED)
+    left = hours * 3600 - serial
+    return {"sharded_s": sharded, "serial_s": serial, "hours": hours,
+            "pods": max(1, math.ceil(sharded / left)) if left > 0 else None}
+
+
+def format_scale(rows: list[ScaleRow], costs: dict, machine_here: str, hours: float) -> str:
+    lines = [f"at scale (stage costs per passage: python benchmarks/scale.py on {costs['machine']}, "
+             f"{costs['date'][:10]}, commit {costs['commit']}; model, teacher, LLM and training rates: "
+             f"measured here, {machine_here}):"]
+    for profile in dict.fromkeys(r.profile for r in rows):
+        for n in dict.fromkeys(r.passages for r in rows if r.profile == profile):
+            sel = [r for r in rows if r.profile == profile and r.passages == n]
+            total = sum(r.seconds for r in sel)
+            lines.append(f"  {profile}, {n:,} passages: {total / 3600:,.1f} h on one machine, "
+                         f"peak {max(r.gib for r in sel):.1f} GiB")
+            lines += [f"    {r.stage:<13} {r.seconds / 3600:8.2f} h {r.gib:6.1f} GiB   {r.basis}" for r in sel]
+            p = pods_for(sel, hours)
+            lines.append(f"    under {hours:g} h: " + (
+                f"{p['pods']} pods for generate / label shards and corpus encoding ({p['sharded_s'] / 3600:,.1f} h "
+                f"of work), {p['serial_s'] / 3600:,.1f} h unsharded" if p["pods"] else
+                f"not with sharding alone: {p['serial_s'] / 3600:,.1f} h of unsharded work"))
+    return "\n".join(lines)

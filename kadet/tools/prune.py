@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from kadet.core.storage import mask_uri
+from kadet.core.io import read_json
 from kadet.core.config import KadetConfig
 from kadet.core.errors import KadetError
 
@@ -165,7 +167,7 @@ def resume_removals(work: Path, runs: dict[str, PipelineRun], now: float) -> lis
 def read_used(folder: Path) -> tuple[str, float] | None:
     """``(run key, unix time)`` of a store folder's ``used.json``, None if missing or unreadable."""
     try:
-        used = json.loads((folder / USED_FILE).read_text(encoding="utf-8"))
+        used = read_json(folder / USED_FILE)
         return str(used["run"]), float(used["time"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -269,6 +271,7 @@ def model_removals(cfg: KadetConfig, keep: int, work: Path, name: str | None = N
     from mlflow.exceptions import MlflowException
 
     from kadet.registry import tracking
+    from kadet.registry.register import model_versions
 
     if _store_missing(cfg):
         return []
@@ -277,7 +280,7 @@ def model_removals(cfg: KadetConfig, keep: int, work: Path, name: str | None = N
         aliased = {str(v) for v in c.get_registered_model(name).aliases.values()}
     except MlflowException:   # no such model yet
         return []
-    refused = [v for v in c.search_model_versions(f"name = '{name}'")
+    refused = [v for v in model_versions(c, name)
                if (v.tags or {}).get(tracking.GATE_TAG) == "failed" and str(v.version) not in aliased]
     refused.sort(key=lambda v: int(v.version), reverse=True)
     out = []
@@ -307,7 +310,7 @@ def plan(cfg: KadetConfig, keep: int | None = None, now: float | None = None,
         from kadet.registry import tracking
 
         detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise KadetError(f"prune: cannot read the runs and registry at {tracking.tracking_uri(cfg)} ({detail}); "
+        raise KadetError(f"prune: cannot read the runs and registry at {mask_uri(tracking.tracking_uri(cfg))} ({detail}); "
                          "nothing removed") from None
     return [*kfp_removals(work, keep), *log_removals(work, keep), *resume_removals(work, runs, now),
             *store_removals(work, runs, keep, now), *models]

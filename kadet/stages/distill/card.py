@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from kadet.core.io import read_json
 from kadet.kit.comparison import SILVER_CAVEAT, Comparison, display, gain_text, kind_text, retriever_rows
 
 CARD = "README.md"
@@ -30,7 +31,7 @@ START, END = "<!-- kadet:start -->", "<!-- kadet:end -->"
 
 def read_facts(model_dir: str | Path) -> dict:
     path = Path(model_dir) / FACTS
-    return json.loads(path.read_text()) if path.exists() else {}
+    return read_json(path) if path.exists() else {}
 
 
 def update(model_dir: str | Path, **facts: Any) -> Path:

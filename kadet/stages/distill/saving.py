@@ -10,6 +10,7 @@ from pathlib import Path
 
 from kadet.core.config import DistillConfig
 from kadet.core.errors import KadetError
+from kadet.kit.towers import quiet_router_lengths
 
 
 def save_model(model, path: Path, settings: DistillConfig, init_path: Path, base_path: Path) -> None:
@@ -59,6 +60,7 @@ def save_query_side_model(query_model, base_path: Path, out: Path, query_max_len
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Router
 
+    quiet_router_lengths()
     base = SentenceTransformer(str(base_path), device="cpu", local_files_only=True)
     tuned = copy.deepcopy(query_model).to("cpu")
     tuned.max_seq_length = query_max_len

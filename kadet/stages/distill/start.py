@@ -135,13 +135,14 @@ def start_tower(cfg: KadetConfig, folder: Path, base_path: Path, version: str, s
     from sentence_transformers import SentenceTransformer
 
     from kadet.kit.encode import route_fingerprint
-    from kadet.kit.towers import model_mode, save_tower
+    from kadet.kit.towers import model_mode, quiet_router_lengths, save_tower
 
     mode = model_mode(folder)
     if mode != cfg.distill.mode:
         raise NoChampion(f"champion v{version} is a {mode}-mode model and distill.mode is {cfg.distill.mode}")
     if mode == "full":
         return folder
+    quiet_router_lengths()
     champion = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
     base = SentenceTransformer(str(base_path), device="cpu", local_files_only=True)
     if route_fingerprint(champion, "document") != route_fingerprint(base, "document"):

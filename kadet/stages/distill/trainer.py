@@ -25,6 +25,7 @@ from kadet.stages.distill.temperature import calibrate_teacher_temp
 from kadet.stages.distill.gradcache import Tower, grad_cache_step
 from kadet.core.io import write_json
 from kadet.stages.distill.losses import cosine_scores, distill_loss
+from kadet.kit.encode import clip_text
 from kadet.kit.models import resolve_device, resolve_model_path
 from kadet.stages.distill.parallel import Ranks
 
@@ -107,7 +108,7 @@ class Distiller:
 
     def _encode(self, texts: list[str], max_len: int) -> torch.Tensor:
         self.model.max_seq_length = max_len
-        features = self.model.preprocess(texts)
+        features = self.model.preprocess([clip_text(t, max_len) for t in texts])
         features = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in features.items()}
         with self._autocast():
             return self.model(features)["sentence_embedding"].float()

@@ -36,6 +36,7 @@ import torch
 
 from kadet.core.config import TEACHERS
 from kadet.kit.data import Document
+from kadet.kit.encode import clip_text
 from kadet.core.errors import ConfigError, KadetError
 from kadet.kit.models import resolve_device
 
@@ -81,11 +82,8 @@ class BM25Teacher:
         self.pos = {d: i for i, d in enumerate(retriever.doc_ids)}
 
     def score(self, queries: Sequence[str], doc_lists: Sequence[Sequence[str]]) -> list[np.ndarray]:
-        out = []
-        for q, lst in zip(queries, doc_lists):
-            full = self.r.score_all(q)
-            out.append(np.asarray([full[self.pos[d]] for d in lst], dtype=np.float64))
-        return out
+        # the listed documents alone (not the whole corpus per query: label's cost grew with it)
+        return [self.r.score_docs(q, [self.pos[d] for d in lst]) for q, lst in zip(queries, doc_lists)]
 
 
 class _PairTeacher:
@@ -128,7 +126,8 @@ class CrossEncoderTeacher(_PairTeacher):
         out = []
         for s in range(0, len(pairs), self.batch_size):
             chunk = pairs[s : s + self.batch_size]
-            enc = self.tok([q for q, _ in chunk], [p for _, p in chunk], truncation="only_second",
+            enc = self.tok([clip_text(q, self.max_length) for q, _ in chunk],
+                           [clip_text(p, self.max_length) for _, p in chunk], truncation="only_second",
                            max_length=self.max_length, padding=True, return_tensors="pt").to(self.device)
             logits = self.model(**enc).logits.float()
             out.append((logits[:, 0] if logits.shape[1] == 1 else logits[:, 1] - logits[:, 0]).cpu().numpy())
@@ -172,8 +171,9 @@ class T5Teacher(_PairTeacher):
         start = self.model.config.decoder_start_token_id
         for s in range(0, len(pairs), self.batch_size):
             chunk = pairs[s : s + self.batch_size]
-            enc = self.tok([self._input(q, p) for q, p in chunk], truncation=True, max_length=self.max_length,
-                           padding=True, return_tensors="pt").to(self.device)
+            texts = [self._input(clip_text(q, self.max_length), clip_text(p, self.max_length)) for q, p in chunk]
+            enc = self.tok(texts, truncation=True, max_length=self.max_length, padding=True,
+                           return_tensors="pt").to(self.device)
             dec = torch.full((len(chunk), 1), start, dtype=torch.long, device=self.device)
             logits = self.model(**enc, decoder_input_ids=dec).logits[:, 0, :].float()
             if self.variant == "monot5":
@@ -185,6 +185,8 @@ class T5Teacher(_PairTeacher):
 
 
 QL_TEMPLATE = "Passage: {passage}\nA question that this passage answers:"
+#: The query tokens the ``ql`` teacher scores (the rest of a longer query is ignored).
+QUERY_TOKENS = 64
 
 
 class QueryLikelihoodTeacher(_PairTeacher):
@@ -211,12 +213,14 @@ class QueryLikelihoodTeacher(_PairTeacher):
 
     # -- tokenisation shared by both paths, so token boundaries are identical
     def _prefix_ids(self, passage: str) -> list[int]:
+        passage = clip_text(passage, self.max_passage_tokens)
         ids = self.tok.encode(passage, add_special_tokens=False)[: self.max_passage_tokens]
         text = self.tok.decode(ids)
         return self.tok.encode(self.template.format(passage=text), add_special_tokens=False)
 
     def _query_ids(self, query: str) -> list[int]:
-        return self.tok.encode(" " + query.strip(), add_special_tokens=False)[:64] or [self.tok.eos_token_id]
+        return self.tok.encode(" " + clip_text(query, QUERY_TOKENS).strip(), add_special_tokens=False)[:QUERY_TOKENS] \
+            or [self.tok.eos_token_id]
 
     @torch.inference_mode()
     def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -133,6 +134,34 @@ def test_flags_are_config_shortcuts_derived_from_the_typed_config(capsys):
 
 
 # --- --data checked before anything starts; failed evaluate leaves no empty folder; --profile everywhere ---
+
+
+def test_the_lock_is_on_the_work_dir_the_run_then_uses(tmp_path, tiny_beir, capsys, monkeypatch):
+    """``work_dir`` from --set or from a --config file is the folder kadet run both locks and runs in
+    (was: the lock on that folder, the run in .kadet, so a second run slipped past the first's lock)."""
+    import kadet.kubeflow.local
+    from kadet.core.errors import KadetError
+    from kadet.core.storage import work_dir_lock
+
+    used = []
+
+    def run_local(data, work_dir, **kw):
+        used.append((work_dir, (Path(work_dir) / ".kadet.lock").read_text().splitlines()[0]))
+        raise KadetError("stop here")
+
+    monkeypatch.setattr(kadet.kubeflow.local, "run_local", run_local)
+    monkeypatch.chdir(tmp_path)
+    other = tmp_path / "other"
+    (tmp_path / "c.yaml").write_text(f"work_dir: {other}\n")
+    with work_dir_lock(tmp_path / ".kadet", "kadet run (the plain one)"):   # a plain `kadet run` is running
+        for flags in (["--set", f"work_dir={other}"], ["--config", "c.yaml"]):
+            assert main(["run", "--no-plan", "--data", str(tiny_beir), *flags]) == 2
+            assert "stop here" in capsys.readouterr().err
+        with work_dir_lock(other, "kadet holder"):
+            assert main(["run", "--no-plan", "--data", str(tiny_beir), "--set", f"work_dir={other}"]) == 2
+            assert f"work dir {other} is in use by" in capsys.readouterr().err
+    assert [Path(w) for w, _ in used] == [other, other]
+    assert all("(kadet run, since" in line for _, line in used)
 
 
 @pytest.mark.parametrize("make", ["missing", "no_corpus"])
@@ -362,3 +391,45 @@ def test_run_command_end_to_end_prints_its_summary(scifact, tiny_st, tmp_path, c
     assert out.startswith(f"kadet run: {data} (profile local, work dir {tmp_path / 'work'})")
     assert "min; MLflow sqlite:///" in out and "(gold) base " in out and "-> candidate " in out
     assert "registered version 1: " in out and "full output (KFP, warnings): " in out
+
+
+def test_a_config_file_that_is_not_utf8_is_a_one_line_error(tmp_path, capsys):
+    """Was a ``UnicodeDecodeError`` traceback."""
+    bad = tmp_path / "latin.yaml"
+    bad.write_bytes("# r\xe9sum\xe9\nseed: 7\n".encode("latin-1"))
+    assert main(["config", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert f"{bad}:1: invalid UTF-8 byte 0xe9 at column 4" in err
+
+
+def test_no_credential_in_a_tracking_uri_reaches_the_console_the_report_or_an_export():
+    """Was: ``user:password@`` echoed in the usage lines (console, report.html), the report's links,
+    ``kadet run``'s first line and the export's README and summary. Now each shows ``user:***@``."""
+    import contextlib
+    import io
+    from pathlib import Path
+
+    from kadet.cli.pipeline import print_run_summary
+    from kadet.core.config import load_config
+    from kadet.kit.comparison import Comparison
+    from kadet.reporting.report import render
+    from kadet.tools.export import ExportResult, Source, readme
+
+    secret, uri = "s3cr3t-Pw", "http://alice:s3cr3t-Pw@mlflow.example:5000"
+    cfg = load_config(None, [])
+    metrics = {"ndcg@10": 0.8, "recall@100": 0.95}
+    comparison = Comparison.from_json({"kind": "gold", "queries": 10, "base": metrics, "candidate": metrics})
+    gate = {"promote": False, "reason": "no gain", "version": "2", "model_name": "k", "tracking_uri": uri,
+            "links": {"MLflow run": f"{uri}/#/experiments/1/runs/abc", "tracking store": uri}}
+    page = render({"pipeline_run": "r", "parent_run": "p", "stages": [], "files": {}}, comparison, gate, cfg, images={})
+    assert secret not in page and "tracking.tracking_uri=http://alice:***@mlflow.example:5000" in page
+    console = io.StringIO()
+    with contextlib.redirect_stdout(console):
+        print_run_summary({"seconds": 60, "tracking_uri": uri, "parent_run": "p", "base": metrics, "candidate": metrics,
+                           "metrics": ["ndcg@10", "recall@100"], "eval_kind": "gold", "champion": None,
+                           "version": "2", "gate": "no gain", "model_name": "k", "stages": [], "log": "run.log"})
+    assert secret not in console.getvalue() and "MLflow http://alice:***@mlflow.example:5000" in console.getvalue()
+    source = Source(path=Path("m"), model_uri="models:/k/2", name="k", version="2", tracking_uri=uri)
+    shown = readme(Path("out"), source, "full", {}) + ExportResult(Path("out"), source, "full").summary()
+    assert secret not in shown and "MLFLOW_TRACKING_URI=http://alice:***@mlflow.example:5000" in shown

@@ -271,3 +271,23 @@ def test_register_confidence_is_only_a_level_and_the_old_zero_still_turns_the_te
         validate_level.register.confidence = 0
         from kadet.core.config import validate
         validate(validate_level)
+
+
+def test_a_config_that_is_not_utf8_is_one_line_naming_file_line_column(tmp_path):
+    """Was a ``UnicodeDecodeError`` traceback. Every text file kadet reads goes through
+    ``kadet.core.io.read_text``: the config, a profile file, a manifest."""
+    from kadet.core.config import profile_config
+    from kadet.core.errors import KadetError
+    from kadet.core.manifest import Manifest
+
+    p = tmp_path / "latin.yaml"
+    p.write_bytes("seed: 7\nrun_name: caf\xe9\n".encode("latin-1"))
+    needle = rf"{p}:2: invalid UTF-8 byte 0xe9 at column 14 \(not UTF-8 text"
+    with pytest.raises(KadetError, match=needle) as err:
+        load_config(p)
+    assert "\n" not in str(err.value)
+    with pytest.raises(KadetError, match=needle):
+        profile_config(str(p))
+    (tmp_path / "manifest.json").write_bytes(b'{"stage": "caf\xe9"}')
+    with pytest.raises(KadetError, match=r"manifest\.json:1: invalid UTF-8 byte 0xe9 at column 15"):
+        Manifest.read(tmp_path)

@@ -8,7 +8,8 @@ import torch
 
 from kadet.kit.data import load_beir
 from kadet.kit.encode import EmbeddingCache, Encoder
-from kadet.kit.search import BM25Retriever, DenseRetriever, exact_search, ranked, reciprocal_rank_fusion, top_k
+from kadet.kit.search import (BM25Retriever, DenseIndex, DenseRetriever, exact_search, exact_topk, ranked,
+                              reciprocal_rank_fusion, top_k)
 
 
 def test_rrf_hand_computed():
@@ -33,12 +34,61 @@ def test_exact_search_matches_numpy():
     rng = np.random.default_rng(0)
     docs, qs = rng.normal(size=(50, 8)).astype(np.float32), rng.normal(size=(7, 8)).astype(np.float32)
     ids = [f"d{i}" for i in range(50)]
-    res = exact_search(qs, docs, ids, top_k=5, chunk=3)
+    res = exact_search(qs, docs, ids, top_k=5, budget=24)   # blocks of 8 documents x 3 queries
     ref = qs @ docs.T
     for row, r in zip(ref, res):
         assert list(r) == [ids[i] for i in np.argsort(-row)[:5]]
         assert list(r.values()) == pytest.approx(sorted(row, reverse=True)[:5], rel=1e-5)
     assert len(exact_search(qs, docs[:3], ids[:3], top_k=10)[0]) == 3
+
+
+@pytest.mark.parametrize("budget", [10, 64, 700, 1 << 26])
+def test_blocked_top_k_is_the_full_matrix_top_k(budget):
+    # any block shape (documents in blocks of >= k, queries in blocks): the same ids and scores as
+    # sorting the full queries x documents matrix; ties (duplicate documents) keep the lower index
+    rng = np.random.default_rng(1)
+    docs = rng.normal(size=(203, 6)).astype(np.float32)
+    docs[150] = docs[3]                                     # a tie across blocks
+    qs = rng.normal(size=(17, 6)).astype(np.float32)
+    scores, idx = exact_topk(qs, docs, 10, budget=budget)
+    full = qs @ docs.T
+    for q in range(len(qs)):
+        ref = np.argsort(-full[q], kind="stable")[:10]
+        assert idx[q].tolist() == ref.tolist()
+        assert scores[q] == pytest.approx(full[q][ref], rel=1e-5)
+    assert exact_topk(qs, docs[:4], 10)[1].shape == (17, 4)  # k above the corpus size: all of it
+
+
+def test_dense_index_is_exact_below_the_threshold_and_approximate_above():
+    rng = np.random.default_rng(2)
+    docs = rng.normal(size=(4000, 16)).astype(np.float32)
+    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
+    qs = docs[rng.choice(4000, 40, replace=False)] + 0.1 * rng.normal(size=(40, 16)).astype(np.float32)
+    small = DenseIndex(docs, approximate_from=5000)
+    assert small.info == {"kind": "exact", "documents": 4000}
+    assert small.search(qs, 20)[1].tolist() == exact_topk(qs, docs, 20)[1].tolist()
+    big = DenseIndex(docs, approximate_from=4000)            # auto: approximate from 4,000 documents up
+    assert big.info["kind"] == "ivf" and big.info["nlist"] == int(np.sqrt(4000))
+    scores, idx = big.search(qs, 20)
+    assert idx.shape == (40, 20) and big.info["recall_queries"] == 40
+    exact = exact_topk(qs, docs, 20)[1]
+    recall = np.mean([len(set(a) & set(b)) / 20 for a, b in zip(idx.tolist(), exact.tolist())])
+    assert big.info["recall@20_vs_exact"] == pytest.approx(recall, abs=1e-4) and recall < 1.0
+    everything = DenseIndex(docs, kind="ivf", nprobe=big.info["nlist"])   # every cluster probed: exact
+    assert everything.search(qs, 20)[1].tolist() == exact.tolist() and everything.info["recall@20_vs_exact"] == 1.0
+    with pytest.raises(ValueError, match="auto, exact or ivf"):
+        DenseIndex(docs, kind="hnsw")
+
+
+def test_bm25_scores_of_listed_documents_are_the_full_scores(tiny_beir):
+    ds = load_beir(tiny_beir)
+    bm25 = BM25Retriever(ds.corpus)
+    n = len(bm25.doc_ids)
+    for q in [*(v.text for v in ds.queries.values()), "zzz unknown words", ""]:
+        full = bm25.score_all(q)
+        some = [n - 1, 0, *range(1, n - 1, 2), 0]               # any order, repeats
+        assert bm25.score_docs(q, some).tolist() == pytest.approx(full[some].tolist(), rel=1e-6, abs=1e-9)
+    assert any(bm25.score_docs(v.text, range(n)).max() > 0 for v in ds.queries.values())
 
 
 def test_bm25_finds_the_matching_document(tiny_beir):
@@ -102,6 +152,21 @@ def test_embedding_cache_store(tmp_path):
     c.put(keys, np.eye(2, dtype=np.float32))
     mask, found = EmbeddingCache(tmp_path, "ns").get([b"b" * 20, b"c" * 20])
     assert mask.tolist() == [True, False] and found.tolist() == [[0.0, 1.0]]
+    c.put([b"c" * 20], np.full((1, 2), 7, dtype=np.float32))      # a second part
+    out = np.full((4, 2), -1, dtype=np.float32)
+    mask, found = EmbeddingCache(tmp_path, "ns").get([b"c" * 20, b"x" * 20, b"a" * 20, b"b" * 20], out=out)
+    assert found is None and mask.tolist() == [True, False, True, True]
+    assert out.tolist() == [[7, 7], [-1, -1], [1, 0], [0, 1]]              # written in place, misses untouched
+
+
+def test_encoding_in_chunks_is_encoding_at_once(minilm, monkeypatch):
+    import kadet.kit.encode as encode
+
+    texts = [f"passage {i} about {'cells ' * (i % 7)}and genes" for i in range(23)] + ["passage 1 about cells and genes"]
+    whole = minilm.encode(texts)
+    monkeypatch.setattr(encode, "ENCODE_CHUNK", 5)
+    chunked = minilm.encode(texts)
+    assert chunked.shape == (24, minilm.dim) and np.allclose(chunked, whole, atol=1e-5)
 
 
 def test_dense_retriever_on_tiny(tiny_beir, minilm):
@@ -128,3 +193,38 @@ def test_encoder_routes_asymmetric_models(tmp_path, minilm):
     assert np.abs(enc.encode(texts, kind="query") - r.encode_query(texts)).max() < 1e-5
     assert np.abs(enc.encode(texts, kind="document") - minilm.encode(texts)).max() < 1e-5
     assert np.abs(enc.encode(texts, kind="query") - minilm.encode(texts)).max() > 1e-3
+
+
+def test_a_huge_document_is_cut_before_the_tokenizer_sees_it(tiny_st, tmp_path, monkeypatch):
+    """Was: a 7.7 MB document went to the tokenizer whole (peak memory 2.3x) and was truncated after.
+    Now no text longer than ``max_seq_length x CHARS_PER_TOKEN`` characters reaches a tokenizer,
+    on the encoder's own path and on a Router's (sentence-transformers' preprocessing), and the
+    embedding is the one of the document's first tokens, as before."""
+    from sentence_transformers import SentenceTransformer
+    from transformers import PreTrainedTokenizerBase
+
+    from kadet.kit.encode import CHARS_PER_TOKEN
+    from kadet.stages.distill import save_query_side_model
+
+    seen = []
+    real = PreTrainedTokenizerBase.__call__
+
+    def recording(self, text=None, *args, **kwargs):
+        texts = [text] if isinstance(text, str) else list(text or [])
+        seen.append(max((len(t) for t in texts if isinstance(t, str)), default=0))
+        return real(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedTokenizerBase, "__call__", recording)
+    words = "aspirin reduces the risk of heart attack in adults and vitamin d deficiency "
+    huge = words * (5_000_000 // len(words))                     # ~5 MB, one document
+    plain = Encoder(tiny_st, device="cpu")                          # max_seq_length 64
+    bound = 64 * CHARS_PER_TOKEN
+    emb = plain.encode([huge, huge[:bound]])
+    assert max(seen) <= bound and np.abs(emb[0] - emb[1]).max() < 1e-6
+    q_model = SentenceTransformer(str(tiny_st), device="cpu")
+    save_query_side_model(q_model, tiny_st, tmp_path / "router", 16)   # the Router: preprocessed by ST
+    seen.clear()
+    router = Encoder(tmp_path / "router", device="cpu")
+    queries, docs = router.encode([huge, huge[:16 * CHARS_PER_TOKEN]], "query"), router.encode([huge], "document")
+    assert 0 < max(seen) <= bound and np.abs(queries[0] - queries[1]).max() < 1e-6
+    np.testing.assert_allclose(docs[0], emb[0], atol=1e-6)        # the document tower: the base model's cut

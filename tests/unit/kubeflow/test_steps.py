@@ -62,3 +62,51 @@ def test_a_retried_label_task_goes_on_where_the_failed_try_stopped(tmp_path, mon
     assert counts["scored_now"] == 12 - 4                                     # only what the failed try had not
     assert len(read_log(shard_file(tmp_path / "try2", 0, 1))) == 12
     assert not (tmp_path / "work" / "resume" / "run-7" / "label-0-of-1").exists()    # cleaned up after success
+
+
+def test_a_kept_stage_output_is_reused_only_for_the_same_inputs_settings_and_model_files(tmp_path, tiny_st,
+                                                                                           monkeypatch):
+    """``reusable``: the second identical call takes the first one's output (and tags its run);
+    changed input content, a changed setting or a model folder whose files changed under the same
+    path means the stage runs again."""
+    import dataclasses
+    import shutil
+
+    import mlflow
+
+    from kadet.core.config import KadetConfig
+    from kadet.core.layout import RUN_KEY_ENV
+    from kadet.kubeflow.steps import REUSED_TAG, reusable, setting_contents
+
+    model = shutil.copytree(tiny_st, tmp_path / "model")
+    cfg = KadetConfig(work_dir=str(tmp_path / "work"))
+    cfg = dataclasses.replace(cfg, retrieval=dataclasses.replace(cfg.retrieval, model=str(model)))
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    (queries / "queries.jsonl").write_text('{"qid": "q1", "text": "a"}\n')
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    calls = []
+
+    def step(key: str, cfg) -> bool:
+        monkeypatch.setenv(RUN_KEY_ENV, key)
+        out = tmp_path / "out" / key
+        with mlflow.start_run() as run, reusable(cfg, "mine", str(out), {"queries": str(queries)}) as reused:
+            if not reused:
+                calls.append(key)
+                out.mkdir(parents=True)
+                (out / "manifest.json").write_text("{}")
+        return reused, mlflow.get_run(run.info.run_id).data.tags.get(REUSED_TAG)
+
+    assert step("r1", cfg) == (False, None)
+    assert step("r2", cfg) == (True, "r1")
+    (queries / "queries.jsonl").write_text('{"qid": "q1", "text": "b"}\n')            # the input's content
+    assert step("r3", cfg) == (False, None)
+    other = dataclasses.replace(cfg, mine=dataclasses.replace(cfg.mine, min_candidates=cfg.mine.min_candidates + 1))
+    assert step("r4", other) == (False, None)                                            # a setting
+    before = setting_contents(cfg)
+    weights = next(model.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)                           # the model's files, same path
+    assert setting_contents(cfg)["retrieval.model"] != before["retrieval.model"]
+    assert step("r5", cfg) == (False, None)
+    assert calls == ["r1", "r3", "r4", "r5"]
+    assert "work_dir" not in before and not any(k.startswith("data.") for k in before)

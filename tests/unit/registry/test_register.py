@@ -493,3 +493,26 @@ def test_only_the_newest_gated_version_can_say_nothing_changed(tmp_path):
             c.set_model_version_tag("lineage-test", mv.version, INPUTS_TAG, inputs)
     assert trained_on(cfg, "A+B") == "2"      # v3's gate did not finish: v2 is the newest gated one
     assert trained_on(cfg, "A") == ""         # A is what v1 saw, but v2 saw more since: retrain
+
+
+@pytest.mark.parametrize("name", ["o'brien's model", 'o\'brien\'s "best" model'])
+def test_a_model_name_with_quotes_finds_its_versions(tmp_path, name):
+    """Was: the registry filter ``name = '{name}'`` was not escaped, so a name holding ``'`` found
+    no version (or failed): duplicate detection (``find_version``) and "no change since"
+    (``trained_on``) never fired. A name holding both quotes goes through LIKE; a look-alike name
+    it would also match (``o_brien_s ...``) is never taken for it."""
+    from kadet.registry.register import FINGERPRINT_TAG, find_version, model_versions, trained_on
+    from kadet.stages.fingerprint import INPUTS_TAG
+
+    cfg = load_config(None, [f"work_dir={tmp_path}"])
+    cfg.register.model_name = name
+    c = tracking.client(cfg)
+    decoy = name.replace("'", "_").replace('"', "_")
+    for model in (decoy, name):
+        c.create_registered_model(model)
+        mv = c.create_model_version(model, str(tmp_path), tags={FINGERPRINT_TAG: "fp-1", INPUTS_TAG: "A"})
+    assert [v.name for v in model_versions(c, name)] == [name]
+    assert str(find_version(c, name, "fp-1").version) == str(mv.version) == "1"
+    assert trained_on(cfg, "A") == "1" and trained_on(cfg, "B") == ""
+    first = tracking.parent_run_id(cfg, f"run {name}")
+    assert tracking.parent_run_id(cfg, f"run {name}") == first != tracking.parent_run_id(cfg, f"run {decoy}")

@@ -428,3 +428,26 @@ def test_a_champion_start_without_a_registry_falls_back_to_the_base_and_says_why
     trainer = Distiller(_cfg(tiny_st, tmp_path, "distill.init=champion"), labels, tmp_path / "o")
     assert trainer.init.source == "base" and "no registry" in trainer.init.reason
     trainer.ranks.close()
+
+
+def test_a_query_side_run_prints_no_max_seq_lengths_warning(tiny_st, tmp_path, caplog):
+    """Was: the README's main job printed sentence-transformers' "Different max_seq_lengths
+    detected: {64, 256}" as the second line of its console: ``kadet run``'s plan times distill's
+    save (kadet/tools/plan.py ``time_distill``), a query-side Router whose towers have different
+    lengths on purpose (query_max_len, passage_max_len), and the model card sentence-transformers
+    writes on save asks the Router for one length (so did the encoder). Now the encoder takes its
+    route's own length and that one message is filtered; the Router's other warnings are not."""
+    import logging
+
+    from kadet.kit.encode import Encoder
+    from kadet.kit.towers import ROUTER_LOGGER
+
+    logging.Logger.warning_once.cache_clear()          # transformers' warning_once: once per process
+    labels = _labels(tmp_path / "labels.jsonl")
+    with caplog.at_level(logging.WARNING):
+        distill(_cfg(tiny_st, tmp_path, "distill.mode=query", "distill.epochs=1"), labels, tmp_path / "q")
+        enc = Encoder(tmp_path / "q" / "model", device="cpu")
+        enc.encode(["what about aspirin 0"], "query"), enc.encode(["aspirin heart passage 1"], "document")
+        assert (enc.route_max_tokens("query"), enc.route_max_tokens("document")) == (16, 64)   # they differ
+        logging.getLogger(ROUTER_LOGGER).warning("another Router warning")
+    assert "max_seq_lengths" not in caplog.text and "another Router warning" in caplog.text

@@ -66,3 +66,30 @@ def test_a_grown_corpus_keeps_the_earlier_sample():
     assert newcomers <= {f"d{i}" for i in range(800, 1000)}       # only new documents enter
     assert 20 <= len(newcomers) <= 60                              # ~ a fifth of the sample, as the corpus grew
     assert sample_passages(docs, 200, 7, Manifest(stage="prepare")) != sample_passages(docs, 200, 42, Manifest(stage="prepare"))
+
+
+def test_qrels_without_queries_or_queries_without_qrels_stop_prepare(tiny_beir, tmp_path):
+    """Was: a folder with ``qrels/test.tsv`` but no ``queries.jsonl`` ran as silver, and the judged
+    passages went into training; ``queries.jsonl`` with no qrels for the split ran silver too. Now
+    one line naming both files; a corpus alone stays silver, the whole folder gold."""
+    import pytest
+
+    from kadet.core.errors import DataError
+    from kadet.kit.data import eval_kind
+
+    cfg = load_config(None, [f"data.data_dir={tiny_beir}", "prepare.sample_size=0"])
+    assert prepare(cfg, tmp_path / "gold").extra["eval_kind"] == "gold"
+    queries = tiny_beir / "queries.jsonl"
+    queries.rename(tmp_path / "queries.jsonl")
+    with pytest.raises(DataError) as err:
+        prepare(cfg, tmp_path / "no-queries")
+    assert "qrels/test.tsv" in str(err.value) and str(queries) in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "no-queries" / "passages.jsonl").exists()
+    (tmp_path / "queries.jsonl").rename(queries)
+    (tiny_beir / "qrels" / "test.tsv").rename(tiny_beir / "qrels" / "dev.tsv")
+    with pytest.raises(DataError, match=r"queries\.jsonl.*qrels/test\.tsv is missing; set data\.split to one of dev"):
+        eval_kind(tiny_beir, "test", None)
+    assert eval_kind(tiny_beir, "dev", None) == "gold"
+    (tiny_beir / "qrels" / "dev.tsv").unlink()
+    queries.unlink()
+    assert prepare(cfg, tmp_path / "silver").extra["eval_kind"] == "silver"   # a corpus alone

@@ -54,15 +54,22 @@ def minilm_tok_dir():
     return resolve_model_path("all-MiniLM-L6-v2")
 
 
-def test_cross_encoder_teacher_plumbing(tmp_path, minilm_tok_dir):
+def _tiny_cross_encoder(path, tok_dir):
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
-    tok = AutoTokenizer.from_pretrained(minilm_tok_dir)
+    tok = AutoTokenizer.from_pretrained(tok_dir)
     cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                      intermediate_size=64, num_labels=1)
-    BertForSequenceClassification(cfg).save_pretrained(tmp_path / "ce")
-    tok.save_pretrained(tmp_path / "ce")
+    BertForSequenceClassification(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return tok
+
+
+def test_cross_encoder_teacher_plumbing(tmp_path, minilm_tok_dir):
+    from transformers import BertForSequenceClassification
+
+    tok = _tiny_cross_encoder(tmp_path / "ce", minilm_tok_dir)
     t = build_teacher(f"cross-encoder:{tmp_path / 'ce'}", load_config(None, ["label.batch_size=2"]), CORPUS)
     assert isinstance(t, CrossEncoderTeacher)
     got = t.score(QUERIES, LISTS)
@@ -73,6 +80,30 @@ def test_cross_encoder_teacher_plumbing(tmp_path, minilm_tok_dir):
         want = model(**enc).logits[:, 0].numpy()
     assert [len(g) for g in got] == [3, 2]
     assert got[1] == pytest.approx(want, abs=1e-5)
+
+
+def test_a_huge_passage_is_cut_before_the_teachers_tokenizer(tmp_path, minilm_tok_dir, monkeypatch):
+    """Was: the cross-encoder (and monoT5, ql) teacher tokenised a huge passage whole, then
+    truncated. Now the tokenizer sees at most ``max_length x CHARS_PER_TOKEN`` characters a text
+    and the score is the one of the passage's first tokens, as before."""
+    from transformers import PreTrainedTokenizerBase
+
+    from kadet.kit.encode import CHARS_PER_TOKEN
+
+    _tiny_cross_encoder(tmp_path / "ce", minilm_tok_dir)
+    seen, real = [], PreTrainedTokenizerBase.__call__
+
+    def recording(self, text=None, text_pair=None, *args, **kwargs):
+        seen.extend(len(t) for t in [*(text or []), *(text_pair or [])])
+        return real(self, text, text_pair, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedTokenizerBase, "__call__", recording)
+    huge = "aspirin reduces the risk of heart attack in adults " * 60_000          # ~3 MB
+    bound = 128 * CHARS_PER_TOKEN
+    t = CrossEncoderTeacher(str(tmp_path / "ce"), {"big": Document("big", huge), "cut": Document("cut", huge[:bound])},
+                            max_length=128)
+    big, cut = t.score([QUERIES[0]], [["big", "cut"]])[0]
+    assert max(seen) <= bound and big == pytest.approx(cut, abs=1e-5)
 
 
 def _tiny_t5(path):
