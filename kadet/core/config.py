@@ -146,12 +146,15 @@ class RetrievalConfig(_Section):
     bm25_stopwords: str = setting("en", "Stopword list for BM25 (bm25s).")
     embedding_cache: bool = setting(True, "Cache embeddings on disk keyed by model fingerprint and text hash.")
     index: Literal["auto", "exact", "ivf"] = setting(
-        "exact", "Dense search: exact (in bounded memory), ivf (an approximate faiss IVF index), or auto: ivf from "
-                 "approximate_from documents up. Exact by default: on SciFact with all-MiniLM-L6-v2, IVF's "
-                 "recall@100 against exact search is 0.81 probing an eighth of the clusters and 0.985 probing half "
-                 "(python -m benchmarks.ann_recall; docs/scale.md).")
+        "auto", "Dense search when mining: exact (in bounded memory), ivf (a faiss IVF index), or auto: exact below "
+                "approximate_from documents, from there IVF with its probes raised until its recall@k against exact "
+                "search, measured on 64 of the run's own queries, reaches recall_target (exact when that takes more "
+                "than half the clusters). The mine manifest and the run report say which searched, and the recall. "
+                "Evaluation always searches exactly (docs/scale.md).")
     approximate_from: int = setting(500_000, "index=auto searches approximately from this many documents.", low=1)
-    nprobe: int = setting(0, "IVF clusters searched per query; 0: an eighth of them.", low=0)
+    nprobe: int = setting(0, "IVF clusters searched per query; 0: calibrated to recall_target.", low=0)
+    recall_target: float = setting(0.99, "The recall@k against exact search a calibrated IVF index must reach.",
+                                   low=0, high=1)
 
 
 @dataclass

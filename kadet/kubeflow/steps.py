@@ -286,6 +286,7 @@ def mine_step(cfg: KadetConfig, queries: str, corpus: str, out: str, pipeline_ru
         with reusable(cfg, "mine", out, {"queries": queries, "corpus": corpus}) as reused:
             m = Manifest.read(out) if reused else mine(cfg, queries, corpus, out)
         tracking.log_manifest(m, out)
+        tracking.note_dense_index(m.extra.get("dense_index", {}))
     return m.counts
 
 

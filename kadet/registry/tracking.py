@@ -42,6 +42,7 @@ GATE_RETRIEVER_TAG = "kadet.gate_retriever"  # dense or hybrid: what the gate ju
 EVAL_KIND_TAG = "kadet.eval_kind"  # gold (judged queries) or silver (held-out synthetic, teacher-judged)
 #: On a failed stage run: the error on one line, and the path of the stage's full log.
 ERROR_TAG = "kadet.error"
+DENSE_INDEX_TAG = "kadet.dense_index"  # on the mine stage's run: which dense index searched, its recall
 LOG_TAG = "kadet.log"
 CONFIG_HASH_TAG = "kadet.config_hash"
 ARTIFACT_URI_TAG = "kadet.artifact_uri"
@@ -360,6 +361,22 @@ def log_manifest(m: Manifest, out_dir: str | Path | None = None) -> None:
     log_inputs(m.inputs)
     if out_dir is not None and (Path(out_dir) / "manifest.json").exists():
         mlflow.log_artifact(str(Path(out_dir) / "manifest.json"))
+
+
+def note_dense_index(indexes: Mapping[str, Mapping[str, Any]]) -> None:
+    """Which dense index each retriever of the mine stage searched (``extra.dense_index`` of its
+    manifest) as the run's :data:`DENSE_INDEX_TAG`; where an approximate index was weighed (chosen,
+    or calibrated and refused), a console line too. The run report shows the tag."""
+    import mlflow
+
+    from kadet.kit.search import describe_index
+
+    if not indexes:
+        return
+    text = "; ".join(f"{name}: {describe_index(info)}" for name, info in indexes.items())
+    mlflow.set_tag(DENSE_INDEX_TAG, text[:5000])
+    if any(info.get("kind") == "ivf" or "calibrated" in info for info in indexes.values()):
+        progress.event("note", text=text)
 
 
 def log_inputs(inputs: Mapping[str, Mapping[str, str]]) -> None:

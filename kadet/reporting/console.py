@@ -104,6 +104,8 @@ class Console:
         elif kind == "counts":
             self._counts[stage] = (format_counts(e.get("counts", {}), e.get("dropped", {}), stage)
                                    + self._reused.pop(stage, ""))
+        elif kind == "note":     # a line worth a person's eye (e.g. the approximate index mining used)
+            self.line(stage, str(e.get("text", "")))
         elif kind == "reused":   # the stage's output was taken from an earlier run (kubeflow/steps.py reusable)
             self._reused[stage] = f" · reused from {e.get('run', '?')}"
         elif kind == "end":

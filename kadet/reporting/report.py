@@ -28,6 +28,7 @@ from typing import Any
 
 from kadet.core.io import read_json
 from kadet.core.storage import mask_uri
+from kadet.registry.tracking import DENSE_INDEX_TAG
 from kadet.reporting import plots
 from kadet.kit.comparison import SILVER_CAVEAT, Comparison, display, gain_text, kind_text, retriever_rows
 from kadet.core.config import KadetConfig
@@ -105,6 +106,9 @@ def work_section(run: Mapping[str, Any], lin: Mapping[str, Any]) -> list[str]:
             rows.append([stage, r, n, f"{100 * r / (r + n):.0f}%"])
     parts = ['<h2 id="lineage">Lineage and reuse</h2>']
     parts += [f"<p>{_e(line)}</p>" for line in lineage_lines(lin)] or ["<p class=muted>No lineage recorded.</p>"]
+    index = next((s["tags"].get(DENSE_INDEX_TAG) for s in run.get("stages", []) if s["name"] == "mine"), None)
+    if index and ("IVF" in index):           # an approximate index was weighed: say which searched, how well
+        parts.append(f"<p>Mining's dense search: {_e(index)}.</p>")
     if rows:
         parts.append(table(["stage", "reused from earlier runs", "done in this run", "reused"], rows))
     return parts

@@ -87,7 +87,7 @@ def retrieve(cfg: KadetConfig, ds: Dataset, queries: dict[str, str], retriever: 
     depth = max(r.top_k, r.rrf_depth) if kind == "hybrid" else r.top_k
     if kind in ("dense", "hybrid"):
         enc = Encoder.from_config(cfg, model)
-        runs.append(DenseRetriever.from_config(enc, ds.corpus, cfg).search(queries, depth))
+        runs.append(DenseRetriever.from_config(enc, ds.corpus, cfg, index="exact").search(queries, depth))
     if kind in ("bm25", "hybrid"):
         bm25 = BM25Retriever.from_config(ds.corpus, cfg)
         runs.append(bm25.search(queries, depth))
@@ -275,7 +275,8 @@ def compare_retrievers(cfg: KadetConfig, ds: Dataset, texts: dict[str, str], qre
     bm25 = BM25Retriever.from_config(ds.corpus, cfg).search(texts, depth)
     out: dict = {"dense": {}, "hybrid": {}, "bm25": {"bm25": score(bm25)}}
     for name, model in systems.items():
-        dense = DenseRetriever.from_config(Encoder.from_config(cfg, model), ds.corpus, cfg).search(texts, depth)
+        retriever = DenseRetriever.from_config(Encoder.from_config(cfg, model), ds.corpus, cfg, index="exact")
+        dense = retriever.search(texts, depth)
         out["dense"][name] = score(dense)
         out["hybrid"][name] = score(reciprocal_rank_fusion([dense, bm25], k=r.rrf_k, depth=r.rrf_depth))
     return out

@@ -38,6 +38,7 @@ def test_console_prints_one_start_and_one_end_line_per_stage(tmp_path):
             {"event": "progress", "stage": "mine", "desc": "encode", "n": 5, "total": 10},
             {"event": "counts", "stage": "mine", "counts": {"queries": 4515, "candidates": 4515, "top_k": 100},
              "dropped": {"round_trip": 12}},
+            {"event": "note", "stage": "mine", "text": "dense: an approximate faiss IVF index over 1,000,000 documents"},
             {"event": "end", "stage": "mine", "seconds": 183.71, "status": "ok"},
             {"event": "start", "stage": "label-0-of-1"},
             {"event": "end", "stage": "label-0-of-1", "seconds": 2.0, "status": "failed", "log": "/w/label.log"}]
@@ -47,6 +48,7 @@ def test_console_prints_one_start_and_one_end_line_per_stage(tmp_path):
     con._drain()
     assert out.getvalue().splitlines() == [
         "  mine           started",
+        "  mine           dense: an approximate faiss IVF index over 1,000,000 documents",
         "  mine           done  183.7 s   queries 4,515 · dropped 12 (round_trip 12)",
         "  label-0-of-1   started",
         "  label-0-of-1   FAILED after 2.0 s (log: /w/label.log)"]

@@ -84,3 +84,21 @@ def test_the_gain_and_its_interval_are_one_sentence_on_the_page_and_the_card():
     assert f"\n{sentence}.\n" in card.section_text({"evaluation": card.evaluation_facts(comparison, cfg.evaluation)})
     assert gain_text({"mean": 0.0139, "ci_low": 0.0005, "ci_high": 0.0277}) == \
         "gain +0.0139; paired bootstrap interval [+0.0005, +0.0277]"
+
+
+def test_the_page_says_when_mining_searched_an_approximate_index():
+    from kadet.kit.search import describe_index
+
+    cfg = load_config(None, [])
+    comparison = Comparison.from_json({"kind": "gold", "queries": 3, "base": {"ndcg@10": 0.5}, "candidate": {"ndcg@10": 0.6},
+                                       "delta": {"ndcg@10": GAIN}})
+    ivf = {"kind": "ivf", "documents": 1_000_000, "nlist": 1000, "nprobe": 188, "recall@100_vs_exact": 0.9931,
+           "recall_queries": 64, "calibrated": {125: 0.98, 188: 0.9931}}
+    mine = {"name": "mine", "seconds": 1.0, "status": "FINISHED", "metrics": {},
+            "tags": {"kadet.dense_index": "dense: " + describe_index(ivf)}}
+    gate = {"promote": False, "reason": "r", "model_name": "m"}
+    page = render({"stages": [mine], "files": {}}, comparison, gate, cfg, images={})
+    assert ("Mining's dense search: dense: an approximate faiss IVF index over 1,000,000 documents, 188 of 1000 "
+            "clusters probed: recall@100 0.993 against exact search on 64 queries of this run.") in page
+    mine["tags"]["kadet.dense_index"] = "dense: " + describe_index({"kind": "exact", "documents": 5183})
+    assert "Mining's dense search" not in render({"stages": [mine], "files": {}}, comparison, gate, cfg, images={})

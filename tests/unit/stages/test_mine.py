@@ -93,3 +93,33 @@ def test_mine_candidates_fuses_each_query_once(monkeypatch):
     cfg = load_config(None, ["mine.min_candidates=3"])
     rows = mine_candidates(cfg, queries, corpus, {"dense": Table(run), "bm25": Table(run)}, Manifest(stage="mine"))
     assert len(rows) == 50 and len(calls) == 1
+
+
+def test_mine_above_approximate_from_searches_a_calibrated_index_and_says_so(tmp_path, tiny_st):
+    """retrieval.index=auto (the default) from approximate_from documents up: the manifest says
+    which index searched, its probes, the recall it measured against exact search on the run's
+    own queries, and the candidates are those of exact search when it reached recall 1."""
+    rng = __import__("random").Random(0)
+    words = [f"w{i}" for i in range(300)]
+    corpus = [{"_id": f"d{i}", "title": "", "text": " ".join(rng.choices(words, k=30))} for i in range(400)]
+    write_jsonl(tmp_path / "corpus.jsonl", corpus)
+    queries = [{"qid": f"q{i}", "text": " ".join(corpus[i]["text"].split()[:8]), "type": "keywords",
+                "source_doc_id": f"d{i}"} for i in range(0, 400, 4)]
+    write_jsonl(tmp_path / "queries.jsonl", queries)
+    runs = {}
+    for kind in ("exact", "auto"):
+        cfg = load_config(None, [f"retrieval.model={tiny_st}", "retrieval.approximate_from=100", f"retrieval.index={kind}",
+                                 "retrieval.recall_target=1.0", "mine.round_trip=off", f"work_dir={tmp_path / 'w'}"])
+        m = mine(cfg, tmp_path / "queries.jsonl", tmp_path / "corpus.jsonl", tmp_path / kind)
+        runs[kind] = (tmp_path / kind / "candidates.jsonl").read_text()
+        info = Manifest.read(tmp_path / kind).extra["dense_index"]["dense"]
+        if kind == "exact":
+            assert info == {"kind": "exact", "documents": 400}
+            continue
+        # 400 documents: 10 clusters; probes raised from 2 until recall 1.0 or past half: exact
+        assert info["nlist"] == 10 and list(info["calibrated"])[0] == "2" and info["recall_target"] == 1.0
+        if info["kind"] == "ivf":
+            assert info["recall@100_vs_exact"] == 1.0 and info["recall_queries"] == 64
+        else:
+            assert "exact search" in info["why"] and max(map(int, info["calibrated"])) <= 5
+    assert runs["auto"] == runs["exact"]          # recall 1.0 reached, or exact search: the same candidates
