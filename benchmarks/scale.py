@@ -326,6 +326,8 @@ def write_costs(rows: list[dict], stamp: dict) -> None:
     costs = {"machine": stamp["machine"], "date": stamp["date"], "commit": stamp["commit"],
              "command": "python benchmarks/scale.py --write-costs", "encoder": "tiny random BERT, 32 dimensions",
              "tiny_dim": 32, "real_dim": 384, "queries": mine["counts"]["queries"], "stages": stages}
+    if SCALE_COSTS.exists():              # the search rate comes from benchmarks/ann_recall.py: kept
+        costs.update({k: v for k, v in json.loads(SCALE_COSTS.read_text(encoding="utf-8")).items() if k == "search"})
     SCALE_COSTS.write_text(json.dumps(costs, indent=1) + "\n", encoding="utf-8")
 
 

@@ -149,8 +149,8 @@ class RetrievalConfig(_Section):
         "auto", "Dense search when mining: exact (in bounded memory), ivf (a faiss IVF index), or auto: exact below "
                 "approximate_from documents, from there IVF with its probes raised until its recall@k against exact "
                 "search, measured on 64 of the run's own queries, reaches recall_target (exact when that takes more "
-                "than half the clusters). The mine manifest and the run report say which searched, and the recall. "
-                "Evaluation always searches exactly (docs/scale.md).")
+                "than a quarter of the clusters, where IVF stops paying). The mine manifest and the run report say "
+                "which searched, and the recall. Evaluation always searches exactly (docs/scale.md).")
     approximate_from: int = setting(500_000, "index=auto searches approximately from this many documents.", low=1)
     nprobe: int = setting(0, "IVF clusters searched per query; 0: calibrated to recall_target.", low=0)
     recall_target: float = setting(0.99, "The recall@k against exact search a calibrated IVF index must reach.",

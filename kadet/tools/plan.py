@@ -315,7 +315,7 @@ class ScaleRow:
     passages: int
     stage: str
     seconds: float
-    gib: float
+    gib: float | None     # None: not estimated (distillation's memory is the model's and the batch's)
     basis: str            # where the figure comes from
 
 
@@ -342,6 +342,9 @@ def scale_rows(profile: str, cfg: KadetConfig, costs: dict, rates: dict[str, flo
 
     st = costs["stages"]
     dim, tiny_dim = costs.get("real_dim", 384), costs.get("tiny_dim", 32)
+    # exact search per query-passage pair, scaled from the measured dimension to the model's
+    measured = costs.get("search", {})
+    search = measured.get("exact_s_per_query_passage", 0.0) * dim / measured.get("dim", dim)
 
     def mem(stage: str, n: int, embeddings: int = 0) -> float:
         c = st[stage]
@@ -371,13 +374,17 @@ def scale_rows(profile: str, cfg: KadetConfig, costs: dict, rates: dict[str, flo
             ScaleRow(profile, n, "encode corpus", n * enc, mem("mine", n, 2),
                      f"{n:,} x {enc * 1e3:.1f} ms, the model measured here" if enc else "model rate not measured"),
             ScaleRow(profile, n, "mine", st["mine"]["us_per_passage"] * 1e-6 * n
-                     + q * rates.get("encode_query", 0.0), mem("mine", n, 2),
-                     f"{q:,} queries; {bench}" + (f"; the search of {extra_q:,} more queries than measured: not "
-                                                  "included" if extra_q > 0 else "")),
+                     + q * rates.get("encode_query", 0.0) + max(0, extra_q) * n * search, mem("mine", n, 2),
+                     f"{q:,} queries; {bench}" + (
+                         f"; + exact search of {extra_q:,} more queries than measured at {search * 1e12:.1f} ps a "
+                         f"query-passage pair ({costs['search']['source'].split(':')[0]}; an IVF index probing "
+                         "p of its clusters: about p of that)" if extra_q > 0 and search else
+                         f"; the search of {extra_q:,} more queries than measured: not included" if extra_q > 0
+                         else "")),
             ScaleRow(profile, n, "label", st["label"]["us_per_passage"] * 1e-6 * n
                      + pairs * rates.get("teacher_pair", 0.0), mem("label", n),
                      f"{pairs:,} teacher pairs x {rates.get('teacher_pair', 0.0) * 1e3:.2f} ms + {bench}"),
-            ScaleRow(profile, n, "distill", steps * step_s, 0.0,
+            ScaleRow(profile, n, "distill", steps * step_s, None,
                      f"{steps:,} steps of {d.batch_size}" + ("" if rates.get("distill_step") else ", not measured")),
             ScaleRow(profile, n, "evaluate", st["evaluate"]["us_per_passage"] * 1e-6 * n
                      + (n * enc if d.mode == "full" else 0.0), mem("evaluate", n, 2),
@@ -405,11 +412,12 @@ def format_scale(rows: list[ScaleRow], costs: dict, machine_here: str, hours: fl
             sel = [r for r in rows if r.profile == profile and r.passages == n]
             total = sum(r.seconds for r in sel)
             lines.append(f"  {profile}, {n:,} passages: {total / 3600:,.1f} h on one machine, "
-                         f"peak {max(r.gib for r in sel):.1f} GiB")
-            lines += [f"    {r.stage:<13} {r.seconds / 3600:8.2f} h {r.gib:6.1f} GiB   {r.basis}" for r in sel]
+                         f"peak {max(r.gib or 0 for r in sel):.1f} GiB (distillation's not estimated)")
+            lines += [f"    {r.stage:<13} {r.seconds / 3600:8.2f} h "
+                      + (f"{r.gib:6.1f} GiB" if r.gib is not None else "     - GiB") + f"   {r.basis}" for r in sel]
             p = pods_for(sel, hours)
             lines.append(f"    under {hours:g} h: " + (
-                f"{p['pods']} pods for generate / label shards and corpus encoding ({p['sharded_s'] / 3600:,.1f} h "
+                f"{p['pods']} pod{'s' if p['pods'] != 1 else ''} for generate / label shards and corpus encoding ({p['sharded_s'] / 3600:,.1f} h "
                 f"of work), {p['serial_s'] / 3600:,.1f} h unsharded" if p["pods"] else
                 f"not with sharding alone: {p['serial_s'] / 3600:,.1f} h of unsharded work"))
     return "\n".join(lines)
