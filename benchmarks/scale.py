@@ -153,7 +153,10 @@ def run_stage(stage: str, work: Path, model: Path) -> dict:
         from kadet.stages.mine import mine
 
         m = mine(cfg, work / "gen" / "queries.jsonl", work / "prep" / "corpus.jsonl", work / "mine")
-        counts = {"queries": m.counts["queries"], "kept": m.counts["kept"], **m.extra.get("search", {})}
+        from kadet.kit.search import describe_index
+
+        counts = {"queries": m.counts["queries"], "kept": m.counts["kept"], **m.extra.get("search", {}),
+                  **{f"index {k}": describe_index(v) for k, v in m.extra.get("dense_index", {}).items()}}
     elif stage == "label":
         from kadet.stages.label.stage import label
 

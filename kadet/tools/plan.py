@@ -376,7 +376,7 @@ def scale_rows(profile: str, cfg: KadetConfig, costs: dict, rates: dict[str, flo
             ScaleRow(profile, n, "mine", st["mine"]["us_per_passage"] * 1e-6 * n
                      + q * rates.get("encode_query", 0.0) + max(0, extra_q) * n * search, mem("mine", n, 2),
                      f"{q:,} queries; {bench}" + (
-                         f"; + exact search of {extra_q:,} more queries than measured at {search * 1e12:.1f} ps a "
+                         f"; + exact search of {extra_q:,} more queries than measured at {search * 1e9:.1f} ns a "
                          f"query-passage pair ({costs['search']['source'].split(':')[0]}; an IVF index probing "
                          "p of its clusters: about p of that)" if extra_q > 0 and search else
                          f"; the search of {extra_q:,} more queries than measured: not included" if extra_q > 0
