@@ -143,6 +143,7 @@ class DenseIndex:
             return exact_topk(q, self.doc_emb, k)
         pick, exact = self._exact_sample(q, k)
         if self.calibrate and not self._calibrate(q[pick], exact, k):
+            self._ivf = None                                  # refused: its memory back, later searches exact
             return exact_topk(q, self.doc_emb, k)
         scores, idx = self._ivf.search(q, k)
         self._note_recall(idx[pick], exact, k)
@@ -234,8 +235,8 @@ class DenseRetriever:
 
 class TokenIds(Sequence):
     """A corpus's token ids, compact: one int32 array and the documents' offsets into it (4 bytes a
-    token, where lists of Python ints take ~36). Each item is one document's ids as a list, made
-    when asked, so ``bm25s`` builds its index from it as from the lists it makes itself."""
+    token, where the lists of Python ints ``bm25s.tokenize`` makes take ~36). Each item is one
+    document's ids as a list, made when asked."""
 
     def __init__(self, flat: np.ndarray, offsets: np.ndarray):
         self.flat, self.offsets = flat, offsets

@@ -417,7 +417,8 @@ def format_scale(rows: list[ScaleRow], costs: dict, machine_here: str, hours: fl
                       + (f"{r.gib:6.1f} GiB" if r.gib is not None else "     - GiB") + f"   {r.basis}" for r in sel]
             p = pods_for(sel, hours)
             lines.append(f"    under {hours:g} h: " + (
-                f"{p['pods']} pod{'s' if p['pods'] != 1 else ''} for generate / label shards and corpus encoding ({p['sharded_s'] / 3600:,.1f} h "
+                f"{p['pods']} pod{'s' if p['pods'] != 1 else ''} for generate / label shards and corpus encoding "
+                f"({p['sharded_s'] / 3600:,.1f} h "
                 f"of work), {p['serial_s'] / 3600:,.1f} h unsharded" if p["pods"] else
                 f"not with sharding alone: {p['serial_s'] / 3600:,.1f} h of unsharded work"))
     return "\n".join(lines)

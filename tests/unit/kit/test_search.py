@@ -107,6 +107,7 @@ def test_the_approximate_index_raises_its_probes_to_the_recall_target_or_searche
     unreachable = DenseIndex(docs, approximate_from=5000, recall_target=1.01)
     assert unreachable.search(qs, 10)[1].tolist() == exact.tolist()
     assert unreachable.info["kind"] == "exact" and "exact search" in unreachable.info["why"]
+    assert unreachable._ivf is None and unreachable.search(qs[:5], 10)[1].tolist() == exact[:5].tolist()
     assert max(unreachable.info["calibrated"]) <= unreachable.info["nlist"] / 4
 
 
