@@ -235,8 +235,8 @@ class DenseRetriever:
 
 class TokenIds(Sequence):
     """A corpus's token ids, compact: one int32 array and the documents' offsets into it (4 bytes a
-    token, where the lists of Python ints ``bm25s.tokenize`` makes take ~36). Each item is one
-    document's ids as a list, made when asked."""
+    token, where the lists of Python ints ``bm25s.tokenize`` makes take ~36). Item i: document
+    i's ids."""
 
     def __init__(self, flat: np.ndarray, offsets: np.ndarray):
         self.flat, self.offsets = flat, offsets
@@ -244,12 +244,8 @@ class TokenIds(Sequence):
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
-    def __getitem__(self, i: int) -> list[int]:
-        return self.flat[self.offsets[i] : self.offsets[i + 1]].tolist()
-
-    def __iter__(self):
-        for i in range(len(self)):
-            yield self[i]
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.flat[self.offsets[i] : self.offsets[i + 1]]
 
 
 def tokenize_corpus(texts, stopwords: str | None, stemmer, chunk: int = 1 << 20) -> tuple[TokenIds, dict[str, int]]:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
 
 from kadet.kit.data import load_beir
 from kadet.kit.encode import EmbeddingCache, Encoder
-from kadet.kit.search import (BM25Retriever, DenseIndex, DenseRetriever, exact_search, exact_topk, ranked,
+from kadet.kit.search import (BM25Retriever, bm25_scores, DenseIndex, DenseRetriever, exact_search, exact_topk, ranked,
                               reciprocal_rank_fusion, top_k)
 
 
@@ -59,15 +61,10 @@ def test_blocked_top_k_is_the_full_matrix_top_k(budget):
     assert exact_topk(qs, docs[:4], 10)[1].shape == (17, 4)  # k above the corpus size: all of it
 
 
-def _clustered(n: int, dim: int = 16, seed: int = 2):
-    rng = np.random.default_rng(seed)
-    docs = rng.normal(size=(n, dim)).astype(np.float32)
-    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
-    return rng, docs
-
-
 def test_dense_index_is_exact_below_the_threshold_and_approximate_above():
-    rng, docs = _clustered(4000)
+    rng = np.random.default_rng(2)
+    docs = rng.normal(size=(4000, 16)).astype(np.float32)
+    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
     qs = docs[rng.choice(4000, 40, replace=False)] + 0.1 * rng.normal(size=(40, 16)).astype(np.float32)
     small = DenseIndex(docs, approximate_from=5000)
     assert small.info == {"kind": "exact", "documents": 4000}
@@ -124,7 +121,7 @@ def test_bm25_built_from_compact_ids_scores_as_bm25s_own_index(monkeypatch, meth
     from kadet.kit import search
     from kadet.kit.data import Document
 
-    monkeypatch.setattr(search, "bm25_scores", lambda bm, ids, n, chunk_docs=3: _bm25_scores(bm, ids, n, 3))
+    monkeypatch.setattr(search, "bm25_scores", functools.partial(bm25_scores, chunk_docs=3))   # several chunks
     texts = ["The cats are running to the houses.", "", "the and of", "Running runs ran runner; cat's CAT cat",
              "Houses house housing x y zz"] + [f"doc {i} about cats and protein folding {i % 7} {i % 3}" for i in range(40)]
     corpus = {f"d{i}": Document(f"d{i}", "", t) for i, t in enumerate(texts)}
@@ -138,9 +135,6 @@ def test_bm25_built_from_compact_ids_scores_as_bm25s_own_index(monkeypatch, meth
         assert np.array_equal(ours.score_all(q), expected), q
         assert ours.score_docs(q, range(len(texts))).tolist() == expected.astype(np.float64).tolist()
     assert ours.index.scores["data"].nbytes == ref.scores["data"].nbytes      # the same entries, no more
-
-
-_bm25_scores = __import__("kadet.kit.search", fromlist=["bm25_scores"]).bm25_scores
 
 
 def test_bm25_finds_the_matching_document(tiny_beir):
